@@ -1,0 +1,121 @@
+/*
+ * config: the daemon's configuration file, parsed with inih into an immutable struct.
+ *
+ * The file is INI: "[section]" lines, "key = value" lines, and comments starting with '#'
+ * or ';' (at the start of a line, or after a value when preceded by a space or tab; values
+ * cannot contain " #" or " ;"). Leading whitespace is ignored (no continuation lines).
+ * Every key, its default and its range are documented in config/coordd.conf. Unknown sections and keys, bad values, duplicate keys and duplicate
+ * councils are errors; each error names its line.
+ *
+ * A loaded config is never modified. It is reference-counted so that a reload can build a
+ * new one while work in flight still holds the old one. Non-logging module: errors are
+ * returned through struct config_error.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define CONFIG_COUNCIL_ID_MAX 32     /* bytes, without the NUL */
+/*
+ * A line holds at most CONFIG_LINE_MAX - 1 bytes, its newline included (198 characters plus
+ * "\n"); a longer line is an error. This is inih's line buffer (INI_MAX_LINE, 200 as Debian
+ * builds it): inih would split a longer line, so the limit cannot be raised through it.
+ */
+#define CONFIG_LINE_MAX 200
+#define CONFIG_EXIT_INVALID 78       /* EX_CONFIG: exit status for a bad config */
+
+enum config_sync {
+	CONFIG_SYNC_FULL,    /* every commit is flushed to disk before any ack (default) */
+	CONFIG_SYNC_NONE,    /* UNSAFE: commits are not flushed; a power cut loses acked records */
+	_CONFIG_SYNC_MAX,
+	_CONFIG_SYNC_INVALID = -22,
+};
+
+/* One registered coordinating council: "[council.<id>]". */
+struct config_council {
+	char id[CONFIG_COUNCIL_ID_MAX + 1]; /* [a-z0-9][a-z0-9_-]*, unique */
+	char *name;                         /* human name, required */
+	char country[3];                    /* ISO 3166-1 alpha-2, upper case */
+};
+
+struct config {
+	unsigned refs;
+	char *path;                    /* the file it was read from ("<string>" for text) */
+
+	/* [coordd] */
+	char *state_dir;               /* state_dir: directory of the LMDB store (required) */
+	int log_level;                 /* log_level: enum log_level, default LOG_LEVEL_INFO */
+
+	/* [ingest] */
+	struct {
+		char *endpoint;            /* endpoint, default tcp://127.0.0.1:7701 */
+		uint32_t max_message_bytes;/* 1 KiB .. 1 MiB, default 64 KiB */
+		uint32_t max_batch;        /* messages per commit, 1 .. 65536, default 1024 */
+		uint32_t max_pending;      /* received but uncommitted before reading pauses,
+		                              >= max_batch, default 8192 */
+		uint32_t hwm;              /* ZMQ send and receive HWM, 100 .. 1000000, default 10000 */
+	} ingest;
+
+	/* [store] */
+	struct {
+		uint64_t map_size;         /* initial LMDB map size, default 64 MiB, >= 1 MiB */
+		uint64_t map_size_max;     /* growth limit, default 16 GiB, >= map_size */
+		enum config_sync sync;     /* sync = full | none, default full */
+	} store;
+
+	/* [council.<id>] sections, sorted by id */
+	struct config_council *councils;
+	size_t n_councils;
+};
+
+/* Where and why parsing failed. line is 0 when the error is not tied to a line. */
+struct config_error {
+	unsigned line;
+	char message[256];
+};
+
+/*
+ * Read and validate the file at `path`. On success returns 0 and stores a new config with
+ * one reference in *ret_config. On failure returns a negative errno (-EINVAL for a bad
+ * config, -ENOENT/-EACCES/... when the file cannot be read, -ENOMEM) and fills *ret_error;
+ * *ret_config is not touched. `ret_error` may be NULL.
+ */
+int
+config_load(const char *path, struct config **ret_config, struct config_error *ret_error);
+
+/*
+ * Like config_load() but parses `text` (NUL-terminated); `name` is recorded as the path.
+ * For tests and fuzzing.
+ */
+int
+config_parse_string(const char *text, const char *name, struct config **ret_config,
+		struct config_error *ret_error);
+
+/*
+ * Take another reference. Returns `c`.
+ */
+struct config *
+config_ref(struct config *c);
+
+/*
+ * Drop a reference; the config is freed with the last one. Accepts NULL. Returns NULL.
+ */
+struct config *
+config_unref(struct config *c);
+
+/*
+ * Find a council by id (binary search). Returns a pointer valid as long as the config, or
+ * NULL when no council has that id.
+ */
+const struct config_council *
+config_find_council(const struct config *c, const char *id);
+
+/*
+ * Parse a size with an optional suffix: "65536", "64K", "64KiB", "64M", "16G", "1T"
+ * (powers of 1024; "B" and "iB" optional, case-insensitive). Returns 0 and *ret, or
+ * -EINVAL / -ERANGE.
+ */
+int
+config_parse_size(const char *s, uint64_t *ret);

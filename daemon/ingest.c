@@ -1,0 +1,598 @@
+/*
+ * ingest: ROUTER socket -> decode -> validate -> batch -> writer -> ack.
+ *
+ * Messages that pass validation are appended to the `filling` batch; a full batch moves to a
+ * FIFO queue. Exactly one batch at a time is `committing` on the libuv threadpool (so LMDB
+ * sees one writer); when its commit returns, after_commit() acks every message of it on the
+ * loop thread and submits the next batch. A message that fails validation is answered at
+ * once: it changes nothing, so it needs no commit.
+ *
+ * A batch keeps the received zmq_msg_t frames themselves (routing id and body) until its
+ * acks are sent, so the envelope bytes are written to LMDB without an extra copy. The
+ * store_record array points into those frames and into the msg structs; neither moves while
+ * the batch lives.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <zmq.h>
+
+#include "ingest.h"
+#include "log.h"
+#include "wire.h"
+#include "zuv.h"
+
+#define container_of(ptr, type, member) ((type *) ((char *) (ptr) - offsetof(type, member)))
+
+/* Messages handled per callback before other handles get a turn. */
+#define INGEST_RECV_BUDGET 256
+/* How long acks queued at shutdown may take to leave. */
+#define INGEST_LINGER_MS 2000
+
+struct msg {
+	zmq_msg_t rid;
+	zmq_msg_t body;
+	char council[WIRE_COUNCIL_MAX + 1];
+	char msg_id[WIRE_MSG_ID_MAX + 1];
+};
+
+struct batch {
+	struct batch *next;
+	size_t n;
+	int result; /* store_write_batch() */
+	struct msg *msgs;
+	struct store_record *recs;
+};
+
+struct ingest {
+	uv_loop_t *loop;
+	void *sock;
+	struct zuv zuv;
+	bool zuv_started;
+	struct store *store;
+	struct config *cfg;
+
+	uv_work_t work;
+	struct batch *filling;
+	struct batch *committing;
+	struct batch *queue_head;
+	struct batch *queue_tail;
+	struct batch *spare;
+	size_t pending; /* messages in filling + queue */
+	bool paused;
+
+	bool stopping;
+	bool closing;
+	void (*stop_cb)(void *data);
+	void *stop_data;
+
+	struct ingest_counters counters;
+};
+
+static int64_t
+now_ms(void)
+{
+	struct timespec ts;
+
+	(void) clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static struct batch *
+batch_free(struct batch *b)
+{
+	if (!b) {
+		return NULL;
+	}
+	free(b->msgs);
+	free(b->recs);
+	free(b);
+	return NULL;
+}
+
+static struct batch *
+batch_new(size_t cap)
+{
+	struct batch *b = calloc(1, sizeof(*b));
+
+	if (!b) {
+		return NULL;
+	}
+	b->msgs = calloc(cap, sizeof(*b->msgs));
+	b->recs = calloc(cap, sizeof(*b->recs));
+	if (!b->msgs || !b->recs) {
+		return batch_free(b);
+	}
+	return b;
+}
+
+/* Release the frames of a batch and keep the batch for reuse. */
+static void
+batch_recycle(struct ingest *in, struct batch *b)
+{
+	for (size_t i = 0; i < b->n; i++) {
+		(void) zmq_msg_close(&b->msgs[i].rid);
+		(void) zmq_msg_close(&b->msgs[i].body);
+	}
+	b->n = 0;
+	b->result = 0;
+	if (!in->spare) {
+		in->spare = b;
+	} else {
+		batch_free(b);
+	}
+}
+
+/* Send one Ack to the peer `rid`. Failures are counted: the client resends on timeout. */
+static void
+send_ack(struct ingest *in, zmq_msg_t *rid, const Coord__V1__Ack *ack)
+{
+	uint8_t buf[WIRE_ACK_MAX];
+	int len = wire_pack_ack(ack, buf, sizeof(buf));
+
+	if (len < 0 ||
+			zmq_send(in->sock, zmq_msg_data(rid), zmq_msg_size(rid),
+					ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
+			zmq_send(in->sock, buf, (size_t) len, ZMQ_DONTWAIT) < 0) {
+		in->counters.acks_dropped++;
+	}
+}
+
+/* Answer a message that changes nothing: REJECTED, or RETRY_LATER before any commit. */
+static void
+refuse(struct ingest *in, zmq_msg_t *rid, const Coord__V1__Envelope *env,
+		Coord__V1__AckStatus status, Coord__V1__Reason reason, const char *message)
+{
+	Coord__V1__Ack ack = COORD__V1__ACK__INIT;
+
+	if (env && wire_echoable(env->msg_id)) {
+		ack.msg_id = env->msg_id;
+		ack.revision = env->revision;
+	}
+	ack.status = status;
+	ack.reason = reason;
+	ack.message = (char *) message;
+	if (status == COORD__V1__ACK_STATUS__ACK_STATUS_REJECTED) {
+		in->counters.rejected++;
+		in->counters.rejected_by_reason[(unsigned) reason % 32]++;
+		log_debug("Rejected message: %s", message);
+	} else {
+		in->counters.retry_later++;
+	}
+	send_ack(in, rid, &ack);
+}
+
+/*
+ * The one place that decides whether a message may be written as the council it names.
+ * The council must be registered in the config. (The security work adds: and it must be the
+ * council proven by the connection's CURVE key.)
+ */
+static int
+check_council(const struct ingest *in, const Coord__V1__Envelope *env, struct wire_verdict *v)
+{
+	if (!config_find_council(in->cfg, env->council)) {
+		v->reason = COORD__V1__REASON__REASON_UNKNOWN_COUNCIL;
+		(void) snprintf(v->message, sizeof(v->message), "council '%s' is not registered",
+				env->council);
+		return -EPERM;
+	}
+	return 0;
+}
+
+static void maybe_submit(struct ingest *in);
+
+/* Make room for one more message in the filling batch. */
+static struct batch *
+filling_batch(struct ingest *in)
+{
+	struct batch *b = in->filling;
+
+	if (b && b->n == in->cfg->ingest.max_batch) {
+		b->next = NULL;
+		if (in->queue_tail) {
+			in->queue_tail->next = b;
+		} else {
+			in->queue_head = b;
+		}
+		in->queue_tail = b;
+		b = in->filling = NULL;
+	}
+	if (!b) {
+		b = in->spare ? in->spare : batch_new(in->cfg->ingest.max_batch);
+		if (b == in->spare) {
+			in->spare = NULL;
+		}
+		in->filling = b;
+	}
+	return b;
+}
+
+/*
+ * Read one multipart message: routing id, then exactly one data frame. Returns 1 when a
+ * message was read into `m` (frames owned by `m`), 0 when the socket had nothing, -EBADMSG
+ * when the frame count was wrong (answered here), or another negative errno.
+ */
+static int
+recv_message(struct ingest *in, struct msg *m)
+{
+	int frames = 0;
+
+	(void) zmq_msg_init(&m->rid);
+	(void) zmq_msg_init(&m->body);
+	if (zmq_msg_recv(&m->rid, in->sock, ZMQ_DONTWAIT) < 0) {
+		int r = -zmq_errno();
+		(void) zmq_msg_close(&m->rid);
+		(void) zmq_msg_close(&m->body);
+		return r == -EAGAIN ? 0 : r;
+	}
+	bool more = zmq_msg_more(&m->rid);
+	if (more && zmq_msg_recv(&m->body, in->sock, ZMQ_DONTWAIT) >= 0) {
+		frames = 1;
+		more = zmq_msg_more(&m->body);
+	}
+	/* libzmq delivers multipart messages whole, so the rest is already here. */
+	while (more) {
+		zmq_msg_t extra;
+
+		(void) zmq_msg_init(&extra);
+		if (zmq_msg_recv(&extra, in->sock, ZMQ_DONTWAIT) < 0) {
+			more = false;
+		} else {
+			more = zmq_msg_more(&extra);
+			frames++;
+		}
+		(void) zmq_msg_close(&extra);
+	}
+	in->counters.received++;
+	if (frames != 1) {
+		char text[96];
+
+		(void) snprintf(text, sizeof(text),
+				"expected exactly one frame (an Envelope), got %d", frames);
+		refuse(in, &m->rid, NULL, COORD__V1__ACK_STATUS__ACK_STATUS_REJECTED,
+				COORD__V1__REASON__REASON_BAD_FRAMING, text);
+		(void) zmq_msg_close(&m->rid);
+		(void) zmq_msg_close(&m->body);
+		return -EBADMSG;
+	}
+	return 1;
+}
+
+/*
+ * Decode and validate the message in `m`. Returns 0 and fills `rec` when it should be
+ * stored; otherwise answers it and returns a negative errno (frames still owned by `m`).
+ */
+static int
+admit(struct ingest *in, struct msg *m, struct store_record *rec, int64_t now)
+{
+	Coord__V1__Envelope *env = NULL;
+	struct wire_verdict verdict;
+	int r;
+
+	r = wire_unpack_envelope(zmq_msg_data(&m->body), zmq_msg_size(&m->body),
+			in->cfg->ingest.max_message_bytes, &env, &verdict);
+	if (r == -ENOMEM) {
+		refuse(in, &m->rid, NULL, COORD__V1__ACK_STATUS__ACK_STATUS_RETRY_LATER,
+				COORD__V1__REASON__REASON_OVERLOADED, "out of memory");
+		return r;
+	}
+	if (r >= 0) {
+		r = wire_validate_envelope(env, now, &verdict);
+	}
+	if (r >= 0) {
+		r = check_council(in, env, &verdict);
+	}
+	if (r < 0) {
+		refuse(in, &m->rid, env, COORD__V1__ACK_STATUS__ACK_STATUS_REJECTED, verdict.reason,
+				verdict.message);
+		if (env) {
+			coord__v1__envelope__free_unpacked(env, NULL);
+		}
+		return r;
+	}
+
+	/* Lengths were validated, so these copies fit. */
+	(void) snprintf(m->council, sizeof(m->council), "%s", env->council);
+	(void) snprintf(m->msg_id, sizeof(m->msg_id), "%s", env->msg_id);
+	*rec = (struct store_record){
+		.council = m->council,
+		.msg_id = m->msg_id,
+		.revision = env->revision,
+		.retraction = env->body_case == COORD__V1__ENVELOPE__BODY_RETRACTION,
+		.envelope = zmq_msg_data(&m->body),
+		.envelope_len = zmq_msg_size(&m->body),
+		.received_at = now,
+	};
+	coord__v1__envelope__free_unpacked(env, NULL);
+	return 0;
+}
+
+static void
+on_readable(struct zuv *z, void *zsock, unsigned budget, void *data)
+{
+	struct ingest *in = data;
+	int64_t now = now_ms();
+
+	for (unsigned i = 0; i < budget; i++) {
+		if (in->pending >= in->cfg->ingest.max_pending) {
+			/* Backpressure: leave further messages in libzmq until a commit returns. */
+			in->paused = true;
+			zuv_pause(&in->zuv);
+			break;
+		}
+		struct batch *b = filling_batch(in);
+		if (!b) {
+			log_error("Out of memory for an ingest batch, pausing intake");
+			in->paused = true;
+			zuv_pause(&in->zuv);
+			break;
+		}
+		struct msg *m = &b->msgs[b->n];
+		int r = recv_message(in, m);
+		if (r == 0) {
+			break;
+		}
+		if (r < 0) {
+			if (r != -EBADMSG) {
+				log_warning_errno(r, "Failed to receive on the ingest socket, ignoring");
+				break;
+			}
+			continue;
+		}
+		if (admit(in, m, &b->recs[b->n], now) < 0) {
+			(void) zmq_msg_close(&m->rid);
+			(void) zmq_msg_close(&m->body);
+			continue;
+		}
+		b->n++;
+		in->pending++;
+	}
+	maybe_submit(in);
+}
+
+static void
+commit_work(uv_work_t *req)
+{
+	struct ingest *in = container_of(req, struct ingest, work);
+	struct batch *b = in->committing;
+
+	b->result = store_write_batch(in->store, b->recs, b->n);
+}
+
+static void
+ack_batch(struct ingest *in, struct batch *b)
+{
+	Coord__V1__Reason fail_reason = COORD__V1__REASON__REASON_STORE_ERROR;
+	const char *fail_text = "the store failed to commit; nothing was stored";
+
+	if (b->result == -ENOSPC) {
+		fail_reason = COORD__V1__REASON__REASON_STORE_FULL;
+		fail_text = "the store reached its configured maximum size; nothing was stored";
+	}
+	if (b->result < 0) {
+		log_warning_errno(b->result, "Failed to commit a batch of %zu messages, answering "
+				"RETRY_LATER", b->n);
+	} else {
+		in->counters.batches++;
+	}
+
+	for (size_t i = 0; i < b->n; i++) {
+		struct store_record *rec = &b->recs[i];
+		Coord__V1__Ack ack = COORD__V1__ACK__INIT;
+
+		ack.msg_id = b->msgs[i].msg_id;
+		ack.revision = rec->revision;
+		if (b->result < 0) {
+			ack.status = COORD__V1__ACK_STATUS__ACK_STATUS_RETRY_LATER;
+			ack.reason = fail_reason;
+			ack.message = (char *) fail_text;
+			in->counters.retry_later++;
+		} else {
+			ack.status = rec->status;
+			ack.reason = rec->reason;
+			ack.seq = rec->seq;
+			switch (rec->status) {
+			case COORD__V1__ACK_STATUS__ACK_STATUS_ACCEPTED:
+				in->counters.accepted++;
+				break;
+			case COORD__V1__ACK_STATUS__ACK_STATUS_DUPLICATE:
+				in->counters.duplicate++;
+				break;
+			default:
+				ack.message = "a retraction of a record that was never stored";
+				in->counters.rejected++;
+				in->counters.rejected_by_reason[(unsigned) rec->reason % 32]++;
+				break;
+			}
+		}
+		send_ack(in, &b->msgs[i].rid, &ack);
+	}
+}
+
+static void
+on_zuv_closed(struct zuv *z)
+{
+	struct ingest *in = container_of(z, struct ingest, zuv);
+
+	in->zuv_started = false;
+	(void) zmq_close(in->sock);
+	in->sock = NULL;
+	if (in->stop_cb) {
+		in->stop_cb(in->stop_data);
+	}
+}
+
+/* After a stop request: close once everything received has been committed and acked. */
+static void
+maybe_finish(struct ingest *in)
+{
+	if (!in->stopping || in->closing || in->committing || in->pending > 0) {
+		return;
+	}
+	in->closing = true;
+	zuv_close(&in->zuv, on_zuv_closed);
+}
+
+static void
+after_commit(uv_work_t *req, int status)
+{
+	struct ingest *in = container_of(req, struct ingest, work);
+	struct batch *b = in->committing;
+
+	in->committing = NULL;
+	ack_batch(in, b);
+	batch_recycle(in, b);
+	maybe_submit(in);
+	maybe_finish(in);
+}
+
+static void
+maybe_submit(struct ingest *in)
+{
+	if (in->committing) {
+		return;
+	}
+	struct batch *b = in->queue_head;
+	if (b) {
+		in->queue_head = b->next;
+		if (!in->queue_head) {
+			in->queue_tail = NULL;
+		}
+	} else if (in->filling && in->filling->n > 0) {
+		b = in->filling;
+		in->filling = NULL;
+	} else {
+		return;
+	}
+	in->pending -= b->n;
+	in->committing = b;
+	int r = uv_queue_work(in->loop, &in->work, commit_work, after_commit);
+	if (r < 0) {
+		/* Cannot happen with valid arguments; answer rather than lose the batch. */
+		b->result = -EIO;
+		in->committing = NULL;
+		ack_batch(in, b);
+		batch_recycle(in, b);
+		return;
+	}
+	if (in->paused && !in->stopping && in->pending < in->cfg->ingest.max_pending) {
+		in->paused = false;
+		zuv_resume(&in->zuv);
+	}
+}
+
+static int
+set_int(void *sock, int option, int value)
+{
+	return zmq_setsockopt(sock, option, &value, sizeof(value)) < 0 ? -zmq_errno() : 0;
+}
+
+int
+ingest_new(uv_loop_t *loop, void *zctx, struct store *store, struct config *cfg,
+		struct ingest **ret_ingest)
+{
+	struct ingest *in = calloc(1, sizeof(*in));
+	int r;
+
+	if (!in) {
+		return -ENOMEM;
+	}
+	in->loop = loop;
+	in->store = store;
+	in->cfg = config_ref(cfg);
+
+	in->sock = zmq_socket(zctx, ZMQ_ROUTER);
+	if (!in->sock) {
+		r = -zmq_errno();
+		goto fail;
+	}
+	/* Frames far above the limit are dropped by libzmq with the connection, so a peer
+	 * cannot make us allocate without bound; frames a little above it get REJECTED. */
+	int64_t maxmsg = (int64_t) cfg->ingest.max_message_bytes * 4;
+	r = set_int(in->sock, ZMQ_LINGER, INGEST_LINGER_MS);
+	if (r >= 0) {
+		r = set_int(in->sock, ZMQ_SNDHWM, (int) cfg->ingest.hwm);
+	}
+	if (r >= 0) {
+		r = set_int(in->sock, ZMQ_RCVHWM, (int) cfg->ingest.hwm);
+	}
+	if (r >= 0 && zmq_setsockopt(in->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof(maxmsg)) < 0) {
+		r = -zmq_errno();
+	}
+	if (r >= 0 && zmq_bind(in->sock, cfg->ingest.endpoint) < 0) {
+		r = -zmq_errno();
+	}
+	if (r < 0) {
+		goto fail;
+	}
+	r = zuv_init(loop, &in->zuv, in->sock, INGEST_RECV_BUDGET, on_readable, in);
+	if (r < 0) {
+		goto fail;
+	}
+	in->zuv_started = true;
+	*ret_ingest = in;
+	return 0;
+fail:
+	ingest_free(in);
+	return r;
+}
+
+void
+ingest_stop(struct ingest *in, void (*done)(void *data), void *data)
+{
+	in->stopping = true;
+	in->stop_cb = done;
+	in->stop_data = data;
+	in->paused = true;
+	zuv_pause(&in->zuv);
+	/* Whatever was received is committed now rather than at the batch's end. */
+	maybe_submit(in);
+	maybe_finish(in);
+}
+
+void
+ingest_get_counters(const struct ingest *in, struct ingest_counters *ret_counters)
+{
+	*ret_counters = in->counters;
+}
+
+static void
+free_batch_list(struct ingest *in, struct batch *b)
+{
+	while (b) {
+		struct batch *next = b->next;
+
+		for (size_t i = 0; i < b->n; i++) {
+			(void) zmq_msg_close(&b->msgs[i].rid);
+			(void) zmq_msg_close(&b->msgs[i].body);
+		}
+		batch_free(b);
+		b = next;
+	}
+}
+
+struct ingest *
+ingest_free(struct ingest *in)
+{
+	if (!in) {
+		return NULL;
+	}
+	/* Handles must be closed by now (ingest_stop); a failed ingest_new never started them
+	 * or closed them itself. */
+	if (in->sock) {
+		(void) zmq_close(in->sock);
+	}
+	if (in->filling) {
+		in->filling->next = NULL;
+	}
+	free_batch_list(in, in->filling);
+	free_batch_list(in, in->queue_head);
+	batch_free(in->spare);
+	config_unref(in->cfg);
+	free(in);
+	return NULL;
+}
