@@ -4,8 +4,9 @@
  * The file is INI: "[section]" lines, "key = value" lines, and comments starting with '#'
  * or ';' (at the start of a line, or after a value when preceded by a space or tab; values
  * cannot contain " #" or " ;"). Leading whitespace is ignored (no continuation lines).
- * Every key, its default and its range are documented in config/coordd.conf. Unknown sections and keys, bad values, duplicate keys and duplicate
- * councils are errors; each error names its line.
+ * Every key, its default and its range are documented in config/coordd.conf. Unknown
+ * sections and keys, bad values, duplicate keys and duplicate councils are errors; each
+ * error names its line.
  *
  * A loaded config is never modified. It is reference-counted so that a reload can build a
  * new one while work in flight still holds the old one. Non-logging module: errors are

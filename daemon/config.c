@@ -1,0 +1,955 @@
+/*
+ * config: read the INI configuration file into an immutable, reference-counted struct config.
+ *
+ * inih does the tokenising, but it is fed through our own line reader (read_line), because
+ * inih as packaged gives the handler no line number, silently splits lines longer than its
+ * buffer, and knows nothing of sections that have no keys. The reader therefore:
+ *   - counts lines, so every error names its line (inih calls the handler for a line before
+ *     it asks for the next one, so p->line is the handler's line too);
+ *   - rejects a line that does not fit inih's buffer (and CONFIG_LINE_MAX) instead of
+ *     letting inih split it;
+ *   - drops leading whitespace, so inih never sees a continuation line (an indented key is
+ *     just a key, not a new line of the previous value);
+ *   - cuts an inline '#' comment (a '#' after a space or tab); inih itself cuts inline ';'
+ *     comments the same way;
+ *   - handles "[section]" lines itself: validates the name, rejects repeats and creates the
+ *     council, so empty sections are checked too. inih still sees the line.
+ * The handler (handle_key) then checks and stores one "key = value" pair. Checks that need
+ * the whole file (required keys, max_pending >= max_batch, ...) run in finish(). The first
+ * error wins: once one is recorded the reader ends the input.
+ *
+ * Non-logging module: errors go to struct config_error.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <ini.h>
+
+#include "config.h"
+#include "iso.h"
+#include "log.h"
+
+#define CONFIG_COUNCIL_PREFIX "council."
+
+#define KIB UINT64_C(1024)
+#define MIB (KIB * 1024)
+#define GIB (MIB * 1024)
+
+enum section {
+	SECTION_NONE, /* before the first "[section]" line */
+	SECTION_COORDD,
+	SECTION_INGEST,
+	SECTION_STORE,
+	SECTION_COUNCIL,
+	_SECTION_MAX,
+};
+
+static const char *const section_names[_SECTION_MAX] = {
+        [SECTION_NONE] = "",       [SECTION_COORDD] = "coordd",   [SECTION_INGEST] = "ingest",
+        [SECTION_STORE] = "store", [SECTION_COUNCIL] = "council",
+};
+
+enum key_type {
+	KEY_STRING,   /* char *, must not be empty */
+	KEY_ENDPOINT, /* char *, "transport://address" */
+	KEY_U32,      /* uint32_t, plain decimal */
+	KEY_SIZE32,   /* uint32_t, config_parse_size() */
+	KEY_SIZE64,   /* uint64_t, config_parse_size() */
+	KEY_LOG_LEVEL,
+	KEY_SYNC,
+};
+
+/* The keys of the fixed sections; council keys are handled by handle_council_key(). */
+enum key_id {
+	KEY_STATE_DIR,
+	KEY_LOG_LEVEL_ID,
+	KEY_INGEST_ENDPOINT,
+	KEY_MAX_MESSAGE_BYTES,
+	KEY_MAX_BATCH,
+	KEY_MAX_PENDING,
+	KEY_HWM,
+	KEY_MAP_SIZE,
+	KEY_MAP_SIZE_MAX,
+	KEY_SYNC_ID,
+	_KEY_MAX,
+};
+
+struct key {
+	enum section section;
+	const char *name;
+	enum key_type type;
+	size_t offset; /* into struct config */
+	uint64_t min, max;
+};
+
+static const struct key keys[_KEY_MAX] = {
+        [KEY_STATE_DIR] = {SECTION_COORDD, "state_dir", KEY_STRING,
+                           offsetof(struct config, state_dir), 0, 0},
+        [KEY_LOG_LEVEL_ID] = {SECTION_COORDD, "log_level", KEY_LOG_LEVEL,
+                              offsetof(struct config, log_level), 0, 0},
+        [KEY_INGEST_ENDPOINT] = {SECTION_INGEST, "endpoint", KEY_ENDPOINT,
+                                 offsetof(struct config, ingest.endpoint), 0, 0},
+        [KEY_MAX_MESSAGE_BYTES] = {SECTION_INGEST, "max_message_bytes", KEY_SIZE32,
+                                   offsetof(struct config, ingest.max_message_bytes), KIB, MIB},
+        [KEY_MAX_BATCH] = {SECTION_INGEST, "max_batch", KEY_U32,
+                           offsetof(struct config, ingest.max_batch), 1, 65536},
+        [KEY_MAX_PENDING] = {SECTION_INGEST, "max_pending", KEY_U32,
+                             offsetof(struct config, ingest.max_pending), 1, UINT32_MAX},
+        [KEY_HWM] = {SECTION_INGEST, "hwm", KEY_U32, offsetof(struct config, ingest.hwm), 100,
+                     1000000},
+        [KEY_MAP_SIZE] = {SECTION_STORE, "map_size", KEY_SIZE64,
+                          offsetof(struct config, store.map_size), MIB, UINT64_MAX},
+        [KEY_MAP_SIZE_MAX] = {SECTION_STORE, "map_size_max", KEY_SIZE64,
+                              offsetof(struct config, store.map_size_max), MIB, UINT64_MAX},
+        [KEY_SYNC_ID] = {SECTION_STORE, "sync", KEY_SYNC, offsetof(struct config, store.sync), 0,
+                         0},
+};
+
+/* Parse-time bookkeeping for one council, parallel to config->councils (file order). */
+struct council_state {
+	unsigned line; /* of its "[council.<id>]" line */
+	unsigned name_line, country_line;
+};
+
+struct parser {
+	struct config *config;
+	struct config_error error;
+	int r; /* first failure, 0 while none */
+
+	/* Input: exactly one of file and text is set. */
+	FILE *file;
+	const char *text;
+	unsigned line; /* of the line last handed to inih */
+	bool eof;
+
+	enum section section;
+	struct council_state *council_states;
+	size_t councils_allocated;
+	unsigned section_line[_SECTION_MAX]; /* 0 until the section is seen */
+	unsigned key_line[_KEY_MAX];         /* 0 until the key is set */
+};
+
+static int fail(struct parser *p, unsigned line, int r, const char *fmt, ...)
+        __attribute__((format(printf, 4, 5)));
+
+/* Record the first error only; later ones are consequences of it. Returns r. */
+static int
+fail(struct parser *p, unsigned line, int r, const char *fmt, ...)
+{
+	if (p->r < 0) {
+		return r;
+	}
+	p->r = r;
+	p->error.line = line;
+	va_list ap;
+	va_start(ap, fmt);
+	(void) vsnprintf(p->error.message, sizeof(p->error.message), fmt, ap);
+	va_end(ap);
+	return r;
+}
+
+static int
+fail_oom(struct parser *p)
+{
+	return fail(p, p->line, -ENOMEM, "out of memory");
+}
+
+static bool
+is_blank(char c)
+{
+	return c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == '\v' || c == '\f';
+}
+
+static char
+ascii_lower(char c)
+{
+	return c >= 'A' && c <= 'Z' ? (char) (c - 'A' + 'a') : c;
+}
+
+static bool
+is_digit(char c)
+{
+	return c >= '0' && c <= '9';
+}
+
+/* Returns the next byte of input, or EOF at the end or on a read error (recorded). */
+static int
+next_byte(struct parser *p)
+{
+	if (p->text) {
+		if (*p->text == '\0') {
+			return EOF;
+		}
+		return (unsigned char) *p->text++;
+	}
+	int c = getc(p->file);
+	if (c == EOF && ferror(p->file)) {
+		int r = errno > 0 ? -errno : -EIO;
+		(void) fail(p, 0, r, "cannot read the file: %s", strerror(-r));
+	}
+	return c;
+}
+
+static bool
+council_id_valid(const char *id)
+{
+	size_t n = strlen(id);
+
+	if (n == 0 || n > CONFIG_COUNCIL_ID_MAX) {
+		return false;
+	}
+	for (size_t i = 0; i < n; i++) {
+		char c = id[i];
+		bool ok =
+		        (c >= 'a' && c <= 'z') || is_digit(c) || (i > 0 && (c == '_' || c == '-'));
+		if (!ok) {
+			return false;
+		}
+	}
+	return true;
+}
+
+static int
+add_council(struct parser *p, const char *id)
+{
+	struct config *c = p->config;
+
+	for (size_t i = 0; i < c->n_councils; i++) {
+		if (strcmp(c->councils[i].id, id) == 0) {
+			return fail(p, p->line, -EINVAL,
+			            "duplicate section [council.%s] (first at line %u): merge them",
+			            id, p->council_states[i].line);
+		}
+	}
+	if (c->n_councils == p->councils_allocated) {
+		size_t n = p->councils_allocated ? p->councils_allocated * 2 : 16;
+		struct config_council *councils = reallocarray(c->councils, n, sizeof(*councils));
+		if (!councils) {
+			return fail_oom(p);
+		}
+		c->councils = councils;
+		struct council_state *states = reallocarray(p->council_states, n, sizeof(*states));
+		if (!states) {
+			return fail_oom(p);
+		}
+		p->council_states = states;
+		p->councils_allocated = n;
+	}
+	struct config_council *council = &c->councils[c->n_councils];
+	*council = (struct config_council){.name = NULL};
+	memcpy(council->id, id, strlen(id) + 1);
+	p->council_states[c->n_councils] = (struct council_state){.line = p->line};
+	c->n_councils++;
+	return 0;
+}
+
+/*
+ * A "[name]" line, already left-trimmed. Sets p->section or records an error. inih gets the
+ * line as well and keeps its own copy of the name, which we do not use.
+ */
+static int
+handle_section_line(struct parser *p, char *line)
+{
+	char *end = strchr(line, ']');
+
+	if (!end) {
+		return fail(p, p->line, -EINVAL, "missing ']' in section header");
+	}
+	const char *rest = end + 1;
+	while (is_blank(*rest)) {
+		rest++;
+	}
+	if (*rest != '\0' && *rest != ';' && *rest != '#') {
+		return fail(p, p->line, -EINVAL,
+		            "unexpected text after ']': put it on its own line");
+	}
+
+	/* The name is at most CONFIG_LINE_MAX bytes, so it always fits the message. */
+	*end = '\0';
+	const char *name = line + 1;
+	int r = 0;
+	size_t prefix = strlen(CONFIG_COUNCIL_PREFIX);
+	if (strncmp(name, CONFIG_COUNCIL_PREFIX, prefix) == 0) {
+		const char *id = name + prefix;
+		if (!council_id_valid(id)) {
+			r = fail(p, p->line, -EINVAL,
+			         "bad council id '%s': use 1 to %d of a-z, 0-9, '_', '-', "
+			         "starting with a letter or digit",
+			         id, CONFIG_COUNCIL_ID_MAX);
+		} else {
+			r = add_council(p, id);
+			p->section = SECTION_COUNCIL;
+		}
+		*end = ']';
+		return r;
+	}
+
+	enum section s = SECTION_NONE;
+	for (int i = SECTION_COORDD; i < SECTION_COUNCIL; i++) {
+		if (strcmp(name, section_names[i]) == 0) {
+			s = (enum section) i;
+		}
+	}
+	if (s == SECTION_NONE) {
+		r = fail(p, p->line, -EINVAL,
+		         "unknown section [%s]: use [coordd], [ingest], [store] or "
+		         "[council.<id>]",
+		         name);
+	} else if (p->section_line[s] != 0) {
+		r = fail(p, p->line, -EINVAL,
+		         "duplicate section [%s] (first at line %u): merge them", name,
+		         p->section_line[s]);
+	} else {
+		p->section_line[s] = p->line;
+		p->section = s;
+	}
+	*end = ']';
+	return r;
+}
+
+/* Cut the line at the first '#' that follows a space or tab: an inline comment. */
+static void
+cut_hash_comment(char *line)
+{
+	if (line[0] == '\0') {
+		return;
+	}
+	for (char *s = line + 1; *s; s++) {
+		if (*s == '#' && (s[-1] == ' ' || s[-1] == '\t')) {
+			*s = '\0';
+			return;
+		}
+	}
+}
+
+/*
+ * inih's ini_reader: fgets() semantics (at most num - 1 bytes, newline included), one line
+ * per call, so inih's line count stays equal to ours.
+ */
+static char *
+read_line(char *str, int num, void *stream)
+{
+	struct parser *p = stream;
+
+	if (p->r < 0 || p->eof || num < 2) {
+		return NULL;
+	}
+
+	/* The longest line we accept, in bytes with its newline: what both sides can hold. */
+	size_t limit = (size_t) num - 1;
+	if (limit > CONFIG_LINE_MAX - 1) {
+		limit = CONFIG_LINE_MAX - 1;
+	}
+
+	size_t len = 0;
+	int c = EOF;
+	p->line++;
+	for (;;) {
+		c = next_byte(p);
+		if (c == EOF) {
+			break;
+		}
+		if (c == '\0') {
+			(void) fail(p, p->line, -EINVAL,
+			            "NUL byte in line: this is not a text file");
+			return NULL;
+		}
+		if (len == limit) {
+			(void) fail(p, p->line, -EINVAL,
+			            "line longer than %zu bytes (newline included): shorten it",
+			            limit);
+			return NULL;
+		}
+		str[len++] = (char) c;
+		if (c == '\n') {
+			break;
+		}
+	}
+	if (p->r < 0) {
+		return NULL;
+	}
+	if (c == EOF) {
+		p->eof = true;
+		if (len == 0) {
+			p->line--;
+			return NULL;
+		}
+	}
+	str[len] = '\0';
+
+	/* A UTF-8 byte order mark is allowed at the very start; inih would skip it too. */
+	char *start = str;
+	if (p->line == 1 && strncmp(start, "\xEF\xBB\xBF", 3) == 0) {
+		start += 3;
+	}
+	/* No leading whitespace reaches inih, so it never sees a continuation line. */
+	while (is_blank(*start) && *start != '\n') {
+		start++;
+	}
+	if (start != str) {
+		memmove(str, start, strlen(start) + 1);
+	}
+
+	if (str[0] == ';' || str[0] == '#') {
+		return str;
+	}
+	cut_hash_comment(str);
+	if (str[0] == '[') {
+		if (handle_section_line(p, str) < 0) {
+			return NULL;
+		}
+	}
+	return str;
+}
+
+/* Strict unsigned decimal: digits only. -EINVAL on syntax, -ERANGE above UINT64_MAX. */
+static int
+parse_u64(const char *s, uint64_t *ret)
+{
+	uint64_t n = 0;
+	bool overflow = false;
+
+	if (!is_digit(*s)) {
+		return -EINVAL;
+	}
+	for (; is_digit(*s); s++) {
+		unsigned d = (unsigned) (*s - '0');
+		if (n > (UINT64_MAX - d) / 10) {
+			overflow = true;
+		} else {
+			n = n * 10 + d;
+		}
+	}
+	if (*s != '\0') {
+		return -EINVAL;
+	}
+	if (overflow) {
+		return -ERANGE;
+	}
+	*ret = n;
+	return 0;
+}
+
+int
+config_parse_size(const char *s, uint64_t *ret)
+{
+	if (!s || !ret) {
+		return -EINVAL;
+	}
+
+	size_t digits = 0;
+	while (is_digit(s[digits])) {
+		digits++;
+	}
+	if (digits == 0 || digits >= 32) {
+		return digits == 0 ? -EINVAL : -ERANGE;
+	}
+	char number[32];
+	memcpy(number, s, digits);
+	number[digits] = '\0';
+
+	const char *suffix = s + digits;
+	unsigned shift = 0;
+	switch (ascii_lower(*suffix)) {
+	case 'k':
+		shift = 10;
+		break;
+	case 'm':
+		shift = 20;
+		break;
+	case 'g':
+		shift = 30;
+		break;
+	case 't':
+		shift = 40;
+		break;
+	default:
+		break;
+	}
+	if (shift > 0) {
+		suffix++;
+		if (ascii_lower(suffix[0]) == 'i' && ascii_lower(suffix[1]) == 'b') {
+			suffix += 2;
+		} else if (ascii_lower(suffix[0]) == 'b') {
+			suffix++;
+		}
+	} else if (ascii_lower(*suffix) == 'b') {
+		suffix++;
+	}
+	if (*suffix != '\0') {
+		return -EINVAL;
+	}
+
+	uint64_t n;
+	int r = parse_u64(number, &n);
+	if (r < 0) {
+		return r;
+	}
+	if (n > (UINT64_MAX >> shift)) {
+		return -ERANGE;
+	}
+	*ret = n << shift;
+	return 0;
+}
+
+/* "64M" for a whole number of the largest unit, else the plain number. */
+static void
+format_size(uint64_t n, char *buf, size_t size)
+{
+	static const char units[] = "KMGT";
+	int unit = -1;
+
+	while (unit < 3 && n >= 1024 && n % 1024 == 0) {
+		n /= 1024;
+		unit++;
+	}
+	if (unit < 0) {
+		(void) snprintf(buf, size, "%" PRIu64, n);
+	} else {
+		(void) snprintf(buf, size, "%" PRIu64 "%c", n, units[unit]);
+	}
+}
+
+static void
+format_range(const struct key *k, char *buf, size_t size)
+{
+	char lo[32], hi[32];
+
+	if (k->type == KEY_U32) {
+		(void) snprintf(lo, sizeof(lo), "%" PRIu64, k->min);
+		(void) snprintf(hi, sizeof(hi), "%" PRIu64, k->max);
+	} else {
+		format_size(k->min, lo, sizeof(lo));
+		format_size(k->max, hi, sizeof(hi));
+	}
+	if (k->max == UINT64_MAX) {
+		(void) snprintf(buf, size, "at least %s", lo);
+	} else {
+		(void) snprintf(buf, size, "%s to %s", lo, hi);
+	}
+}
+
+static bool
+utf8_text_valid(const char *s)
+{
+	const unsigned char *u = (const unsigned char *) s;
+
+	while (*u) {
+		unsigned char c = *u;
+		size_t n;
+		uint32_t cp, min;
+		if (c < 0x20 || c == 0x7F) {
+			return false;
+		} else if (c < 0x80) {
+			u++;
+			continue;
+		} else if ((c & 0xE0) == 0xC0) {
+			n = 1, cp = c & 0x1F, min = 0x80;
+		} else if ((c & 0xF0) == 0xE0) {
+			n = 2, cp = c & 0x0F, min = 0x800;
+		} else if ((c & 0xF8) == 0xF0) {
+			n = 3, cp = c & 0x07, min = 0x10000;
+		} else {
+			return false;
+		}
+		for (size_t i = 1; i <= n; i++) {
+			if ((u[i] & 0xC0) != 0x80) {
+				return false;
+			}
+			cp = (cp << 6) | (u[i] & 0x3F);
+		}
+		if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) {
+			return false;
+		}
+		u += n + 1;
+	}
+	return true;
+}
+
+static int
+set_string(struct parser *p, char **field, const char *value)
+{
+	char *copy = strdup(value);
+
+	if (!copy) {
+		return fail_oom(p);
+	}
+	free(*field);
+	*field = copy;
+	return 0;
+}
+
+static int
+handle_fixed_key(struct parser *p, enum key_id id, const char *value)
+{
+	const struct key *k = &keys[id];
+	const char *sect = section_names[k->section];
+	void *field = (char *) p->config + k->offset;
+	char range[80];
+	uint64_t n = 0;
+	int r;
+
+	switch (k->type) {
+	case KEY_ENDPOINT:
+		if (!strstr(value, "://") || strpbrk(value, " \t")) {
+			return fail(p, p->line, -EINVAL,
+			            "bad %s '%s' in [%s]: use transport://address, e.g. "
+			            "tcp://127.0.0.1:7701",
+			            k->name, value, sect);
+		}
+		return set_string(p, field, value);
+	case KEY_STRING:
+		return set_string(p, field, value);
+	case KEY_LOG_LEVEL: {
+		enum log_level level = log_level_from_string(value);
+		if (level == LOG_LEVEL_INVALID) {
+			return fail(p, p->line, -EINVAL,
+			            "bad %s '%s' in [%s]: use error, warning, notice, info or "
+			            "debug",
+			            k->name, value, sect);
+		}
+		*(int *) field = (int) level;
+		return 0;
+	}
+	case KEY_SYNC:
+		if (strcmp(value, "full") == 0) {
+			*(enum config_sync *) field = CONFIG_SYNC_FULL;
+		} else if (strcmp(value, "none") == 0) {
+			*(enum config_sync *) field = CONFIG_SYNC_NONE;
+		} else {
+			return fail(p, p->line, -EINVAL, "bad %s '%s' in [%s]: use full or none",
+			            k->name, value, sect);
+		}
+		return 0;
+	case KEY_U32:
+		format_range(k, range, sizeof(range));
+		r = parse_u64(value, &n);
+		if (r == -EINVAL) {
+			return fail(p, p->line, r, "bad number '%s' for %s in [%s]: use %s", value,
+			            k->name, sect, range);
+		}
+		break;
+	case KEY_SIZE32:
+	case KEY_SIZE64:
+		format_range(k, range, sizeof(range));
+		r = config_parse_size(value, &n);
+		if (r == -EINVAL) {
+			return fail(p, p->line, r,
+			            "bad size '%s' for %s in [%s]: use a number with an optional "
+			            "K, M, G or T suffix (%s)",
+			            value, k->name, sect, range);
+		}
+		break;
+	default:
+		return fail(p, p->line, -EINVAL, "internal error: key %s", k->name);
+	}
+
+	/* A number that overflowed parsing is out of range too. */
+	if (r == -ERANGE || n < k->min || n > k->max) {
+		return fail(p, p->line, -EINVAL, "%s = %s is out of range in [%s]: use %s", k->name,
+		            value, sect, range);
+	}
+	if (k->type == KEY_SIZE64) {
+		*(uint64_t *) field = n;
+	} else {
+		*(uint32_t *) field = (uint32_t) n;
+	}
+	return 0;
+}
+
+static int
+handle_council_key(struct parser *p, const char *name, const char *value)
+{
+	struct config_council *council = &p->config->councils[p->config->n_councils - 1];
+	struct council_state *state = &p->council_states[p->config->n_councils - 1];
+	unsigned *seen;
+
+	if (strcmp(name, "name") == 0) {
+		seen = &state->name_line;
+	} else if (strcmp(name, "country") == 0) {
+		seen = &state->country_line;
+	} else {
+		return fail(p, p->line, -EINVAL,
+		            "unknown key '%s' in [council.%s]: use name or country", name,
+		            council->id);
+	}
+	if (*seen != 0) {
+		return fail(p, p->line, -EINVAL,
+		            "duplicate key '%s' in [council.%s] (first at line %u): keep one", name,
+		            council->id, *seen);
+	}
+	if (*value == '\0') {
+		return fail(p, p->line, -EINVAL, "empty value for '%s' in [council.%s]", name,
+		            council->id);
+	}
+	*seen = p->line;
+
+	if (seen == &state->country_line) {
+		if (!iso_country_valid(value)) {
+			return fail(p, p->line, -EINVAL,
+			            "bad country '%s' in [council.%s]: use an ISO 3166-1 alpha-2 "
+			            "code in upper case, e.g. FR",
+			            value, council->id);
+		}
+		memcpy(council->country, value, 3);
+		return 0;
+	}
+	if (!utf8_text_valid(value)) {
+		return fail(p, p->line, -EINVAL,
+		            "bad name in [council.%s]: use UTF-8 text without control characters",
+		            council->id);
+	}
+	return set_string(p, &council->name, value);
+}
+
+static int
+handle_key_line(struct parser *p, const char *name, const char *value)
+{
+	if (p->section == SECTION_NONE) {
+		return fail(p, p->line, -EINVAL,
+		            "key '%s' is outside a section: put it under [coordd], [ingest], "
+		            "[store] or [council.<id>]",
+		            name);
+	}
+	if (p->section == SECTION_COUNCIL) {
+		return handle_council_key(p, name, value);
+	}
+
+	const char *sect = section_names[p->section];
+	for (int i = 0; i < _KEY_MAX; i++) {
+		if (keys[i].section != p->section || strcmp(keys[i].name, name) != 0) {
+			continue;
+		}
+		if (p->key_line[i] != 0) {
+			return fail(p, p->line, -EINVAL,
+			            "duplicate key '%s' in [%s] (first at line %u): keep one", name,
+			            sect, p->key_line[i]);
+		}
+		if (*value == '\0') {
+			return fail(p, p->line, -EINVAL, "empty value for '%s' in [%s]", name,
+			            sect);
+		}
+		p->key_line[i] = p->line;
+		return handle_fixed_key(p, (enum key_id) i, value);
+	}
+	return fail(p, p->line, -EINVAL, "unknown key '%s' in [%s]", name, sect);
+}
+
+/*
+ * inih's handler: one "key = value" line, in the section the reader last saw (inih's own
+ * `section` says the same). Returns 0, which makes inih record an error, on failure.
+ */
+static int
+handle_key(void *user, const char *section, const char *name, const char *value)
+{
+	struct parser *p = user;
+
+	(void) section;
+	if (p->r < 0) {
+		return 0;
+	}
+	return handle_key_line(p, name, value) >= 0;
+}
+
+static int
+council_compare(const void *a, const void *b)
+{
+	const struct config_council *x = a, *y = b;
+
+	return strcmp(x->id, y->id);
+}
+
+/* The line to blame for a cross-key error: the later key that was set, else the section. */
+static unsigned
+blame_line(const struct parser *p, enum key_id a, enum key_id b)
+{
+	unsigned line = p->key_line[a] > p->key_line[b] ? p->key_line[a] : p->key_line[b];
+
+	return line ? line : p->section_line[keys[a].section];
+}
+
+/* Checks that need the whole file. */
+static int
+finish(struct parser *p)
+{
+	struct config *c = p->config;
+	char a[32], b[32];
+
+	if (p->section_line[SECTION_COORDD] == 0) {
+		return fail(p, 0, -EINVAL,
+		            "missing section [coordd]: add it with state_dir = <dir>");
+	}
+	if (!c->state_dir) {
+		return fail(p, p->section_line[SECTION_COORDD], -EINVAL,
+		            "missing key 'state_dir' in [coordd]: set the store's directory");
+	}
+	if (c->ingest.max_pending < c->ingest.max_batch) {
+		return fail(p, blame_line(p, KEY_MAX_PENDING, KEY_MAX_BATCH), -EINVAL,
+		            "max_pending (%" PRIu32 ") is below max_batch (%" PRIu32
+		            ") in [ingest]: raise max_pending",
+		            c->ingest.max_pending, c->ingest.max_batch);
+	}
+	if (c->store.map_size_max < c->store.map_size) {
+		format_size(c->store.map_size_max, a, sizeof(a));
+		format_size(c->store.map_size, b, sizeof(b));
+		return fail(p, blame_line(p, KEY_MAP_SIZE_MAX, KEY_MAP_SIZE), -EINVAL,
+		            "map_size_max (%s) is below map_size (%s) in [store]: raise "
+		            "map_size_max",
+		            a, b);
+	}
+	for (size_t i = 0; i < c->n_councils; i++) {
+		const char *missing = !c->councils[i].name                ? "name"
+		                      : c->councils[i].country[0] == '\0' ? "country"
+		                                                          : NULL;
+		if (missing) {
+			return fail(p, p->council_states[i].line, -EINVAL,
+			            "missing key '%s' in [council.%s]", missing, c->councils[i].id);
+		}
+	}
+	if (c->n_councils > 1) {
+		qsort(c->councils, c->n_councils, sizeof(c->councils[0]), council_compare);
+	}
+	return 0;
+}
+
+static int
+parse(struct parser *p, const char *name, struct config **ret_config,
+      struct config_error *ret_error)
+{
+	struct config *c = calloc(1, sizeof(*c));
+	int r;
+
+	if (!c) {
+		r = fail_oom(p);
+		goto out;
+	}
+	*c = (struct config){
+	        .refs = 1,
+	        .log_level = LOG_LEVEL_INFO,
+	        .ingest =
+	                {
+	                        .max_message_bytes = 64 * KIB,
+	                        .max_batch = 1024,
+	                        .max_pending = 8192,
+	                        .hwm = 10000,
+	                },
+	        .store =
+	                {
+	                        .map_size = 64 * MIB,
+	                        .map_size_max = 16 * GIB,
+	                        .sync = CONFIG_SYNC_FULL,
+	                },
+	};
+	p->config = c;
+	c->path = strdup(name);
+	c->ingest.endpoint = strdup("tcp://127.0.0.1:7701");
+	if (!c->path || !c->ingest.endpoint) {
+		r = fail_oom(p);
+		goto out;
+	}
+
+	/*
+	 * inih returns the line of its first error, which is either ours (the handler failed
+	 * there) or a line that is neither "[section]" nor "key = value". inih does not stop at
+	 * the latter, so a later error of ours may already be recorded: the earlier line wins.
+	 */
+	r = ini_parse_stream(read_line, p, handle_key, p);
+	if (r > 0 && (p->r == 0 || (unsigned) r < p->error.line)) {
+		p->r = 0;
+		r = fail(p, (unsigned) r, -EINVAL, "expected 'key = value' or '[section]'");
+	} else if (p->r < 0) {
+		r = p->r;
+	} else if (r == -2) {
+		r = fail(p, 0, -ENOMEM, "out of memory");
+	} else if (r < 0) {
+		r = fail(p, 0, -EIO, "cannot parse the file");
+	} else {
+		r = finish(p);
+	}
+
+out:
+	free(p->council_states);
+	if (r < 0) {
+		(void) config_unref(c);
+		if (ret_error) {
+			*ret_error = p->error;
+		}
+		return r;
+	}
+	*ret_config = c;
+	return 0;
+}
+
+int
+config_load(const char *path, struct config **ret_config, struct config_error *ret_error)
+{
+	struct parser p = {.r = 0};
+
+	p.file = fopen(path, "re");
+	if (!p.file) {
+		int r = -errno;
+		(void) fail(&p, 0, r, "cannot open '%s': %s", path, strerror(-r));
+		if (ret_error) {
+			*ret_error = p.error;
+		}
+		return r;
+	}
+	int r = parse(&p, path, ret_config, ret_error);
+	(void) fclose(p.file);
+	return r;
+}
+
+int
+config_parse_string(const char *text, const char *name, struct config **ret_config,
+                    struct config_error *ret_error)
+{
+	struct parser p = {.text = text};
+
+	return parse(&p, name ? name : "<string>", ret_config, ret_error);
+}
+
+struct config *
+config_ref(struct config *c)
+{
+	if (c) {
+		/* Atomic so that a snapshot may be dropped on the store's writer thread. */
+		(void) __atomic_add_fetch(&c->refs, 1, __ATOMIC_RELAXED);
+	}
+	return c;
+}
+
+struct config *
+config_unref(struct config *c)
+{
+	if (!c || __atomic_sub_fetch(&c->refs, 1, __ATOMIC_ACQ_REL) > 0) {
+		return NULL;
+	}
+	for (size_t i = 0; i < c->n_councils; i++) {
+		free(c->councils[i].name);
+	}
+	free(c->councils);
+	free(c->ingest.endpoint);
+	free(c->state_dir);
+	free(c->path);
+	free(c);
+	return NULL;
+}
+
+const struct config_council *
+config_find_council(const struct config *c, const char *id)
+{
+	if (!c || !id || c->n_councils == 0) {
+		return NULL;
+	}
+	struct config_council key = {.name = NULL};
+	size_t n = strlen(id);
+	if (n > CONFIG_COUNCIL_ID_MAX) {
+		return NULL;
+	}
+	memcpy(key.id, id, n + 1);
+	return bsearch(&key, c->councils, c->n_councils, sizeof(c->councils[0]), council_compare);
+}
