@@ -18,18 +18,18 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define CONFIG_COUNCIL_ID_MAX 32     /* bytes, without the NUL */
+#define CONFIG_COUNCIL_ID_MAX 32 /* bytes, without the NUL */
 /*
  * A line holds at most CONFIG_LINE_MAX - 1 bytes, its newline included (198 characters plus
  * "\n"); a longer line is an error. This is inih's line buffer (INI_MAX_LINE, 200 as Debian
  * builds it): inih would split a longer line, so the limit cannot be raised through it.
  */
 #define CONFIG_LINE_MAX 200
-#define CONFIG_EXIT_INVALID 78       /* EX_CONFIG: exit status for a bad config */
+#define CONFIG_EXIT_INVALID 78 /* EX_CONFIG: exit status for a bad config */
 
 enum config_sync {
-	CONFIG_SYNC_FULL,    /* every commit is flushed to disk before any ack (default) */
-	CONFIG_SYNC_NONE,    /* UNSAFE: commits are not flushed; a power cut loses acked records */
+	CONFIG_SYNC_FULL, /* every commit is flushed to disk before any ack (default) */
+	CONFIG_SYNC_NONE, /* UNSAFE: commits are not flushed; a power cut loses acked records */
 	_CONFIG_SYNC_MAX,
 	_CONFIG_SYNC_INVALID = -22,
 };
@@ -43,27 +43,27 @@ struct config_council {
 
 struct config {
 	unsigned refs;
-	char *path;                    /* the file it was read from ("<string>" for text) */
+	char *path; /* the file it was read from ("<string>" for text) */
 
 	/* [coordd] */
-	char *state_dir;               /* state_dir: directory of the LMDB store (required) */
-	int log_level;                 /* log_level: enum log_level, default LOG_LEVEL_INFO */
+	char *state_dir; /* state_dir: directory of the LMDB store (required) */
+	int log_level;   /* log_level: enum log_level, default LOG_LEVEL_INFO */
 
 	/* [ingest] */
 	struct {
-		char *endpoint;            /* endpoint, default tcp://127.0.0.1:7701 */
-		uint32_t max_message_bytes;/* 1 KiB .. 1 MiB, default 64 KiB */
-		uint32_t max_batch;        /* messages per commit, 1 .. 65536, default 1024 */
-		uint32_t max_pending;      /* received but uncommitted before reading pauses,
-		                              >= max_batch, default 8192 */
-		uint32_t hwm;              /* ZMQ send and receive HWM, 100 .. 1000000, default 10000 */
+		char *endpoint;             /* endpoint, default tcp://127.0.0.1:7701 */
+		uint32_t max_message_bytes; /* 1 KiB .. 1 MiB, default 64 KiB */
+		uint32_t max_batch;         /* messages per commit, 1 .. 65536, default 1024 */
+		uint32_t max_pending;       /* received but uncommitted before reading pauses,
+		                               >= max_batch, default 8192 */
+		uint32_t hwm; /* ZMQ send and receive HWM, 100 .. 1000000, default 10000 */
 	} ingest;
 
 	/* [store] */
 	struct {
-		uint64_t map_size;         /* initial LMDB map size, default 64 MiB, >= 1 MiB */
-		uint64_t map_size_max;     /* growth limit, default 16 GiB, >= map_size */
-		enum config_sync sync;     /* sync = full | none, default full */
+		uint64_t map_size;     /* initial LMDB map size, default 64 MiB, >= 1 MiB */
+		uint64_t map_size_max; /* growth limit, default 16 GiB, >= map_size */
+		enum config_sync sync; /* sync = full | none, default full */
 	} store;
 
 	/* [council.<id>] sections, sorted by id */
@@ -83,40 +83,34 @@ struct config_error {
  * config, -ENOENT/-EACCES/... when the file cannot be read, -ENOMEM) and fills *ret_error;
  * *ret_config is not touched. `ret_error` may be NULL.
  */
-int
-config_load(const char *path, struct config **ret_config, struct config_error *ret_error);
+int config_load(const char *path, struct config **ret_config, struct config_error *ret_error);
 
 /*
  * Like config_load() but parses `text` (NUL-terminated); `name` is recorded as the path.
  * For tests and fuzzing.
  */
-int
-config_parse_string(const char *text, const char *name, struct config **ret_config,
-		struct config_error *ret_error);
+int config_parse_string(const char *text, const char *name, struct config **ret_config,
+                        struct config_error *ret_error);
 
 /*
  * Take another reference. Returns `c`.
  */
-struct config *
-config_ref(struct config *c);
+struct config *config_ref(struct config *c);
 
 /*
  * Drop a reference; the config is freed with the last one. Accepts NULL. Returns NULL.
  */
-struct config *
-config_unref(struct config *c);
+struct config *config_unref(struct config *c);
 
 /*
  * Find a council by id (binary search). Returns a pointer valid as long as the config, or
  * NULL when no council has that id.
  */
-const struct config_council *
-config_find_council(const struct config *c, const char *id);
+const struct config_council *config_find_council(const struct config *c, const char *id);
 
 /*
  * Parse a size with an optional suffix: "65536", "64K", "64KiB", "64M", "16G", "1T"
  * (powers of 1024; "B" and "iB" optional, case-insensitive). Returns 0 and *ret, or
  * -EINVAL / -ERANGE.
  */
-int
-config_parse_size(const char *s, uint64_t *ret);
+int config_parse_size(const char *s, uint64_t *ret);

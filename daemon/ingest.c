@@ -26,10 +26,12 @@
 #include "wire.h"
 #include "zuv.h"
 
-#define container_of(ptr, type, member) ((type *) ((char *) (ptr) - offsetof(type, member)))
+#define container_of(ptr, type, member) ((type *) ((char *) (ptr) -offsetof(type, member)))
 
 /* Messages handled per callback before other handles get a turn. */
 #define INGEST_RECV_BUDGET 256
+/* Frames above max(this, 4 x max_message_bytes) are dropped by libzmq, unanswered. */
+#define INGEST_DROP_LIMIT_MIN (INT64_C(1) << 20)
 /* How long acks queued at shutdown may take to leave. */
 #define INGEST_LINGER_MS 2000
 
@@ -135,9 +137,9 @@ send_ack(struct ingest *in, zmq_msg_t *rid, const Coord__V1__Ack *ack)
 	int len = wire_pack_ack(ack, buf, sizeof(buf));
 
 	if (len < 0 ||
-			zmq_send(in->sock, zmq_msg_data(rid), zmq_msg_size(rid),
-					ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
-			zmq_send(in->sock, buf, (size_t) len, ZMQ_DONTWAIT) < 0) {
+	    zmq_send(in->sock, zmq_msg_data(rid), zmq_msg_size(rid), ZMQ_SNDMORE | ZMQ_DONTWAIT) <
+	            0 ||
+	    zmq_send(in->sock, buf, (size_t) len, ZMQ_DONTWAIT) < 0) {
 		in->counters.acks_dropped++;
 	}
 }
@@ -145,7 +147,7 @@ send_ack(struct ingest *in, zmq_msg_t *rid, const Coord__V1__Ack *ack)
 /* Answer a message that changes nothing: REJECTED, or RETRY_LATER before any commit. */
 static void
 refuse(struct ingest *in, zmq_msg_t *rid, const Coord__V1__Envelope *env,
-		Coord__V1__AckStatus status, Coord__V1__Reason reason, const char *message)
+       Coord__V1__AckStatus status, Coord__V1__Reason reason, const char *message)
 {
 	Coord__V1__Ack ack = COORD__V1__ACK__INIT;
 
@@ -177,7 +179,7 @@ check_council(const struct ingest *in, const Coord__V1__Envelope *env, struct wi
 	if (!config_find_council(in->cfg, env->council)) {
 		v->reason = COORD__V1__REASON__REASON_UNKNOWN_COUNCIL;
 		(void) snprintf(v->message, sizeof(v->message), "council '%s' is not registered",
-				env->council);
+		                env->council);
 		return -EPERM;
 	}
 	return 0;
@@ -252,9 +254,9 @@ recv_message(struct ingest *in, struct msg *m)
 		char text[96];
 
 		(void) snprintf(text, sizeof(text),
-				"expected exactly one frame (an Envelope), got %d", frames);
+		                "expected exactly one frame (an Envelope), got %d", frames);
 		refuse(in, &m->rid, NULL, COORD__V1__ACK_STATUS__ACK_STATUS_REJECTED,
-				COORD__V1__REASON__REASON_BAD_FRAMING, text);
+		       COORD__V1__REASON__REASON_BAD_FRAMING, text);
 		(void) zmq_msg_close(&m->rid);
 		(void) zmq_msg_close(&m->body);
 		return -EBADMSG;
@@ -274,10 +276,10 @@ admit(struct ingest *in, struct msg *m, struct store_record *rec, int64_t now)
 	int r;
 
 	r = wire_unpack_envelope(zmq_msg_data(&m->body), zmq_msg_size(&m->body),
-			in->cfg->ingest.max_message_bytes, &env, &verdict);
+	                         in->cfg->ingest.max_message_bytes, &env, &verdict);
 	if (r == -ENOMEM) {
 		refuse(in, &m->rid, NULL, COORD__V1__ACK_STATUS__ACK_STATUS_RETRY_LATER,
-				COORD__V1__REASON__REASON_OVERLOADED, "out of memory");
+		       COORD__V1__REASON__REASON_OVERLOADED, "out of memory");
 		return r;
 	}
 	if (r >= 0) {
@@ -288,7 +290,7 @@ admit(struct ingest *in, struct msg *m, struct store_record *rec, int64_t now)
 	}
 	if (r < 0) {
 		refuse(in, &m->rid, env, COORD__V1__ACK_STATUS__ACK_STATUS_REJECTED, verdict.reason,
-				verdict.message);
+		       verdict.message);
 		if (env) {
 			coord__v1__envelope__free_unpacked(env, NULL);
 		}
@@ -299,13 +301,13 @@ admit(struct ingest *in, struct msg *m, struct store_record *rec, int64_t now)
 	(void) snprintf(m->council, sizeof(m->council), "%s", env->council);
 	(void) snprintf(m->msg_id, sizeof(m->msg_id), "%s", env->msg_id);
 	*rec = (struct store_record){
-		.council = m->council,
-		.msg_id = m->msg_id,
-		.revision = env->revision,
-		.retraction = env->body_case == COORD__V1__ENVELOPE__BODY_RETRACTION,
-		.envelope = zmq_msg_data(&m->body),
-		.envelope_len = zmq_msg_size(&m->body),
-		.received_at = now,
+	        .council = m->council,
+	        .msg_id = m->msg_id,
+	        .revision = env->revision,
+	        .retraction = env->body_case == COORD__V1__ENVELOPE__BODY_RETRACTION,
+	        .envelope = zmq_msg_data(&m->body),
+	        .envelope_len = zmq_msg_size(&m->body),
+	        .received_at = now,
 	};
 	coord__v1__envelope__free_unpacked(env, NULL);
 	return 0;
@@ -338,7 +340,8 @@ on_readable(struct zuv *z, void *zsock, unsigned budget, void *data)
 		}
 		if (r < 0) {
 			if (r != -EBADMSG) {
-				log_warning_errno(r, "Failed to receive on the ingest socket, ignoring");
+				log_warning_errno(
+				        r, "Failed to receive on the ingest socket, ignoring");
 				break;
 			}
 			continue;
@@ -374,8 +377,10 @@ ack_batch(struct ingest *in, struct batch *b)
 		fail_text = "the store reached its configured maximum size; nothing was stored";
 	}
 	if (b->result < 0) {
-		log_warning_errno(b->result, "Failed to commit a batch of %zu messages, answering "
-				"RETRY_LATER", b->n);
+		log_warning_errno(b->result,
+		                  "Failed to commit a batch of %zu messages, answering "
+		                  "RETRY_LATER",
+		                  b->n);
 	} else {
 		in->counters.batches++;
 	}
@@ -493,7 +498,7 @@ set_int(void *sock, int option, int value)
 
 int
 ingest_new(uv_loop_t *loop, void *zctx, struct store *store, struct config *cfg,
-		struct ingest **ret_ingest)
+           struct ingest **ret_ingest)
 {
 	struct ingest *in = calloc(1, sizeof(*in));
 	int r;
@@ -511,8 +516,11 @@ ingest_new(uv_loop_t *loop, void *zctx, struct store *store, struct config *cfg,
 		goto fail;
 	}
 	/* Frames far above the limit are dropped by libzmq with the connection, so a peer
-	 * cannot make us allocate without bound; frames a little above it get REJECTED. */
+	 * cannot make us allocate without bound; frames up to the drop limit get REJECTED. */
 	int64_t maxmsg = (int64_t) cfg->ingest.max_message_bytes * 4;
+	if (maxmsg < INGEST_DROP_LIMIT_MIN) {
+		maxmsg = INGEST_DROP_LIMIT_MIN;
+	}
 	r = set_int(in->sock, ZMQ_LINGER, INGEST_LINGER_MS);
 	if (r >= 0) {
 		r = set_int(in->sock, ZMQ_SNDHWM, (int) cfg->ingest.hwm);

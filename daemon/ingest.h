@@ -23,13 +23,13 @@ struct ingest;
 
 /* Counters since start; read with ingest_get_counters(). */
 struct ingest_counters {
-	uint64_t received;           /* messages read from the socket */
+	uint64_t received; /* messages read from the socket */
 	uint64_t accepted;
 	uint64_t duplicate;
 	uint64_t rejected;
 	uint64_t retry_later;
-	uint64_t acks_dropped;       /* acks libzmq refused (peer gone or at its HWM) */
-	uint64_t batches;            /* committed transactions */
+	uint64_t acks_dropped;           /* acks libzmq refused (peer gone or at its HWM) */
+	uint64_t batches;                /* committed transactions */
 	uint64_t rejected_by_reason[32]; /* indexed by Coord__V1__Reason (< 32) */
 };
 
@@ -39,27 +39,23 @@ struct ingest_counters {
  * ingest_free(). Returns 0 and *ret_ingest, or a negative errno (-EADDRINUSE, ... from
  * zmq_bind; the caller logs it); on error nothing is bound.
  */
-int
-ingest_new(uv_loop_t *loop, void *zctx, struct store *store, struct config *cfg,
-		struct ingest **ret_ingest);
+int ingest_new(uv_loop_t *loop, void *zctx, struct store *store, struct config *cfg,
+               struct ingest **ret_ingest);
 
 /*
  * Stop for shutdown: stop reading, commit and ack every message already received, then close
  * the socket (acks still queued get up to 2 s to leave) and call `done(data)` on the loop
  * thread. Call once.
  */
-void
-ingest_stop(struct ingest *in, void (*done)(void *data), void *data);
+void ingest_stop(struct ingest *in, void (*done)(void *data), void *data);
 
 /*
  * Copy the counters. Loop thread.
  */
-void
-ingest_get_counters(const struct ingest *in, struct ingest_counters *ret_counters);
+void ingest_get_counters(const struct ingest *in, struct ingest_counters *ret_counters);
 
 /*
  * Free after ingest_stop() has called its callback (or after ingest_new() failed half-way).
  * Accepts NULL. Returns NULL.
  */
-struct ingest *
-ingest_free(struct ingest *in);
+struct ingest *ingest_free(struct ingest *in);

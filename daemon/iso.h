@@ -12,8 +12,7 @@
  * True when `cc` is an officially assigned ISO 3166-1 alpha-2 code. Exactly two upper-case
  * ASCII letters; "de" or "DEU" are false.
  */
-bool
-iso_country_valid(const char *cc);
+bool iso_country_valid(const char *cc);
 
 /*
  * Check a BCP 47 language tag (RFC 5646 syntax: primary subtag, then subtags of 1-8
@@ -25,5 +24,4 @@ iso_country_valid(const char *cc);
  * ret_primary (4 bytes: "en", "hyw"); that is what digests count. Returns -EINVAL for
  * anything else, leaving ret_primary untouched. ret_primary may be NULL.
  */
-int
-iso_language_primary(const char *tag, char ret_primary[4]);
+int iso_language_primary(const char *tag, char ret_primary[4]);

@@ -34,9 +34,9 @@ enum log_level
 log_level_from_string(const char *s)
 {
 	static const char *const names[] = {
-		[LOG_LEVEL_ERROR] = "error",   [LOG_LEVEL_WARNING] = "warning",
-		[LOG_LEVEL_NOTICE] = "notice", [LOG_LEVEL_INFO] = "info",
-		[LOG_LEVEL_DEBUG] = "debug",
+	        [LOG_LEVEL_ERROR] = "error",   [LOG_LEVEL_WARNING] = "warning",
+	        [LOG_LEVEL_NOTICE] = "notice", [LOG_LEVEL_INFO] = "info",
+	        [LOG_LEVEL_DEBUG] = "debug",
 	};
 
 	for (int l = LOG_LEVEL_ERROR; l <= LOG_LEVEL_DEBUG; l++) {

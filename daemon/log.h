@@ -23,33 +23,28 @@ enum log_level {
 /*
  * Set the most verbose level that is printed (default LOG_LEVEL_INFO).
  */
-void
-log_set_level(enum log_level level);
+void log_set_level(enum log_level level);
 
-enum log_level
-log_get_level(void);
+enum log_level log_get_level(void);
 
 /*
  * Parse "error", "warning", "notice", "info" or "debug". Returns LOG_LEVEL_INVALID for
  * anything else.
  */
-enum log_level
-log_level_from_string(const char *s);
+enum log_level log_level_from_string(const char *s);
 
 /*
  * Decide whether records carry a timestamp: yes unless JOURNAL_STREAM is set. Called once
  * by main; tests may skip it.
  */
-void
-log_setup_from_env(void);
+void log_setup_from_env(void);
 
 /*
  * Write one record at `level`. When `error` is negative, ": <strerror(-error)>" is appended.
  * Returns `error`, so callers can write `return log_error_errno(r, "...")`.
  */
-int
-log_internal(enum log_level level, int error, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+int log_internal(enum log_level level, int error, const char *fmt, ...)
+        __attribute__((format(printf, 3, 4)));
 
 #define log_error(...) ((void) log_internal(LOG_LEVEL_ERROR, 0, __VA_ARGS__))
 #define log_warning(...) ((void) log_internal(LOG_LEVEL_WARNING, 0, __VA_ARGS__))

@@ -57,7 +57,7 @@ help(void)
 	       "\n"
 	       "Signals: SIGTERM or SIGINT stop after committing and acknowledging what was\n"
 	       "received. Documentation: docs/OPERATIONS.md.\n",
-			arg_config);
+	       arg_config);
 }
 
 static int
@@ -65,11 +65,11 @@ parse_argv(int argc, char **argv)
 {
 	enum { ARG_VERSION = 0x100, ARG_CHECK_CONFIG };
 	static const struct option options[] = {
-		{"config", required_argument, NULL, 'c'},
-		{"check-config", required_argument, NULL, ARG_CHECK_CONFIG},
-		{"version", no_argument, NULL, ARG_VERSION},
-		{"help", no_argument, NULL, 'h'},
-		{0},
+	        {"config", required_argument, NULL, 'c'},
+	        {"check-config", required_argument, NULL, ARG_CHECK_CONFIG},
+	        {"version", no_argument, NULL, ARG_VERSION},
+	        {"help", no_argument, NULL, 'h'},
+	        {0},
 	};
 	int c;
 
@@ -95,7 +95,7 @@ parse_argv(int argc, char **argv)
 	}
 	if (optind < argc) {
 		fprintf(stderr, "coordd: unexpected argument '%s'. Try 'coordd --help'.\n",
-				argv[optind]);
+		        argv[optind]);
 		return -EINVAL;
 	}
 	return 1;
@@ -138,7 +138,7 @@ on_signal(uv_signal_t *h, int signum)
 	}
 	d->stopping = true;
 	log_notice("Received %s, stopping: committing and acknowledging what was received",
-			strsignal(signum));
+	           strsignal(signum));
 	(void) sd_notify(0, "STOPPING=1\nSTATUS=Stopping");
 	ingest_stop(d->ingest, on_ingest_stopped, d);
 }
@@ -152,10 +152,10 @@ log_summary(struct coordd *d)
 	ingest_get_counters(d->ingest, &c);
 	(void) store_get_stats(d->store, &st);
 	log_notice("Stopped: received=%" PRIu64 " accepted=%" PRIu64 " duplicate=%" PRIu64
-		   " rejected=%" PRIu64 " retry_later=%" PRIu64 " batches=%" PRIu64
-		   " last_seq=%" PRIu64,
-			c.received, c.accepted, c.duplicate, c.rejected, c.retry_later, c.batches,
-			st.last_seq);
+	           " rejected=%" PRIu64 " retry_later=%" PRIu64 " batches=%" PRIu64
+	           " last_seq=%" PRIu64,
+	           c.received, c.accepted, c.duplicate, c.rejected, c.retry_later, c.batches,
+	           st.last_seq);
 }
 
 static int
@@ -171,28 +171,30 @@ run(struct coordd *d)
 	(void) uv_signal_init(&d->loop, &d->sigint);
 
 	const struct store_options so = {
-		.dir = d->cfg->state_dir,
-		.map_size = d->cfg->store.map_size,
-		.map_size_max = d->cfg->store.map_size_max,
-		.sync = d->cfg->store.sync == CONFIG_SYNC_FULL,
+	        .dir = d->cfg->state_dir,
+	        .map_size = d->cfg->store.map_size,
+	        .map_size_max = d->cfg->store.map_size_max,
+	        .sync = d->cfg->store.sync == CONFIG_SYNC_FULL,
 	};
 	r = store_open(&so, &d->store);
 	if (r == -EBUSY) {
-		return log_error_errno(r, "Failed to open the store in '%s': another coordd is "
-					  "using this state directory",
-				so.dir);
+		return log_error_errno(r,
+		                       "Failed to open the store in '%s': another coordd is "
+		                       "using this state directory",
+		                       so.dir);
 	}
 	if (r == -EPROTO) {
-		return log_error_errno(r, "Failed to open the store in '%s': it was written by a "
-					  "newer coordd (schema above %d); upgrade coordd",
-				so.dir, STORE_SCHEMA_VERSION);
+		return log_error_errno(r,
+		                       "Failed to open the store in '%s': it was written by a "
+		                       "newer coordd (schema above %d); upgrade coordd",
+		                       so.dir, STORE_SCHEMA_VERSION);
 	}
 	if (r < 0) {
 		return log_error_errno(r, "Failed to open the store in '%s'", so.dir);
 	}
 	if (!so.sync) {
 		log_warning("store.sync = none: commits are not flushed, a power cut can lose "
-			    "acknowledged records (UNSAFE)");
+		            "acknowledged records (UNSAFE)");
 	}
 
 	d->zctx = zmq_ctx_new();
@@ -202,7 +204,7 @@ run(struct coordd *d)
 	r = ingest_new(&d->loop, d->zctx, d->store, d->cfg, &d->ingest);
 	if (r < 0) {
 		return log_error_errno(r, "Failed to set up ingest on '%s'",
-				d->cfg->ingest.endpoint);
+		                       d->cfg->ingest.endpoint);
 	}
 	log_notice("Listening for councils on %s", d->cfg->ingest.endpoint);
 
@@ -217,9 +219,9 @@ run(struct coordd *d)
 	struct store_stats st = {0};
 	(void) store_get_stats(d->store, &st);
 	log_notice("coordd %s ready: %zu councils, store '%s' at seq %" PRIu64, COORDD_VERSION,
-			d->cfg->n_councils, d->cfg->state_dir, st.last_seq);
+	           d->cfg->n_councils, d->cfg->state_dir, st.last_seq);
 	(void) sd_notifyf(0, "READY=1\nSTATUS=Serving %zu councils, store at seq %" PRIu64,
-			d->cfg->n_councils, st.last_seq);
+	                  d->cfg->n_councils, st.last_seq);
 
 	(void) uv_run(&d->loop, UV_RUN_DEFAULT);
 	log_summary(d);

@@ -485,11 +485,11 @@ store_get_stats(struct store *s, struct store_stats *ret_stats)
 			mdb_cursor_close(cur);
 		}
 		*ret_stats = (struct store_stats){
-			.last_seq = last,
-			.items = st_items.ms_entries,
-			.records = st_index.ms_entries,
-			.map_size = info.me_mapsize,
-			.used_bytes = (uint64_t) (info.me_last_pgno + 1) * st_env.ms_psize,
+		        .last_seq = last,
+		        .items = st_items.ms_entries,
+		        .records = st_index.ms_entries,
+		        .map_size = info.me_mapsize,
+		        .used_bytes = (uint64_t) (info.me_last_pgno + 1) * st_env.ms_psize,
 		};
 	}
 	read_end(s, txn);
@@ -498,7 +498,7 @@ store_get_stats(struct store *s, struct store_stats *ret_stats)
 
 int
 store_lookup(struct store *s, const char *council, const char *msg_id, uint64_t *ret_seq,
-		uint32_t *ret_revision, bool *ret_retracted)
+             uint32_t *ret_revision, bool *ret_retracted)
 {
 	uint8_t kbuf[INDEX_KEY_MAX];
 	int klen = index_key(council, msg_id, kbuf);
@@ -526,7 +526,8 @@ store_lookup(struct store *s, const char *council, const char *msg_id, uint64_t 
 			*ret_revision = get_be32((const uint8_t *) val.mv_data + 8);
 		}
 		if (ret_retracted) {
-			*ret_retracted = (((const uint8_t *) val.mv_data)[12] & STORE_FLAG_RETRACTED) != 0;
+			*ret_retracted =
+			        (((const uint8_t *) val.mv_data)[12] & STORE_FLAG_RETRACTED) != 0;
 		}
 	}
 	read_end(s, txn);

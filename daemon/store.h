@@ -35,10 +35,10 @@
 struct store;
 
 struct store_options {
-	const char *dir;        /* state directory; created (mode 0750) if missing */
-	uint64_t map_size;      /* initial map size in bytes (a larger existing store keeps its own) */
-	uint64_t map_size_max;  /* growth limit in bytes */
-	bool sync;              /* flush every commit (false is UNSAFE: MDB_NOSYNC) */
+	const char *dir;   /* state directory; created (mode 0750) if missing */
+	uint64_t map_size; /* initial map size in bytes (a larger existing store keeps its own) */
+	uint64_t map_size_max; /* growth limit in bytes */
+	bool sync;             /* flush every commit (false is UNSAFE: MDB_NOSYNC) */
 };
 
 /*
@@ -46,15 +46,13 @@ struct store_options {
  * schema version. On success returns 0 and *ret_store; on failure a negative errno and
  * *ret_store is untouched. `opts` is copied.
  */
-int
-store_open(const struct store_options *opts, struct store **ret_store);
+int store_open(const struct store_options *opts, struct store **ret_store);
 
 /*
  * Close the environment and release the directory lock. No transaction may be running.
  * Accepts NULL. Returns NULL.
  */
-struct store *
-store_free(struct store *s);
+struct store *store_free(struct store *s);
 
 /*
  * One record of a write batch. The caller fills the inputs; store_write_batch() sets the
@@ -62,18 +60,18 @@ store_free(struct store *s);
  */
 struct store_record {
 	/* inputs */
-	const char *council;       /* validated council id */
-	const char *msg_id;        /* validated msg_id */
-	uint32_t revision;         /* >= 1 */
-	bool retraction;           /* the body is a Retraction */
-	const uint8_t *envelope;   /* the Envelope bytes as received */
+	const char *council;     /* validated council id */
+	const char *msg_id;      /* validated msg_id */
+	uint32_t revision;       /* >= 1 */
+	bool retraction;         /* the body is a Retraction */
+	const uint8_t *envelope; /* the Envelope bytes as received */
 	size_t envelope_len;
-	int64_t received_at;       /* Unix ms */
+	int64_t received_at; /* Unix ms */
 
 	/* outputs */
-	Coord__V1__AckStatus status;  /* ACCEPTED, DUPLICATE or REJECTED */
-	Coord__V1__Reason reason;     /* REASON_UNKNOWN_RECORD when REJECTED */
-	uint64_t seq;                 /* ACCEPTED: the new seq; DUPLICATE: the stored latest seq */
+	Coord__V1__AckStatus status; /* ACCEPTED, DUPLICATE or REJECTED */
+	Coord__V1__Reason reason;    /* REASON_UNKNOWN_RECORD when REJECTED */
+	uint64_t seq;                /* ACCEPTED: the new seq; DUPLICATE: the stored latest seq */
 };
 
 /*
@@ -89,27 +87,24 @@ struct store_record {
  *
  * Writer thread only (one call at a time).
  */
-int
-store_write_batch(struct store *s, struct store_record *recs, size_t n);
+int store_write_batch(struct store *s, struct store_record *recs, size_t n);
 
 struct store_stats {
-	uint64_t last_seq;      /* highest seq stored, 0 when empty */
-	uint64_t items;         /* entries in items */
-	uint64_t records;       /* entries in index: distinct (council, msg_id) */
-	uint64_t map_size;      /* current map size in bytes */
-	uint64_t used_bytes;    /* pages in use * page size */
+	uint64_t last_seq;   /* highest seq stored, 0 when empty */
+	uint64_t items;      /* entries in items */
+	uint64_t records;    /* entries in index: distinct (council, msg_id) */
+	uint64_t map_size;   /* current map size in bytes */
+	uint64_t used_bytes; /* pages in use * page size */
 };
 
 /*
  * Fill *ret_stats from a read transaction. Returns 0 or -EIO. Any thread.
  */
-int
-store_get_stats(struct store *s, struct store_stats *ret_stats);
+int store_get_stats(struct store *s, struct store_stats *ret_stats);
 
 /*
  * Look up the latest revision of (council, msg_id). Returns 0 and the outputs (each may be
  * NULL), -ENOENT when the record was never stored, or -EIO. Any thread.
  */
-int
-store_lookup(struct store *s, const char *council, const char *msg_id, uint64_t *ret_seq,
-		uint32_t *ret_revision, bool *ret_retracted);
+int store_lookup(struct store *s, const char *council, const char *msg_id, uint64_t *ret_seq,
+                 uint32_t *ret_revision, bool *ret_retracted);

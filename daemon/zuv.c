@@ -13,7 +13,7 @@
 
 #include "zuv.h"
 
-#define container_of(ptr, type, member) ((type *) ((char *) (ptr) - offsetof(type, member)))
+#define container_of(ptr, type, member) ((type *) ((char *) (ptr) -offsetof(type, member)))
 
 static bool
 has_input(struct zuv *z)
@@ -64,17 +64,17 @@ on_poll(uv_poll_t *h, int status, int events)
 
 int
 zuv_init(uv_loop_t *loop, struct zuv *z, void *zsock, unsigned budget, zuv_readable_fn *cb,
-		void *data)
+         void *data)
 {
 	int fd;
 	size_t len = sizeof(fd);
 	int r;
 
 	*z = (struct zuv){
-		.zsock = zsock,
-		.on_readable = cb,
-		.data = data,
-		.budget = budget > 0 ? budget : 1,
+	        .zsock = zsock,
+	        .on_readable = cb,
+	        .data = data,
+	        .budget = budget > 0 ? budget : 1,
 	};
 	if (zmq_getsockopt(zsock, ZMQ_FD, &fd, &len) < 0) {
 		return -zmq_errno();

@@ -49,21 +49,17 @@ struct zuv {
  * Returns 0, or a negative errno (from libzmq or libuv). On error `z` needs no close, but
  * its handles may still be closing: keep its memory until the loop has run once more.
  */
-int
-zuv_init(uv_loop_t *loop, struct zuv *z, void *zsock, unsigned budget, zuv_readable_fn *cb,
-		void *data);
+int zuv_init(uv_loop_t *loop, struct zuv *z, void *zsock, unsigned budget, zuv_readable_fn *cb,
+             void *data);
 
 /* Stop delivering input (backpressure). The socket keeps queueing up to its HWM. */
-void
-zuv_pause(struct zuv *z);
+void zuv_pause(struct zuv *z);
 
 /* Deliver input again; pending input is picked up on the next loop iteration. */
-void
-zuv_resume(struct zuv *z);
+void zuv_resume(struct zuv *z);
 
 /*
  * Close the libuv handles. `cb` runs on a later loop iteration, after which `z` may be freed
  * and the zmq socket closed. Safe to call once, also from inside the readable callback.
  */
-void
-zuv_close(struct zuv *z, zuv_close_fn *cb);
+void zuv_close(struct zuv *z, zuv_close_fn *cb);

@@ -28,13 +28,13 @@ static struct store_record
 record(const char *council, const char *msg_id, uint32_t revision, bool retraction)
 {
 	return (struct store_record){
-		.council = council,
-		.msg_id = msg_id,
-		.revision = revision,
-		.retraction = retraction,
-		.envelope = sample_envelope,
-		.envelope_len = sizeof(sample_envelope),
-		.received_at = 1700000000000,
+	        .council = council,
+	        .msg_id = msg_id,
+	        .revision = revision,
+	        .retraction = retraction,
+	        .envelope = sample_envelope,
+	        .envelope_len = sizeof(sample_envelope),
+	        .received_at = 1700000000000,
 	};
 }
 
@@ -42,10 +42,10 @@ static int
 open_store(struct fixture *f, uint64_t map_size, uint64_t map_size_max)
 {
 	const struct store_options o = {
-		.dir = f->dir,
-		.map_size = map_size,
-		.map_size_max = map_size_max,
-		.sync = true,
+	        .dir = f->dir,
+	        .map_size = map_size,
+	        .map_size_max = map_size_max,
+	        .sync = true,
 	};
 	return store_open(&o, &f->store);
 }
@@ -92,9 +92,9 @@ test_accept_assigns_gap_free_seqs(void **state)
 {
 	struct fixture *f = *state;
 	struct store_record recs[] = {
-		record("c01", "a", 1, false),
-		record("c01", "b", 1, false),
-		record("c02", "a", 1, false),
+	        record("c01", "a", 1, false),
+	        record("c01", "b", 1, false),
+	        record("c02", "a", 1, false),
 	};
 
 	assert_int_equal(store_write_batch(f->store, recs, 3), 0);
@@ -129,9 +129,9 @@ test_duplicate_within_one_batch(void **state)
 {
 	struct fixture *f = *state;
 	struct store_record recs[] = {
-		record("c01", "m1", 1, false),
-		record("c01", "m1", 1, false),
-		record("c01", "m1", 2, false),
+	        record("c01", "m1", 1, false),
+	        record("c01", "m1", 1, false),
+	        record("c01", "m1", 2, false),
 	};
 
 	assert_int_equal(store_write_batch(f->store, recs, 3), 0);
@@ -147,8 +147,8 @@ test_stale_revision_is_duplicate_with_latest_seq(void **state)
 {
 	struct fixture *f = *state;
 	struct store_record recs[] = {
-		record("c01", "m1", 1, false),
-		record("c01", "m1", 3, false),
+	        record("c01", "m1", 1, false),
+	        record("c01", "m1", 3, false),
 	};
 	struct store_record stale[] = {record("c01", "m1", 2, false)};
 	uint32_t rev = 0;
@@ -168,8 +168,8 @@ test_retraction_and_restore(void **state)
 {
 	struct fixture *f = *state;
 	struct store_record recs[] = {
-		record("c01", "m1", 1, false),
-		record("c01", "m1", 2, true),
+	        record("c01", "m1", 1, false),
+	        record("c01", "m1", 2, true),
 	};
 	struct store_record restore[] = {record("c01", "m1", 3, false)};
 	bool retracted = false;
@@ -260,7 +260,7 @@ test_second_open_is_busy(void **state)
 	struct fixture *f = *state;
 	struct store *other = NULL;
 	const struct store_options o = {
-		.dir = f->dir, .map_size = 4 * MIB, .map_size_max = 64 * MIB, .sync = true};
+	        .dir = f->dir, .map_size = 4 * MIB, .map_size_max = 64 * MIB, .sync = true};
 
 	assert_int_equal(store_open(&o, &other), -EBUSY);
 	assert_null(other);
@@ -272,7 +272,7 @@ write_bulk(struct fixture *f, size_t count, int expect)
 {
 	static uint8_t payload[8192];
 	struct store_record *recs = calloc(count, sizeof(*recs));
-	char (*ids)[32] = calloc(count, sizeof(*ids));
+	char(*ids)[32] = calloc(count, sizeof(*ids));
 
 	assert_non_null(recs);
 	assert_non_null(ids);
@@ -348,7 +348,7 @@ test_unusable_directory_fails(void **state)
 {
 	struct store *s = NULL;
 	const struct store_options o = {
-		.dir = "/proc/coordd-no-such-dir", .map_size = MIB, .map_size_max = MIB};
+	        .dir = "/proc/coordd-no-such-dir", .map_size = MIB, .map_size_max = MIB};
 
 	assert_true(store_open(&o, &s) < 0);
 	assert_null(s);
@@ -364,25 +364,26 @@ int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test_setup_teardown(test_accept_assigns_gap_free_seqs, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_duplicate_returns_original_seq, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_duplicate_within_one_batch, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_stale_revision_is_duplicate_with_latest_seq,
-				setup, teardown),
-		cmocka_unit_test_setup_teardown(test_retraction_and_restore, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_retraction_of_unknown_record_is_rejected, setup,
-				teardown),
-		cmocka_unit_test_setup_teardown(test_lookup_unknown_is_enoent, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_item_holds_envelope_bytes_verbatim, setup,
-				teardown),
-		cmocka_unit_test_setup_teardown(test_reopen_continues_seq, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_second_open_is_busy, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_map_grows_when_full, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_map_at_maximum_is_enospc_and_writes_nothing,
-				setup, teardown),
-		cmocka_unit_test_setup_teardown(test_newer_schema_is_refused, setup, teardown),
-		cmocka_unit_test(test_unusable_directory_fails),
-		cmocka_unit_test(test_free_accepts_null),
+	        cmocka_unit_test_setup_teardown(test_accept_assigns_gap_free_seqs, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_duplicate_returns_original_seq, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_duplicate_within_one_batch, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_stale_revision_is_duplicate_with_latest_seq,
+	                                        setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_retraction_and_restore, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_retraction_of_unknown_record_is_rejected,
+	                                        setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_lookup_unknown_is_enoent, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_item_holds_envelope_bytes_verbatim, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_reopen_continues_seq, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_second_open_is_busy, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_map_grows_when_full, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_map_at_maximum_is_enospc_and_writes_nothing,
+	                                        setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_newer_schema_is_refused, setup, teardown),
+	        cmocka_unit_test(test_unusable_directory_fails),
+	        cmocka_unit_test(test_free_accepts_null),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
