@@ -38,6 +38,7 @@ struct store {
 	uint64_t map_size;
 	uint64_t map_size_max;
 	pthread_rwlock_t resize_lock;
+	struct store_hooks hooks;
 	bool lock_initialised;
 	int lock_fd;
 };
@@ -57,6 +58,13 @@ mdb_to_errno(int rc)
 	default:
 		return -EIO;
 	}
+}
+
+/* LMDB's own codes are negative too (MDB_KEYEXIST is -30799): tell them from -errno. */
+static bool
+is_negative_errno(int rc)
+{
+	return rc < 0 && rc > -4096;
 }
 
 static void
@@ -306,7 +314,40 @@ grow_map(struct store *s)
 	return 0;
 }
 
-/* Apply one record inside `txn`. Returns an MDB_* code. */
+/* Tell the hook about an accepted record, with the revision it supersedes (if any). */
+static int
+run_record_hook(struct store *s, MDB_txn *txn, const struct store_record *rec, uint64_t old_seq,
+                bool old_retracted)
+{
+	struct store_change change = {.rec = rec, .old_retracted = old_retracted};
+	Coord__V1__Item *old = NULL;
+	int rc;
+
+	if (old_seq > 0) {
+		uint8_t key[8];
+		MDB_val k = {.mv_size = sizeof(key), .mv_data = key};
+		MDB_val v;
+
+		put_be64(key, old_seq);
+		rc = mdb_get(txn, s->items, &k, &v);
+		if (rc != 0) {
+			return rc == MDB_NOTFOUND ? MDB_CORRUPTED : rc;
+		}
+		old = coord__v1__item__unpack(NULL, v.mv_size, v.mv_data);
+		if (!old) {
+			return MDB_CORRUPTED;
+		}
+		change.old_envelope = old->envelope.data;
+		change.old_envelope_len = old->envelope.len;
+	}
+	rc = s->hooks.record(s->hooks.data, txn, &change);
+	if (old) {
+		coord__v1__item__free_unpacked(old, NULL);
+	}
+	return rc;
+}
+
+/* Apply one record inside `txn`. Returns an MDB_* code, or a hook's negative errno. */
 static int
 apply_record(struct store *s, MDB_txn *txn, struct store_record *rec, uint64_t *seq)
 {
@@ -322,14 +363,19 @@ apply_record(struct store *s, MDB_txn *txn, struct store_record *rec, uint64_t *
 		return EINVAL;
 	}
 
+	uint64_t stored_seq = 0;
+	bool stored_retracted = false;
+
 	rc = mdb_get(txn, s->index, &ikey, &ival);
 	if (rc == 0) {
 		if (ival.mv_size != INDEX_VALUE_SIZE) {
 			return MDB_CORRUPTED;
 		}
-		uint64_t stored_seq = get_be64(ival.mv_data);
 		uint32_t stored_rev = get_be32((const uint8_t *) ival.mv_data + 8);
 
+		stored_seq = get_be64(ival.mv_data);
+		stored_retracted =
+		        (((const uint8_t *) ival.mv_data)[12] & STORE_FLAG_RETRACTED) != 0;
 		if (rec->revision <= stored_rev) {
 			rec->status = COORD__V1__ACK_STATUS__ACK_STATUS_DUPLICATE;
 			rec->seq = stored_seq;
@@ -376,7 +422,7 @@ apply_record(struct store *s, MDB_txn *txn, struct store_record *rec, uint64_t *
 	rec->status = COORD__V1__ACK_STATUS__ACK_STATUS_ACCEPTED;
 	rec->seq = next;
 	*seq = next;
-	return 0;
+	return s->hooks.record ? run_record_hook(s, txn, rec, stored_seq, stored_retracted) : 0;
 }
 
 int
@@ -409,6 +455,9 @@ store_write_batch(struct store *s, struct store_record *recs, size_t n)
 			recs[i].seq = 0;
 			rc = apply_record(s, txn, &recs[i], &seq);
 		}
+		if (rc == 0 && s->hooks.batch_end) {
+			rc = s->hooks.batch_end(s->hooks.data, txn);
+		}
 		if (rc == 0) {
 			rc = mdb_txn_commit(txn);
 		} else {
@@ -416,7 +465,16 @@ store_write_batch(struct store *s, struct store_record *recs, size_t n)
 		}
 		if (rc == 0) {
 			s->last_seq = seq;
+			if (s->hooks.batch_committed) {
+				s->hooks.batch_committed(s->hooks.data);
+			}
 			return 0;
+		}
+		if (s->hooks.batch_abort) {
+			s->hooks.batch_abort(s->hooks.data);
+		}
+		if (is_negative_errno(rc)) {
+			return rc;
 		}
 		if (rc != MDB_MAP_FULL) {
 			return mdb_to_errno(rc);
@@ -428,9 +486,8 @@ store_write_batch(struct store *s, struct store_record *recs, size_t n)
 	}
 }
 
-/* Begin a read transaction with the resize lock held shared. */
-static int
-read_begin(struct store *s, MDB_txn **ret_txn)
+int
+store_read_begin(struct store *s, MDB_txn **ret_txn)
 {
 	(void) pthread_rwlock_rdlock(&s->resize_lock);
 	int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, ret_txn);
@@ -441,8 +498,8 @@ read_begin(struct store *s, MDB_txn **ret_txn)
 	return 0;
 }
 
-static void
-read_end(struct store *s, MDB_txn *txn)
+void
+store_read_end(struct store *s, MDB_txn *txn)
 {
 	mdb_txn_abort(txn);
 	(void) pthread_rwlock_unlock(&s->resize_lock);
@@ -455,7 +512,7 @@ store_get_stats(struct store *s, struct store_stats *ret_stats)
 	MDB_stat st_items, st_index;
 	MDB_envinfo info;
 	MDB_stat st_env;
-	int r = read_begin(s, &txn);
+	int r = store_read_begin(s, &txn);
 
 	if (r < 0) {
 		return r;
@@ -492,7 +549,7 @@ store_get_stats(struct store *s, struct store_stats *ret_stats)
 		        .used_bytes = (uint64_t) (info.me_last_pgno + 1) * st_env.ms_psize,
 		};
 	}
-	read_end(s, txn);
+	store_read_end(s, txn);
 	return mdb_to_errno(rc);
 }
 
@@ -508,7 +565,7 @@ store_lookup(struct store *s, const char *council, const char *msg_id, uint64_t 
 	if (klen < 0) {
 		return -ENOENT;
 	}
-	r = read_begin(s, &txn);
+	r = store_read_begin(s, &txn);
 	if (r < 0) {
 		return r;
 	}
@@ -530,6 +587,108 @@ store_lookup(struct store *s, const char *council, const char *msg_id, uint64_t 
 			        (((const uint8_t *) val.mv_data)[12] & STORE_FLAG_RETRACTED) != 0;
 		}
 	}
-	read_end(s, txn);
+	store_read_end(s, txn);
 	return mdb_to_errno(rc);
+}
+
+void
+store_set_hooks(struct store *s, const struct store_hooks *hooks)
+{
+	s->hooks = hooks ? *hooks : (struct store_hooks){0};
+}
+
+int
+store_open_table(struct store *s, const char *name, MDB_dbi *ret_dbi)
+{
+	MDB_txn *txn;
+	int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
+
+	if (rc != 0) {
+		return mdb_to_errno(rc);
+	}
+	rc = mdb_dbi_open(txn, name, MDB_CREATE, ret_dbi);
+	if (rc != 0) {
+		mdb_txn_abort(txn);
+		return mdb_to_errno(rc);
+	}
+	return mdb_to_errno(mdb_txn_commit(txn));
+}
+
+/* Whether `item` is the live revision of its record: the index points at it, unretracted. */
+static bool
+item_is_live(struct store *s, MDB_txn *txn, uint64_t seq, const MDB_val *item)
+{
+	Coord__V1__Item *it = coord__v1__item__unpack(NULL, item->mv_size, item->mv_data);
+	bool live = false;
+
+	if (!it) {
+		return false;
+	}
+	Coord__V1__Envelope *env =
+	        coord__v1__envelope__unpack(NULL, it->envelope.len, it->envelope.data);
+	if (env) {
+		uint8_t kbuf[INDEX_KEY_MAX];
+		int klen = index_key(it->council, env->msg_id, kbuf);
+		MDB_val k = {.mv_size = (size_t) (klen > 0 ? klen : 0), .mv_data = kbuf};
+		MDB_val v;
+
+		live = klen > 0 && mdb_get(txn, s->index, &k, &v) == 0 &&
+		       v.mv_size == INDEX_VALUE_SIZE && get_be64(v.mv_data) == seq &&
+		       !(((const uint8_t *) v.mv_data)[12] & STORE_FLAG_RETRACTED);
+		coord__v1__envelope__free_unpacked(env, NULL);
+	}
+	coord__v1__item__free_unpacked(it, NULL);
+	return live;
+}
+
+int
+store_scan_items(struct store *s, uint64_t after_seq, bool backwards, size_t max_items,
+                 store_item_fn *fn, void *data, uint64_t *ret_last_seq)
+{
+	MDB_txn *txn;
+	MDB_cursor *cur;
+	uint8_t key[8];
+	MDB_val k = {.mv_size = sizeof(key), .mv_data = key};
+	MDB_val v;
+	int r = store_read_begin(s, &txn);
+	int rc;
+
+	if (r < 0) {
+		return r;
+	}
+	rc = mdb_cursor_open(txn, s->items, &cur);
+	if (rc != 0) {
+		store_read_end(s, txn);
+		return mdb_to_errno(rc);
+	}
+	if (ret_last_seq) {
+		rc = mdb_cursor_get(cur, &k, &v, MDB_LAST);
+		*ret_last_seq = rc == 0 && k.mv_size == 8 ? get_be64(k.mv_data) : 0;
+	}
+	if (backwards) {
+		rc = mdb_cursor_get(cur, &k, &v, MDB_LAST);
+	} else if (after_seq == UINT64_MAX) {
+		rc = MDB_NOTFOUND;
+	} else {
+		put_be64(key, after_seq + 1);
+		k = (MDB_val){.mv_size = sizeof(key), .mv_data = key};
+		rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+	}
+	for (size_t n = 0; rc == 0 && n < max_items && r == 0; n++) {
+		if (k.mv_size != 8) {
+			rc = MDB_CORRUPTED;
+			break;
+		}
+		uint64_t seq = get_be64(k.mv_data);
+		r = fn(data, seq, v.mv_data, v.mv_size, item_is_live(s, txn, seq, &v));
+		if (r == 0) {
+			rc = mdb_cursor_get(cur, &k, &v, backwards ? MDB_PREV : MDB_NEXT);
+		}
+	}
+	mdb_cursor_close(cur);
+	store_read_end(s, txn);
+	if (r != 0) {
+		return r;
+	}
+	return rc == MDB_NOTFOUND ? 0 : mdb_to_errno(rc);
 }

@@ -27,6 +27,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <lmdb.h>
+
 #include "coord.pb-c.h"
 
 #define STORE_SCHEMA_VERSION 1
@@ -88,6 +90,70 @@ struct store_record {
  * Writer thread only (one call at a time).
  */
 int store_write_batch(struct store *s, struct store_record *recs, size_t n);
+
+/* What a write batch did to one record, as the hooks see it. */
+struct store_change {
+	const struct store_record *rec; /* the accepted revision; rec->seq is set */
+	const uint8_t *old_envelope;    /* the superseded revision's Envelope bytes, or NULL when
+	                                   the record is new; borrowed until the hook returns */
+	size_t old_envelope_len;
+	bool old_retracted; /* the superseded revision was a retraction */
+};
+
+/*
+ * Callbacks that let another module keep its own tables in step with the items, inside the
+ * same write transaction (the digest aggregates). All run on the writer thread.
+ */
+struct store_hooks {
+	/* Once per ACCEPTED record, in seq order, inside the write transaction. Returns 0, an
+	 * MDB_* error code from LMDB (MDB_MAP_FULL makes the store abort, grow the map and
+	 * replay the whole batch), or a negative errno above -4096 (the batch fails with it;
+	 * nothing is written). */
+	int (*record)(void *data, MDB_txn *txn, const struct store_change *change);
+	/* After the last record, before the commit: write back cached state. Same returns. */
+	int (*batch_end)(void *data, MDB_txn *txn);
+	/* The transaction was aborted (before a replay, or on failure): drop cached state. */
+	void (*batch_abort)(void *data);
+	/* The transaction committed. */
+	void (*batch_committed)(void *data);
+	void *data;
+};
+
+/*
+ * Install hooks (copied). Call before the first store_write_batch(); NULL removes them.
+ */
+void store_set_hooks(struct store *s, const struct store_hooks *hooks);
+
+/*
+ * Open, creating it if needed, a named table beside the store's own ("items", "index" and
+ * "meta" are taken). Returns 0 and *ret_dbi, or -EIO. Call before the first write.
+ */
+int store_open_table(struct store *s, const char *name, MDB_dbi *ret_dbi);
+
+/*
+ * Begin and end a read transaction for a module that reads its own table (any thread).
+ * The transaction holds off map growth: keep it short. Values read are borrowed until
+ * store_read_end(). Returns 0 or -EIO.
+ */
+int store_read_begin(struct store *s, MDB_txn **ret_txn);
+void store_read_end(struct store *s, MDB_txn *txn);
+
+/*
+ * Called by store_scan_items() for each item: `seq`, the packed Item bytes (borrowed until
+ * the callback returns), and whether this item is the live revision of its record (the
+ * latest revision, and not a retraction). Return 0 to go on, 1 to stop, or a negative errno
+ * to stop with that error.
+ */
+typedef int store_item_fn(void *data, uint64_t seq, const uint8_t *item, size_t len, bool live);
+
+/*
+ * Visit items in one read transaction: forwards from the first seq above `after_seq`, or,
+ * with `backwards`, from the last seq down. At most `max_items` items are visited.
+ * Returns 0 (or 1 when the callback stopped), the callback's negative errno, or -EIO.
+ * *ret_last_seq (may be NULL) is the last seq stored when the scan read. Any thread.
+ */
+int store_scan_items(struct store *s, uint64_t after_seq, bool backwards, size_t max_items,
+                     store_item_fn *fn, void *data, uint64_t *ret_last_seq);
 
 struct store_stats {
 	uint64_t last_seq;   /* highest seq stored, 0 when empty */

@@ -1,0 +1,97 @@
+/*
+ * digest: incremental, exact aggregates of the live records, kept in the store's "digest"
+ * table in the same write transaction as the items, and digests computed from them.
+ *
+ * A record contributes to one DigestLine (its category and kind) in three scopes (all, its
+ * council, its country: where the activity happened — the event's country, the letter's
+ * recipient country, the petition's target country, the statement's country, the media
+ * outlet's country) and, in each scope, to two aggregates: the whole-campaign one and the
+ * one of the UTC hour holding the record's own date. A contribution is: count 1; the sum
+ * value (event participants, petition signatures, media local_sources); one count for its
+ * country, for each distinct primary language subtag, and for its council. A correction
+ * removes the superseded revision's contribution and adds the new one; a retraction only
+ * removes; a restore only adds. So every figure is exact and nothing is ever rescanned.
+ *
+ * Threads: the store hooks run on the writer thread; everything else on the loop thread
+ * (reads use their own read transaction). The dirty-scope set is handed between the two
+ * under a mutex.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "coord.pb-c.h"
+#include "store.h"
+
+#define DIGEST_HOUR_MS INT64_C(3600000)
+#define DIGEST_HEADLINES_DEFAULT 5
+#define DIGEST_HEADLINES_MAX 50
+/* Headlines are looked for among this many newest items at most. */
+#define DIGEST_HEADLINE_SCAN_MAX 2000
+
+struct digest;
+
+/*
+ * Open (creating) the "digest" table in `store` and install the store hooks that keep it in
+ * step. `store` is borrowed and must outlive the digest. Call before the first write.
+ * Returns 0 and *ret_digest, or a negative errno.
+ */
+int digest_new(struct store *store, struct digest **ret_digest);
+
+/*
+ * Remove the store hooks and free. Accepts NULL. Returns NULL.
+ */
+struct digest *digest_free(struct digest *d);
+
+/*
+ * Compute the digest of `scope` (kind ALL, or COUNCIL/COUNTRY with an id) over `window`:
+ * WINDOW_ALL reads the whole-campaign aggregate; WINDOW_LAST_24H and WINDOW_LAST_1H cover
+ * [now - 24 h, now) and [now - 1 h, now); WINDOW_RANGE covers [start, end). Windows other
+ * than ALL merge the hour buckets that overlap them: start is rounded down and end up to a
+ * whole UTC hour, and the digest reports the rounded bounds. `headlines` newest live records
+ * in the scope and window (at most DIGEST_HEADLINES_MAX, looked for among the newest
+ * DIGEST_HEADLINE_SCAN_MAX items).
+ *
+ * On success returns 0 and *ret_digest, a heap object owned by the caller, to be freed with
+ * digest_result_free(). Returns -EINVAL for a bad scope/window (an unknown scope id is not
+ * an error: its digest is empty), -ENOMEM, -EIO. Any thread but the writer.
+ */
+int digest_compute(struct digest *d, Coord__V1__ScopeKind scope_kind, const char *scope_id,
+                   Coord__V1__Window window, int64_t start, int64_t end, int64_t now_ms,
+                   unsigned headlines, Coord__V1__Digest **ret_digest);
+
+/* Free a digest from digest_compute(). Accepts NULL. */
+void digest_result_free(Coord__V1__Digest *digest);
+
+/* One scope whose aggregates changed. */
+struct digest_scope {
+	Coord__V1__ScopeKind kind;
+	char id[33]; /* council id or country code; "" for ALL */
+};
+
+/*
+ * Take the set of scopes changed by batches committed since the last call (each once).
+ * On success returns the number of scopes and *ret_scopes (heap, caller frees with free();
+ * NULL when 0). Returns -ENOMEM on failure (the set is kept). Loop thread.
+ */
+int digest_take_dirty(struct digest *d, struct digest_scope **ret_scopes);
+
+/*
+ * What one Envelope contributes, for tests and tools: its category, kind, date, country,
+ * sum value and distinct primary languages (lower case, at most WIRE_LANGUAGES_MAX).
+ * Returns 0, or -EINVAL for an envelope without a countable body (a retraction).
+ */
+struct digest_contribution {
+	Coord__V1__Category category;
+	int32_t kind;
+	int64_t date;
+	char country[3];
+	uint64_t sum;
+	size_t n_languages;
+	char languages[16][4];
+};
+
+int digest_contribution_of(const Coord__V1__Envelope *env,
+                           struct digest_contribution *ret_contribution);
