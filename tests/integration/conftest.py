@@ -2,6 +2,8 @@
 
 Environment:
   COORDD_BIN     the daemon to run (meson passes it); default build/daemon/coordd
+  COORDD_WRAPPER a command line to run the daemon under, e.g. "valgrind --error-exitcode=99
+                 --leak-check=full --errors-for-leak-kinds=definite" (see README.md)
   COORD_PB2_DIR  directory holding the generated coord_pb2.py; when unset, coord.proto is
                  compiled with protoc into a temporary directory
 
@@ -16,6 +18,7 @@ sanitizer report.
 """
 
 import os
+import shlex
 import select
 import signal
 import socket
@@ -147,8 +150,8 @@ class Daemon:
         env.pop("JOURNAL_STREAM", None)
         env.setdefault("ASAN_OPTIONS", "halt_on_error=1:detect_leaks=1")
         env.setdefault("UBSAN_OPTIONS", "halt_on_error=1:print_stacktrace=1")
-        argv = [self.binary] + (args if args is not None
-                                else ["--config", str(self.config_path)])
+        argv = shlex.split(os.environ.get("COORDD_WRAPPER", "")) + [self.binary] + (
+            args if args is not None else ["--config", str(self.config_path)])
         with open(self.stderr_path, "wb") as err, open(stdout_path, "wb") as out:
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
                                          stderr=err, env=env, cwd=self.workdir)
