@@ -12,8 +12,10 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,6 +39,7 @@ struct store {
 	uint64_t last_seq;
 	uint64_t map_size;
 	uint64_t map_size_max;
+	bool read_only;
 	pthread_rwlock_t resize_lock;
 	struct store_hooks hooks;
 	bool lock_initialised;
@@ -149,16 +152,18 @@ init_tables(struct store *s)
 	int rc;
 	int r = 0;
 
-	rc = mdb_txn_begin(s->env, NULL, 0, &txn);
+	unsigned create = s->read_only ? 0 : MDB_CREATE;
+
+	rc = mdb_txn_begin(s->env, NULL, s->read_only ? MDB_RDONLY : 0, &txn);
 	if (rc != 0) {
 		return mdb_to_errno(rc);
 	}
-	rc = mdb_dbi_open(txn, "items", MDB_CREATE, &s->items);
+	rc = mdb_dbi_open(txn, "items", create, &s->items);
 	if (rc == 0) {
-		rc = mdb_dbi_open(txn, "index", MDB_CREATE, &s->index);
+		rc = mdb_dbi_open(txn, "index", create, &s->index);
 	}
 	if (rc == 0) {
-		rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &s->meta);
+		rc = mdb_dbi_open(txn, "meta", create, &s->meta);
 	}
 	if (rc != 0) {
 		r = mdb_to_errno(rc);
@@ -166,6 +171,10 @@ init_tables(struct store *s)
 	}
 
 	rc = mdb_get(txn, s->meta, &key, &val);
+	if (rc == MDB_NOTFOUND && s->read_only) {
+		r = -EBADMSG;
+		goto fail;
+	}
 	if (rc == MDB_NOTFOUND) {
 		uint8_t v[4];
 
@@ -218,7 +227,7 @@ store_open(const struct store_options *opts, struct store **ret_store)
 	int rc;
 	int r;
 
-	if (mkdir(opts->dir, 0750) < 0 && errno != EEXIST) {
+	if (!opts->read_only && mkdir(opts->dir, 0750) < 0 && errno != EEXIST) {
 		return -errno;
 	}
 	s = calloc(1, sizeof(*s));
@@ -228,9 +237,12 @@ store_open(const struct store_options *opts, struct store **ret_store)
 	s->lock_fd = -1;
 	s->map_size_max = opts->map_size_max;
 
-	r = lock_dir(opts->dir, &s->lock_fd);
-	if (r < 0) {
-		goto fail;
+	s->read_only = opts->read_only;
+	if (!s->read_only) {
+		r = lock_dir(opts->dir, &s->lock_fd);
+		if (r < 0) {
+			goto fail;
+		}
 	}
 	r = -pthread_rwlock_init(&s->resize_lock, NULL);
 	if (r < 0) {
@@ -248,7 +260,8 @@ store_open(const struct store_options *opts, struct store **ret_store)
 	if (rc == 0) {
 		/* MDB_NOTLS: read transactions are not tied to threads. No MDB_WRITEMAP: a full
 		 * disk must fail a commit, not raise SIGBUS. */
-		unsigned flags = MDB_NOTLS | (opts->sync ? 0 : MDB_NOSYNC);
+		unsigned flags = MDB_NOTLS | (opts->sync ? 0 : MDB_NOSYNC) |
+		                 (opts->read_only ? MDB_RDONLY : 0);
 		rc = mdb_env_open(s->env, opts->dir, flags, 0640);
 	}
 	if (rc != 0) {
@@ -601,12 +614,12 @@ int
 store_open_table(struct store *s, const char *name, MDB_dbi *ret_dbi)
 {
 	MDB_txn *txn;
-	int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
+	int rc = mdb_txn_begin(s->env, NULL, s->read_only ? MDB_RDONLY : 0, &txn);
 
 	if (rc != 0) {
 		return mdb_to_errno(rc);
 	}
-	rc = mdb_dbi_open(txn, name, MDB_CREATE, ret_dbi);
+	rc = mdb_dbi_open(txn, name, s->read_only ? 0 : MDB_CREATE, ret_dbi);
 	if (rc != 0) {
 		mdb_txn_abort(txn);
 		return mdb_to_errno(rc);
@@ -691,4 +704,166 @@ store_scan_items(struct store *s, uint64_t after_seq, bool backwards, size_t max
 		return r;
 	}
 	return rc == MDB_NOTFOUND ? 0 : mdb_to_errno(rc);
+}
+
+static void problem(struct store_verify_report *rep, const char *fmt, ...)
+        __attribute__((format(printf, 2, 3)));
+
+static void
+problem(struct store_verify_report *rep, const char *fmt, ...)
+{
+	if (rep->problems++ == 0) {
+		va_list ap;
+
+		va_start(ap, fmt);
+		(void) vsnprintf(rep->first_problem, sizeof(rep->first_problem), fmt, ap);
+		va_end(ap);
+	}
+}
+
+/* Check one item against its index entry; counts index entries that point at it. */
+static void
+verify_item(struct store *s, MDB_txn *txn, uint64_t seq, const MDB_val *v,
+            struct store_verify_report *rep, uint64_t *pointed_at)
+{
+	Coord__V1__Item *it = coord__v1__item__unpack(NULL, v->mv_size, v->mv_data);
+	Coord__V1__Envelope *env = NULL;
+
+	if (!it) {
+		problem(rep, "items: seq %" PRIu64 " does not decode as an Item", seq);
+		return;
+	}
+	if (it->seq != seq) {
+		problem(rep, "items: seq %" PRIu64 " holds an Item with seq %" PRIu64, seq,
+		        it->seq);
+	}
+	env = coord__v1__envelope__unpack(NULL, it->envelope.len, it->envelope.data);
+	if (!env) {
+		problem(rep, "items: seq %" PRIu64 ": the envelope does not decode", seq);
+		goto done;
+	}
+	if (strcmp(env->council, it->council) != 0) {
+		problem(rep, "items: seq %" PRIu64 ": envelope council '%s' is not the item's '%s'",
+		        seq, env->council, it->council);
+	}
+	uint8_t kbuf[INDEX_KEY_MAX];
+	int klen = index_key(it->council, env->msg_id, kbuf);
+	MDB_val k = {.mv_size = (size_t) (klen > 0 ? klen : 0), .mv_data = kbuf};
+	MDB_val iv;
+	if (klen < 0 || mdb_get(txn, s->index, &k, &iv) != 0 || iv.mv_size != INDEX_VALUE_SIZE) {
+		problem(rep, "index: no entry for seq %" PRIu64 " (%s/%s)", seq, it->council,
+		        env->msg_id);
+		goto done;
+	}
+	uint64_t iseq = get_be64(iv.mv_data);
+	uint32_t irev = get_be32((const uint8_t *) iv.mv_data + 8);
+	bool iretracted = (((const uint8_t *) iv.mv_data)[12] & STORE_FLAG_RETRACTED) != 0;
+	if (iseq < seq || irev < env->revision) {
+		problem(rep,
+		        "index: %s/%s points at seq %" PRIu64 " revision %" PRIu32
+		        ", older than item %" PRIu64 " revision %" PRIu32,
+		        it->council, env->msg_id, iseq, irev, seq, env->revision);
+	} else if (iseq == seq) {
+		(*pointed_at)++;
+		bool retraction = env->body_case == COORD__V1__ENVELOPE__BODY_RETRACTION;
+		if (irev != env->revision || iretracted != retraction) {
+			problem(rep,
+			        "index: %s/%s at seq %" PRIu64 " disagrees with the item's "
+			        "revision or retraction",
+			        it->council, env->msg_id, seq);
+		}
+	}
+done:
+	if (env) {
+		coord__v1__envelope__free_unpacked(env, NULL);
+	}
+	coord__v1__item__free_unpacked(it, NULL);
+}
+
+int
+store_verify(struct store *s, store_progress_fn *progress, void *data,
+             struct store_verify_report *ret_report)
+{
+	struct store_verify_report rep = {0};
+	MDB_txn *txn;
+	MDB_cursor *cur = NULL;
+	MDB_stat st_items, st_index;
+	MDB_val k, v;
+	uint64_t pointed_at = 0;
+	int r = store_read_begin(s, &txn);
+	int rc;
+
+	*ret_report = rep;
+	if (r < 0) {
+		return r;
+	}
+	rc = mdb_stat(txn, s->items, &st_items);
+	if (rc == 0) {
+		rc = mdb_stat(txn, s->index, &st_index);
+	}
+	k = (MDB_val){.mv_size = strlen(SCHEMA_KEY), .mv_data = SCHEMA_KEY};
+	if (rc == 0 && (mdb_get(txn, s->meta, &k, &v) != 0 || v.mv_size != 4 ||
+	                get_be32(v.mv_data) > STORE_SCHEMA_VERSION)) {
+		problem(&rep, "meta: missing or unknown schema_version");
+	}
+	if (rc == 0) {
+		rc = mdb_cursor_open(txn, s->items, &cur);
+	}
+	uint64_t expect = 1;
+	for (int op = MDB_FIRST; rc == 0; op = MDB_NEXT) {
+		rc = mdb_cursor_get(cur, &k, &v, (MDB_cursor_op) op);
+		if (rc != 0) {
+			break;
+		}
+		if (k.mv_size != 8) {
+			problem(&rep, "items: a key of %zu bytes", k.mv_size);
+			continue;
+		}
+		uint64_t seq = get_be64(k.mv_data);
+		if (seq != expect) {
+			problem(&rep, "items: seq %" PRIu64 " follows %" PRIu64 " (a gap)", seq,
+			        expect - 1);
+		}
+		expect = seq + 1;
+		verify_item(s, txn, seq, &v, &rep, &pointed_at);
+		if (++rep.items % STORE_PROGRESS_STEP == 0 && progress) {
+			progress(data, rep.items, st_items.ms_entries);
+		}
+	}
+	if (cur) {
+		mdb_cursor_close(cur);
+	}
+	store_read_end(s, txn);
+	if (rc != MDB_NOTFOUND) {
+		return mdb_to_errno(rc);
+	}
+	rep.records = st_index.ms_entries;
+	if (pointed_at != rep.records) {
+		problem(&rep,
+		        "index: %" PRIu64 " entries but only %" PRIu64 " point at a matching item",
+		        rep.records, pointed_at);
+	}
+	if (progress) {
+		progress(data, rep.items, st_items.ms_entries);
+	}
+	*ret_report = rep;
+	return rep.problems ? -EBADMSG : 0;
+}
+
+int
+store_backup(struct store *s, const char *dest_dir)
+{
+	char path[PATH_MAX];
+
+	if (mkdir(dest_dir, 0750) < 0 && errno != EEXIST) {
+		return -errno;
+	}
+	if ((size_t) snprintf(path, sizeof(path), "%s/data.mdb", dest_dir) >= sizeof(path)) {
+		return -ENAMETOOLONG;
+	}
+	if (access(path, F_OK) == 0) {
+		return -EEXIST;
+	}
+	int rc = mdb_env_copy2(s->env, dest_dir, MDB_CP_COMPACT);
+	return rc > 0 ? -rc : mdb_to_errno(rc);
 }

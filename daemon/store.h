@@ -10,7 +10,8 @@
  *
  * Caveats:
  * - One process writes: store_open() takes an exclusive lock on <dir>/coordd.lock, so a
- *   second daemon on the same directory fails with -EBUSY. Other processes may read.
+ *   second daemon on the same directory fails with -EBUSY. Other processes may read, by
+ *   opening with read_only (no lock taken).
  * - Write functions run on one thread at a time (the writer); each call is one LMDB write
  *   transaction. Read functions may run on any thread concurrently with the writer.
  * - The map grows on MDB_MAP_FULL (doubling, up to map_size_max) and the batch is replayed;
@@ -41,6 +42,8 @@ struct store_options {
 	uint64_t map_size; /* initial map size in bytes (a larger existing store keeps its own) */
 	uint64_t map_size_max; /* growth limit in bytes */
 	bool sync;             /* flush every commit (false is UNSAFE: MDB_NOSYNC) */
+	bool read_only;        /* for tools beside a running daemon: no lock, no writes, no
+	                          directory creation; store_write_batch() fails */
 };
 
 /*
@@ -174,3 +177,36 @@ int store_get_stats(struct store *s, struct store_stats *ret_stats);
  */
 int store_lookup(struct store *s, const char *council, const char *msg_id, uint64_t *ret_seq,
                  uint32_t *ret_revision, bool *ret_retracted);
+
+/* What store_verify() found. */
+struct store_verify_report {
+	uint64_t items;          /* items checked */
+	uint64_t records;        /* index entries checked */
+	uint64_t problems;       /* inconsistencies found */
+	char first_problem[256]; /* the first one, e.g. "items: seq 17 is missing" */
+};
+
+/* Progress of a long operation: `done` of `total` units. */
+typedef void store_progress_fn(void *data, uint64_t done, uint64_t total);
+
+/*
+ * Check the whole store in one read transaction: the schema version; items are keyed 1..N
+ * without a gap, each decodes as an Item whose seq is its key and whose envelope decodes
+ * and names the item's council; every item's record is in the index at that seq or a later
+ * one with a revision at least as high; the index entry's seq, revision and retraction flag
+ * match the item it points at; every index entry points at an item.
+ * `progress` (may be NULL) is called every STORE_PROGRESS_STEP items and at the end.
+ * Returns 0 when the store is consistent, -EBADMSG when it found problems (the report says
+ * how many and the first), or -EIO/-ENOMEM. *ret_report is filled in every case. Any thread.
+ */
+int store_verify(struct store *s, store_progress_fn *progress, void *data,
+                 struct store_verify_report *ret_report);
+
+#define STORE_PROGRESS_STEP 10000
+
+/*
+ * Write a consistent, compacted copy of the store into `dest_dir` (created with mode 0750
+ * if missing; it must not hold a store already: -EEXIST) while writers go on. Uses LMDB's
+ * mdb_env_copy2(MDB_CP_COMPACT). Returns 0 or a negative errno. Any thread.
+ */
+int store_backup(struct store *s, const char *dest_dir);

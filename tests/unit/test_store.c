@@ -360,6 +360,211 @@ test_free_accepts_null(void **state)
 	assert_null(store_free(NULL));
 }
 
+/* A record whose envelope bytes really are its Envelope (store_verify checks that). */
+static struct store_record
+real_record(const char *council, const char *msg_id, uint32_t revision, bool retraction,
+            uint8_t *buf, size_t cap)
+{
+	Coord__V1__Envelope env = COORD__V1__ENVELOPE__INIT;
+	Coord__V1__Event event = COORD__V1__EVENT__INIT;
+	Coord__V1__Retraction retract = COORD__V1__RETRACTION__INIT;
+	struct store_record rec = record(council, msg_id, revision, retraction);
+
+	env.council = (char *) council;
+	env.msg_id = (char *) msg_id;
+	env.revision = revision;
+	env.created_at = 1700000000000;
+	if (retraction) {
+		env.body_case = COORD__V1__ENVELOPE__BODY_RETRACTION;
+		env.retraction = &retract;
+	} else {
+		event.kind = COORD__V1__EVENT_KIND__EVENT_KIND_RALLY;
+		event.country = "FR";
+		event.date = 1700000000000;
+		event.title = "Rally";
+		env.body_case = COORD__V1__ENVELOPE__BODY_EVENT;
+		env.event = &event;
+	}
+	assert_true(coord__v1__envelope__get_packed_size(&env) <= cap);
+	rec.envelope = buf;
+	rec.envelope_len = coord__v1__envelope__pack(&env, buf);
+	return rec;
+}
+
+static void
+write_sample(struct fixture *f)
+{
+	static uint8_t bufs[5][128];
+	struct store_record recs[] = {
+	        real_record("c01", "a", 1, false, bufs[0], sizeof(bufs[0])),
+	        real_record("c01", "b", 1, false, bufs[1], sizeof(bufs[1])),
+	        real_record("c01", "a", 2, false, bufs[2], sizeof(bufs[2])),
+	        real_record("c02", "a", 1, false, bufs[3], sizeof(bufs[3])),
+	        real_record("c01", "b", 2, true, bufs[4], sizeof(bufs[4])),
+	};
+
+	assert_int_equal(store_write_batch(f->store, recs, 5), 0);
+}
+
+/* Open the store's environment raw, as another program could, and run `edit` on it. */
+static void
+raw_edit(struct fixture *f, const char *table, const void *key, size_t klen, const void *val,
+         size_t vlen)
+{
+	MDB_env *env;
+	MDB_txn *txn;
+	MDB_dbi dbi;
+	MDB_val k = {.mv_size = klen, .mv_data = (void *) key};
+	MDB_val v = {.mv_size = vlen, .mv_data = (void *) val};
+
+	f->store = store_free(f->store);
+	assert_int_equal(mdb_env_create(&env), 0);
+	assert_int_equal(mdb_env_set_maxdbs(env, 8), 0);
+	assert_int_equal(mdb_env_open(env, f->dir, 0, 0640), 0);
+	assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+	assert_int_equal(mdb_dbi_open(txn, table, 0, &dbi), 0);
+	if (val) {
+		assert_int_equal(mdb_put(txn, dbi, &k, &v, 0), 0);
+	} else {
+		assert_int_equal(mdb_del(txn, dbi, &k, NULL), 0);
+	}
+	assert_int_equal(mdb_txn_commit(txn), 0);
+	mdb_env_close(env);
+	assert_int_equal(open_store(f, 4 * MIB, 64 * MIB), 0);
+}
+
+static uint64_t progress_calls;
+
+static void
+count_progress(void *data, uint64_t done, uint64_t total)
+{
+	progress_calls++;
+	assert_true(done <= total);
+}
+
+static void
+test_verify_accepts_a_consistent_store(void **state)
+{
+	struct fixture *f = *state;
+	struct store_verify_report rep;
+
+	write_sample(f);
+	progress_calls = 0;
+	assert_int_equal(store_verify(f->store, count_progress, NULL, &rep), 0);
+	assert_int_equal(rep.items, 5);
+	assert_int_equal(rep.records, 3);
+	assert_int_equal(rep.problems, 0);
+	assert_true(progress_calls >= 1);
+}
+
+static void
+test_verify_finds_a_missing_item(void **state)
+{
+	struct fixture *f = *state;
+	struct store_verify_report rep;
+	uint8_t key[8] = {0, 0, 0, 0, 0, 0, 0, 2};
+
+	write_sample(f);
+	raw_edit(f, "items", key, sizeof(key), NULL, 0);
+	assert_int_equal(store_verify(f->store, NULL, NULL, &rep), -EBADMSG);
+	assert_true(rep.problems >= 1);
+	assert_non_null(strstr(rep.first_problem, "gap"));
+}
+
+static void
+test_verify_finds_an_undecodable_item(void **state)
+{
+	struct fixture *f = *state;
+	struct store_verify_report rep;
+	uint8_t key[8] = {0, 0, 0, 0, 0, 0, 0, 1};
+
+	write_sample(f);
+	raw_edit(f, "items", key, sizeof(key), "\xff\xff\xff", 3);
+	assert_int_equal(store_verify(f->store, NULL, NULL, &rep), -EBADMSG);
+	assert_non_null(strstr(rep.first_problem, "does not decode"));
+}
+
+static void
+test_verify_finds_a_wrong_index_entry(void **state)
+{
+	struct fixture *f = *state;
+	struct store_verify_report rep;
+	/* c02/a is at seq 4 revision 1; claim revision 7 there. */
+	uint8_t val[13] = {0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 7, 0};
+
+	write_sample(f);
+	raw_edit(f, "index", "c02\0a", 5, val, sizeof(val));
+	assert_int_equal(store_verify(f->store, NULL, NULL, &rep), -EBADMSG);
+	assert_non_null(strstr(rep.first_problem, "c02/a"));
+}
+
+static void
+test_verify_finds_an_index_entry_without_item(void **state)
+{
+	struct fixture *f = *state;
+	struct store_verify_report rep;
+	uint8_t val[13] = {0, 0, 0, 0, 0, 0, 0, 99, 0, 0, 0, 1, 0};
+
+	write_sample(f);
+	raw_edit(f, "index", "c09\0ghost", 9, val, sizeof(val));
+	assert_int_equal(store_verify(f->store, NULL, NULL, &rep), -EBADMSG);
+	assert_non_null(strstr(rep.first_problem, "point at a matching item"));
+}
+
+static void
+test_read_only_open_beside_the_writer(void **state)
+{
+	struct fixture *f = *state;
+	struct store *ro = NULL;
+	struct store_stats st;
+	const struct store_options o = {.dir = f->dir, .map_size = 4 * MIB, .read_only = true};
+	struct store_record more[] = {record("c03", "x", 1, false)};
+
+	write_sample(f);
+	assert_int_equal(store_open(&o, &ro), 0);
+	assert_int_equal(store_get_stats(ro, &st), 0);
+	assert_int_equal(st.last_seq, 5);
+	/* The writer goes on; the reader sees it in its next transaction. */
+	assert_int_equal(store_write_batch(f->store, more, 1), 0);
+	assert_int_equal(store_get_stats(ro, &st), 0);
+	assert_int_equal(st.last_seq, 6);
+	assert_true(store_write_batch(ro, more, 1) < 0);
+	store_free(ro);
+}
+
+static void
+test_read_only_open_of_missing_store_fails(void **state)
+{
+	struct store *ro = NULL;
+	const struct store_options o = {
+	        .dir = "/tmp/coordd-no-such-store", .map_size = MIB, .read_only = true};
+
+	assert_int_equal(store_open(&o, &ro), -ENOENT);
+	assert_null(ro);
+}
+
+static void
+test_backup_is_a_consistent_copy(void **state)
+{
+	struct fixture *f = *state;
+	struct fixture copy = {0};
+	struct store_verify_report rep;
+	struct store_stats st;
+
+	write_sample(f);
+	strcpy(copy.dir, "/tmp/coordd-test-backup-XXXXXX");
+	assert_non_null(mkdtemp(copy.dir));
+	assert_int_equal(store_backup(f->store, copy.dir), 0);
+	assert_int_equal(store_backup(f->store, copy.dir), -EEXIST);
+	assert_int_equal(open_store(&copy, 4 * MIB, 64 * MIB), 0);
+	assert_int_equal(store_verify(copy.store, NULL, NULL, &rep), 0);
+	assert_int_equal(store_get_stats(copy.store, &st), 0);
+	assert_int_equal(st.last_seq, 5);
+	assert_int_equal(st.records, 3);
+	copy.store = store_free(copy.store);
+	remove_dir(copy.dir);
+}
+
 int
 main(void)
 {
@@ -382,6 +587,19 @@ main(void)
 	        cmocka_unit_test_setup_teardown(test_map_at_maximum_is_enospc_and_writes_nothing,
 	                                        setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_newer_schema_is_refused, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_verify_accepts_a_consistent_store, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_verify_finds_a_missing_item, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_verify_finds_an_undecodable_item, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_verify_finds_a_wrong_index_entry, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_verify_finds_an_index_entry_without_item,
+	                                        setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_read_only_open_beside_the_writer, setup,
+	                                        teardown),
+	        cmocka_unit_test(test_read_only_open_of_missing_store_fails),
+	        cmocka_unit_test_setup_teardown(test_backup_is_a_consistent_copy, setup, teardown),
 	        cmocka_unit_test(test_unusable_directory_fails),
 	        cmocka_unit_test(test_free_accepts_null),
 	};
