@@ -1,0 +1,1218 @@
+/*
+ * digest: incremental aggregates of the live records, and digests computed from them.
+ *
+ * Table "digest", written in the same write transaction as the items:
+ *   key    u8 scope kind, scope id bytes, u8 0, u64 big-endian bucket, where the bucket is
+ *          date / DIGEST_HOUR_MS (the UTC hour of the record's own date) or BUCKET_ALL
+ *          (UINT64_MAX) for the whole-campaign aggregate
+ *   value  packed coord.v1.Aggregate
+ * Ids hold no 0 byte and the bucket is big-endian, so the hour buckets of one scope are
+ * contiguous and in time order: a window is one cursor range.
+ *
+ * Invariants of a stored Aggregate: lines are unique and sorted by (category, kind); each
+ * CodeCount list is unique and sorted by code (byte order); no line and no CodeCount has a
+ * count of 0, and an aggregate left without lines is deleted. Every figure is the sum of the
+ * contributions (digest.h) of the live records. Adding a contribution (sign +1) and removing
+ * it (sign -1) go through one function, agg_apply(), and are exact inverses; sums wrap
+ * modulo 2^64 for that reason. A count can only be asked to go below zero when the table
+ * missed records (a store filled before this module existed); it then stops at zero rather
+ * than failing every later batch.
+ *
+ * In memory an aggregate is the Coord__V1__Aggregate that protobuf-c unpacked, edited in
+ * place. Lines and codes added here are allocated the way protobuf-c's default allocator
+ * does (malloc, strdup, arrays of exactly n pointers), so it packs as it is and
+ * coord__v1__aggregate__free_unpacked() frees it whatever was edited.
+ *
+ * Writer thread: `cache`, a hash table keyed by the key bytes, holds decoded aggregates
+ * between batches: every whole-campaign one (one per scope, so bounded by the number of
+ * councils and countries; they are the large ones) and hour buckets up to CACHE_KEEP_BYTES.
+ * A batch decodes each aggregate it touches at most once, and batch_end writes back only the
+ * touched ones, so after the commit the cache equals the table. batch_abort drops the whole
+ * cache, so the replay after a map growth starts again from the committed state. The scopes
+ * a batch touched (for the old and the new revision alike) are exactly those of its touched
+ * whole-campaign keys: batch_end lists them in `pending` and reserves room for them in
+ * `dirty`, so that batch_committed, which cannot fail, only copies them in under `lock`.
+ *
+ * Loop thread: digest_compute() merges stored aggregates with agg_apply() too, builds the
+ * Digest on the stack around the merged lines, packs it and hands out a fresh unpacked copy,
+ * so the caller's object is exactly what protobuf-c allocated and
+ * coord__v1__digest__free_unpacked() frees it.
+ */
+#include <assert.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <lmdb.h>
+
+#include "digest.h"
+#include "iso.h"
+#include "wire.h"
+
+#define ID_MAX WIRE_COUNCIL_MAX
+#define KEY_MAX (1 + ID_MAX + 1 + 8)
+#define BUCKET_ALL UINT64_MAX
+#define N_LISTS 3 /* countries, languages, councils */
+#define LANGS_MAX (sizeof(((struct digest_contribution *) 0)->languages) / 4)
+#define CACHE_SLOTS_MIN 64
+/* Packed bytes of hour-bucket aggregates kept between batches (some 3 times that in
+ * memory); whole-campaign aggregates are always kept. */
+#define CACHE_KEEP_BYTES (16u << 20)
+
+_Static_assert(sizeof(((struct digest_scope *) 0)->id) == ID_MAX + 1, "scope id size");
+
+struct entry {
+	Coord__V1__Aggregate *agg;
+	bool touched;  /* by the current batch */
+	size_t packed; /* bytes at the last write, to bound what the cache keeps */
+	size_t klen;
+	uint8_t key[KEY_MAX];
+};
+
+/* Open addressing over `slots` (a power of two, at most half full). */
+struct cache {
+	struct entry **slots;
+	size_t nslots;
+	struct entry **list; /* every entry */
+	size_t n, cap;
+	struct entry **touched; /* the entries the current batch touched */
+	size_t n_touched, cap_touched;
+	size_t bytes; /* packed bytes of the hour-bucket entries */
+};
+
+struct scope_set {
+	struct digest_scope *v;
+	size_t n, cap;
+};
+
+struct digest {
+	struct store *store;
+	MDB_dbi dbi;
+	bool hooked;
+	struct cache cache;       /* writer thread */
+	struct scope_set pending; /* writer thread: scopes of the batch being committed */
+	pthread_mutex_t lock;
+	struct scope_set dirty; /* under lock */
+};
+
+/* The three CodeCount lists of a DigestLine, by index. */
+static const struct {
+	size_t n, v;
+} lists[N_LISTS] = {
+        {offsetof(Coord__V1__DigestLine, n_countries), offsetof(Coord__V1__DigestLine, countries)},
+        {offsetof(Coord__V1__DigestLine, n_languages), offsetof(Coord__V1__DigestLine, languages)},
+        {offsetof(Coord__V1__DigestLine, n_councils), offsetof(Coord__V1__DigestLine, councils)},
+};
+
+static size_t *
+list_n(const Coord__V1__DigestLine *l, int k)
+{
+	return (size_t *) ((uintptr_t) l + lists[k].n);
+}
+
+static Coord__V1__CodeCount ***
+list_v(const Coord__V1__DigestLine *l, int k)
+{
+	return (Coord__V1__CodeCount ***) ((uintptr_t) l + lists[k].v);
+}
+
+static void
+put_be64(uint8_t *p, uint64_t v)
+{
+	for (int i = 7; i >= 0; i--) {
+		p[i] = (uint8_t) v;
+		v >>= 8;
+	}
+}
+
+static uint64_t
+get_be64(const uint8_t *p)
+{
+	uint64_t v = 0;
+
+	for (int i = 0; i < 8; i++) {
+		v = (v << 8) | p[i];
+	}
+	return v;
+}
+
+/* Make room for `need` elements of `size` bytes. Returns the array (maybe moved) or NULL,
+ * in which case `v` and *cap are unchanged. */
+static void *
+grow(void *v, size_t *cap, size_t need, size_t size)
+{
+	size_t n = *cap ? *cap : 4;
+
+	if (need <= *cap) {
+		return v;
+	}
+	while (n < need) {
+		if (n > SIZE_MAX / 2) {
+			return NULL;
+		}
+		n *= 2;
+	}
+	void *p = reallocarray(v, n, size);
+	if (p) {
+		*cap = n;
+	}
+	return p;
+}
+
+/* Insert `p` at `pos` of a protobuf-c array of message pointers (exactly *n long). */
+static int
+insert_at(void ***v, size_t *n, size_t pos, void *p)
+{
+	void **a = reallocarray(*v, *n + 1, sizeof(*a));
+
+	if (!a) {
+		return -ENOMEM;
+	}
+	memmove(a + pos + 1, a + pos, (*n - pos) * sizeof(*a));
+	a[pos] = p;
+	*v = a;
+	(*n)++;
+	return 0;
+}
+
+/* Dates before 1970 cannot pass validation; clamping them keeps them off BUCKET_ALL. */
+static uint64_t
+bucket_of(int64_t date)
+{
+	return date > 0 ? (uint64_t) (date / DIGEST_HOUR_MS) : 0;
+}
+
+/* `id` is at most ID_MAX bytes (checked by the callers). */
+static size_t
+make_key(uint8_t key[KEY_MAX], Coord__V1__ScopeKind kind, const char *id, uint64_t bucket)
+{
+	size_t len = strlen(id);
+
+	key[0] = (uint8_t) kind;
+	memcpy(key + 1, id, len);
+	key[1 + len] = 0;
+	put_be64(key + 2 + len, bucket);
+	return len + 10;
+}
+
+static uint64_t
+count_add(uint64_t v, uint64_t delta, int sign)
+{
+	if (sign > 0) {
+		return v + delta;
+	}
+	return v > delta ? v - delta : 0;
+}
+
+static Coord__V1__Aggregate *
+agg_new(void)
+{
+	Coord__V1__Aggregate *a = malloc(sizeof(*a));
+
+	if (a) {
+		coord__v1__aggregate__init(a);
+	}
+	return a;
+}
+
+static void
+agg_free(Coord__V1__Aggregate *a)
+{
+	if (a) {
+		coord__v1__aggregate__free_unpacked(a, NULL);
+	}
+}
+
+/* Lower bound of `s` in a sorted CodeCount list; *found tells whether it is there. */
+static size_t
+codes_find(Coord__V1__CodeCount *const *v, size_t n, const char *s, bool *found)
+{
+	size_t lo = 0, hi = n;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (strcmp(v[mid]->code, s) < 0) {
+			lo = mid + 1;
+		} else {
+			hi = mid;
+		}
+	}
+	*found = lo < n && strcmp(v[lo]->code, s) == 0;
+	return lo;
+}
+
+/* Add or remove the codes `in` in list `k` of `l`. */
+static int
+codes_apply(Coord__V1__DigestLine *l, int k, Coord__V1__CodeCount *const *in, size_t n_in, int sign)
+{
+	size_t *n = list_n(l, k);
+	Coord__V1__CodeCount ***v = list_v(l, k);
+
+	for (size_t i = 0; i < n_in; i++) {
+		bool found;
+		size_t pos = codes_find(*v, *n, in[i]->code, &found);
+
+		if (!found && (sign < 0 || in[i]->count == 0)) {
+			continue;
+		}
+		if (!found) {
+			Coord__V1__CodeCount *c = malloc(sizeof(*c));
+			char *code = strdup(in[i]->code);
+			if (!c || !code || insert_at((void ***) v, n, pos, c) < 0) {
+				free(c);
+				free(code);
+				return -ENOMEM;
+			}
+			coord__v1__code_count__init(c);
+			c->code = code;
+		}
+		(*v)[pos]->count = count_add((*v)[pos]->count, in[i]->count, sign);
+		if ((*v)[pos]->count == 0) {
+			coord__v1__code_count__free_unpacked((*v)[pos], NULL);
+			memmove(*v + pos, *v + pos + 1, (*n - pos - 1) * sizeof(**v));
+			(*n)--;
+		}
+	}
+	return 0;
+}
+
+static size_t
+lines_find(const Coord__V1__Aggregate *a, int32_t category, int32_t kind, bool *found)
+{
+	size_t lo = 0, hi = a->n_lines;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		const Coord__V1__DigestLine *l = a->lines[mid];
+		if ((int32_t) l->category < category ||
+		    ((int32_t) l->category == category && l->kind < kind)) {
+			lo = mid + 1;
+		} else {
+			hi = mid;
+		}
+	}
+	*found = lo < a->n_lines && (int32_t) a->lines[lo]->category == category &&
+	         a->lines[lo]->kind == kind;
+	return lo;
+}
+
+/*
+ * Add (sign +1) or remove (sign -1) one DigestLine: a record's contribution, or a stored
+ * line being merged. The only place aggregates change.
+ */
+static int
+agg_apply(Coord__V1__Aggregate *a, const Coord__V1__DigestLine *in, int sign)
+{
+	bool found;
+	size_t pos = lines_find(a, in->category, in->kind, &found);
+
+	if (!found && (sign < 0 || in->count == 0)) {
+		return 0;
+	}
+	if (!found) {
+		Coord__V1__DigestLine *l = malloc(sizeof(*l));
+		if (!l || insert_at((void ***) &a->lines, &a->n_lines, pos, l) < 0) {
+			free(l);
+			return -ENOMEM;
+		}
+		coord__v1__digest_line__init(l);
+		l->category = in->category;
+		l->kind = in->kind;
+	}
+
+	Coord__V1__DigestLine *l = a->lines[pos];
+	l->count = count_add(l->count, in->count, sign);
+	l->sum = sign > 0 ? l->sum + in->sum : l->sum - in->sum;
+	for (int k = 0; k < N_LISTS; k++) {
+		int r = codes_apply(l, k, *list_v(in, k), *list_n(in, k), sign);
+		if (r < 0) {
+			return r;
+		}
+	}
+	if (l->count == 0) {
+		coord__v1__digest_line__free_unpacked(l, NULL);
+		memmove(a->lines + pos, a->lines + pos + 1,
+		        (a->n_lines - pos - 1) * sizeof(*a->lines));
+		a->n_lines--;
+	}
+	return 0;
+}
+
+/* Merge a packed Aggregate into `a`. Returns 0, -EBADMSG or -ENOMEM. */
+static int
+agg_merge_packed(Coord__V1__Aggregate *a, const MDB_val *v)
+{
+	Coord__V1__Aggregate *pb = coord__v1__aggregate__unpack(NULL, v->mv_size, v->mv_data);
+	int r = 0;
+
+	if (!pb) {
+		return -EBADMSG;
+	}
+	for (size_t i = 0; i < pb->n_lines && r == 0; i++) {
+		r = agg_apply(a, pb->lines[i], +1);
+	}
+	agg_free(pb);
+	return r;
+}
+
+static void
+add_language(struct digest_contribution *c, const char *tag)
+{
+	char primary[4];
+
+	if (!tag || c->n_languages >= LANGS_MAX || iso_language_primary(tag, primary) < 0) {
+		return;
+	}
+	for (size_t i = 0; i < c->n_languages; i++) {
+		if (strcmp(c->languages[i], primary) == 0) {
+			return;
+		}
+	}
+	memcpy(c->languages[c->n_languages++], primary, sizeof(primary));
+}
+
+int
+digest_contribution_of(const Coord__V1__Envelope *env, struct digest_contribution *ret)
+{
+	struct digest_contribution c;
+	const char *country;
+	char *const *tags = NULL;
+	size_t n_tags = 0;
+	const char *tag = NULL;
+
+	/* The body pointers share one union: one check covers them all. */
+	if (!env->event) {
+		return -EINVAL;
+	}
+	switch (env->body_case) {
+	case COORD__V1__ENVELOPE__BODY_EVENT: {
+		const Coord__V1__Event *b = env->event;
+		c = (struct digest_contribution){.category = COORD__V1__CATEGORY__CATEGORY_EVENT,
+		                                 .kind = b->kind,
+		                                 .date = b->date,
+		                                 .sum = b->participants};
+		country = b->country;
+		tags = b->languages;
+		n_tags = b->n_languages;
+		break;
+	}
+	case COORD__V1__ENVELOPE__BODY_LETTER: {
+		const Coord__V1__OutreachLetter *b = env->letter;
+		c = (struct digest_contribution){.category = COORD__V1__CATEGORY__CATEGORY_LETTER,
+		                                 .kind = b->recipient_kind,
+		                                 .date = b->sent_at};
+		country = b->recipient_country;
+		tag = b->language;
+		break;
+	}
+	case COORD__V1__ENVELOPE__BODY_STATEMENT: {
+		const Coord__V1__Statement *b = env->statement;
+		c = (struct digest_contribution){
+		        .category = COORD__V1__CATEGORY__CATEGORY_STATEMENT, .date = b->date};
+		country = b->country;
+		tags = b->languages;
+		n_tags = b->n_languages;
+		break;
+	}
+	case COORD__V1__ENVELOPE__BODY_PETITION: {
+		const Coord__V1__Petition *b = env->petition;
+		c = (struct digest_contribution){.category = COORD__V1__CATEGORY__CATEGORY_PETITION,
+		                                 .kind = b->target_kind,
+		                                 .date = b->date,
+		                                 .sum = b->signatures};
+		country = b->country;
+		tag = b->language;
+		break;
+	}
+	case COORD__V1__ENVELOPE__BODY_MEDIA: {
+		const Coord__V1__MediaReport *b = env->media;
+		c = (struct digest_contribution){.category = COORD__V1__CATEGORY__CATEGORY_MEDIA,
+		                                 .kind = b->kind,
+		                                 .date = b->date,
+		                                 .sum = b->local_sources};
+		country = b->country;
+		tag = b->language;
+		break;
+	}
+	default:
+		return -EINVAL;
+	}
+	/* Validation guarantees a two-letter country; anything else counts as none. */
+	if (country && strlen(country) == 2) {
+		memcpy(c.country, country, 3);
+	}
+	for (size_t i = 0; i < n_tags; i++) {
+		add_language(&c, tags[i]);
+	}
+	add_language(&c, tag);
+	*ret = c;
+	return 0;
+}
+
+/* A contribution as a DigestLine, pointing into itself and into `council`. */
+struct contribution_line {
+	Coord__V1__DigestLine line;
+	Coord__V1__CodeCount codes[2 + LANGS_MAX];
+	Coord__V1__CodeCount *country[1];
+	Coord__V1__CodeCount *languages[LANGS_MAX];
+	Coord__V1__CodeCount *council[1];
+};
+
+static void
+contribution_line(struct digest_contribution *c, const char *council, struct contribution_line *out)
+{
+	size_t n = 0;
+
+	out->line = (Coord__V1__DigestLine) COORD__V1__DIGEST_LINE__INIT;
+	out->line.category = c->category;
+	out->line.kind = c->kind;
+	out->line.count = 1;
+	out->line.sum = c->sum;
+	for (size_t i = 0; i < 2 + LANGS_MAX; i++) {
+		out->codes[i] = (Coord__V1__CodeCount) COORD__V1__CODE_COUNT__INIT;
+		out->codes[i].count = 1;
+	}
+	if (c->country[0]) {
+		out->codes[n].code = c->country;
+		out->country[0] = &out->codes[n++];
+		out->line.n_countries = 1;
+		out->line.countries = out->country;
+	}
+	for (size_t i = 0; i < c->n_languages; i++) {
+		out->codes[n].code = c->languages[i];
+		out->languages[i] = &out->codes[n++];
+	}
+	out->line.n_languages = c->n_languages;
+	out->line.languages = out->languages;
+	out->codes[n].code = (char *) council;
+	out->council[0] = &out->codes[n];
+	out->line.n_councils = 1;
+	out->line.councils = out->council;
+}
+
+static uint64_t
+hash_key(const uint8_t *key, size_t len)
+{
+	uint64_t h = UINT64_C(14695981039346656037);
+
+	for (size_t i = 0; i < len; i++) {
+		h = (h ^ key[i]) * UINT64_C(1099511628211);
+	}
+	return h;
+}
+
+static struct entry **
+cache_slot(struct cache *c, const uint8_t *key, size_t klen)
+{
+	size_t mask = c->nslots - 1;
+
+	for (size_t i = hash_key(key, klen) & mask;; i = (i + 1) & mask) {
+		struct entry *e = c->slots[i];
+		if (!e || (e->klen == klen && memcmp(e->key, key, klen) == 0)) {
+			return &c->slots[i];
+		}
+	}
+}
+
+static void
+cache_rehash(struct cache *c)
+{
+	memset(c->slots, 0, c->nslots * sizeof(*c->slots));
+	for (size_t i = 0; i < c->n; i++) {
+		*cache_slot(c, c->list[i]->key, c->list[i]->klen) = c->list[i];
+	}
+}
+
+static void
+cache_clear(struct cache *c)
+{
+	for (size_t i = 0; i < c->n; i++) {
+		agg_free(c->list[i]->agg);
+		free(c->list[i]);
+	}
+	free(c->list);
+	free(c->slots);
+	free(c->touched);
+	*c = (struct cache){0};
+}
+
+static bool
+is_whole_campaign(const struct entry *e)
+{
+	return get_be64(e->key + e->klen - 8) == BUCKET_ALL;
+}
+
+/* After a batch was written: nothing is touched any more, and when the hour buckets kept
+ * exceed CACHE_KEEP_BYTES they are all dropped (rare: live records keep touching the same
+ * recent hours, and a bulk import of old records is what crosses the limit). */
+static void
+cache_trim(struct cache *c)
+{
+	for (size_t i = 0; i < c->n_touched; i++) {
+		c->touched[i]->touched = false;
+	}
+	c->n_touched = 0;
+	if (c->bytes <= CACHE_KEEP_BYTES) {
+		return;
+	}
+	size_t n = 0;
+	for (size_t i = 0; i < c->n; i++) {
+		struct entry *e = c->list[i];
+		if (is_whole_campaign(e)) {
+			c->list[n++] = e;
+		} else {
+			agg_free(e->agg);
+			free(e);
+		}
+	}
+	c->n = n;
+	c->bytes = 0;
+	cache_rehash(c);
+}
+
+/* The aggregate under `key`, read from the table on first use, and marked touched. Returns
+ * 0, an MDB_* code, or a negative errno. */
+static int
+cache_get(struct digest *d, MDB_txn *txn, const uint8_t *key, size_t klen,
+          Coord__V1__Aggregate **ret_agg)
+{
+	struct cache *c = &d->cache;
+
+	if ((c->n + 1) * 2 > c->nslots) {
+		size_t nslots = c->nslots ? c->nslots * 2 : CACHE_SLOTS_MIN;
+		struct entry **slots = calloc(nslots, sizeof(*slots));
+		if (!slots) {
+			return -ENOMEM;
+		}
+		free(c->slots);
+		c->slots = slots;
+		c->nslots = nslots;
+		cache_rehash(c);
+	}
+	struct entry **slot = cache_slot(c, key, klen);
+	struct entry **touched =
+	        grow(c->touched, &c->cap_touched, c->n_touched + 1, sizeof(*touched));
+	if (!touched) {
+		return -ENOMEM;
+	}
+	c->touched = touched;
+	if (*slot) {
+		if (!(*slot)->touched) {
+			(*slot)->touched = true;
+			c->touched[c->n_touched++] = *slot;
+		}
+		*ret_agg = (*slot)->agg;
+		return 0;
+	}
+
+	struct entry **list = grow(c->list, &c->cap, c->n + 1, sizeof(*list));
+	if (!list) {
+		return -ENOMEM;
+	}
+	c->list = list;
+	struct entry *e = calloc(1, sizeof(*e));
+	if (!e) {
+		return -ENOMEM;
+	}
+	e->touched = true;
+	e->klen = klen;
+	memcpy(e->key, key, klen);
+
+	MDB_val k = {.mv_size = klen, .mv_data = e->key};
+	MDB_val v;
+	int rc = mdb_get(txn, d->dbi, &k, &v);
+	if (rc == 0) {
+		/* Our own writes are in canonical form, so the decoded value is used as it is. One
+		 * that does not decode is corruption (or, indistinguishably, no memory). */
+		e->agg = coord__v1__aggregate__unpack(NULL, v.mv_size, v.mv_data);
+		rc = e->agg ? 0 : MDB_CORRUPTED;
+	} else if (rc == MDB_NOTFOUND) {
+		e->agg = agg_new();
+		rc = e->agg ? 0 : -ENOMEM;
+	}
+	if (rc != 0) {
+		free(e);
+		return rc;
+	}
+	c->list[c->n++] = e;
+	c->touched[c->n_touched++] = e;
+	*slot = e;
+	*ret_agg = e->agg;
+	return 0;
+}
+
+/* Add (+1) or remove (-1) what the Envelope in `buf` contributes to the six aggregates. */
+static int
+apply_envelope(struct digest *d, MDB_txn *txn, const char *council, const uint8_t *buf, size_t len,
+               int sign)
+{
+	Coord__V1__Envelope *env = coord__v1__envelope__unpack(NULL, len, buf);
+	struct digest_contribution c;
+	struct contribution_line cl;
+
+	if (!env) {
+		/* The new revision was validated at ingest; the old one comes from the store. */
+		return sign > 0 ? -EBADMSG : MDB_CORRUPTED;
+	}
+	int r = digest_contribution_of(env, &c);
+	coord__v1__envelope__free_unpacked(env, NULL);
+	if (r < 0) {
+		return 0; /* nothing countable */
+	}
+	contribution_line(&c, council, &cl);
+
+	const struct {
+		Coord__V1__ScopeKind kind;
+		const char *id;
+	} scopes[] = {
+	        {COORD__V1__SCOPE_KIND__SCOPE_KIND_ALL, ""},
+	        {COORD__V1__SCOPE_KIND__SCOPE_KIND_COUNCIL, council},
+	        {COORD__V1__SCOPE_KIND__SCOPE_KIND_COUNTRY, c.country},
+	};
+	const uint64_t buckets[] = {bucket_of(c.date), BUCKET_ALL};
+	for (size_t s = 0; s < sizeof(scopes) / sizeof(scopes[0]); s++) {
+		if (s > 0 && scopes[s].id[0] == '\0') {
+			continue;
+		}
+		for (size_t b = 0; b < 2; b++) {
+			uint8_t key[KEY_MAX];
+			size_t klen = make_key(key, scopes[s].kind, scopes[s].id, buckets[b]);
+			Coord__V1__Aggregate *agg;
+
+			r = cache_get(d, txn, key, klen, &agg);
+			if (r == 0) {
+				r = agg_apply(agg, &cl.line, sign);
+			}
+			if (r != 0) {
+				return r;
+			}
+		}
+	}
+	return 0;
+}
+
+static int
+on_record(void *data, MDB_txn *txn, const struct store_change *change)
+{
+	struct digest *d = data;
+	const struct store_record *rec = change->rec;
+	int r = 0;
+
+	if (strlen(rec->council) > ID_MAX) {
+		return -EINVAL;
+	}
+	if (change->old_envelope && !change->old_retracted) {
+		r = apply_envelope(d, txn, rec->council, change->old_envelope,
+		                   change->old_envelope_len, -1);
+	}
+	if (r == 0 && !rec->retraction) {
+		r = apply_envelope(d, txn, rec->council, rec->envelope, rec->envelope_len, +1);
+	}
+	return r;
+}
+
+static int
+scope_cmp(const void *a, const void *b)
+{
+	const struct digest_scope *x = a;
+	const struct digest_scope *y = b;
+
+	if (x->kind != y->kind) {
+		return x->kind < y->kind ? -1 : 1;
+	}
+	return strcmp(x->id, y->id);
+}
+
+static int
+write_entry(struct digest *d, MDB_txn *txn, struct entry *e)
+{
+	MDB_val k = {.mv_size = e->klen, .mv_data = (void *) e->key};
+
+	e->packed = 0;
+	if (e->agg->n_lines == 0) {
+		int rc = mdb_del(txn, d->dbi, &k, NULL);
+		return rc == MDB_NOTFOUND ? 0 : rc;
+	}
+
+	MDB_val v = {.mv_size = coord__v1__aggregate__get_packed_size(e->agg)};
+	int rc = mdb_put(txn, d->dbi, &k, &v, MDB_RESERVE);
+	if (rc == 0) {
+		e->packed = coord__v1__aggregate__pack(e->agg, v.mv_data);
+	}
+	return rc;
+}
+
+/* List the batch's scopes in `pending` and make room for them in `dirty`. */
+static int
+collect_pending(struct digest *d)
+{
+	struct scope_set *p = &d->pending;
+	int r = 0;
+
+	p->n = 0;
+	for (size_t i = 0; i < d->cache.n_touched; i++) {
+		const struct entry *e = d->cache.touched[i];
+		if (!is_whole_campaign(e)) {
+			continue;
+		}
+		struct digest_scope *v = grow(p->v, &p->cap, p->n + 1, sizeof(*v));
+		if (!v) {
+			return -ENOMEM;
+		}
+		p->v = v;
+		v[p->n].kind = (Coord__V1__ScopeKind) e->key[0];
+		memcpy(v[p->n].id, e->key + 1, e->klen - 9); /* the id and its 0 byte */
+		p->n++;
+	}
+	(void) pthread_mutex_lock(&d->lock);
+	struct digest_scope *v = grow(d->dirty.v, &d->dirty.cap, d->dirty.n + p->n, sizeof(*v));
+	if (v) {
+		d->dirty.v = v;
+	} else if (p->n > 0) {
+		r = -ENOMEM;
+	}
+	(void) pthread_mutex_unlock(&d->lock);
+	return r;
+}
+
+static int
+on_batch_end(void *data, MDB_txn *txn)
+{
+	struct digest *d = data;
+	struct cache *c = &d->cache;
+
+	for (size_t i = 0; i < c->n_touched; i++) {
+		struct entry *e = c->touched[i];
+		size_t before = e->packed;
+		int rc = write_entry(d, txn, e);
+
+		if (rc != 0) {
+			return rc;
+		}
+		if (!is_whole_campaign(e)) {
+			c->bytes = c->bytes - before + e->packed;
+		}
+	}
+	int r = collect_pending(d);
+	if (r < 0) {
+		return r;
+	}
+	cache_trim(c);
+	return 0;
+}
+
+static void
+on_batch_abort(void *data)
+{
+	struct digest *d = data;
+
+	cache_clear(&d->cache);
+	d->pending.n = 0;
+}
+
+static void
+on_batch_committed(void *data)
+{
+	struct digest *d = data;
+	struct scope_set *p = &d->pending;
+
+	if (p->n == 0) {
+		return;
+	}
+	(void) pthread_mutex_lock(&d->lock);
+	struct scope_set *s = &d->dirty;
+	assert(s->n + p->n <= s->cap);
+	memcpy(s->v + s->n, p->v, p->n * sizeof(*p->v));
+	s->n += p->n;
+	qsort(s->v, s->n, sizeof(*s->v), scope_cmp);
+	size_t n = 1;
+	for (size_t i = 1; i < s->n; i++) {
+		if (scope_cmp(&s->v[i], &s->v[n - 1]) != 0) {
+			s->v[n++] = s->v[i];
+		}
+	}
+	s->n = n;
+	(void) pthread_mutex_unlock(&d->lock);
+	p->n = 0;
+}
+
+int
+digest_new(struct store *store, struct digest **ret_digest)
+{
+	struct digest *d = calloc(1, sizeof(*d));
+	int r;
+
+	if (!d) {
+		return -ENOMEM;
+	}
+	r = -pthread_mutex_init(&d->lock, NULL);
+	if (r < 0) {
+		free(d);
+		return r;
+	}
+	d->store = store;
+	r = store_open_table(store, "digest", &d->dbi);
+	if (r < 0) {
+		digest_free(d);
+		return r;
+	}
+	const struct store_hooks hooks = {
+	        .record = on_record,
+	        .batch_end = on_batch_end,
+	        .batch_abort = on_batch_abort,
+	        .batch_committed = on_batch_committed,
+	        .data = d,
+	};
+	store_set_hooks(store, &hooks);
+	d->hooked = true;
+	*ret_digest = d;
+	return 0;
+}
+
+struct digest *
+digest_free(struct digest *d)
+{
+	if (!d) {
+		return NULL;
+	}
+	if (d->hooked) {
+		store_set_hooks(d->store, NULL);
+	}
+	cache_clear(&d->cache);
+	free(d->pending.v);
+	free(d->dirty.v);
+	(void) pthread_mutex_destroy(&d->lock);
+	free(d);
+	return NULL;
+}
+
+int
+digest_take_dirty(struct digest *d, struct digest_scope **ret_scopes)
+{
+	struct digest_scope *copy = NULL;
+	size_t n;
+
+	(void) pthread_mutex_lock(&d->lock);
+	n = d->dirty.n;
+	if (n > 0) {
+		copy = malloc(n * sizeof(*copy));
+		if (!copy) {
+			(void) pthread_mutex_unlock(&d->lock);
+			return -ENOMEM;
+		}
+		memcpy(copy, d->dirty.v, n * sizeof(*copy));
+		d->dirty.n = 0;
+	}
+	(void) pthread_mutex_unlock(&d->lock);
+	*ret_scopes = copy;
+	return (int) n;
+}
+
+/* A window as whole hours: buckets [first, last) and their bounds in ms; or, for WINDOW_ALL,
+ * the whole-campaign bucket alone. */
+struct bounds {
+	bool all;
+	int64_t start, end;
+	uint64_t first, last;
+};
+
+static int
+window_bounds(Coord__V1__Window window, int64_t start, int64_t end, int64_t now_ms,
+              struct bounds *ret)
+{
+	switch (window) {
+	case COORD__V1__WINDOW__WINDOW_ALL:
+		*ret = (struct bounds){.all = true, .first = BUCKET_ALL, .last = BUCKET_ALL};
+		return 0;
+	case COORD__V1__WINDOW__WINDOW_LAST_24H:
+	case COORD__V1__WINDOW__WINDOW_LAST_1H:
+		if (now_ms < 0) {
+			return -EINVAL;
+		}
+		end = now_ms;
+		start = now_ms -
+		        (window == COORD__V1__WINDOW__WINDOW_LAST_1H ? 1 : 24) * DIGEST_HOUR_MS;
+		start = start < 0 ? 0 : start;
+		break;
+	case COORD__V1__WINDOW__WINDOW_RANGE:
+		if (start < 0 || end <= start) {
+			return -EINVAL;
+		}
+		break;
+	default:
+		return -EINVAL;
+	}
+	uint64_t first = (uint64_t) start / DIGEST_HOUR_MS;
+	uint64_t last = (uint64_t) end / DIGEST_HOUR_MS + ((uint64_t) end % DIGEST_HOUR_MS != 0);
+	*ret = (struct bounds){
+	        .start = (int64_t) first * DIGEST_HOUR_MS,
+	        .end = last <= (uint64_t) (INT64_MAX / DIGEST_HOUR_MS)
+	                       ? (int64_t) last * DIGEST_HOUR_MS
+	                       : INT64_MAX,
+	        .first = first,
+	        .last = last,
+	};
+	return 0;
+}
+
+static int
+check_scope(Coord__V1__ScopeKind kind, const char *id)
+{
+	size_t len = id ? strlen(id) : 0;
+
+	switch (kind) {
+	case COORD__V1__SCOPE_KIND__SCOPE_KIND_ALL:
+		return len == 0 ? 0 : -EINVAL;
+	case COORD__V1__SCOPE_KIND__SCOPE_KIND_COUNCIL:
+	case COORD__V1__SCOPE_KIND__SCOPE_KIND_COUNTRY:
+		return len > 0 && len <= ID_MAX ? 0 : -EINVAL;
+	default:
+		return -EINVAL;
+	}
+}
+
+/* Merge the scope's aggregates over the window into `agg`, in one read transaction. */
+static int
+read_aggregates(struct digest *d, Coord__V1__ScopeKind kind, const char *id, const struct bounds *w,
+                Coord__V1__Aggregate *agg)
+{
+	uint8_t key[KEY_MAX];
+	size_t klen = make_key(key, kind, id, w->first);
+	size_t plen = klen - 8;
+	MDB_val k = {.mv_size = klen, .mv_data = key};
+	MDB_val v;
+	MDB_txn *txn;
+	MDB_cursor *cur;
+	int r = store_read_begin(d->store, &txn);
+
+	if (r < 0) {
+		return r;
+	}
+	int rc = mdb_cursor_open(txn, d->dbi, &cur);
+	if (rc == 0) {
+		for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0 && r == 0;
+		     rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+			/* Same prefix (hence same length); for WINDOW_ALL the first key found is
+			 * the whole-campaign one or none. */
+			if (k.mv_size != klen || memcmp(k.mv_data, key, plen) != 0 ||
+			    (!w->all && get_be64((const uint8_t *) k.mv_data + plen) >= w->last)) {
+				break;
+			}
+			r = agg_merge_packed(agg, &v);
+			if (w->all) {
+				break;
+			}
+		}
+		mdb_cursor_close(cur);
+	}
+	store_read_end(d->store, txn);
+	if (r == 0 && rc != 0 && rc != MDB_NOTFOUND) {
+		r = -EIO;
+	}
+	return r == -EBADMSG ? -EIO : r;
+}
+
+/* What the headline scan looks for, and what it found. */
+struct headline_scan {
+	Coord__V1__ScopeKind kind;
+	const char *id;
+	const struct bounds *w;
+	size_t want, n;
+	Coord__V1__Headline hl[DIGEST_HEADLINES_MAX];
+	char country[DIGEST_HEADLINES_MAX][3];
+};
+
+static const char *
+or_else(const char *s, const char *fallback)
+{
+	return s && s[0] ? s : (fallback ? fallback : "");
+}
+
+static const char *
+headline_title(const Coord__V1__Envelope *env)
+{
+	switch (env->body_case) {
+	case COORD__V1__ENVELOPE__BODY_EVENT:
+		return or_else(env->event->title, NULL);
+	case COORD__V1__ENVELOPE__BODY_LETTER:
+		return or_else(env->letter->subject, env->letter->recipient);
+	case COORD__V1__ENVELOPE__BODY_STATEMENT:
+		return or_else(env->statement->title, env->statement->organisation);
+	case COORD__V1__ENVELOPE__BODY_PETITION:
+		return or_else(env->petition->title, env->petition->target);
+	case COORD__V1__ENVELOPE__BODY_MEDIA:
+		return or_else(env->media->title, env->media->outlet);
+	default:
+		return "";
+	}
+}
+
+static bool
+headline_matches(const struct headline_scan *s, const char *council,
+                 const struct digest_contribution *c)
+{
+	if ((s->kind == COORD__V1__SCOPE_KIND__SCOPE_KIND_COUNCIL && strcmp(council, s->id) != 0) ||
+	    (s->kind == COORD__V1__SCOPE_KIND__SCOPE_KIND_COUNTRY &&
+	     strcmp(c->country, s->id) != 0)) {
+		return false;
+	}
+	return s->w->all || (c->date >= s->w->start && c->date < s->w->end);
+}
+
+static int
+headline_add(struct headline_scan *s, uint64_t seq, const char *council,
+             const Coord__V1__Envelope *env, const struct digest_contribution *c)
+{
+	Coord__V1__Headline *h = &s->hl[s->n];
+	char *council_copy = strdup(council);
+	char *title = strdup(headline_title(env));
+
+	if (!council_copy || !title) {
+		free(council_copy);
+		free(title);
+		return -ENOMEM;
+	}
+	memcpy(s->country[s->n], c->country, sizeof(c->country));
+	*h = (Coord__V1__Headline) COORD__V1__HEADLINE__INIT;
+	h->seq = seq;
+	h->council = council_copy;
+	h->category = c->category;
+	h->kind = c->kind;
+	h->country = s->country[s->n];
+	h->date = c->date;
+	h->title = title;
+	s->n++;
+	return 0;
+}
+
+/* store_item_fn: keep live items of the scope and window, newest first. Items that do not
+ * decode are skipped here (store_verify reports them). */
+static int
+scan_headline(void *data, uint64_t seq, const uint8_t *buf, size_t len, bool live)
+{
+	struct headline_scan *s = data;
+	struct digest_contribution c;
+	int r = 0;
+
+	if (!live) {
+		return 0;
+	}
+	Coord__V1__Item *item = coord__v1__item__unpack(NULL, len, buf);
+	if (!item) {
+		return 0;
+	}
+	Coord__V1__Envelope *env =
+	        coord__v1__envelope__unpack(NULL, item->envelope.len, item->envelope.data);
+	if (env && digest_contribution_of(env, &c) == 0 && headline_matches(s, item->council, &c)) {
+		r = headline_add(s, seq, item->council, env, &c);
+	}
+	if (env) {
+		coord__v1__envelope__free_unpacked(env, NULL);
+	}
+	coord__v1__item__free_unpacked(item, NULL);
+	return r == 0 && s->n == s->want ? 1 : r;
+}
+
+static void
+headline_scan_done(struct headline_scan *s)
+{
+	for (size_t i = 0; i < s->n; i++) {
+		free(s->hl[i].council);
+		free(s->hl[i].title);
+	}
+}
+
+/* Pack the Digest and hand out a fresh unpacked copy that the caller owns. */
+static int
+finish_digest(Coord__V1__Digest *dg, Coord__V1__Digest **ret_digest)
+{
+	size_t size = coord__v1__digest__get_packed_size(dg);
+	uint8_t *buf = malloc(size ? size : 1);
+
+	if (!buf) {
+		return -ENOMEM;
+	}
+	(void) coord__v1__digest__pack(dg, buf);
+	Coord__V1__Digest *copy = coord__v1__digest__unpack(NULL, size, buf);
+	free(buf);
+	if (!copy) {
+		return -ENOMEM;
+	}
+	*ret_digest = copy;
+	return 0;
+}
+
+int
+digest_compute(struct digest *d, Coord__V1__ScopeKind scope_kind, const char *scope_id,
+               Coord__V1__Window window, int64_t start, int64_t end, int64_t now_ms,
+               unsigned headlines, Coord__V1__Digest **ret_digest)
+{
+	struct bounds w;
+	Coord__V1__Aggregate *agg = NULL;
+	uint64_t last_seq = 0;
+	int r = check_scope(scope_kind, scope_id);
+
+	if (r == 0) {
+		r = window_bounds(window, start, end, now_ms, &w);
+	}
+	if (r < 0) {
+		return r;
+	}
+	scope_id = scope_id ? scope_id : "";
+
+	struct headline_scan *hs = calloc(1, sizeof(*hs));
+	if (!hs) {
+		return -ENOMEM;
+	}
+	hs->kind = scope_kind;
+	hs->id = scope_id;
+	hs->w = &w;
+	hs->want = headlines == 0                     ? DIGEST_HEADLINES_DEFAULT
+	           : headlines > DIGEST_HEADLINES_MAX ? DIGEST_HEADLINES_MAX
+	                                              : headlines;
+	/* The scan comes first and its last seq is reported: the aggregates, read after it,
+	 * reflect at least every item up to that seq. The two reads cannot share a transaction
+	 * (the scan opens its own), and a read transaction must not wait on another. */
+	r = store_scan_items(d->store, 0, true, DIGEST_HEADLINE_SCAN_MAX, scan_headline, hs,
+	                     &last_seq);
+	if (r >= 0) {
+		agg = agg_new();
+		r = agg ? read_aggregates(d, scope_kind, scope_id, &w, agg) : -ENOMEM;
+	}
+	if (r >= 0) {
+		Coord__V1__Scope scope = COORD__V1__SCOPE__INIT;
+		Coord__V1__Digest dg = COORD__V1__DIGEST__INIT;
+		Coord__V1__Headline *hptrs[DIGEST_HEADLINES_MAX];
+
+		scope.kind = scope_kind;
+		scope.id = (char *) scope_id;
+		for (size_t i = 0; i < hs->n; i++) {
+			hptrs[i] = &hs->hl[i];
+		}
+		dg.scope = &scope;
+		dg.window = window;
+		dg.start = w.start;
+		dg.end = w.end;
+		dg.last_seq = last_seq;
+		dg.generated_at = now_ms;
+		dg.n_lines = agg->n_lines;
+		dg.lines = agg->lines;
+		dg.n_headlines = hs->n;
+		dg.headlines = hs->n ? hptrs : NULL;
+		r = finish_digest(&dg, ret_digest);
+	}
+	agg_free(agg);
+	headline_scan_done(hs);
+	free(hs);
+	return r < 0 ? r : 0;
+}
+
+void
+digest_result_free(Coord__V1__Digest *digest)
+{
+	if (digest) {
+		coord__v1__digest__free_unpacked(digest, NULL);
+	}
+}
