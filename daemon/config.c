@@ -20,6 +20,7 @@
  *
  * Non-logging module: errors go to struct config_error.
  */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdarg.h>
@@ -43,19 +44,28 @@ enum section {
 	SECTION_NONE, /* before the first "[section]" line */
 	SECTION_COORDD,
 	SECTION_INGEST,
+	SECTION_PUBLISH,
+	SECTION_QUERY,
+	SECTION_DIGEST,
 	SECTION_STORE,
+	SECTION_METRICS,
 	SECTION_COUNCIL,
 	_SECTION_MAX,
 };
 
 static const char *const section_names[_SECTION_MAX] = {
-        [SECTION_NONE] = "",       [SECTION_COORDD] = "coordd",   [SECTION_INGEST] = "ingest",
-        [SECTION_STORE] = "store", [SECTION_COUNCIL] = "council",
+        [SECTION_NONE] = "",           [SECTION_COORDD] = "coordd",   [SECTION_INGEST] = "ingest",
+        [SECTION_PUBLISH] = "publish", [SECTION_QUERY] = "query",     [SECTION_DIGEST] = "digest",
+        [SECTION_STORE] = "store",     [SECTION_METRICS] = "metrics", [SECTION_COUNCIL] = "council",
 };
+
+/* Every fixed section, for messages that list them. */
+#define SECTION_LIST "[coordd], [ingest], [publish], [query], [digest], [store], [metrics]"
 
 enum key_type {
 	KEY_STRING,   /* char *, must not be empty */
 	KEY_ENDPOINT, /* char *, "transport://address" */
+	KEY_LISTEN,   /* char *, numeric "host:port" or "[v6host]:port", or "off" (NULL) */
 	KEY_U32,      /* uint32_t, plain decimal */
 	KEY_SIZE32,   /* uint32_t, config_parse_size() */
 	KEY_SIZE64,   /* uint64_t, config_parse_size() */
@@ -72,9 +82,19 @@ enum key_id {
 	KEY_MAX_BATCH,
 	KEY_MAX_PENDING,
 	KEY_HWM,
+	KEY_PUBLISH_ENDPOINT,
+	KEY_PUBLISH_HWM,
+	KEY_QUERY_ENDPOINT,
+	KEY_HISTORY_LIMIT,
+	KEY_HISTORY_LIMIT_MAX,
+	KEY_HISTORY_BYTES_MAX,
+	KEY_QUERY_HWM,
+	KEY_PUBLISH_INTERVAL_MS,
+	KEY_HEADLINES,
 	KEY_MAP_SIZE,
 	KEY_MAP_SIZE_MAX,
 	KEY_SYNC_ID,
+	KEY_METRICS_LISTEN,
 	_KEY_MAX,
 };
 
@@ -101,12 +121,34 @@ static const struct key keys[_KEY_MAX] = {
                              offsetof(struct config, ingest.max_pending), 1, UINT32_MAX},
         [KEY_HWM] = {SECTION_INGEST, "hwm", KEY_U32, offsetof(struct config, ingest.hwm), 100,
                      1000000},
+        [KEY_PUBLISH_ENDPOINT] = {SECTION_PUBLISH, "endpoint", KEY_ENDPOINT,
+                                  offsetof(struct config, publish.endpoint), 0, 0},
+        [KEY_PUBLISH_HWM] = {SECTION_PUBLISH, "hwm", KEY_U32, offsetof(struct config, publish.hwm),
+                             100, 1000000},
+        [KEY_QUERY_ENDPOINT] = {SECTION_QUERY, "endpoint", KEY_ENDPOINT,
+                                offsetof(struct config, query.endpoint), 0, 0},
+        [KEY_HISTORY_LIMIT] = {SECTION_QUERY, "history_limit", KEY_U32,
+                               offsetof(struct config, query.history_limit), 1, 100000},
+        [KEY_HISTORY_LIMIT_MAX] = {SECTION_QUERY, "history_limit_max", KEY_U32,
+                                   offsetof(struct config, query.history_limit_max), 1, 100000},
+        [KEY_HISTORY_BYTES_MAX] = {SECTION_QUERY, "history_bytes_max", KEY_SIZE32,
+                                   offsetof(struct config, query.history_bytes_max), 64 * KIB,
+                                   64 * MIB},
+        [KEY_QUERY_HWM] = {SECTION_QUERY, "hwm", KEY_U32, offsetof(struct config, query.hwm), 1,
+                           100000},
+        [KEY_PUBLISH_INTERVAL_MS] = {SECTION_DIGEST, "publish_interval_ms", KEY_U32,
+                                     offsetof(struct config, digest.publish_interval_ms), 100,
+                                     3600000},
+        [KEY_HEADLINES] = {SECTION_DIGEST, "headlines", KEY_U32,
+                           offsetof(struct config, digest.headlines), 1, CONFIG_HEADLINES_MAX},
         [KEY_MAP_SIZE] = {SECTION_STORE, "map_size", KEY_SIZE64,
                           offsetof(struct config, store.map_size), MIB, UINT64_MAX},
         [KEY_MAP_SIZE_MAX] = {SECTION_STORE, "map_size_max", KEY_SIZE64,
                               offsetof(struct config, store.map_size_max), MIB, UINT64_MAX},
         [KEY_SYNC_ID] = {SECTION_STORE, "sync", KEY_SYNC, offsetof(struct config, store.sync), 0,
                          0},
+        [KEY_METRICS_LISTEN] = {SECTION_METRICS, "listen", KEY_LISTEN,
+                                offsetof(struct config, metrics.listen), 0, 0},
 };
 
 /* Parse-time bookkeeping for one council, parallel to config->councils (file order). */
@@ -296,9 +338,7 @@ handle_section_line(struct parser *p, char *line)
 	}
 	if (s == SECTION_NONE) {
 		r = fail(p, p->line, -EINVAL,
-		         "unknown section [%s]: use [coordd], [ingest], [store] or "
-		         "[council.<id>]",
-		         name);
+		         "unknown section [%s]: use " SECTION_LIST " or [council.<id>]", name);
 	} else if (p->section_line[s] != 0) {
 		r = fail(p, p->line, -EINVAL,
 		         "duplicate section [%s] (first at line %u): merge them", name,
@@ -604,6 +644,23 @@ handle_fixed_key(struct parser *p, enum key_id id, const char *value)
 		return set_string(p, field, value);
 	case KEY_STRING:
 		return set_string(p, field, value);
+	case KEY_LISTEN: {
+		char host[64];
+		uint16_t port;
+
+		if (strcmp(value, "off") == 0) {
+			free(*(char **) field);
+			*(char **) field = NULL;
+			return 0;
+		}
+		if (config_parse_listen(value, host, &port) < 0) {
+			return fail(p, p->line, -EINVAL,
+			            "bad %s '%s' in [%s]: use a numeric address and port, e.g. "
+			            "127.0.0.1:9771 or [::1]:9771, or off",
+			            k->name, value, sect);
+		}
+		return set_string(p, field, value);
+	}
 	case KEY_LOG_LEVEL: {
 		enum log_level level = log_level_from_string(value);
 		if (level == LOG_LEVEL_INVALID) {
@@ -711,8 +768,8 @@ handle_key_line(struct parser *p, const char *name, const char *value)
 {
 	if (p->section == SECTION_NONE) {
 		return fail(p, p->line, -EINVAL,
-		            "key '%s' is outside a section: put it under [coordd], [ingest], "
-		            "[store] or [council.<id>]",
+		            "key '%s' is outside a section: put it under " SECTION_LIST
+		            " or [council.<id>]",
 		            name);
 	}
 	if (p->section == SECTION_COUNCIL) {
@@ -772,12 +829,38 @@ blame_line(const struct parser *p, enum key_id a, enum key_id b)
 	return line ? line : p->section_line[keys[a].section];
 }
 
+/* The three sockets need three endpoints: a shared one would fail to bind at start. */
+static int
+check_endpoints(struct parser *p)
+{
+	static const enum key_id ids[] = {KEY_INGEST_ENDPOINT, KEY_PUBLISH_ENDPOINT,
+	                                  KEY_QUERY_ENDPOINT};
+	const struct config *c = p->config;
+	const char *values[] = {c->ingest.endpoint, c->publish.endpoint, c->query.endpoint};
+
+	for (size_t i = 0; i < 3; i++) {
+		for (size_t j = i + 1; j < 3; j++) {
+			if (strcmp(values[i], values[j]) != 0) {
+				continue;
+			}
+			const struct key *a = &keys[ids[i]], *b = &keys[ids[j]];
+			return fail(p, blame_line(p, ids[i], ids[j]), -EINVAL,
+			            "[%s] and [%s] both use endpoint '%s': give each socket its "
+			            "own",
+			            section_names[a->section], section_names[b->section],
+			            values[i]);
+		}
+	}
+	return 0;
+}
+
 /* Checks that need the whole file. */
 static int
 finish(struct parser *p)
 {
 	struct config *c = p->config;
 	char a[32], b[32];
+	int r;
 
 	if (p->section_line[SECTION_COORDD] == 0) {
 		return fail(p, 0, -EINVAL,
@@ -792,6 +875,16 @@ finish(struct parser *p)
 		            "max_pending (%" PRIu32 ") is below max_batch (%" PRIu32
 		            ") in [ingest]: raise max_pending",
 		            c->ingest.max_pending, c->ingest.max_batch);
+	}
+	if (c->query.history_limit_max < c->query.history_limit) {
+		return fail(p, blame_line(p, KEY_HISTORY_LIMIT_MAX, KEY_HISTORY_LIMIT), -EINVAL,
+		            "history_limit_max (%" PRIu32 ") is below history_limit (%" PRIu32
+		            ") in [query]: raise history_limit_max",
+		            c->query.history_limit_max, c->query.history_limit);
+	}
+	r = check_endpoints(p);
+	if (r < 0) {
+		return r;
 	}
 	if (c->store.map_size_max < c->store.map_size) {
 		format_size(c->store.map_size_max, a, sizeof(a));
@@ -837,6 +930,19 @@ parse(struct parser *p, const char *name, struct config **ret_config,
 	                        .max_pending = 8192,
 	                        .hwm = 10000,
 	                },
+	        .publish = {.hwm = 1000},
+	        .query =
+	                {
+	                        .history_limit = 1000,
+	                        .history_limit_max = 10000,
+	                        .history_bytes_max = 4 * MIB,
+	                        .hwm = 32,
+	                },
+	        .digest =
+	                {
+	                        .publish_interval_ms = 1000,
+	                        .headlines = 5,
+	                },
 	        .store =
 	                {
 	                        .map_size = 64 * MIB,
@@ -847,7 +953,11 @@ parse(struct parser *p, const char *name, struct config **ret_config,
 	p->config = c;
 	c->path = strdup(name);
 	c->ingest.endpoint = strdup("tcp://127.0.0.1:7701");
-	if (!c->path || !c->ingest.endpoint) {
+	c->publish.endpoint = strdup("tcp://127.0.0.1:7702");
+	c->query.endpoint = strdup("tcp://127.0.0.1:7703");
+	c->metrics.listen = strdup("127.0.0.1:9771");
+	if (!c->path || !c->ingest.endpoint || !c->publish.endpoint || !c->query.endpoint ||
+	    !c->metrics.listen) {
 		r = fail_oom(p);
 		goto out;
 	}
@@ -933,6 +1043,9 @@ config_unref(struct config *c)
 	}
 	free(c->councils);
 	free(c->ingest.endpoint);
+	free(c->publish.endpoint);
+	free(c->query.endpoint);
+	free(c->metrics.listen);
 	free(c->state_dir);
 	free(c->path);
 	free(c);
@@ -952,4 +1065,48 @@ config_find_council(const struct config *c, const char *id)
 	}
 	memcpy(key.id, id, n + 1);
 	return bsearch(&key, c->councils, c->n_councils, sizeof(c->councils[0]), council_compare);
+}
+
+int
+config_parse_listen(const char *s, char ret_host[64], uint16_t *ret_port)
+{
+	const char *colon;
+	const char *host = s;
+	size_t host_len;
+	unsigned char addr[16];
+
+	if (s[0] == '[') {
+		const char *close = strchr(s, ']');
+		if (!close || close[1] != ':') {
+			return -EINVAL;
+		}
+		host = s + 1;
+		host_len = (size_t) (close - host);
+		colon = close + 1;
+	} else {
+		colon = strrchr(s, ':');
+		if (!colon) {
+			return -EINVAL;
+		}
+		host_len = (size_t) (colon - s);
+	}
+	if (host_len == 0 || host_len >= 64) {
+		return -EINVAL;
+	}
+	char *end;
+	errno = 0;
+	unsigned long port = strtoul(colon + 1, &end, 10);
+	if (errno || end == colon + 1 || *end || port > 65535 || colon[1] == '-' ||
+	    colon[1] == '+' || colon[1] == ' ') {
+		return -EINVAL;
+	}
+	char h[64];
+	memcpy(h, host, host_len);
+	h[host_len] = 0;
+	if (inet_pton(AF_INET, h, addr) != 1 && inet_pton(AF_INET6, h, addr) != 1) {
+		return -EINVAL;
+	}
+	memcpy(ret_host, h, host_len + 1);
+	*ret_port = (uint16_t) port;
+	return 0;
 }

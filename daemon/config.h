@@ -26,6 +26,8 @@
  */
 #define CONFIG_LINE_MAX 200
 #define CONFIG_EXIT_INVALID 78 /* EX_CONFIG: exit status for a bad config */
+/* The most headlines a digest can carry (DIGEST_HEADLINES_MAX; config sits below digest). */
+#define CONFIG_HEADLINES_MAX 50
 
 enum config_sync {
 	CONFIG_SYNC_FULL, /* every commit is flushed to disk before any ack (default) */
@@ -59,12 +61,46 @@ struct config {
 		uint32_t hwm; /* ZMQ send and receive HWM, 100 .. 1000000, default 10000 */
 	} ingest;
 
+	/* [publish]: the XPUB socket headquarters subscribes to (fanout) */
+	struct {
+		char *endpoint; /* endpoint, default tcp://127.0.0.1:7702 */
+		uint32_t hwm;   /* messages queued per subscriber before libzmq drops, 100 ..
+		                   1000000, default 1000 */
+	} publish;
+
+	/* [query]: the ROUTER socket for digests, history, status and stats (query) */
+	struct {
+		char *endpoint;             /* endpoint, default tcp://127.0.0.1:7703 */
+		uint32_t history_limit;     /* items per history page when the request says 0,
+		                               1 .. 100000, default 1000 */
+		uint32_t history_limit_max; /* the most items per page whatever the request says,
+		                               history_limit .. 100000, default 10000 */
+		uint32_t history_bytes_max; /* the most item bytes per page, 64 KiB .. 64 MiB,
+		                               default 4 MiB (at least one item is always sent) */
+		uint32_t hwm; /* answers queued per client before libzmq drops, 1 .. 100000,
+		                 default 32 */
+	} query;
+
+	/* [digest] */
+	struct {
+		uint32_t publish_interval_ms; /* how often changed digests are published,
+		                                 100 .. 3600000, default 1000 */
+		uint32_t headlines; /* headlines per published digest, 1 .. CONFIG_HEADLINES_MAX,
+		                       default 5 */
+	} digest;
+
 	/* [store] */
 	struct {
 		uint64_t map_size;     /* initial LMDB map size, default 64 MiB, >= 1 MiB */
 		uint64_t map_size_max; /* growth limit, default 16 GiB, >= map_size */
 		enum config_sync sync; /* sync = full | none, default full */
 	} store;
+
+	/* [metrics]: the HTTP endpoint for Prometheus and health checks */
+	struct {
+		char *listen; /* listen, numeric "host:port", default 127.0.0.1:9771; NULL when
+		                 set to "off" */
+	} metrics;
 
 	/* [council.<id>] sections, sorted by id */
 	struct config_council *councils;
@@ -114,3 +150,9 @@ const struct config_council *config_find_council(const struct config *c, const c
  * -EINVAL / -ERANGE.
  */
 int config_parse_size(const char *s, uint64_t *ret);
+
+/*
+ * Parse a numeric listen address, "HOST:PORT" or "[V6HOST]:PORT" (no names: the daemon
+ * never resolves). Returns 0 and the parts (`ret_host` has room for 64 bytes), or -EINVAL.
+ */
+int config_parse_listen(const char *s, char ret_host[64], uint16_t *ret_port);

@@ -10,7 +10,10 @@
  * A batch keeps the received zmq_msg_t frames themselves (routing id and body) until its
  * acks are sent, so the envelope bytes are written to LMDB without an extra copy. The
  * store_record array points into those frames and into the msg structs; neither moves while
- * the batch lives.
+ * the batch lives. After the acks, the batch's ACCEPTED records are reported to the owner's
+ * on_accepted callback (fanout), from the same frames.
+ *
+ * Connections are counted by a zmon on the socket; it is closed before the socket.
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -24,6 +27,7 @@
 #include "ingest.h"
 #include "log.h"
 #include "wire.h"
+#include "zmon.h"
 #include "zuv.h"
 
 #define container_of(ptr, type, member) ((type *) ((char *) (ptr) -offsetof(type, member)))
@@ -40,12 +44,14 @@ struct msg {
 	zmq_msg_t body;
 	char council[WIRE_COUNCIL_MAX + 1];
 	char msg_id[WIRE_MSG_ID_MAX + 1];
+	Coord__V1__Envelope__BodyCase body_case;
 };
 
 struct batch {
 	struct batch *next;
 	size_t n;
-	int result; /* store_write_batch() */
+	int result;         /* store_write_batch() */
+	uint64_t commit_ns; /* how long store_write_batch() took */
 	struct msg *msgs;
 	struct store_record *recs;
 };
@@ -57,6 +63,10 @@ struct ingest {
 	bool zuv_started;
 	struct store *store;
 	struct config *cfg;
+	ingest_accepted_fn *on_accepted;
+	void *accepted_data;
+	struct zmon *zmon;
+	unsigned closing_parts; /* zuv and zmon still closing */
 
 	uv_work_t work;
 	struct batch *filling;
@@ -300,6 +310,7 @@ admit(struct ingest *in, struct msg *m, struct store_record *rec, int64_t now)
 	/* Lengths were validated, so these copies fit. */
 	(void) snprintf(m->council, sizeof(m->council), "%s", env->council);
 	(void) snprintf(m->msg_id, sizeof(m->msg_id), "%s", env->msg_id);
+	m->body_case = env->body_case;
 	*rec = (struct store_record){
 	        .council = m->council,
 	        .msg_id = m->msg_id,
@@ -363,7 +374,22 @@ commit_work(uv_work_t *req)
 	struct ingest *in = container_of(req, struct ingest, work);
 	struct batch *b = in->committing;
 
+	uint64_t start = uv_hrtime();
+
 	b->result = store_write_batch(in->store, b->recs, b->n);
+	b->commit_ns = uv_hrtime() - start;
+}
+
+/* Count `value` in the histogram bucket of `bounds` it falls in. */
+static void
+observe(uint64_t counts[INGEST_HISTOGRAM_BUCKETS + 1], const double *bounds, double value)
+{
+	size_t i = 0;
+
+	while (i < INGEST_HISTOGRAM_BUCKETS && value > bounds[i]) {
+		i++;
+	}
+	counts[i]++;
 }
 
 static void
@@ -382,7 +408,15 @@ ack_batch(struct ingest *in, struct batch *b)
 		                  "RETRY_LATER",
 		                  b->n);
 	} else {
+		static const double batch_bounds[] = INGEST_BATCH_BOUNDS;
+		static const double commit_bounds[] = INGEST_COMMIT_BOUNDS;
+		double seconds = (double) b->commit_ns / 1e9;
+
 		in->counters.batches++;
+		observe(in->counters.batch_size_counts, batch_bounds, (double) b->n);
+		in->counters.batch_size_sum += (double) b->n;
+		observe(in->counters.commit_seconds_counts, commit_bounds, seconds);
+		in->counters.commit_seconds_sum += seconds;
 	}
 
 	for (size_t i = 0; i < b->n; i++) {
@@ -416,6 +450,40 @@ ack_batch(struct ingest *in, struct batch *b)
 		}
 		send_ack(in, &b->msgs[i].rid, &ack);
 	}
+	if (b->result < 0 || !in->on_accepted) {
+		return;
+	}
+	for (size_t i = 0; i < b->n; i++) {
+		const struct store_record *rec = &b->recs[i];
+		if (rec->status != COORD__V1__ACK_STATUS__ACK_STATUS_ACCEPTED) {
+			continue;
+		}
+		const struct ingest_accepted acc = {
+		        .seq = rec->seq,
+		        .council = rec->council,
+		        .msg_id = rec->msg_id,
+		        .revision = rec->revision,
+		        .body = b->msgs[i].body_case,
+		        .envelope = rec->envelope,
+		        .envelope_len = rec->envelope_len,
+		        .received_at = rec->received_at,
+		};
+		in->on_accepted(in->accepted_data, &acc);
+	}
+}
+
+/* The zuv and the zmon are both closed: close the socket and report. */
+static void
+on_part_closed(struct ingest *in)
+{
+	if (--in->closing_parts > 0) {
+		return;
+	}
+	(void) zmq_close(in->sock);
+	in->sock = NULL;
+	if (in->stop_cb) {
+		in->stop_cb(in->stop_data);
+	}
 }
 
 static void
@@ -424,11 +492,13 @@ on_zuv_closed(struct zuv *z)
 	struct ingest *in = container_of(z, struct ingest, zuv);
 
 	in->zuv_started = false;
-	(void) zmq_close(in->sock);
-	in->sock = NULL;
-	if (in->stop_cb) {
-		in->stop_cb(in->stop_data);
-	}
+	on_part_closed(in);
+}
+
+static void
+on_zmon_closed(void *data)
+{
+	on_part_closed(data);
 }
 
 /* After a stop request: close once everything received has been committed and acked. */
@@ -439,6 +509,12 @@ maybe_finish(struct ingest *in)
 		return;
 	}
 	in->closing = true;
+	in->closing_parts = 1;
+	if (in->zmon) {
+		in->closing_parts++;
+		zmon_close(in->zmon, on_zmon_closed, in);
+		in->zmon = NULL;
+	}
 	zuv_close(&in->zuv, on_zuv_closed);
 }
 
@@ -498,7 +574,7 @@ set_int(void *sock, int option, int value)
 
 int
 ingest_new(uv_loop_t *loop, void *zctx, struct store *store, struct config *cfg,
-           struct ingest **ret_ingest)
+           ingest_accepted_fn *on_accepted, void *data, struct ingest **ret_ingest)
 {
 	struct ingest *in = calloc(1, sizeof(*in));
 	int r;
@@ -509,6 +585,8 @@ ingest_new(uv_loop_t *loop, void *zctx, struct store *store, struct config *cfg,
 	in->loop = loop;
 	in->store = store;
 	in->cfg = config_ref(cfg);
+	in->on_accepted = on_accepted;
+	in->accepted_data = data;
 
 	in->sock = zmq_socket(zctx, ZMQ_ROUTER);
 	if (!in->sock) {
@@ -530,6 +608,10 @@ ingest_new(uv_loop_t *loop, void *zctx, struct store *store, struct config *cfg,
 	}
 	if (r >= 0 && zmq_setsockopt(in->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof(maxmsg)) < 0) {
 		r = -zmq_errno();
+	}
+	/* Monitored before binding, so that no accepted connection goes uncounted. */
+	if (r >= 0) {
+		r = zmon_new(loop, zctx, in->sock, "ingest", &in->zmon);
 	}
 	if (r >= 0 && zmq_bind(in->sock, cfg->ingest.endpoint) < 0) {
 		r = -zmq_errno();
@@ -568,6 +650,12 @@ ingest_get_counters(const struct ingest *in, struct ingest_counters *ret_counter
 	*ret_counters = in->counters;
 }
 
+uint32_t
+ingest_connections(const struct ingest *in)
+{
+	return zmon_connections(in->zmon);
+}
+
 static void
 free_batch_list(struct ingest *in, struct batch *b)
 {
@@ -591,6 +679,10 @@ ingest_free(struct ingest *in)
 	}
 	/* Handles must be closed by now (ingest_stop); a failed ingest_new never started them
 	 * or closed them itself. */
+	/* A zmon left here belongs to a failed ingest_new(): its handles close on the next
+	 * loop turns and free it. */
+	zmon_close(in->zmon, NULL, NULL);
+	in->zmon = NULL;
 	if (in->sock) {
 		(void) zmq_close(in->sock);
 	}

@@ -12,14 +12,28 @@
  */
 #pragma once
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include <uv.h>
 
 #include "config.h"
+#include "coord.pb-c.h"
 #include "store.h"
 
 struct ingest;
+
+#define INGEST_HISTOGRAM_BUCKETS 12
+/* Upper bounds of the batch size buckets (messages per commit). */
+#define INGEST_BATCH_BOUNDS                                                                        \
+	{                                                                                          \
+		1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096                                  \
+	}
+/* Upper bounds of the commit latency buckets (seconds, store_write_batch() alone). */
+#define INGEST_COMMIT_BOUNDS                                                                       \
+	{                                                                                          \
+		0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1       \
+	}
 
 /* Counters since start; read with ingest_get_counters(). */
 struct ingest_counters {
@@ -31,21 +45,54 @@ struct ingest_counters {
 	uint64_t acks_dropped;           /* acks libzmq refused (peer gone or at its HWM) */
 	uint64_t batches;                /* committed transactions */
 	uint64_t rejected_by_reason[32]; /* indexed by Coord__V1__Reason (< 32) */
+
+	/* Histograms of committed batches: counts per bucket of INGEST_BATCH_BOUNDS (messages)
+	 * and INGEST_COMMIT_BOUNDS (seconds), the last entry for values above every bound. */
+	uint64_t batch_size_counts[INGEST_HISTOGRAM_BUCKETS + 1];
+	double batch_size_sum;
+	uint64_t commit_seconds_counts[INGEST_HISTOGRAM_BUCKETS + 1];
+	double commit_seconds_sum;
 };
+
+/*
+ * One record that a committed batch ACCEPTED, as reported to the ingest's owner (fanout
+ * publishes it). Every pointer is borrowed for the duration of the callback only.
+ */
+struct ingest_accepted {
+	uint64_t seq;                       /* its new seq */
+	const char *council;                /* the council the broker attributed it to */
+	const char *msg_id;                 /* validated msg_id */
+	uint32_t revision;                  /* >= 1 */
+	Coord__V1__Envelope__BodyCase body; /* which body it has: the record's category (a
+	                                       retraction too) */
+	const uint8_t *envelope;            /* the Envelope bytes exactly as received */
+	size_t envelope_len;
+	int64_t received_at; /* Unix ms, as stored in its Item */
+};
+
+/*
+ * Called on the loop thread once per ACCEPTED record of each committed batch, in seq order,
+ * after the batch's acks were handed to libzmq. It must not block and must not call back
+ * into the ingest.
+ */
+typedef void ingest_accepted_fn(void *data, const struct ingest_accepted *rec);
 
 /*
  * Create the ROUTER socket in `zctx`, bind cfg->ingest.endpoint and start receiving.
  * `store` is borrowed and must outlive the ingest. `cfg` is referenced (config_ref) until
- * ingest_free(). Returns 0 and *ret_ingest, or a negative errno (-EADDRINUSE, ... from
- * zmq_bind; the caller logs it); on error nothing is bound.
+ * ingest_free(). `on_accepted` (may be NULL) and `data` are borrowed until ingest_stop()
+ * has called its callback; committed records are reported to it. The socket's connections
+ * are counted with zmq_socket_monitor (ingest_connections()).
+ * Returns 0 and *ret_ingest, or a negative errno (-EADDRINUSE, ... from zmq_bind; the caller
+ * logs it); on error nothing is bound.
  */
 int ingest_new(uv_loop_t *loop, void *zctx, struct store *store, struct config *cfg,
-               struct ingest **ret_ingest);
+               ingest_accepted_fn *on_accepted, void *data, struct ingest **ret_ingest);
 
 /*
- * Stop for shutdown: stop reading, commit and ack every message already received, then close
- * the socket (acks still queued get up to 2 s to leave) and call `done(data)` on the loop
- * thread. Call once.
+ * Stop for shutdown: stop reading, commit and ack every message already received (and
+ * report the accepted ones to `on_accepted`), then close the socket (acks still queued get
+ * up to 2 s to leave) and call `done(data)` on the loop thread. Call once.
  */
 void ingest_stop(struct ingest *in, void (*done)(void *data), void *data);
 
@@ -53,6 +100,11 @@ void ingest_stop(struct ingest *in, void (*done)(void *data), void *data);
  * Copy the counters. Loop thread.
  */
 void ingest_get_counters(const struct ingest *in, struct ingest_counters *ret_counters);
+
+/*
+ * Council connections open now (TCP and IPC; see zmon.h). 0 once stopping. Loop thread.
+ */
+uint32_t ingest_connections(const struct ingest *in);
 
 /*
  * Free after ingest_stop() has called its callback (or after ingest_new() failed half-way).

@@ -1,9 +1,12 @@
 /*
  * main: arguments, startup order, signals, sd_notify, shutdown order.
  *
- * Startup: config -> store -> zmq context -> ingest (binds) -> READY=1. Shutdown on SIGTERM
- * or SIGINT: STOPPING=1, ingest stops reading and commits and acks what it received, its
- * socket closes, the loop runs until idle, then the zmq context, store and config go.
+ * Startup: config -> store -> digest (its store hooks, before the first write) -> zmq
+ * context -> fanout (publish socket) -> query (query socket) -> ingest (councils' socket;
+ * its committed records go to fanout) -> READY=1 once all three are bound.
+ * Shutdown on SIGTERM or SIGINT: STOPPING=1, ingest stops reading and commits, acks and
+ * publishes what it received, its socket closes; then the query and publish sockets close;
+ * the loop runs until idle; then the zmq context, digest, store and config go.
  * Exit status: 0 after a clean stop, 78 (EX_CONFIG) for a bad config, 1 for other startup
  * failures, 2 for bad arguments.
  */
@@ -14,6 +17,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/statvfs.h>
+#include <time.h>
 
 #include <systemd/sd-daemon.h>
 #include <uv.h>
@@ -21,8 +26,12 @@
 
 #include "config.h"
 #include "coordd-version.h"
+#include "digest.h"
+#include "fanout.h"
 #include "ingest.h"
 #include "log.h"
+#include "metrics.h"
+#include "query.h"
 #include "store.h"
 
 #define EXIT_USAGE 2
@@ -34,19 +43,36 @@ struct coordd {
 	uv_loop_t loop;
 	struct config *cfg;
 	struct store *store;
+	struct digest *digest;
 	void *zctx;
+	struct fanout *fanout;
+	struct query *query;
 	struct ingest *ingest;
+	struct metrics *metrics;
 	uv_signal_t sigterm;
 	uv_signal_t sigint;
 	bool stopping;
+	unsigned closing;      /* sockets (query, fanout, metrics) still closing */
+	int64_t started_at;    /* Unix ms */
+	uint64_t started_mono; /* uv_now() at start */
 };
+
+static int64_t
+now_ms(void)
+{
+	struct timespec ts;
+
+	(void) clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
 static void
 help(void)
 {
 	printf("Usage: coordd [OPTION]...\n"
 	       "The coordd broker: takes activity records from coordinating councils over\n"
-	       "ZeroMQ, stores them durably in LMDB and acknowledges each once it is on disk.\n"
+	       "ZeroMQ, stores them durably in LMDB and acknowledges each once it is on disk;\n"
+	       "publishes live digests and records to headquarters and answers its queries.\n"
 	       "\n"
 	       "  -c, --config=PATH        read the configuration from PATH\n"
 	       "                           (default %s)\n"
@@ -119,13 +145,219 @@ load_config(struct config **ret)
 	return r;
 }
 
+/* The last of the sockets is closed: nothing is left but the signal handles. */
+static void
+on_socket_closed(void *data)
+{
+	struct coordd *d = data;
+
+	if (d->closing > 0 && --d->closing > 0) {
+		return;
+	}
+	uv_close((uv_handle_t *) &d->sigterm, NULL);
+	uv_close((uv_handle_t *) &d->sigint, NULL);
+}
+
+/* Ingest is done (everything it received is committed, acked and published): close the
+ * headquarters' sockets. */
 static void
 on_ingest_stopped(void *data)
 {
 	struct coordd *d = data;
 
-	uv_close((uv_handle_t *) &d->sigterm, NULL);
-	uv_close((uv_handle_t *) &d->sigint, NULL);
+	d->closing = (d->query ? 1 : 0) + (d->fanout ? 1 : 0) + (d->metrics ? 1 : 0);
+	if (d->closing == 0) {
+		on_socket_closed(d);
+		return;
+	}
+	if (d->metrics) {
+		/* It frees itself once closed. */
+		metrics_close(d->metrics, on_socket_closed, d);
+		d->metrics = NULL;
+	}
+	if (d->query) {
+		query_close(d->query, on_socket_closed, d);
+	}
+	if (d->fanout) {
+		fanout_close(d->fanout, on_socket_closed, d);
+	}
+}
+
+/* ingest_accepted_fn: each committed record goes out on the publish socket. */
+static void
+on_accepted(void *data, const struct ingest_accepted *rec)
+{
+	struct coordd *d = data;
+	const struct fanout_item item = {
+	        .seq = rec->seq,
+	        .council = rec->council,
+	        .body = rec->body,
+	        .envelope = rec->envelope,
+	        .envelope_len = rec->envelope_len,
+	        .received_at = rec->received_at,
+	};
+
+	fanout_publish_item(d->fanout, &item);
+}
+
+/* query_stats_fn: what only main knows, for a stats request. */
+static void
+fill_stats(void *data, Coord__V1__Stats *stats)
+{
+	struct coordd *d = data;
+	struct ingest_counters c = {0};
+
+	if (d->ingest) {
+		ingest_get_counters(d->ingest, &c);
+		stats->ingest_connections = ingest_connections(d->ingest);
+	}
+	stats->started_at = d->started_at;
+	stats->uptime_ms = uv_now(&d->loop) - d->started_mono;
+	stats->accepted = c.accepted;
+	stats->duplicate = c.duplicate;
+	stats->rejected = c.rejected;
+	stats->retry_later = c.retry_later;
+	stats->batches = c.batches;
+	stats->publish_connections = d->fanout ? fanout_connections(d->fanout) : 0;
+	stats->version = (char *) COORDD_VERSION;
+}
+
+static void
+render_counter(struct metrics_text *t, const char *name, const char *help, uint64_t value)
+{
+	metrics_text_family(t, name, "counter", help);
+	metrics_text_sample(t, name, NULL, (double) value);
+}
+
+static void
+render_gauge(struct metrics_text *t, const char *name, const char *help, double value)
+{
+	metrics_text_family(t, name, "gauge", help);
+	metrics_text_sample(t, name, NULL, value);
+}
+
+/* metrics_render_fn: the /metrics page. */
+static void
+render_metrics(void *data, struct metrics_text *t)
+{
+	static const double batch_bounds[] = INGEST_BATCH_BOUNDS;
+	static const double commit_bounds[] = INGEST_COMMIT_BOUNDS;
+	struct coordd *d = data;
+	struct ingest_counters c = {0};
+	struct fanout_counters fc = {0};
+	struct query_counters qc = {0};
+	struct store_stats st = {0};
+	struct statvfs vfs;
+	char labels[96];
+
+	if (d->ingest) {
+		ingest_get_counters(d->ingest, &c);
+	}
+	if (d->fanout) {
+		fanout_get_counters(d->fanout, &fc);
+	}
+	if (d->query) {
+		query_get_counters(d->query, &qc);
+	}
+	metrics_text_family(t, "coordd_build_info", "gauge", "The running coordd's version.");
+	metrics_text_sample(t, "coordd_build_info", "version=\"" COORDD_VERSION "\"", 1);
+	render_gauge(t, "coordd_uptime_seconds", "Seconds since coordd started.",
+	             (double) (uv_now(&d->loop) - d->started_mono) / 1000);
+
+	render_counter(t, "coordd_messages_received_total", "Messages read from the ingest socket.",
+	               c.received);
+	metrics_text_family(t, "coordd_messages_total", "counter",
+	                    "Messages answered, by the status of their Ack.");
+	metrics_text_sample(t, "coordd_messages_total", "status=\"accepted\"", (double) c.accepted);
+	metrics_text_sample(t, "coordd_messages_total", "status=\"duplicate\"",
+	                    (double) c.duplicate);
+	metrics_text_sample(t, "coordd_messages_total", "status=\"rejected\"", (double) c.rejected);
+	metrics_text_sample(t, "coordd_messages_total", "status=\"retry_later\"",
+	                    (double) c.retry_later);
+	metrics_text_family(t, "coordd_rejections_total", "counter",
+	                    "REJECTED answers by reason code.");
+	for (unsigned i = 0; i < 32; i++) {
+		const ProtobufCEnumValue *v = protobuf_c_enum_descriptor_get_value(
+		        &coord__v1__reason__descriptor, (int) i);
+		if (c.rejected_by_reason[i] > 0 && v) {
+			(void) snprintf(labels, sizeof(labels), "reason=\"%s\"", v->name);
+			metrics_text_sample(t, "coordd_rejections_total", labels,
+			                    (double) c.rejected_by_reason[i]);
+		}
+	}
+	render_counter(t, "coordd_acks_dropped_total",
+	               "Acks libzmq refused to queue (peer gone or at its HWM).", c.acks_dropped);
+	render_counter(t, "coordd_batches_total", "Committed write transactions.", c.batches);
+
+	struct metrics_histogram h = {
+	        .bounds = batch_bounds,
+	        .n_bounds = INGEST_HISTOGRAM_BUCKETS,
+	        .counts = c.batch_size_counts,
+	        .count = c.batches,
+	        .sum = c.batch_size_sum,
+	};
+	metrics_text_histogram(t, "coordd_batch_size_messages", "Messages per committed batch.",
+	                       &h);
+	h = (struct metrics_histogram){
+	        .bounds = commit_bounds,
+	        .n_bounds = INGEST_HISTOGRAM_BUCKETS,
+	        .counts = c.commit_seconds_counts,
+	        .count = c.batches,
+	        .sum = c.commit_seconds_sum,
+	};
+	metrics_text_histogram(t, "coordd_commit_seconds",
+	                       "Time to write and durably commit one batch.", &h);
+
+	render_counter(t, "coordd_items_published_total", "Accepted records published.", fc.items);
+	render_counter(t, "coordd_digests_published_total", "Digest sets published.", fc.digests);
+	render_counter(t, "coordd_queries_total", "Query requests answered.", qc.requests);
+	render_counter(t, "coordd_query_errors_total", "Query requests answered with an error.",
+	               qc.errors);
+
+	metrics_text_family(t, "coordd_connections", "gauge", "Open connections by socket.");
+	metrics_text_sample(t, "coordd_connections", "socket=\"ingest\"",
+	                    d->ingest ? ingest_connections(d->ingest) : 0);
+	metrics_text_sample(t, "coordd_connections", "socket=\"publish\"",
+	                    d->fanout ? fanout_connections(d->fanout) : 0);
+	metrics_text_sample(t, "coordd_connections", "socket=\"query\"",
+	                    d->query ? query_connections(d->query) : 0);
+
+	if (store_get_stats(d->store, &st) >= 0) {
+		render_gauge(t, "coordd_store_last_seq", "Highest seq stored.",
+		             (double) st.last_seq);
+		render_gauge(t, "coordd_store_items", "Items (revisions) stored.",
+		             (double) st.items);
+		render_gauge(t, "coordd_store_records", "Distinct records stored.",
+		             (double) st.records);
+		render_gauge(t, "coordd_store_used_bytes", "Bytes of the store in use.",
+		             (double) st.used_bytes);
+		render_gauge(t, "coordd_store_map_size_bytes", "The store's current map size.",
+		             (double) st.map_size);
+	}
+	if (statvfs(d->cfg->state_dir, &vfs) == 0) {
+		render_gauge(t, "coordd_disk_free_bytes",
+		             "Bytes free to unprivileged users on the store's file system.",
+		             (double) vfs.f_bavail * (double) vfs.f_frsize);
+	}
+}
+
+/* metrics_health_fn: healthy while serving and the store answers. */
+static bool
+check_health(void *data, struct metrics_text *t)
+{
+	struct coordd *d = data;
+	struct store_stats st;
+
+	if (d->stopping) {
+		metrics_text_printf(t, "stopping\n");
+		return false;
+	}
+	if (store_get_stats(d->store, &st) < 0) {
+		metrics_text_printf(t, "store unavailable\n");
+		return false;
+	}
+	metrics_text_printf(t, "ok seq=%" PRIu64 "\n", st.last_seq);
+	return true;
 }
 
 static void
@@ -151,11 +383,20 @@ log_summary(struct coordd *d)
 
 	ingest_get_counters(d->ingest, &c);
 	(void) store_get_stats(d->store, &st);
+	struct fanout_counters fc = {0};
+	struct query_counters qc = {0};
+	if (d->fanout) {
+		fanout_get_counters(d->fanout, &fc);
+	}
+	if (d->query) {
+		query_get_counters(d->query, &qc);
+	}
 	log_notice("Stopped: received=%" PRIu64 " accepted=%" PRIu64 " duplicate=%" PRIu64
 	           " rejected=%" PRIu64 " retry_later=%" PRIu64 " batches=%" PRIu64
-	           " last_seq=%" PRIu64,
+	           " last_seq=%" PRIu64 " published_items=%" PRIu64 " published_digests=%" PRIu64
+	           " queries=%" PRIu64,
 	           c.received, c.accepted, c.duplicate, c.rejected, c.retry_later, c.batches,
-	           st.last_seq);
+	           st.last_seq, fc.items, fc.digests, qc.requests);
 }
 
 static int
@@ -196,17 +437,49 @@ run(struct coordd *d)
 		log_warning("store.sync = none: commits are not flushed, a power cut can lose "
 		            "acknowledged records (UNSAFE)");
 	}
+	/* Before anything can write: the aggregates must see every record. */
+	r = digest_new(d->store, &d->digest);
+	if (r < 0) {
+		return log_error_errno(r, "Failed to open the digest table in '%s'", so.dir);
+	}
 
 	d->zctx = zmq_ctx_new();
 	if (!d->zctx) {
 		return log_error_errno(-errno, "Failed to create the ZeroMQ context");
 	}
-	r = ingest_new(&d->loop, d->zctx, d->store, d->cfg, &d->ingest);
+	d->started_at = now_ms();
+	d->started_mono = uv_now(&d->loop);
+	r = fanout_new(&d->loop, d->zctx, d->store, d->digest, d->cfg, &d->fanout);
+	if (r < 0) {
+		return log_error_errno(r, "Failed to set up the publish socket on '%s'",
+		                       d->cfg->publish.endpoint);
+	}
+	log_notice("Publishing digests and records on %s", d->cfg->publish.endpoint);
+	r = query_new(&d->loop, d->zctx, d->store, d->digest, d->cfg, fill_stats, d, &d->query);
+	if (r < 0) {
+		return log_error_errno(r, "Failed to set up the query socket on '%s'",
+		                       d->cfg->query.endpoint);
+	}
+	log_notice("Answering queries on %s", d->cfg->query.endpoint);
+	r = ingest_new(&d->loop, d->zctx, d->store, d->cfg, on_accepted, d, &d->ingest);
 	if (r < 0) {
 		return log_error_errno(r, "Failed to set up ingest on '%s'",
 		                       d->cfg->ingest.endpoint);
 	}
 	log_notice("Listening for councils on %s", d->cfg->ingest.endpoint);
+
+	if (d->cfg->metrics.listen) {
+		char host[64];
+		uint16_t port = 0;
+
+		(void) config_parse_listen(d->cfg->metrics.listen, host, &port);
+		r = metrics_new(&d->loop, host, port, render_metrics, check_health, d, &d->metrics);
+		if (r < 0) {
+			return log_error_errno(r, "Failed to serve metrics on %s",
+			                       d->cfg->metrics.listen);
+		}
+		log_notice("Serving /metrics and /healthz on http://%s", d->cfg->metrics.listen);
+	}
 
 	r = uv_signal_start(&d->sigterm, on_signal, SIGTERM);
 	if (r >= 0) {
@@ -268,9 +541,13 @@ main(int argc, char **argv)
 		(void) uv_run(&d.loop, UV_RUN_DEFAULT);
 	}
 	d.ingest = ingest_free(d.ingest);
+	d.query = query_free(d.query);
+	d.fanout = fanout_free(d.fanout);
 	if (d.zctx) {
 		(void) zmq_ctx_term(d.zctx);
 	}
+	/* After every writer is gone: it removes the store hooks. */
+	d.digest = digest_free(d.digest);
 	d.store = store_free(d.store);
 	if (uv_loop_close(&d.loop) != 0) {
 		log_warning("Event loop still had open handles at exit");

@@ -399,48 +399,6 @@ on_connection(uv_stream_t *server, int status)
 /* ----------------------------------------------------------------------------------------- */
 /* Server */
 
-int
-metrics_parse_listen(const char *s, char ret_host[64], uint16_t *ret_port)
-{
-	const char *colon;
-	const char *host = s;
-	size_t host_len;
-
-	if (s[0] == '[') {
-		const char *close = strchr(s, ']');
-		if (!close || close[1] != ':') {
-			return -EINVAL;
-		}
-		host = s + 1;
-		host_len = (size_t) (close - host);
-		colon = close + 1;
-	} else {
-		colon = strrchr(s, ':');
-		if (!colon) {
-			return -EINVAL;
-		}
-		host_len = (size_t) (colon - s);
-	}
-	if (host_len == 0 || host_len >= 64) {
-		return -EINVAL;
-	}
-	char *end;
-	errno = 0;
-	unsigned long port = strtoul(colon + 1, &end, 10);
-	if (errno || end == colon + 1 || *end || port > 65535) {
-		return -EINVAL;
-	}
-	memcpy(ret_host, host, host_len);
-	ret_host[host_len] = 0;
-	struct sockaddr_storage sa;
-	if (uv_ip4_addr(ret_host, 0, (struct sockaddr_in *) &sa) < 0 &&
-	    uv_ip6_addr(ret_host, 0, (struct sockaddr_in6 *) &sa) < 0) {
-		return -EINVAL;
-	}
-	*ret_port = (uint16_t) port;
-	return 0;
-}
-
 static void
 maybe_done(struct metrics *m)
 {

@@ -98,9 +98,3 @@ uint64_t metrics_requests(const struct metrics *m);
  * is closed, and then `m` is freed. Call once.
  */
 void metrics_close(struct metrics *m, void (*done)(void *data), void *data);
-
-/*
- * Parse "HOST:PORT" or "[V6HOST]:PORT" (numeric) into its parts. Returns 0, or -EINVAL.
- * `ret_host` has room for 64 bytes.
- */
-int metrics_parse_listen(const char *s, char ret_host[64], uint16_t *ret_port);

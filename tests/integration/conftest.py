@@ -108,12 +108,19 @@ class Daemon:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._short_dir = None
         self.endpoint = endpoint or "ipc://" + self._socket_path("ingest.sock")
+        self.publish_endpoint = "ipc://" + self._socket_path("publish.sock")
+        self.query_endpoint = "ipc://" + self._socket_path("query.sock")
         self.config_path = self.workdir / "coordd.conf"
-        self.config = default_config(self.state_dir, self.endpoint)
+        self.config = default_config(self.state_dir, self.endpoint, self.publish_endpoint,
+                                     self.query_endpoint)
         for section, keys in (overrides or {}).items():
             self.config.setdefault(section, {}).update({k: str(v) for k, v in keys.items()})
         self.config_path.write_text(config_text if config_text is not None
                                     else render_config(self.config))
+        # Section values an override set win over the defaults above.
+        self.publish_endpoint = self.config.get("publish", {}).get("endpoint",
+                                                                   self.publish_endpoint)
+        self.query_endpoint = self.config.get("query", {}).get("endpoint", self.query_endpoint)
         self.proc = None
         self.notify = None
         self.notifications = []
@@ -134,9 +141,10 @@ class Daemon:
     def running(self):
         return self.proc is not None and self.proc.poll() is None
 
-    def start(self, wait_ready=True, args=None, timeout=READY_TIMEOUT):
+    def start(self, wait_ready=True, args=None, timeout=READY_TIMEOUT, env=None):
         """Start the daemon (`--config <file>` unless `args` given). With wait_ready,
-        return once READY=1 arrives; fail if it exits first or the timeout passes."""
+        return once READY=1 arrives; fail if it exits first or the timeout passes.
+        `env` adds to (and overrides) the environment."""
         assert not self.running, "already running"
         n = len(self.runs)
         self.stderr_path = self.workdir / f"coordd.{n}.stderr"
@@ -145,11 +153,13 @@ class Daemon:
         name = f"coordd-it-{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self.notify.bind("\0" + name)
         self.notifications = []
+        extra_env = env or {}
         env = dict(os.environ)
         env["NOTIFY_SOCKET"] = "@" + name
         env.pop("JOURNAL_STREAM", None)
         env.setdefault("ASAN_OPTIONS", "halt_on_error=1:detect_leaks=1")
         env.setdefault("UBSAN_OPTIONS", "halt_on_error=1:print_stacktrace=1")
+        env.update(extra_env)
         argv = shlex.split(os.environ.get("COORDD_WRAPPER", "")) + [self.binary] + (
             args if args is not None else ["--config", str(self.config_path)])
         with open(self.stderr_path, "wb") as err, open(stdout_path, "wb") as out:
@@ -239,6 +249,22 @@ class Daemon:
 
     def council(self, council="c01", **kw):
         return coordlib.Council(self.endpoint, council=council, **kw)
+
+    def query(self, **kw):
+        """A query client (DEALER) on the query socket."""
+        return coordlib.Query(self.query_endpoint, **kw)
+
+    def subscriber(self, *topics, **kw):
+        """A SUB socket on the publish socket, subscribed to `topics`."""
+        return coordlib.Subscriber(self.publish_endpoint, topics, **kw)
+
+    @property
+    def pid(self):
+        return self.proc.pid if self.proc is not None else None
+
+    def rss_kb(self):
+        """VmRSS and RssAnon of the running daemon, in KiB, from /proc/PID/status."""
+        return coordlib.proc_rss_kb(self.proc.pid)
 
     def cleanup(self):
         """Teardown: stop what runs (must exit 0); report sanitizer output. Returns a

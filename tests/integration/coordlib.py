@@ -11,6 +11,7 @@ has a timeout; nothing sleeps.
 """
 
 import itertools
+import os
 import random
 import socket
 import string
@@ -53,14 +54,33 @@ COUNCILS = [
 COUNCIL_IDS = [c[0] for c in COUNCILS]
 
 
-def default_config(state_dir, endpoint):
-    """The test config as {section: {key: value}} (insertion order is file order)."""
+def sibling_endpoint(endpoint, name):
+    """For an ipc:// endpoint, the endpoint `name` beside it (ipc:///dir/name); else None."""
+    if not endpoint.startswith("ipc://"):
+        return None
+    path = endpoint[len("ipc://"):]
+    return "ipc://" + os.path.join(os.path.dirname(path), name)
+
+
+def default_config(state_dir, endpoint, publish_endpoint=None, query_endpoint=None):
+    """The test config as {section: {key: value}} (insertion order is file order).
+
+    The publish and query endpoints default to ipc:// sockets beside an ipc:// ingest
+    endpoint, so that parallel tests never share the default TCP ports."""
+    publish_endpoint = publish_endpoint or sibling_endpoint(endpoint, "publish.sock")
+    query_endpoint = query_endpoint or sibling_endpoint(endpoint, "query.sock")
     cfg = {
         "coordd": {"state_dir": str(state_dir), "log_level": "info"},
         "ingest": {"endpoint": endpoint, "max_message_bytes": "65536", "max_batch": "1024",
                    "max_pending": "8192", "hwm": "10000"},
-        "store": {"map_size": "64MiB", "map_size_max": "16GiB", "sync": "full"},
     }
+    if publish_endpoint:
+        cfg["publish"] = {"endpoint": publish_endpoint}
+    if query_endpoint:
+        cfg["query"] = {"endpoint": query_endpoint}
+    cfg["store"] = {"map_size": "64MiB", "map_size_max": "16GiB", "sync": "full"}
+    # Off unless a test asks: parallel daemons would share the default TCP port.
+    cfg["metrics"] = {"listen": "off"}
     for cid, name, country in COUNCILS:
         cfg[f"council.{cid}"] = {"name": name, "country": country}
     return cfg
@@ -558,3 +578,415 @@ def _ranges(seqs, limit=10):
             out.append([s, s])
     text = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in out[:limit])
     return text + (" ..." if len(out) > limit else "")
+
+
+# ---------------------------------------------------------------------------------------
+# Headquarters' side: the query socket, the publish socket, process memory
+
+class QueryTimeout(AssertionError):
+    pass
+
+
+class Query:
+    """A query client: a DEALER (or REQ with req=True) on the query socket. Each request
+    gets a fresh request_id and its answer must echo it."""
+
+    def __init__(self, endpoint, timeout=20.0, ctx=None, req=False):
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self.ctx = ctx or zmq.Context.instance()
+        self.sock = self.ctx.socket(zmq.REQ if req else zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(endpoint)
+        self._ids = itertools.count(1)
+
+    def close(self):
+        if self.sock is not None:
+            self.sock.close(linger=0)
+            self.sock = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def send_raw(self, frames):
+        self.sock.send_multipart([bytes(f) for f in frames])
+
+    def recv_raw(self, timeout=None):
+        timeout = self.timeout if timeout is None else timeout
+        if not self.sock.poll(int(timeout * 1000), zmq.POLLIN):
+            raise QueryTimeout(f"no answer from {self.endpoint} within {timeout} s")
+        return self.sock.recv_multipart()
+
+    def ask_raw(self, data, timeout=None):
+        """Send one request frame; returns the answer decoded (one frame expected)."""
+        self.send_raw([data])
+        frames = self.recv_raw(timeout)
+        assert len(frames) == 1, f"an answer must be one frame, got {len(frames)}"
+        return pb.QueryResponse.FromString(frames[0])
+
+    def ask(self, req, timeout=None):
+        if not req.request_id:
+            req.request_id = next(self._ids)
+        resp = self.ask_raw(req.SerializeToString(), timeout)
+        assert resp.request_id == req.request_id, (
+            f"request_id {req.request_id} answered as {resp.request_id}")
+        return resp
+
+    def _expect(self, resp, field):
+        which = resp.WhichOneof("body")
+        if which == "error":
+            raise AssertionError(f"query error: {resp.error.message}")
+        assert which == field, f"expected {field}, got {which}"
+        return getattr(resp, field)
+
+    def digest(self, kind=pb.SCOPE_KIND_ALL, scope_id="", window=pb.WINDOW_ALL, start=0,
+               end=0, headlines=0):
+        req = pb.QueryRequest()
+        req.digest.scope.kind = kind
+        req.digest.scope.id = scope_id
+        req.digest.window = window
+        req.digest.start = start
+        req.digest.end = end
+        req.digest.headlines = headlines
+        return self._expect(self.ask(req), "digest")
+
+    def history(self, after_seq=0, limit=0, council=""):
+        req = pb.QueryRequest()
+        req.history.after_seq = after_seq
+        req.history.limit = limit
+        req.history.council = council
+        return self._expect(self.ask(req), "history")
+
+    def history_all(self, after_seq=0, limit=0, council=""):
+        """Every item after after_seq, page by page; returns (items, pages)."""
+        items, pages = [], 0
+        while True:
+            page = self.history(after_seq, limit, council)
+            pages += 1
+            items.extend(page.items)
+            assert page.next_after_seq >= after_seq
+            if page.complete:
+                return items, pages
+            assert page.next_after_seq > after_seq, "an incomplete page made no progress"
+            after_seq = page.next_after_seq
+
+    def status(self, council, msg_id):
+        req = pb.QueryRequest()
+        req.status.council = council
+        req.status.msg_id = msg_id
+        return self._expect(self.ask(req), "status")
+
+    def stats(self):
+        req = pb.QueryRequest()
+        req.stats.SetInParent()
+        return self._expect(self.ask(req), "stats")
+
+
+class PublicationTimeout(AssertionError):
+    pass
+
+
+class Subscriber:
+    """A SUB socket on the publish socket. recv() returns (topic, Publication)."""
+
+    def __init__(self, endpoint, topics=(), ctx=None, rcvhwm=None, timeout=20.0):
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self.ctx = ctx or zmq.Context.instance()
+        self.sock = self.ctx.socket(zmq.SUB)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        if rcvhwm is not None:
+            self.sock.setsockopt(zmq.RCVHWM, rcvhwm)
+        self.sock.connect(endpoint)
+        for t in topics:
+            self.subscribe(t)
+
+    def subscribe(self, topic):
+        self.sock.setsockopt(zmq.SUBSCRIBE, topic.encode() if isinstance(topic, str) else topic)
+
+    def close(self):
+        if self.sock is not None:
+            self.sock.close(linger=0)
+            self.sock = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def recv(self, timeout=None):
+        timeout = self.timeout if timeout is None else timeout
+        if not self.sock.poll(int(timeout * 1000), zmq.POLLIN):
+            raise PublicationTimeout(f"no publication within {timeout} s")
+        frames = self.sock.recv_multipart()
+        assert len(frames) == 2, f"a publication is two frames, got {len(frames)}"
+        topic = frames[0].decode()
+        pub = pb.Publication.FromString(frames[1])
+        assert pub.topic == topic, f"frame topic {topic!r} != Publication.topic {pub.topic!r}"
+        assert topic.endswith("/"), f"topic {topic!r} does not end in '/'"
+        return topic, pub
+
+    def recv_until(self, pred, timeout=None):
+        """Receive until pred(topic, pub) is true; returns that (topic, pub)."""
+        timeout = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise PublicationTimeout(f"no matching publication within {timeout} s")
+            topic, pub = self.recv(left)
+            if pred(topic, pub):
+                return topic, pub
+
+    def pending(self, timeout=0):
+        """Everything already waiting (or arriving within `timeout` of the last one)."""
+        got = []
+        while self.sock.poll(int(timeout * 1000), zmq.POLLIN):
+            got.append(self.recv(0))
+        return got
+
+
+def proc_rss_kb(pid):
+    """{'VmRSS': kB, 'RssAnon': kB, 'VmHWM': kB} of a process, from /proc/PID/status."""
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "RssAnon", "VmHWM"):
+                out[key] = int(value.split()[0])
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# A synthetic campaign, and the digest recounted from it independently of the broker
+
+HOUR_MS = 3_600_000
+
+CATEGORY_OF_BODY = {"event": pb.CATEGORY_EVENT, "letter": pb.CATEGORY_LETTER,
+                    "statement": pb.CATEGORY_STATEMENT, "petition": pb.CATEGORY_PETITION,
+                    "media": pb.CATEGORY_MEDIA}
+
+CAMPAIGN_COUNTRIES = [
+    "AM", "FR", "DE", "US", "GB", "RU", "LB", "GR", "CA", "AR", "AU", "IT", "ES", "NL", "BE",
+    "CH", "AT", "SE", "NO", "DK", "FI", "PL", "CZ", "HU", "RO", "BG", "UA", "GE", "IR", "SY",
+    "EG", "TR", "CY", "IL", "JO", "AE", "QA", "KW", "IN", "CN", "JP", "KR", "BR", "UY", "CL",
+    "MX", "VE", "CO", "ZA", "ET", "KZ", "UZ", "IE", "PT", "LU", "LT", "LV", "EE", "SK", "SI",
+    "HR", "RS", "BA", "AL", "MK", "MT", "IS", "NZ", "SG", "TH",
+]
+CAMPAIGN_LANGUAGES = [
+    "hy", "hy-AM", "en", "en-GB", "en-US", "fr", "fr-CA", "de", "de-AT", "ru", "ar", "el",
+    "es", "es-AR", "it", "nl", "sv", "no", "da", "fi", "pl", "cs", "hu", "ro", "bg", "uk",
+    "ka", "fa", "tr", "he", "pt", "pt-BR", "zh", "ja", "ko", "hi", "kk", "uz", "sr", "hr",
+    "sk", "sl", "lt", "lv", "et", "sq", "mk", "is", "ga", "hyw",
+]
+
+
+def envelope_category(env):
+    body = env.WhichOneof("body")
+    return None if body in (None, "retraction") else body
+
+
+def contribution(env):
+    """What one live Envelope adds to a digest line: (category, kind, date, country, sum,
+    languages) with languages the distinct primary subtags in lower case. Written from
+    docs/PROTOCOL.md, not from the broker's code."""
+    body = env.WhichOneof("body")
+    b = getattr(env, body)
+    if body == "event":
+        kind, date, country, total, tags = b.kind, b.date, b.country, b.participants, list(
+            b.languages)
+    elif body == "letter":
+        kind, date, country, total, tags = (b.recipient_kind, b.sent_at, b.recipient_country, 0,
+                                            [b.language])
+    elif body == "statement":
+        kind, date, country, total, tags = 0, b.date, b.country, 0, list(b.languages)
+    elif body == "petition":
+        kind, date, country, total, tags = (b.target_kind, b.date, b.country, b.signatures,
+                                            [b.language] if b.language else [])
+    elif body == "media":
+        kind, date, country, total, tags = b.kind, b.date, b.country, b.local_sources, [
+            b.language]
+    else:
+        raise ValueError(body)
+    langs = {t.split("-")[0].lower() for t in tags if t}
+    return CATEGORY_OF_BODY[body], kind, date, country, total, langs
+
+
+def recount(live, scope_kind=pb.SCOPE_KIND_ALL, scope_id="", start=None, end=None):
+    """The digest lines of `live` ({(council, msg_id): Envelope}, the live revisions) for a
+    scope and the window [start, end) (None: unbounded), as
+    {(category, kind): (count, sum, {country: n}, {language: n}, {council: n})}."""
+    lines = {}
+    for (council, _msg_id), env in live.items():
+        cat, kind, date, country, total, langs = contribution(env)
+        if scope_kind == pb.SCOPE_KIND_COUNCIL and council != scope_id:
+            continue
+        if scope_kind == pb.SCOPE_KIND_COUNTRY and country != scope_id:
+            continue
+        if start is not None and not (start <= date < end):
+            continue
+        line = lines.setdefault((cat, kind), [0, 0, {}, {}, {}])
+        line[0] += 1
+        line[1] += total
+        line[2][country] = line[2].get(country, 0) + 1
+        for lang in langs:
+            line[3][lang] = line[3].get(lang, 0) + 1
+        line[4][council] = line[4].get(council, 0) + 1
+    return {k: (v[0], v[1], v[2], v[3], v[4]) for k, v in lines.items()}
+
+
+def digest_lines(digest):
+    """A Digest's lines in recount()'s shape; checks their order and the codes' order."""
+    out = {}
+    keys = [(line.category, line.kind) for line in digest.lines]
+    assert keys == sorted(keys), f"digest lines not sorted by (category, kind): {keys}"
+    for line in digest.lines:
+        assert line.count > 0, f"line {line.category}/{line.kind} with count 0"
+        codes = []
+        for lst in (line.countries, line.languages, line.councils):
+            names = [c.code for c in lst]
+            assert names == sorted(names) and len(set(names)) == len(names), (
+                f"codes not sorted and unique: {names}")
+            assert all(c.count > 0 for c in lst), f"a code with count 0 in {names}"
+            codes.append({c.code: c.count for c in lst})
+        out[(line.category, line.kind)] = (line.count, line.sum, *codes)
+    return out
+
+
+def live_records(envelopes):
+    """{(council, msg_id): Envelope} of the live revisions among `envelopes` (an iterable
+    of stored Envelopes): the highest revision of each record unless it is a Retraction."""
+    latest = {}
+    for env in envelopes:
+        key = (env.council, env.msg_id)
+        if key not in latest or env.revision > latest[key].revision:
+            latest[key] = env
+    return {k: e for k, e in latest.items() if e.WhichOneof("body") != "retraction"}
+
+
+class Campaign:
+    """A synthetic campaign: records across councils, countries and languages, with
+    corrections (a later revision with another body), retractions, and retractions undone.
+
+    Record dates spread over the last nine weeks, with a share in the last day and the last
+    hour, and a few in the coming month. `sends` holds, per council, the (key, bytes) of
+    every revision in the order a council would send them (all first revisions, then the
+    second ones, then the third ones)."""
+
+    def __init__(self, n_records=4000, seed=1915, now=None, councils=None, prefix="camp"):
+        self.rng = random.Random(seed)
+        self.now = now_ms() if now is None else now
+        self.councils = councils or COUNCIL_IDS
+        self.revisions = {}  # (council, msg_id) -> [Envelope, ...] by revision
+        for i in range(n_records):
+            council = self.councils[i % len(self.councils)]
+            msg_id = f"{prefix}-{RUN_ID}-{i}"
+            revs = [self._envelope(council, msg_id, 1)]
+            roll = self.rng.random()
+            if roll < 0.10:  # corrected
+                revs.append(self._envelope(council, msg_id, 2))
+            elif roll < 0.16:  # retracted
+                revs.append(gen_envelope("retraction", council=council, msg_id=msg_id,
+                                         revision=2))
+            elif roll < 0.18:  # retracted, then restored with a new body
+                revs.append(gen_envelope("retraction", council=council, msg_id=msg_id,
+                                         revision=2))
+                revs.append(self._envelope(council, msg_id, 3))
+            self.revisions[(council, msg_id)] = revs
+
+    def _date(self):
+        r = self.rng.random()
+        if r < 0.08:
+            return self.now - self.rng.randrange(1, HOUR_MS - 60_000)
+        if r < 0.20:
+            return self.now - self.rng.randrange(HOUR_MS, 24 * HOUR_MS)
+        if r < 0.25:
+            return self.now + self.rng.randrange(60_000, 30 * DAY_MS)
+        return self.now - self.rng.randrange(DAY_MS, 63 * DAY_MS)
+
+    def _langs(self, lo=0, hi=3):
+        return self.rng.sample(CAMPAIGN_LANGUAGES, self.rng.randint(lo, hi))
+
+    def _envelope(self, council, msg_id, revision):
+        rng = self.rng
+        body = rng.choices(["event", "letter", "statement", "petition", "media"],
+                           [30, 35, 10, 5, 20])[0]
+        country = rng.choice(CAMPAIGN_COUNTRIES)
+        date = self._date()
+        n = rng.randrange(1_000_000)
+        if body == "event":
+            kind = rng.choice([pb.EVENT_KIND_RALLY] * 4 + list(range(2, 14)))
+            f = dict(kind=kind, country=country, date=date, title=f"Event {n}",
+                     participants=rng.choice([0, rng.randrange(1, 5000)]),
+                     languages=self._langs())
+        elif body == "letter":
+            f = dict(recipient_kind=rng.randrange(1, 8), recipient=f"Recipient {n}",
+                     recipient_country=country, language=rng.choice(CAMPAIGN_LANGUAGES),
+                     subject=rng.choice(["", f"Letter {n}"]), sent_at=date,
+                     channel=rng.randrange(0, 6))
+        elif body == "statement":
+            f = dict(organisation=f"Organisation {n}", country=country,
+                     languages=self._langs(1, 4), date=date, title=f"Statement {n}")
+        elif body == "petition":
+            f = dict(target_kind=rng.randrange(1, 4), target=f"Parliament {n}",
+                     country=country, date=date, signatures=rng.randrange(0, 200_000),
+                     title=f"Petition {n}", language=rng.choice([""] + CAMPAIGN_LANGUAGES))
+        else:
+            f = dict(kind=rng.randrange(1, 4), outlet=f"Outlet {n}", country=country,
+                     language=rng.choice(CAMPAIGN_LANGUAGES), date=date,
+                     local_sources=rng.choice([0, rng.randrange(1, 400)]),
+                     title=f"Report {n}", url="")
+        return gen_envelope(body, council=council, msg_id=msg_id, revision=revision, **f)
+
+    def sends(self):
+        """{council: [(key, bytes), ...]} in sending order."""
+        out = {c: [] for c in self.councils}
+        depth = max(len(r) for r in self.revisions.values())
+        for level in range(depth):
+            for (council, _msg_id), revs in self.revisions.items():
+                if level < len(revs):
+                    env = revs[level]
+                    out[council].append((envelope_key(env), env.SerializeToString()))
+        return out
+
+    def envelope(self, council, msg_id, revision):
+        return self.revisions[(council, msg_id)][revision - 1]
+
+    def live(self, acked=None):
+        """The live records if every revision in `acked` ({(council, msg_id, revision)};
+        None: all of them) is stored."""
+        stored = []
+        for (council, msg_id), revs in self.revisions.items():
+            for env in revs:
+                if acked is None or (council, msg_id, env.revision) in acked:
+                    stored.append(env)
+        return live_records(stored)
+
+
+def push_parallel(daemon, sends, window=256, on_ack=None, stop=None, idle_timeout=30.0):
+    """Push {council: [(key, bytes)]} with one Council per council in threads. Returns
+    {council: [Ack, ...]}; re-raises the first thread failure."""
+    import threading
+
+    results, errors = {}, []
+
+    def run(council, items):
+        try:
+            with daemon.council(council) as c:
+                results[council] = c.push_all(items, window=window, on_ack=on_ack, stop=stop,
+                                              idle_timeout=idle_timeout)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(c, items)) for c, items in sends.items()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return results

@@ -89,6 +89,15 @@ test_minimal_config_uses_defaults(void **state)
 	assert_int_equal(c->ingest.max_batch, 1024);
 	assert_int_equal(c->ingest.max_pending, 8192);
 	assert_int_equal(c->ingest.hwm, 10000);
+	assert_string_equal(c->publish.endpoint, "tcp://127.0.0.1:7702");
+	assert_int_equal(c->publish.hwm, 1000);
+	assert_string_equal(c->query.endpoint, "tcp://127.0.0.1:7703");
+	assert_int_equal(c->query.history_limit, 1000);
+	assert_int_equal(c->query.history_limit_max, 10000);
+	assert_int_equal(c->query.history_bytes_max, 4 << 20);
+	assert_int_equal(c->query.hwm, 32);
+	assert_int_equal(c->digest.publish_interval_ms, 1000);
+	assert_int_equal(c->digest.headlines, 5);
 	assert_true(c->store.map_size == UINT64_C(64) << 20);
 	assert_true(c->store.map_size_max == UINT64_C(16) << 30);
 	assert_int_equal(c->store.sync, CONFIG_SYNC_FULL);
@@ -110,6 +119,18 @@ test_every_key_is_set(void **state)
 	                            "max_batch = 65536\n"
 	                            "max_pending = 4294967295\n"
 	                            "hwm = 1000000\n"
+	                            "[publish]\n"
+	                            "endpoint = ipc:///run/coordd/publish\n"
+	                            "hwm = 1000000\n"
+	                            "[query]\n"
+	                            "endpoint = ipc:///run/coordd/query\n"
+	                            "history_limit = 100000\n"
+	                            "history_limit_max = 100000\n"
+	                            "history_bytes_max = 64M\n"
+	                            "hwm = 100000\n"
+	                            "[digest]\n"
+	                            "publish_interval_ms = 3600000\n"
+	                            "headlines = 50\n"
 	                            "[store]\n"
 	                            "map_size = 1MiB\n"
 	                            "map_size_max = 1T\n"
@@ -125,6 +146,15 @@ test_every_key_is_set(void **state)
 	assert_int_equal(c->ingest.max_batch, 65536);
 	assert_true(c->ingest.max_pending == UINT32_MAX);
 	assert_int_equal(c->ingest.hwm, 1000000);
+	assert_string_equal(c->publish.endpoint, "ipc:///run/coordd/publish");
+	assert_int_equal(c->publish.hwm, 1000000);
+	assert_string_equal(c->query.endpoint, "ipc:///run/coordd/query");
+	assert_int_equal(c->query.history_limit, 100000);
+	assert_int_equal(c->query.history_limit_max, 100000);
+	assert_int_equal(c->query.history_bytes_max, 64 << 20);
+	assert_int_equal(c->query.hwm, 100000);
+	assert_int_equal(c->digest.publish_interval_ms, 3600000);
+	assert_int_equal(c->digest.headlines, 50);
 	assert_true(c->store.map_size == UINT64_C(1) << 20);
 	assert_true(c->store.map_size_max == UINT64_C(1) << 40);
 	assert_int_equal(c->store.sync, CONFIG_SYNC_NONE);
@@ -166,6 +196,16 @@ test_range_limits_are_inclusive(void **state)
 	                                 "max_batch = 1\n"
 	                                 "max_pending = 1\n"
 	                                 "hwm = 100\n"
+	                                 "[publish]\n"
+	                                 "hwm = 100\n"
+	                                 "[query]\n"
+	                                 "history_limit = 1\n"
+	                                 "history_limit_max = 1\n"
+	                                 "history_bytes_max = 64K\n"
+	                                 "hwm = 1\n"
+	                                 "[digest]\n"
+	                                 "publish_interval_ms = 100\n"
+	                                 "headlines = 1\n"
 	                                 "[store]\n"
 	                                 "map_size = 1048576\n"
 	                                 "map_size_max = 1048576\n");
@@ -174,6 +214,13 @@ test_range_limits_are_inclusive(void **state)
 	assert_int_equal(c->ingest.max_batch, 1);
 	assert_int_equal(c->ingest.max_pending, 1);
 	assert_int_equal(c->ingest.hwm, 100);
+	assert_int_equal(c->publish.hwm, 100);
+	assert_int_equal(c->query.history_limit, 1);
+	assert_int_equal(c->query.history_limit_max, 1);
+	assert_int_equal(c->query.history_bytes_max, 64 * 1024);
+	assert_int_equal(c->query.hwm, 1);
+	assert_int_equal(c->digest.publish_interval_ms, 100);
+	assert_int_equal(c->digest.headlines, 1);
 	assert_true(c->store.map_size == 1048576);
 	assert_true(c->store.map_size_max == 1048576);
 	assert_null(config_unref(c));
@@ -548,6 +595,16 @@ test_shipped_config_loads(void **state)
 	assert_int_equal(r, 0);
 	assert_string_equal(c->state_dir, "./state");
 	assert_int_equal(c->n_councils, 11);
+	/* The shipped file states the defaults. */
+	assert_string_equal(c->publish.endpoint, "tcp://127.0.0.1:7702");
+	assert_string_equal(c->query.endpoint, "tcp://127.0.0.1:7703");
+	assert_int_equal(c->publish.hwm, 1000);
+	assert_int_equal(c->query.history_limit, 1000);
+	assert_int_equal(c->query.history_limit_max, 10000);
+	assert_int_equal(c->query.history_bytes_max, 4 << 20);
+	assert_int_equal(c->query.hwm, 32);
+	assert_int_equal(c->digest.publish_interval_ms, 1000);
+	assert_int_equal(c->digest.headlines, 5);
 	assert_null(config_unref(c));
 }
 
@@ -581,6 +638,8 @@ run_error_case(void **state)
 #name, run_error_case, NULL, NULL, &name##_case                                    \
 	}
 
+ERROR_CASE(test_metrics_listen_needs_numeric_address, BASE "[metrics]\nlisten = localhost:9771\n",
+           -EINVAL, 4, "bad listen 'localhost:9771' in [metrics]");
 ERROR_CASE(test_empty_text_is_missing_coordd, "", -EINVAL, 0, "missing section [coordd]");
 ERROR_CASE(test_missing_coordd_section, "[store]\nsync = full\n", -EINVAL, 0,
            "missing section [coordd]");
@@ -704,6 +763,40 @@ ERROR_CASE(test_max_pending_below_max_batch_names_later_line,
            "max_pending (10) is below max_batch (11) in [ingest]");
 ERROR_CASE(test_max_batch_above_default_pending, BASE "[ingest]\nmax_batch = 8193\n", -EINVAL, 4,
            "max_pending (8192) is below max_batch (8193)");
+ERROR_CASE(test_unknown_section_lists_the_sections, BASE "[fanout]\n", -EINVAL, 3,
+           "use [coordd], [ingest], [publish], [query], [digest], [store], [metrics] or "
+           "[council.<id>]");
+ERROR_CASE(test_publish_hwm_too_small, BASE "[publish]\nhwm = 99\n", -EINVAL, 4,
+           "hwm = 99 is out of range in [publish]: use 100 to 1000000");
+ERROR_CASE(test_publish_bad_endpoint, BASE "[publish]\nendpoint = 7702\n", -EINVAL, 4,
+           "bad endpoint '7702' in [publish]");
+ERROR_CASE(test_history_limit_zero, BASE "[query]\nhistory_limit = 0\n", -EINVAL, 4,
+           "history_limit = 0 is out of range in [query]: use 1 to 100000");
+ERROR_CASE(test_history_limit_max_too_big, BASE "[query]\nhistory_limit_max = 100001\n", -EINVAL, 4,
+           "history_limit_max = 100001 is out of range in [query]");
+ERROR_CASE(test_history_limit_max_below_limit,
+           BASE "[query]\nhistory_limit_max = 50\n\nhistory_limit = 60\n", -EINVAL, 6,
+           "history_limit_max (50) is below history_limit (60) in [query]");
+ERROR_CASE(test_history_limit_above_default_max, BASE "[query]\nhistory_limit = 10001\n", -EINVAL,
+           4, "history_limit_max (10000) is below history_limit (10001)");
+ERROR_CASE(test_history_bytes_max_too_small, BASE "[query]\nhistory_bytes_max = 63K\n", -EINVAL, 4,
+           "history_bytes_max = 63K is out of range in [query]: use 64K to 64M");
+ERROR_CASE(test_query_hwm_zero, BASE "[query]\nhwm = 0\n", -EINVAL, 4,
+           "hwm = 0 is out of range in [query]");
+ERROR_CASE(test_publish_interval_too_short, BASE "[digest]\npublish_interval_ms = 99\n", -EINVAL, 4,
+           "publish_interval_ms = 99 is out of range in [digest]: use 100 to 3600000");
+ERROR_CASE(test_headlines_zero, BASE "[digest]\nheadlines = 0\n", -EINVAL, 4,
+           "headlines = 0 is out of range in [digest]: use 1 to 50");
+ERROR_CASE(test_headlines_too_many, BASE "[digest]\nheadlines = 51\n", -EINVAL, 4,
+           "headlines = 51 is out of range in [digest]");
+ERROR_CASE(test_digest_unknown_key, BASE "[digest]\ninterval = 5\n", -EINVAL, 4,
+           "unknown key 'interval' in [digest]");
+ERROR_CASE(test_publish_endpoint_equals_ingest_default,
+           BASE "[publish]\nendpoint = tcp://127.0.0.1:7701\n", -EINVAL, 4,
+           "[ingest] and [publish] both use endpoint 'tcp://127.0.0.1:7701'");
+ERROR_CASE(test_query_endpoint_equals_publish_names_later_line,
+           BASE "[query]\nendpoint = ipc:///x\n[publish]\nendpoint = ipc:///x\n", -EINVAL, 6,
+           "[publish] and [query] both use endpoint 'ipc:///x'");
 ERROR_CASE(test_missing_close_bracket, BASE "[ingest\n", -EINVAL, 3, "missing ']'");
 ERROR_CASE(test_text_after_section, BASE "[ingest] hwm = 100\n", -EINVAL, 3,
            "unexpected text after ']'");
@@ -711,6 +804,41 @@ ERROR_CASE(test_line_without_equals, BASE "[ingest]\nhwm 100\n", -EINVAL, 4,
            "expected 'key = value' or '[section]'");
 ERROR_CASE(test_first_error_wins, BASE "bogus\nalso_bogus = 1\n", -EINVAL, 3,
            "expected 'key = value'");
+
+static void
+test_metrics_listen_default_and_off(void **state)
+{
+	struct config *c = parse_ok(BASE);
+
+	assert_string_equal(c->metrics.listen, "127.0.0.1:9771");
+	config_unref(c);
+	c = parse_ok(BASE "[metrics]\nlisten = off\n");
+	assert_null(c->metrics.listen);
+	config_unref(c);
+	c = parse_ok(BASE "[metrics]\nlisten = [::1]:9000\n");
+	assert_string_equal(c->metrics.listen, "[::1]:9000");
+	config_unref(c);
+}
+
+static void
+test_parse_listen_addresses(void **state)
+{
+	char host[64];
+	uint16_t port = 0;
+
+	assert_int_equal(config_parse_listen("127.0.0.1:9771", host, &port), 0);
+	assert_string_equal(host, "127.0.0.1");
+	assert_int_equal(port, 9771);
+	assert_int_equal(config_parse_listen("[::1]:80", host, &port), 0);
+	assert_string_equal(host, "::1");
+	assert_int_equal(port, 80);
+	assert_int_equal(config_parse_listen("127.0.0.1", host, &port), -EINVAL);
+	assert_int_equal(config_parse_listen("127.0.0.1:70000", host, &port), -EINVAL);
+	assert_int_equal(config_parse_listen("127.0.0.1:", host, &port), -EINVAL);
+	assert_int_equal(config_parse_listen("localhost:80", host, &port), -EINVAL);
+	assert_int_equal(config_parse_listen("[::1]80", host, &port), -EINVAL);
+	assert_int_equal(config_parse_listen(":80", host, &port), -EINVAL);
+}
 
 static const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_minimal_config_uses_defaults),
@@ -733,6 +861,9 @@ static const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_line_at_limit_is_accepted),
         cmocka_unit_test(test_overlong_line_names_its_line),
         cmocka_unit_test(test_shipped_config_loads),
+        cmocka_unit_test(test_parse_listen_addresses),
+        cmocka_unit_test(test_metrics_listen_default_and_off),
+        error_test(test_metrics_listen_needs_numeric_address),
         error_test(test_empty_text_is_missing_coordd),
         error_test(test_missing_coordd_section),
         error_test(test_missing_state_dir_names_section_line),
@@ -794,6 +925,21 @@ static const struct CMUnitTest tests[] = {
         error_test(test_max_pending_below_max_batch),
         error_test(test_max_pending_below_max_batch_names_later_line),
         error_test(test_max_batch_above_default_pending),
+        error_test(test_unknown_section_lists_the_sections),
+        error_test(test_publish_hwm_too_small),
+        error_test(test_publish_bad_endpoint),
+        error_test(test_history_limit_zero),
+        error_test(test_history_limit_max_too_big),
+        error_test(test_history_limit_max_below_limit),
+        error_test(test_history_limit_above_default_max),
+        error_test(test_history_bytes_max_too_small),
+        error_test(test_query_hwm_zero),
+        error_test(test_publish_interval_too_short),
+        error_test(test_headlines_zero),
+        error_test(test_headlines_too_many),
+        error_test(test_digest_unknown_key),
+        error_test(test_publish_endpoint_equals_ingest_default),
+        error_test(test_query_endpoint_equals_publish_names_later_line),
         error_test(test_missing_close_bracket),
         error_test(test_text_after_section),
         error_test(test_line_without_equals),

@@ -304,26 +304,6 @@ test_port_in_use_fails_and_closes(void **state)
 }
 
 static void
-test_parse_listen(void **state)
-{
-	char host[64];
-	uint16_t port = 0;
-
-	assert_int_equal(metrics_parse_listen("127.0.0.1:9771", host, &port), 0);
-	assert_string_equal(host, "127.0.0.1");
-	assert_int_equal(port, 9771);
-	assert_int_equal(metrics_parse_listen("[::1]:80", host, &port), 0);
-	assert_string_equal(host, "::1");
-	assert_int_equal(port, 80);
-	assert_int_equal(metrics_parse_listen("127.0.0.1", host, &port), -EINVAL);
-	assert_int_equal(metrics_parse_listen("127.0.0.1:70000", host, &port), -EINVAL);
-	assert_int_equal(metrics_parse_listen("127.0.0.1:", host, &port), -EINVAL);
-	assert_int_equal(metrics_parse_listen("localhost:80", host, &port), -EINVAL);
-	assert_int_equal(metrics_parse_listen("[::1]80", host, &port), -EINVAL);
-	assert_int_equal(metrics_parse_listen(":80", host, &port), -EINVAL);
-}
-
-static void
 test_text_grows_past_initial_size(void **state)
 {
 	struct metrics_text t = {0};
@@ -354,7 +334,6 @@ main(void)
 	        T(test_connections_over_limit_are_closed),
 	        T(test_port_in_use_fails_and_closes),
 	        cmocka_unit_test(test_bad_address_is_einval),
-	        cmocka_unit_test(test_parse_listen),
 	        cmocka_unit_test(test_text_grows_past_initial_size),
 	};
 

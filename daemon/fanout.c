@@ -1,0 +1,797 @@
+/*
+ * fanout: XPUB topics, per-topic prev_seq, the last-value cache of digests, and the digest
+ * job.
+ *
+ * Topics live in one array sorted by name (`topics`), so the topics under a subscription
+ * prefix are one contiguous run found by binary search. A topic is created only for a
+ * registered council or an ISO country (and the fixed categories), so the table is bounded
+ * by the config. Each topic keeps the last_seq it last sent (the next message's prev_seq)
+ * and, for digest topics, that message itself (`value`, a zmq_msg_t: every send is a
+ * zmq_msg_copy(), which shares the bytes by reference count instead of copying them).
+ *
+ * Digest computations are queued in `todo` (scopes, each once): the timer adds the scopes
+ * digest_take_dirty() reports, a subscription to a digest topic without a value adds that
+ * scope. One job at a time takes the whole queue to the threadpool, computes the three
+ * windows of each scope there, and publishes on the loop thread in after_job(). Nothing of
+ * the loop's state is touched by the worker but the job itself.
+ *
+ * Last values asked for by subscriptions are only marked (`resend`) while the socket is
+ * drained, and sent once at the end of the drain, so a flood of subscribe messages costs
+ * at most one send per topic per drain.
+ */
+#include <errno.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <zmq.h>
+
+#include "fanout.h"
+#include "iso.h"
+#include "log.h"
+#include "zmon.h"
+#include "zuv.h"
+
+#define container_of(ptr, type, member) ((type *) ((char *) (ptr) -offsetof(type, member)))
+
+_Static_assert(CONFIG_HEADLINES_MAX == DIGEST_HEADLINES_MAX, "headline limits differ");
+
+/* Subscription messages handled per callback before other handles get a turn. */
+#define FANOUT_RECV_BUDGET 256
+/* Frames from subscribers above this size are dropped with their connection. */
+#define FANOUT_MAXMSGSIZE 1024
+#define N_WINDOWS 3
+
+static const Coord__V1__Window windows[N_WINDOWS] = {
+        COORD__V1__WINDOW__WINDOW_ALL,
+        COORD__V1__WINDOW__WINDOW_LAST_24H,
+        COORD__V1__WINDOW__WINDOW_LAST_1H,
+};
+
+struct topic {
+	char name[FANOUT_TOPIC_MAX + 1];
+	size_t len;
+	uint64_t last_seq; /* of the last message sent on it; 0 before the first */
+	bool has_value;    /* digest topics: `value` holds the last message */
+	bool resend;       /* a subscription asked for `value` during this drain */
+	zmq_msg_t value;
+};
+
+/* One scope of the digest job, with what the worker computed for it. */
+struct job_scope {
+	struct digest_scope scope;
+	int r;
+	Coord__V1__Digest *digests[N_WINDOWS];
+};
+
+struct fanout {
+	uv_loop_t *loop;
+	void *sock;
+	struct zuv zuv;
+	bool zuv_started;
+	struct zmon *zmon;
+	struct store *store;
+	struct digest *digest;
+	struct config *cfg;
+
+	struct topic **topics; /* sorted by name */
+	size_t n_topics, cap_topics;
+	bool any_resend;
+
+	uv_timer_t timer;
+	bool timer_started;
+	struct digest_scope *todo;
+	size_t n_todo, cap_todo;
+
+	uv_work_t work;
+	bool job_running;
+	struct job_scope *job;
+	size_t n_job;
+	int64_t job_now;
+	uint64_t job_started; /* uv_hrtime() */
+
+	bool closing;
+	unsigned closing_parts;
+	void (*close_cb)(void *data);
+	void *close_data;
+
+	struct fanout_counters counters;
+};
+
+static int64_t
+now_ms(void)
+{
+	struct timespec ts;
+
+	(void) clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static const char *
+category_name(Coord__V1__Envelope__BodyCase body)
+{
+	switch (body) {
+	case COORD__V1__ENVELOPE__BODY_EVENT:
+		return "event";
+	case COORD__V1__ENVELOPE__BODY_LETTER:
+		return "letter";
+	case COORD__V1__ENVELOPE__BODY_STATEMENT:
+		return "statement";
+	case COORD__V1__ENVELOPE__BODY_PETITION:
+		return "petition";
+	case COORD__V1__ENVELOPE__BODY_MEDIA:
+		return "media";
+	case COORD__V1__ENVELOPE__BODY_RETRACTION:
+		return "retraction";
+	default:
+		return NULL;
+	}
+}
+
+/* The digest topic of a scope; returns its length, or 0 when it does not fit. */
+static size_t
+digest_topic(const struct digest_scope *s, char buf[FANOUT_TOPIC_MAX + 1])
+{
+	int n;
+
+	switch (s->kind) {
+	case COORD__V1__SCOPE_KIND__SCOPE_KIND_ALL:
+		n = snprintf(buf, FANOUT_TOPIC_MAX + 1, "digest/all/");
+		break;
+	case COORD__V1__SCOPE_KIND__SCOPE_KIND_COUNCIL:
+		n = snprintf(buf, FANOUT_TOPIC_MAX + 1, "digest/council/%s/", s->id);
+		break;
+	case COORD__V1__SCOPE_KIND__SCOPE_KIND_COUNTRY:
+		n = snprintf(buf, FANOUT_TOPIC_MAX + 1, "digest/country/%s/", s->id);
+		break;
+	default:
+		return 0;
+	}
+	return n > 0 && n <= FANOUT_TOPIC_MAX ? (size_t) n : 0;
+}
+
+/*
+ * The scope of an exact digest topic that this broker would publish: "digest/all/", a
+ * registered council, an ISO country. Returns false for anything else.
+ */
+static bool
+parse_digest_topic(const struct fanout *f, const char *t, size_t len, struct digest_scope *ret)
+{
+	static const char council[] = "digest/council/", country[] = "digest/country/";
+	char id[sizeof(ret->id)];
+	size_t idlen;
+
+	if (len == sizeof("digest/all/") - 1 && memcmp(t, "digest/all/", len) == 0) {
+		*ret = (struct digest_scope){.kind = COORD__V1__SCOPE_KIND__SCOPE_KIND_ALL};
+		return true;
+	}
+	if (len < 2 || t[len - 1] != '/') {
+		return false;
+	}
+	bool is_council = len > sizeof(council) - 1 && memcmp(t, council, sizeof(council) - 1) == 0;
+	bool is_country = len > sizeof(country) - 1 && memcmp(t, country, sizeof(country) - 1) == 0;
+	if (!is_council && !is_country) {
+		return false;
+	}
+	size_t plen = is_council ? sizeof(council) - 1 : sizeof(country) - 1;
+	idlen = len - plen - 1;
+	if (idlen == 0 || idlen >= sizeof(id) || memchr(t + plen, '/', idlen) ||
+	    memchr(t + plen, '\0', idlen)) {
+		return false;
+	}
+	memcpy(id, t + plen, idlen);
+	id[idlen] = '\0';
+	if (is_council ? !config_find_council(f->cfg, id) : !iso_country_valid(id)) {
+		return false;
+	}
+	*ret = (struct digest_scope){
+	        .kind = is_council ? COORD__V1__SCOPE_KIND__SCOPE_KIND_COUNCIL
+	                           : COORD__V1__SCOPE_KIND__SCOPE_KIND_COUNTRY,
+	};
+	memcpy(ret->id, id, idlen + 1);
+	return true;
+}
+
+/* Index of the first topic whose name is >= (name, len) in byte order. */
+static size_t
+topic_lower_bound(const struct fanout *f, const char *name, size_t len)
+{
+	size_t lo = 0, hi = f->n_topics;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		const struct topic *t = f->topics[mid];
+		size_t n = t->len < len ? t->len : len;
+		int c = memcmp(t->name, name, n);
+		if (c < 0 || (c == 0 && t->len < len)) {
+			lo = mid + 1;
+		} else {
+			hi = mid;
+		}
+	}
+	return lo;
+}
+
+/* Find or create a topic. Returns NULL when out of memory. */
+static struct topic *
+topic_get(struct fanout *f, const char *name, size_t len)
+{
+	size_t i = topic_lower_bound(f, name, len);
+
+	if (i < f->n_topics && f->topics[i]->len == len &&
+	    memcmp(f->topics[i]->name, name, len) == 0) {
+		return f->topics[i];
+	}
+	if (f->n_topics == f->cap_topics) {
+		size_t cap = f->cap_topics ? f->cap_topics * 2 : 64;
+		struct topic **v = reallocarray(f->topics, cap, sizeof(*v));
+		if (!v) {
+			return NULL;
+		}
+		f->topics = v;
+		f->cap_topics = cap;
+	}
+	struct topic *t = calloc(1, sizeof(*t));
+	if (!t) {
+		return NULL;
+	}
+	memcpy(t->name, name, len);
+	t->name[len] = '\0';
+	t->len = len;
+	memmove(f->topics + i + 1, f->topics + i, (f->n_topics - i) * sizeof(*f->topics));
+	f->topics[i] = t;
+	f->n_topics++;
+	return t;
+}
+
+/* Send [topic, body]; `body` is consumed either way. */
+static int
+send_message(struct fanout *f, const struct topic *t, zmq_msg_t *body)
+{
+	if (zmq_send(f->sock, t->name, t->len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
+	    zmq_msg_send(body, f->sock, ZMQ_DONTWAIT) < 0) {
+		int r = -zmq_errno();
+		(void) zmq_msg_close(body);
+		f->counters.send_errors++;
+		return r;
+	}
+	return 0;
+}
+
+/* Send a copy of the topic's kept value (the bytes are shared, not copied). */
+static void
+send_value(struct fanout *f, struct topic *t)
+{
+	zmq_msg_t copy;
+
+	(void) zmq_msg_init(&copy);
+	if (zmq_msg_copy(&copy, &t->value) < 0) {
+		(void) zmq_msg_close(&copy);
+		f->counters.send_errors++;
+		return;
+	}
+	(void) send_message(f, t, &copy);
+}
+
+/* Pack `pub` into a new libzmq message. */
+static int
+pack_publication(const Coord__V1__Publication *pub, zmq_msg_t *ret_msg)
+{
+	size_t size = coord__v1__publication__get_packed_size(pub);
+
+	if (zmq_msg_init_size(ret_msg, size) < 0) {
+		return -ENOMEM;
+	}
+	(void) coord__v1__publication__pack(pub, zmq_msg_data(ret_msg));
+	return 0;
+}
+
+void
+fanout_publish_item(struct fanout *f, const struct fanout_item *item)
+{
+	char name[FANOUT_TOPIC_MAX + 1];
+	const char *category = category_name(item->body);
+
+	if (f->closing || !category) {
+		return;
+	}
+	int n = snprintf(name, sizeof(name), "item/%s/%s/", item->council, category);
+	if (n <= 0 || n > FANOUT_TOPIC_MAX) {
+		return;
+	}
+	struct topic *t = topic_get(f, name, (size_t) n);
+	if (!t) {
+		f->counters.send_errors++;
+		return;
+	}
+
+	Coord__V1__Item it = COORD__V1__ITEM__INIT;
+	it.seq = item->seq;
+	it.received_at = item->received_at;
+	it.council = (char *) item->council;
+	it.envelope.data = (uint8_t *) item->envelope;
+	it.envelope.len = item->envelope_len;
+
+	Coord__V1__Publication pub = COORD__V1__PUBLICATION__INIT;
+	pub.topic = t->name;
+	pub.first_seq = item->seq;
+	pub.last_seq = item->seq;
+	pub.prev_seq = t->last_seq;
+	pub.body_case = COORD__V1__PUBLICATION__BODY_ITEM;
+	pub.item = &it;
+
+	/* The chain moves on even if this send fails: subscribers then see the gap. */
+	t->last_seq = item->seq;
+	zmq_msg_t msg;
+	if (pack_publication(&pub, &msg) < 0) {
+		f->counters.send_errors++;
+		return;
+	}
+	if (send_message(f, t, &msg) == 0) {
+		f->counters.items++;
+	}
+}
+
+/* Queue a scope for the next digest job (each scope once). */
+static int
+todo_add(struct fanout *f, const struct digest_scope *s)
+{
+	for (size_t i = 0; i < f->n_todo; i++) {
+		if (f->todo[i].kind == s->kind && strcmp(f->todo[i].id, s->id) == 0) {
+			return 0;
+		}
+	}
+	if (f->n_todo == f->cap_todo) {
+		size_t cap = f->cap_todo ? f->cap_todo * 2 : 64;
+		struct digest_scope *v = reallocarray(f->todo, cap, sizeof(*v));
+		if (!v) {
+			return -ENOMEM;
+		}
+		f->todo = v;
+		f->cap_todo = cap;
+	}
+	f->todo[f->n_todo++] = *s;
+	return 0;
+}
+
+static void
+job_free_results(struct fanout *f)
+{
+	for (size_t i = 0; i < f->n_job; i++) {
+		for (int w = 0; w < N_WINDOWS; w++) {
+			digest_result_free(f->job[i].digests[w]);
+		}
+	}
+	free(f->job);
+	f->job = NULL;
+	f->n_job = 0;
+}
+
+/* Threadpool: compute the three windows of every scope of the job. */
+static void
+job_work(uv_work_t *req)
+{
+	struct fanout *f = container_of(req, struct fanout, work);
+
+	for (size_t i = 0; i < f->n_job; i++) {
+		struct job_scope *js = &f->job[i];
+		for (int w = 0; w < N_WINDOWS && js->r == 0; w++) {
+			js->r = digest_compute(f->digest, js->scope.kind, js->scope.id, windows[w],
+			                       0, 0, f->job_now, f->cfg->digest.headlines,
+			                       &js->digests[w]);
+		}
+	}
+}
+
+/* Publish one computed scope as the new value of its topic, if it is newer. */
+static void
+publish_digest(struct fanout *f, struct job_scope *js)
+{
+	char name[FANOUT_TOPIC_MAX + 1];
+	size_t len = digest_topic(&js->scope, name);
+	uint64_t last_seq = UINT64_MAX;
+
+	if (len == 0) {
+		return;
+	}
+	struct topic *t = topic_get(f, name, len);
+	if (!t) {
+		f->counters.digest_errors++;
+		return;
+	}
+	for (int w = 0; w < N_WINDOWS; w++) {
+		if (js->digests[w]->last_seq < last_seq) {
+			last_seq = js->digests[w]->last_seq;
+		}
+	}
+	/* A value no newer than the kept one changes nothing for a subscriber. */
+	if (t->has_value && last_seq <= t->last_seq) {
+		return;
+	}
+
+	Coord__V1__DigestSet set = COORD__V1__DIGEST_SET__INIT;
+	set.n_digests = N_WINDOWS;
+	set.digests = js->digests;
+	Coord__V1__Publication pub = COORD__V1__PUBLICATION__INIT;
+	pub.topic = t->name;
+	pub.prev_seq = t->last_seq;
+	pub.first_seq = t->last_seq + 1;
+	pub.last_seq = last_seq;
+	pub.body_case = COORD__V1__PUBLICATION__BODY_DIGESTS;
+	pub.digests = &set;
+
+	zmq_msg_t msg;
+	if (pack_publication(&pub, &msg) < 0) {
+		f->counters.digest_errors++;
+		return;
+	}
+	if (t->has_value) {
+		(void) zmq_msg_close(&t->value);
+	}
+	/* The topic keeps the packed message; what goes out is a shared copy. */
+	t->value = msg;
+	t->has_value = true;
+	t->last_seq = last_seq;
+	t->resend = false;
+	send_value(f, t);
+	f->counters.digests++;
+}
+
+static void start_job(struct fanout *f);
+static void finish_close(struct fanout *f);
+
+static void
+after_job(uv_work_t *req, int status)
+{
+	struct fanout *f = container_of(req, struct fanout, work);
+	int first_error = 0;
+	size_t errors = 0;
+
+	f->job_running = false;
+	if (f->closing) {
+		job_free_results(f);
+		finish_close(f);
+		return;
+	}
+	for (size_t i = 0; i < f->n_job; i++) {
+		struct job_scope *js = &f->job[i];
+		if (status < 0 && js->r == 0) {
+			js->r = status;
+		}
+		if (js->r < 0) {
+			/* Tried again with the next tick's scopes. */
+			f->counters.digest_errors++;
+			errors++;
+			first_error = first_error ? first_error : js->r;
+			(void) todo_add(f, &js->scope);
+			continue;
+		}
+		publish_digest(f, js);
+	}
+	log_debug("Published the digests of %zu scopes, computed in %.1f ms", f->n_job - errors,
+	          (double) (uv_hrtime() - f->job_started) / 1e6);
+	if (errors > 0) {
+		log_warning_errno(first_error,
+		                  "Failed to compute the digests of %zu scopes, retrying at the "
+		                  "next publish interval",
+		                  errors);
+	}
+	job_free_results(f);
+	/* Scopes asked for by subscriptions while this job ran go now, not at the next tick. */
+	if (f->n_todo > 0 && errors == 0) {
+		start_job(f);
+	}
+}
+
+static void
+start_job(struct fanout *f)
+{
+	if (f->job_running || f->closing || f->n_todo == 0) {
+		return;
+	}
+	struct job_scope *job = calloc(f->n_todo, sizeof(*job));
+	if (!job) {
+		return; /* the scopes stay queued for the next tick */
+	}
+	for (size_t i = 0; i < f->n_todo; i++) {
+		job[i].scope = f->todo[i];
+	}
+	f->job = job;
+	f->n_job = f->n_todo;
+	f->n_todo = 0;
+	f->job_now = now_ms();
+	f->job_started = uv_hrtime();
+	f->counters.digest_jobs++;
+	int r = uv_queue_work(f->loop, &f->work, job_work, after_job);
+	if (r < 0) {
+		/* Cannot happen with valid arguments; put the scopes back. */
+		for (size_t i = 0; i < f->n_job; i++) {
+			(void) todo_add(f, &f->job[i].scope);
+		}
+		job_free_results(f);
+		return;
+	}
+	f->job_running = true;
+}
+
+/* Take the scopes whose aggregates changed and start a job for them. */
+static void
+collect_dirty(struct fanout *f)
+{
+	struct digest_scope *scopes = NULL;
+	int n = digest_take_dirty(f->digest, &scopes);
+
+	for (int i = 0; i < n; i++) {
+		if (todo_add(f, &scopes[i]) < 0) {
+			/* Dropping a scope would leave its subscribers on a stale digest until
+			 * its next change; keep it dirty instead (memory is short anyway). */
+			f->counters.digest_errors++;
+		}
+	}
+	free(scopes);
+	start_job(f);
+}
+
+static void
+on_tick(uv_timer_t *h)
+{
+	struct fanout *f = container_of(h, struct fanout, timer);
+
+	if (!f->job_running) {
+		collect_dirty(f);
+	}
+}
+
+void
+fanout_flush_digests(struct fanout *f)
+{
+	if (!f->closing) {
+		collect_dirty(f);
+	}
+}
+
+/* A subscription to `prefix`: mark the kept values under it, or ask for a missing one. */
+static void
+on_subscribe(struct fanout *f, const char *prefix, size_t len)
+{
+	struct digest_scope scope;
+	bool matched = false;
+
+	f->counters.subscriptions++;
+	if (len > FANOUT_TOPIC_MAX) {
+		return;
+	}
+	for (size_t i = topic_lower_bound(f, prefix, len); i < f->n_topics; i++) {
+		struct topic *t = f->topics[i];
+		if (t->len < len || memcmp(t->name, prefix, len) != 0) {
+			break;
+		}
+		if (t->has_value) {
+			t->resend = true;
+			f->any_resend = true;
+			matched = true;
+		}
+	}
+	if (!matched && parse_digest_topic(f, prefix, len, &scope)) {
+		if (todo_add(f, &scope) == 0) {
+			start_job(f);
+		}
+	}
+}
+
+static void
+send_resends(struct fanout *f)
+{
+	if (!f->any_resend) {
+		return;
+	}
+	f->any_resend = false;
+	for (size_t i = 0; i < f->n_topics; i++) {
+		struct topic *t = f->topics[i];
+		if (t->resend) {
+			t->resend = false;
+			send_value(f, t);
+			f->counters.last_values++;
+		}
+	}
+}
+
+static void
+on_readable(struct zuv *z, void *zsock, unsigned budget, void *data)
+{
+	struct fanout *f = data;
+
+	for (unsigned i = 0; i < budget; i++) {
+		zmq_msg_t m;
+
+		(void) zmq_msg_init(&m);
+		if (zmq_msg_recv(&m, zsock, ZMQ_DONTWAIT) < 0) {
+			(void) zmq_msg_close(&m);
+			break;
+		}
+		const char *p = zmq_msg_data(&m);
+		size_t len = zmq_msg_size(&m);
+		if (len >= 1 && p[0] == 1 && !zmq_msg_more(&m)) {
+			on_subscribe(f, p + 1, len - 1);
+		} else if (len >= 1 && p[0] == 0 && !zmq_msg_more(&m)) {
+			f->counters.unsubscriptions++;
+		} else {
+			f->counters.other_messages++;
+		}
+		/* Parts of a message an XSUB peer sent upstream: read and ignored. */
+		while (zmq_msg_more(&m)) {
+			if (zmq_msg_recv(&m, zsock, ZMQ_DONTWAIT) < 0) {
+				break;
+			}
+		}
+		(void) zmq_msg_close(&m);
+	}
+	send_resends(f);
+}
+
+static int
+set_int(void *sock, int option, int value)
+{
+	return zmq_setsockopt(sock, option, &value, sizeof(value)) < 0 ? -zmq_errno() : 0;
+}
+
+int
+fanout_new(uv_loop_t *loop, void *zctx, struct store *store, struct digest *digest,
+           struct config *cfg, struct fanout **ret_fanout)
+{
+	struct fanout *f = calloc(1, sizeof(*f));
+	int64_t maxmsg = FANOUT_MAXMSGSIZE;
+	int r;
+
+	if (!f) {
+		return -ENOMEM;
+	}
+	f->loop = loop;
+	f->store = store;
+	f->digest = digest;
+	f->cfg = config_ref(cfg);
+
+	f->sock = zmq_socket(zctx, ZMQ_XPUB);
+	if (!f->sock) {
+		r = -zmq_errno();
+		goto fail;
+	}
+	r = set_int(f->sock, ZMQ_LINGER, FANOUT_LINGER_MS);
+	if (r >= 0) {
+		r = set_int(f->sock, ZMQ_SNDHWM, (int) cfg->publish.hwm);
+	}
+	if (r >= 0) {
+		r = set_int(f->sock, ZMQ_XPUB_VERBOSE, 1);
+	}
+	if (r >= 0) {
+		r = set_int(f->sock, ZMQ_XPUB_NODROP, 0);
+	}
+	if (r >= 0 && zmq_setsockopt(f->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof(maxmsg)) < 0) {
+		r = -zmq_errno();
+	}
+	if (r >= 0) {
+		r = zmon_new(loop, zctx, f->sock, "publish", &f->zmon);
+	}
+	if (r >= 0 && zmq_bind(f->sock, cfg->publish.endpoint) < 0) {
+		r = -zmq_errno();
+	}
+	if (r < 0) {
+		goto fail;
+	}
+	r = zuv_init(loop, &f->zuv, f->sock, FANOUT_RECV_BUDGET, on_readable, f);
+	if (r < 0) {
+		goto fail;
+	}
+	f->zuv_started = true;
+	(void) uv_timer_init(loop, &f->timer);
+	f->timer_started = true;
+	uint64_t interval = cfg->digest.publish_interval_ms;
+	r = uv_timer_start(&f->timer, on_tick, interval, interval);
+	if (r < 0) {
+		/* The handles are live now: close them like a normal stop would. */
+		fanout_close(f, NULL, NULL);
+		return r;
+	}
+	*ret_fanout = f;
+	return 0;
+fail:
+	fanout_free(f);
+	return r;
+}
+
+void
+fanout_get_counters(const struct fanout *f, struct fanout_counters *ret_counters)
+{
+	*ret_counters = f->counters;
+}
+
+uint32_t
+fanout_connections(const struct fanout *f)
+{
+	return zmon_connections(f->zmon);
+}
+
+/* All parts closed (zuv, zmon, timer, job): close the socket and report. */
+static void
+finish_close(struct fanout *f)
+{
+	if (--f->closing_parts > 0) {
+		return;
+	}
+	(void) zmq_close(f->sock);
+	f->sock = NULL;
+	if (f->close_cb) {
+		f->close_cb(f->close_data);
+	} else {
+		/* Only a failed fanout_new() closes without a callback: nobody holds `f`. */
+		fanout_free(f);
+	}
+}
+
+static void
+on_zuv_closed(struct zuv *z)
+{
+	struct fanout *f = container_of(z, struct fanout, zuv);
+
+	f->zuv_started = false;
+	finish_close(f);
+}
+
+static void
+on_timer_closed(uv_handle_t *h)
+{
+	finish_close(container_of((uv_timer_t *) h, struct fanout, timer));
+}
+
+static void
+on_zmon_closed(void *data)
+{
+	finish_close(data);
+}
+
+void
+fanout_close(struct fanout *f, void (*done)(void *data), void *data)
+{
+	f->closing = true;
+	f->close_cb = done;
+	f->close_data = data;
+	f->closing_parts = 2; /* the zuv and the timer */
+	if (f->job_running) {
+		f->closing_parts++;
+	}
+	if (f->zmon) {
+		f->closing_parts++;
+		zmon_close(f->zmon, on_zmon_closed, f);
+		f->zmon = NULL;
+	}
+	(void) uv_timer_stop(&f->timer);
+	uv_close((uv_handle_t *) &f->timer, on_timer_closed);
+	zuv_close(&f->zuv, on_zuv_closed);
+}
+
+struct fanout *
+fanout_free(struct fanout *f)
+{
+	if (!f) {
+		return NULL;
+	}
+	/* A zmon left here belongs to a failed fanout_new(): it closes on later loop turns. */
+	zmon_close(f->zmon, NULL, NULL);
+	if (f->sock) {
+		(void) zmq_close(f->sock);
+	}
+	for (size_t i = 0; i < f->n_topics; i++) {
+		if (f->topics[i]->has_value) {
+			(void) zmq_msg_close(&f->topics[i]->value);
+		}
+		free(f->topics[i]);
+	}
+	free(f->topics);
+	free(f->todo);
+	job_free_results(f);
+	config_unref(f->cfg);
+	free(f);
+	return NULL;
+}

@@ -1,0 +1,87 @@
+/*
+ * query: the query socket (ROUTER) where headquarters and coordctl ask for a digest, a page
+ * of history, one record's status, or the broker's stats.
+ *
+ * Framing: a request is one frame, a packed coord.v1.QueryRequest, preceded by whatever
+ * envelope the client's socket adds: a DEALER sends [request] (the ROUTER sees
+ * [routing id, request]); a REQ sends [empty delimiter, request]. Every frame before the
+ * last one is echoed back in front of the answer, a packed coord.v1.QueryResponse with the
+ * request's request_id. A message of more than QUERY_FRAMES_MAX frames is dropped
+ * unanswered (and counted).
+ *
+ * Limits: a request frame above QUERY_REQUEST_MAX bytes is answered with an error without
+ * being unpacked; frames above QUERY_MAXMSGSIZE are dropped by libzmq with the connection.
+ * A history page holds at most cfg->query.history_limit_max items and
+ * cfg->query.history_bytes_max bytes of items (at least one item), and visits at most
+ * QUERY_SCAN_MAX items when filtered by council. Answers queue per client up to
+ * cfg->query.hwm; beyond, libzmq drops them (the client times out and asks again).
+ *
+ * Every answer is computed on the loop thread, in read transactions, when the request is
+ * read: a digest_compute(), a bounded store scan or a lookup. A bad request (undecodable,
+ * too large, no known body, a bad scope or window) gets QueryResponse.error with a sentence
+ * naming the problem; nothing a client sends can crash the broker.
+ *
+ * Loop thread only. Logs a warning when the store fails to answer.
+ */
+#pragma once
+
+#include <stdint.h>
+
+#include <uv.h>
+
+#include "config.h"
+#include "coord.pb-c.h"
+#include "digest.h"
+#include "store.h"
+
+#define QUERY_REQUEST_MAX 4096
+#define QUERY_MAXMSGSIZE 65536
+#define QUERY_FRAMES_MAX 16
+#define QUERY_SCAN_MAX 100000
+#define QUERY_LINGER_MS 1000
+
+struct query;
+
+/*
+ * Called for a stats request after the query filled the store's figures (last_seq, items,
+ * records, store_bytes, map_size) into `stats`: the owner fills in the rest (counters,
+ * connections, version, start time, uptime). String fields it sets must stay valid until
+ * it returns to the loop (the answer is packed before that). Loop thread.
+ */
+typedef void query_stats_fn(void *data, Coord__V1__Stats *stats);
+
+/* Counters since start; read with query_get_counters(). */
+struct query_counters {
+	uint64_t requests; /* requests answered (errors included) */
+	uint64_t errors;   /* answered with QueryResponse.error */
+	uint64_t dropped;  /* messages dropped unanswered (bad framing) */
+};
+
+/*
+ * Create the ROUTER socket in `zctx` (SNDHWM cfg->query.hwm, ZMQ_MAXMSGSIZE
+ * QUERY_MAXMSGSIZE), bind cfg->query.endpoint and start answering. `store` and `digest`
+ * are borrowed and must outlive the query; `cfg` is referenced until query_free();
+ * `stats` (may be NULL) and `data` are borrowed until query_close() has called back.
+ * Returns 0 and *ret_query, or a negative errno (from zmq_bind: -EADDRINUSE, ...; the caller
+ * logs it); on error nothing is bound.
+ */
+int query_new(uv_loop_t *loop, void *zctx, struct store *store, struct digest *digest,
+              struct config *cfg, query_stats_fn *stats, void *data, struct query **ret_query);
+
+/* Copy the counters. */
+void query_get_counters(const struct query *q, struct query_counters *ret_counters);
+
+/* Client connections open now (TCP and IPC; zmon.h). */
+uint32_t query_connections(const struct query *q);
+
+/*
+ * Stop answering and close the socket (answers still queued get QUERY_LINGER_MS to leave);
+ * `done(data)` runs on the loop thread once it is closed. Call once.
+ */
+void query_close(struct query *q, void (*done)(void *data), void *data);
+
+/*
+ * Free after query_close() has called back, or after query_new() failed. Accepts NULL.
+ * Returns NULL.
+ */
+struct query *query_free(struct query *q);
