@@ -51,6 +51,7 @@ struct coordd {
 	struct metrics *metrics;
 	uv_signal_t sigterm;
 	uv_signal_t sigint;
+	uv_signal_t sighup;
 	bool stopping;
 	unsigned closing;      /* sockets (query, fanout, metrics) still closing */
 	int64_t started_at;    /* Unix ms */
@@ -156,6 +157,7 @@ on_socket_closed(void *data)
 	}
 	uv_close((uv_handle_t *) &d->sigterm, NULL);
 	uv_close((uv_handle_t *) &d->sigint, NULL);
+	uv_close((uv_handle_t *) &d->sighup, NULL);
 }
 
 /* Ingest is done (everything it received is committed, acked and published): close the
@@ -360,6 +362,15 @@ check_health(void *data, struct metrics_text *t)
 	return true;
 }
 
+/* SIGHUP must not stop the broker (its default action would). Reloading the config in
+ * place is not built yet: say so, and keep serving with the config in force. */
+static void
+on_sighup(uv_signal_t *h, int signum)
+{
+	log_warning("Received SIGHUP: reloading the configuration is not supported yet; "
+	            "restart coordd to apply changes, ignoring");
+}
+
 static void
 on_signal(uv_signal_t *h, int signum)
 {
@@ -407,9 +418,10 @@ run(struct coordd *d)
 	log_set_level((enum log_level) d->cfg->log_level);
 
 	/* Initialised first so that every exit path can close them. */
-	d->sigterm.data = d->sigint.data = d;
+	d->sigterm.data = d->sigint.data = d->sighup.data = d;
 	(void) uv_signal_init(&d->loop, &d->sigterm);
 	(void) uv_signal_init(&d->loop, &d->sigint);
+	(void) uv_signal_init(&d->loop, &d->sighup);
 
 	const struct store_options so = {
 	        .dir = d->cfg->state_dir,
@@ -484,6 +496,9 @@ run(struct coordd *d)
 	r = uv_signal_start(&d->sigterm, on_signal, SIGTERM);
 	if (r >= 0) {
 		r = uv_signal_start(&d->sigint, on_signal, SIGINT);
+	}
+	if (r >= 0) {
+		r = uv_signal_start(&d->sighup, on_sighup, SIGHUP);
 	}
 	if (r < 0) {
 		return log_error_errno(r, "Failed to install signal handlers");
