@@ -189,6 +189,10 @@ class CloneItems:
         items, _ = self.q.history_all(after_seq=self.last, limit=700)
         for it in items:
             self.apply(it)
+        # Items taken from history were not seen on their topics: each topic's prev_seq
+        # chain is checked again from its next live message on.
+        if items:
+            self.topic_last.clear()
 
     def on_live(self, topic, pub):
         if pub.last_seq <= self.last:
