@@ -3,7 +3,7 @@
  * handler.
  *
  * Allowlist. The keys file is tokenised by inih, fed through our own line reader
- * (read_line) as in config.c, because inih as packaged gives the handler no line number and
+ * (inifile.c) as in config.c, because inih as packaged gives the handler no line number and
  * silently splits long lines. The reader counts lines, rejects over-long lines and NUL
  * bytes, drops leading whitespace (no continuation lines), cuts inline '#' comments (a '#'
  * after a space or tab: safe, since Z85 has no space and a Z85 key never starts with '#')
@@ -40,6 +40,7 @@
 
 #include "auth.h"
 #include "config.h"
+#include "inifile.h"
 #include "zuv.h"
 
 #define container_of(ptr, type, member) ((type *) ((char *) (ptr) -offsetof(type, member)))
@@ -492,11 +493,7 @@ struct parser {
 	struct auth_error error;
 	int r; /* first failure, 0 while none */
 
-	/* Input: exactly one of file and text is set. */
-	FILE *file;
-	const char *text;
-	unsigned line; /* of the line last handed to inih */
-	bool eof;
+	struct inifile ini; /* input and line reader */
 
 	bool in_section;  /* the last entry is the current section */
 	size_t allocated; /* entries */
@@ -524,25 +521,7 @@ fail(struct parser *p, unsigned line, int r, const char *fmt, ...)
 static int
 fail_oom(struct parser *p)
 {
-	return fail(p, p->line, -ENOMEM, "out of memory");
-}
-
-/* Returns the next byte of input, or EOF at the end or on a read error (recorded). */
-static int
-next_byte(struct parser *p)
-{
-	if (p->text) {
-		if (*p->text == '\0') {
-			return EOF;
-		}
-		return (unsigned char) *p->text++;
-	}
-	int c = getc(p->file);
-	if (c == EOF && ferror(p->file)) {
-		int r = errno > 0 ? -errno : -EIO;
-		(void) fail(p, 0, r, "cannot read the file: %s", strerror(-r));
-	}
-	return c;
+	return fail(p, p->ini.line, -ENOMEM, "out of memory");
 }
 
 static int
@@ -551,7 +530,7 @@ add_entry(struct parser *p, enum auth_role role, const char *id)
 	struct auth_keys *k = p->keys;
 
 	if (k->n == AUTH_KEYS_MAX) {
-		return fail(p, p->line, -EINVAL, "more than %d sections: split the allowlist",
+		return fail(p, p->ini.line, -EINVAL, "more than %d sections: split the allowlist",
 		            AUTH_KEYS_MAX);
 	}
 	if (k->n == p->allocated) {
@@ -564,7 +543,7 @@ add_entry(struct parser *p, enum auth_role role, const char *id)
 		p->allocated = n;
 	}
 	struct auth_entry *e = &k->entries[k->n];
-	*e = (struct auth_entry){.role = role, .line = p->line};
+	*e = (struct auth_entry){.role = role, .line = p->ini.line};
 	memcpy(e->id, id, strlen(id) + 1);
 	k->n++;
 	p->in_section = true;
@@ -582,14 +561,14 @@ handle_section_line(struct parser *p, char *line)
 
 	p->in_section = false;
 	if (!end) {
-		return fail(p, p->line, -EINVAL, "missing ']' in section header");
+		return fail(p, p->ini.line, -EINVAL, "missing ']' in section header");
 	}
 	const char *rest = end + 1;
 	while (is_blank(*rest)) {
 		rest++;
 	}
 	if (*rest != '\0' && *rest != ';') {
-		return fail(p, p->line, -EINVAL,
+		return fail(p, p->ini.line, -EINVAL,
 		            "unexpected text after ']': put it on its own line");
 	}
 
@@ -609,12 +588,12 @@ handle_section_line(struct parser *p, char *line)
 	}
 	int r;
 	if (role == _AUTH_ROLE_INVALID) {
-		r = fail(p, p->line, -EINVAL,
+		r = fail(p, p->ini.line, -EINVAL,
 		         "unknown section [%s]: use [council.<id>], [subscriber.<name>] or "
 		         "[admin.<name>]",
 		         name);
 	} else if (!auth_id_valid(dot + 1)) {
-		r = fail(p, p->line, -EINVAL,
+		r = fail(p, p->ini.line, -EINVAL,
 		         "bad id '%s' in [%s]: use 1 to %d of a-z, 0-9, '_', '-', starting "
 		         "with a letter or digit",
 		         dot + 1, name, AUTH_ID_MAX);
@@ -625,98 +604,25 @@ handle_section_line(struct parser *p, char *line)
 	return r;
 }
 
-/* Cut the line at the first '#' that follows a space or tab: an inline comment. */
-static void
-cut_hash_comment(char *line)
+/* on_section for inifile: a "[...]" line. */
+static int
+section_line(void *data, char *line)
 {
-	if (line[0] == '\0') {
-		return;
-	}
-	for (char *s = line + 1; *s; s++) {
-		if (*s == '#' && (s[-1] == ' ' || s[-1] == '\t')) {
-			*s = '\0';
-			return;
-		}
-	}
+	return handle_section_line(data, line);
 }
 
-/*
- * inih's ini_reader: fgets() semantics (at most num - 1 bytes, newline included), one line
- * per call, so inih's line count stays equal to ours.
- */
-static char *
-read_line(char *str, int num, void *stream)
+/* on_error for inifile. */
+static int
+reader_error(void *data, unsigned line, int r, const char *message)
 {
-	struct parser *p = stream;
-
-	if (p->r < 0 || p->eof || num < 2) {
-		return NULL;
-	}
-	size_t limit = (size_t) num - 1;
-	if (limit > AUTH_LINE_MAX - 1) {
-		limit = AUTH_LINE_MAX - 1;
-	}
-
-	size_t len = 0;
-	int c = EOF;
-	p->line++;
-	for (;;) {
-		c = next_byte(p);
-		if (c == EOF) {
-			break;
-		}
-		if (c == '\0') {
-			(void) fail(p, p->line, -EINVAL, "NUL byte: the keys file must be text");
-			return NULL;
-		}
-		if (len == limit) {
-			(void) fail(p, p->line, -EINVAL,
-			            "line longer than %zu bytes (newline included): shorten it",
-			            limit);
-			return NULL;
-		}
-		str[len++] = (char) c;
-		if (c == '\n') {
-			break;
-		}
-	}
-	if (p->r < 0) {
-		return NULL;
-	}
-	if (c == EOF) {
-		p->eof = true;
-		if (len == 0) {
-			p->line--;
-			return NULL;
-		}
-	}
-	str[len] = '\0';
-
-	char *start = str;
-	if (p->line == 1 && strncmp(start, "\xEF\xBB\xBF", 3) == 0) {
-		start += 3;
-	}
-	while (is_blank(*start) && *start != '\n') {
-		start++;
-	}
-	if (start != str) {
-		memmove(str, start, strlen(start) + 1);
-	}
-	if (str[0] == ';' || str[0] == '#') {
-		return str;
-	}
-	cut_hash_comment(str);
-	if (str[0] == '[' && handle_section_line(p, str) < 0) {
-		return NULL;
-	}
-	return str;
+	return fail(data, line, r, "%s", message);
 }
 
 static int
 handle_key_line(struct parser *p, const char *name, const char *value)
 {
 	if (!p->in_section) {
-		return fail(p, p->line, -EINVAL,
+		return fail(p, p->ini.line, -EINVAL,
 		            "key '%s' is outside a section: put it under [council.<id>], "
 		            "[subscriber.<name>] or [admin.<name>]",
 		            name);
@@ -724,26 +630,26 @@ handle_key_line(struct parser *p, const char *name, const char *value)
 	struct auth_entry *e = &p->keys->entries[p->keys->n - 1];
 	const char *role = role_names[e->role];
 	if (strcmp(name, "public_key") != 0) {
-		return fail(p, p->line, -EINVAL, "unknown key '%s' in [%s.%s]: use public_key",
+		return fail(p, p->ini.line, -EINVAL, "unknown key '%s' in [%s.%s]: use public_key",
 		            name, role, e->id);
 	}
 	if (e->key_line != 0) {
-		return fail(p, p->line, -EINVAL,
+		return fail(p, p->ini.line, -EINVAL,
 		            "duplicate public_key in [%s.%s] (first at line %u): one key per "
 		            "section",
 		            role, e->id, e->key_line);
 	}
 	if (*value == '\0') {
-		return fail(p, p->line, -EINVAL, "empty public_key in [%s.%s]", role, e->id);
+		return fail(p, p->ini.line, -EINVAL, "empty public_key in [%s.%s]", role, e->id);
 	}
 	if (auth_key_decode(value, e->key) < 0) {
-		return fail(p, p->line, -EINVAL,
+		return fail(p, p->ini.line, -EINVAL,
 		            "bad public_key in [%s.%s]: use the 40-character Z85 key of the "
 		            "peer's .public file",
 		            role, e->id);
 	}
 	memcpy(e->key_z85, value, AUTH_KEY_Z85_LEN + 1);
-	e->key_line = p->line;
+	e->key_line = p->ini.line;
 	return 0;
 }
 
@@ -884,22 +790,16 @@ parse(struct parser *p, const char *name, struct auth_keys **ret_keys, struct au
 		goto out;
 	}
 
-	/*
-	 * inih returns the line of its first error, which is either ours (the handler failed
-	 * there) or a line that is neither "[section]" nor "key = value". inih does not stop at
-	 * the latter, so a later error of ours may already be recorded: the earlier line wins.
-	 */
-	r = ini_parse_stream(read_line, p, handle_key, p);
-	if (r > 0 && (p->r == 0 || (unsigned) r < p->error.line)) {
-		p->r = 0;
-		r = fail(p, (unsigned) r, -EINVAL, "expected 'public_key = <key>' or '[role.id]'");
-	} else if (p->r < 0) {
-		r = p->r;
-	} else if (r == -2) {
-		r = fail(p, 0, -ENOMEM, "out of memory");
-	} else if (r < 0) {
-		r = fail(p, 0, -EIO, "cannot parse the file");
-	} else {
+	static const struct inifile_ops ops = {
+	        .line_max = AUTH_LINE_MAX,
+	        .nul_message = "NUL byte: the keys file must be text",
+	        .syntax_message = "expected 'public_key = <key>' or '[role.id]'",
+	        .on_section = section_line,
+	        .on_key = handle_key,
+	        .on_error = reader_error,
+	};
+	r = inifile_parse(&p->ini, &ops, p, &p->r, &p->error.line);
+	if (r == 0) {
 		r = finish(p);
 	}
 
@@ -920,14 +820,14 @@ auth_keys_load(const char *path, struct auth_keys **ret_keys, struct auth_error 
 {
 	struct parser p = {.r = 0};
 
-	p.file = fopen(path, "re");
-	if (!p.file) {
+	p.ini.file = fopen(path, "re");
+	if (!p.ini.file) {
 		int r = -errno;
 		set_error(ret_error, 0, "cannot open keys file '%s': %s", path, strerror(-r));
 		return r;
 	}
 	int r = parse(&p, path, ret_keys, ret_error);
-	(void) fclose(p.file);
+	(void) fclose(p.ini.file);
 	return r;
 }
 
@@ -935,7 +835,7 @@ int
 auth_keys_parse_string(const char *text, const char *name, struct auth_keys **ret_keys,
                        struct auth_error *ret_error)
 {
-	struct parser p = {.text = text};
+	struct parser p = {.ini.text = text};
 
 	return parse(&p, name ? name : "<string>", ret_keys, ret_error);
 }

@@ -1,11 +1,11 @@
 /*
  * config: read the INI configuration file into an immutable, reference-counted struct config.
  *
- * inih does the tokenising, but it is fed through our own line reader (read_line), because
+ * inih does the tokenising, but it is fed through our own line reader (inifile.c), because
  * inih as packaged gives the handler no line number, silently splits lines longer than its
  * buffer, and knows nothing of sections that have no keys. The reader therefore:
  *   - counts lines, so every error names its line (inih calls the handler for a line before
- *     it asks for the next one, so p->line is the handler's line too);
+ *     it asks for the next one, so p->ini.line is the handler's line too);
  *   - rejects a line that does not fit inih's buffer (and CONFIG_LINE_MAX) instead of
  *     letting inih split it;
  *   - drops leading whitespace, so inih never sees a continuation line (an indented key is
@@ -31,6 +31,7 @@
 #include <ini.h>
 
 #include "config.h"
+#include "inifile.h"
 #include "iso.h"
 #include "log.h"
 
@@ -162,11 +163,7 @@ struct parser {
 	struct config_error error;
 	int r; /* first failure, 0 while none */
 
-	/* Input: exactly one of file and text is set. */
-	FILE *file;
-	const char *text;
-	unsigned line; /* of the line last handed to inih */
-	bool eof;
+	struct inifile ini; /* input and line reader */
 
 	enum section section;
 	struct council_state *council_states;
@@ -197,7 +194,7 @@ fail(struct parser *p, unsigned line, int r, const char *fmt, ...)
 static int
 fail_oom(struct parser *p)
 {
-	return fail(p, p->line, -ENOMEM, "out of memory");
+	return fail(p, p->ini.line, -ENOMEM, "out of memory");
 }
 
 static bool
@@ -216,24 +213,6 @@ static bool
 is_digit(char c)
 {
 	return c >= '0' && c <= '9';
-}
-
-/* Returns the next byte of input, or EOF at the end or on a read error (recorded). */
-static int
-next_byte(struct parser *p)
-{
-	if (p->text) {
-		if (*p->text == '\0') {
-			return EOF;
-		}
-		return (unsigned char) *p->text++;
-	}
-	int c = getc(p->file);
-	if (c == EOF && ferror(p->file)) {
-		int r = errno > 0 ? -errno : -EIO;
-		(void) fail(p, 0, r, "cannot read the file: %s", strerror(-r));
-	}
-	return c;
 }
 
 static bool
@@ -262,7 +241,7 @@ add_council(struct parser *p, const char *id)
 
 	for (size_t i = 0; i < c->n_councils; i++) {
 		if (strcmp(c->councils[i].id, id) == 0) {
-			return fail(p, p->line, -EINVAL,
+			return fail(p, p->ini.line, -EINVAL,
 			            "duplicate section [council.%s] (first at line %u): merge them",
 			            id, p->council_states[i].line);
 		}
@@ -284,7 +263,7 @@ add_council(struct parser *p, const char *id)
 	struct config_council *council = &c->councils[c->n_councils];
 	*council = (struct config_council){.name = NULL};
 	memcpy(council->id, id, strlen(id) + 1);
-	p->council_states[c->n_councils] = (struct council_state){.line = p->line};
+	p->council_states[c->n_councils] = (struct council_state){.line = p->ini.line};
 	c->n_councils++;
 	return 0;
 }
@@ -299,14 +278,14 @@ handle_section_line(struct parser *p, char *line)
 	char *end = strchr(line, ']');
 
 	if (!end) {
-		return fail(p, p->line, -EINVAL, "missing ']' in section header");
+		return fail(p, p->ini.line, -EINVAL, "missing ']' in section header");
 	}
 	const char *rest = end + 1;
 	while (is_blank(*rest)) {
 		rest++;
 	}
 	if (*rest != '\0' && *rest != ';' && *rest != '#') {
-		return fail(p, p->line, -EINVAL,
+		return fail(p, p->ini.line, -EINVAL,
 		            "unexpected text after ']': put it on its own line");
 	}
 
@@ -318,7 +297,7 @@ handle_section_line(struct parser *p, char *line)
 	if (strncmp(name, CONFIG_COUNCIL_PREFIX, prefix) == 0) {
 		const char *id = name + prefix;
 		if (!council_id_valid(id)) {
-			r = fail(p, p->line, -EINVAL,
+			r = fail(p, p->ini.line, -EINVAL,
 			         "bad council id '%s': use 1 to %d of a-z, 0-9, '_', '-', "
 			         "starting with a letter or digit",
 			         id, CONFIG_COUNCIL_ID_MAX);
@@ -337,113 +316,32 @@ handle_section_line(struct parser *p, char *line)
 		}
 	}
 	if (s == SECTION_NONE) {
-		r = fail(p, p->line, -EINVAL,
+		r = fail(p, p->ini.line, -EINVAL,
 		         "unknown section [%s]: use " SECTION_LIST " or [council.<id>]", name);
 	} else if (p->section_line[s] != 0) {
-		r = fail(p, p->line, -EINVAL,
+		r = fail(p, p->ini.line, -EINVAL,
 		         "duplicate section [%s] (first at line %u): merge them", name,
 		         p->section_line[s]);
 	} else {
-		p->section_line[s] = p->line;
+		p->section_line[s] = p->ini.line;
 		p->section = s;
 	}
 	*end = ']';
 	return r;
 }
 
-/* Cut the line at the first '#' that follows a space or tab: an inline comment. */
-static void
-cut_hash_comment(char *line)
+/* on_section for inifile: a "[...]" line. */
+static int
+section_line(void *data, char *line)
 {
-	if (line[0] == '\0') {
-		return;
-	}
-	for (char *s = line + 1; *s; s++) {
-		if (*s == '#' && (s[-1] == ' ' || s[-1] == '\t')) {
-			*s = '\0';
-			return;
-		}
-	}
+	return handle_section_line(data, line);
 }
 
-/*
- * inih's ini_reader: fgets() semantics (at most num - 1 bytes, newline included), one line
- * per call, so inih's line count stays equal to ours.
- */
-static char *
-read_line(char *str, int num, void *stream)
+/* on_error for inifile. */
+static int
+reader_error(void *data, unsigned line, int r, const char *message)
 {
-	struct parser *p = stream;
-
-	if (p->r < 0 || p->eof || num < 2) {
-		return NULL;
-	}
-
-	/* The longest line we accept, in bytes with its newline: what both sides can hold. */
-	size_t limit = (size_t) num - 1;
-	if (limit > CONFIG_LINE_MAX - 1) {
-		limit = CONFIG_LINE_MAX - 1;
-	}
-
-	size_t len = 0;
-	int c = EOF;
-	p->line++;
-	for (;;) {
-		c = next_byte(p);
-		if (c == EOF) {
-			break;
-		}
-		if (c == '\0') {
-			(void) fail(p, p->line, -EINVAL,
-			            "NUL byte in line: this is not a text file");
-			return NULL;
-		}
-		if (len == limit) {
-			(void) fail(p, p->line, -EINVAL,
-			            "line longer than %zu bytes (newline included): shorten it",
-			            limit);
-			return NULL;
-		}
-		str[len++] = (char) c;
-		if (c == '\n') {
-			break;
-		}
-	}
-	if (p->r < 0) {
-		return NULL;
-	}
-	if (c == EOF) {
-		p->eof = true;
-		if (len == 0) {
-			p->line--;
-			return NULL;
-		}
-	}
-	str[len] = '\0';
-
-	/* A UTF-8 byte order mark is allowed at the very start; inih would skip it too. */
-	char *start = str;
-	if (p->line == 1 && strncmp(start, "\xEF\xBB\xBF", 3) == 0) {
-		start += 3;
-	}
-	/* No leading whitespace reaches inih, so it never sees a continuation line. */
-	while (is_blank(*start) && *start != '\n') {
-		start++;
-	}
-	if (start != str) {
-		memmove(str, start, strlen(start) + 1);
-	}
-
-	if (str[0] == ';' || str[0] == '#') {
-		return str;
-	}
-	cut_hash_comment(str);
-	if (str[0] == '[') {
-		if (handle_section_line(p, str) < 0) {
-			return NULL;
-		}
-	}
-	return str;
+	return fail(data, line, r, "%s", message);
 }
 
 /* Strict unsigned decimal: digits only. -EINVAL on syntax, -ERANGE above UINT64_MAX. */
@@ -636,7 +534,7 @@ handle_fixed_key(struct parser *p, enum key_id id, const char *value)
 	switch (k->type) {
 	case KEY_ENDPOINT:
 		if (!strstr(value, "://") || strpbrk(value, " \t")) {
-			return fail(p, p->line, -EINVAL,
+			return fail(p, p->ini.line, -EINVAL,
 			            "bad %s '%s' in [%s]: use transport://address, e.g. "
 			            "tcp://127.0.0.1:7701",
 			            k->name, value, sect);
@@ -654,7 +552,7 @@ handle_fixed_key(struct parser *p, enum key_id id, const char *value)
 			return 0;
 		}
 		if (config_parse_listen(value, host, &port) < 0) {
-			return fail(p, p->line, -EINVAL,
+			return fail(p, p->ini.line, -EINVAL,
 			            "bad %s '%s' in [%s]: use a numeric address and port, e.g. "
 			            "127.0.0.1:9771 or [::1]:9771, or off",
 			            k->name, value, sect);
@@ -664,7 +562,7 @@ handle_fixed_key(struct parser *p, enum key_id id, const char *value)
 	case KEY_LOG_LEVEL: {
 		enum log_level level = log_level_from_string(value);
 		if (level == LOG_LEVEL_INVALID) {
-			return fail(p, p->line, -EINVAL,
+			return fail(p, p->ini.line, -EINVAL,
 			            "bad %s '%s' in [%s]: use error, warning, notice, info or "
 			            "debug",
 			            k->name, value, sect);
@@ -678,16 +576,16 @@ handle_fixed_key(struct parser *p, enum key_id id, const char *value)
 		} else if (strcmp(value, "none") == 0) {
 			*(enum config_sync *) field = CONFIG_SYNC_NONE;
 		} else {
-			return fail(p, p->line, -EINVAL, "bad %s '%s' in [%s]: use full or none",
-			            k->name, value, sect);
+			return fail(p, p->ini.line, -EINVAL,
+			            "bad %s '%s' in [%s]: use full or none", k->name, value, sect);
 		}
 		return 0;
 	case KEY_U32:
 		format_range(k, range, sizeof(range));
 		r = parse_u64(value, &n);
 		if (r == -EINVAL) {
-			return fail(p, p->line, r, "bad number '%s' for %s in [%s]: use %s", value,
-			            k->name, sect, range);
+			return fail(p, p->ini.line, r, "bad number '%s' for %s in [%s]: use %s",
+			            value, k->name, sect, range);
 		}
 		break;
 	case KEY_SIZE32:
@@ -695,20 +593,20 @@ handle_fixed_key(struct parser *p, enum key_id id, const char *value)
 		format_range(k, range, sizeof(range));
 		r = config_parse_size(value, &n);
 		if (r == -EINVAL) {
-			return fail(p, p->line, r,
+			return fail(p, p->ini.line, r,
 			            "bad size '%s' for %s in [%s]: use a number with an optional "
 			            "K, M, G or T suffix (%s)",
 			            value, k->name, sect, range);
 		}
 		break;
 	default:
-		return fail(p, p->line, -EINVAL, "internal error: key %s", k->name);
+		return fail(p, p->ini.line, -EINVAL, "internal error: key %s", k->name);
 	}
 
 	/* A number that overflowed parsing is out of range too. */
 	if (r == -ERANGE || n < k->min || n > k->max) {
-		return fail(p, p->line, -EINVAL, "%s = %s is out of range in [%s]: use %s", k->name,
-		            value, sect, range);
+		return fail(p, p->ini.line, -EINVAL, "%s = %s is out of range in [%s]: use %s",
+		            k->name, value, sect, range);
 	}
 	if (k->type == KEY_SIZE64) {
 		*(uint64_t *) field = n;
@@ -730,24 +628,24 @@ handle_council_key(struct parser *p, const char *name, const char *value)
 	} else if (strcmp(name, "country") == 0) {
 		seen = &state->country_line;
 	} else {
-		return fail(p, p->line, -EINVAL,
+		return fail(p, p->ini.line, -EINVAL,
 		            "unknown key '%s' in [council.%s]: use name or country", name,
 		            council->id);
 	}
 	if (*seen != 0) {
-		return fail(p, p->line, -EINVAL,
+		return fail(p, p->ini.line, -EINVAL,
 		            "duplicate key '%s' in [council.%s] (first at line %u): keep one", name,
 		            council->id, *seen);
 	}
 	if (*value == '\0') {
-		return fail(p, p->line, -EINVAL, "empty value for '%s' in [council.%s]", name,
+		return fail(p, p->ini.line, -EINVAL, "empty value for '%s' in [council.%s]", name,
 		            council->id);
 	}
-	*seen = p->line;
+	*seen = p->ini.line;
 
 	if (seen == &state->country_line) {
 		if (!iso_country_valid(value)) {
-			return fail(p, p->line, -EINVAL,
+			return fail(p, p->ini.line, -EINVAL,
 			            "bad country '%s' in [council.%s]: use an ISO 3166-1 alpha-2 "
 			            "code in upper case, e.g. FR",
 			            value, council->id);
@@ -756,7 +654,7 @@ handle_council_key(struct parser *p, const char *name, const char *value)
 		return 0;
 	}
 	if (!utf8_text_valid(value)) {
-		return fail(p, p->line, -EINVAL,
+		return fail(p, p->ini.line, -EINVAL,
 		            "bad name in [council.%s]: use UTF-8 text without control characters",
 		            council->id);
 	}
@@ -767,7 +665,7 @@ static int
 handle_key_line(struct parser *p, const char *name, const char *value)
 {
 	if (p->section == SECTION_NONE) {
-		return fail(p, p->line, -EINVAL,
+		return fail(p, p->ini.line, -EINVAL,
 		            "key '%s' is outside a section: put it under " SECTION_LIST
 		            " or [council.<id>]",
 		            name);
@@ -782,18 +680,18 @@ handle_key_line(struct parser *p, const char *name, const char *value)
 			continue;
 		}
 		if (p->key_line[i] != 0) {
-			return fail(p, p->line, -EINVAL,
+			return fail(p, p->ini.line, -EINVAL,
 			            "duplicate key '%s' in [%s] (first at line %u): keep one", name,
 			            sect, p->key_line[i]);
 		}
 		if (*value == '\0') {
-			return fail(p, p->line, -EINVAL, "empty value for '%s' in [%s]", name,
+			return fail(p, p->ini.line, -EINVAL, "empty value for '%s' in [%s]", name,
 			            sect);
 		}
-		p->key_line[i] = p->line;
+		p->key_line[i] = p->ini.line;
 		return handle_fixed_key(p, (enum key_id) i, value);
 	}
-	return fail(p, p->line, -EINVAL, "unknown key '%s' in [%s]", name, sect);
+	return fail(p, p->ini.line, -EINVAL, "unknown key '%s' in [%s]", name, sect);
 }
 
 /*
@@ -962,22 +860,16 @@ parse(struct parser *p, const char *name, struct config **ret_config,
 		goto out;
 	}
 
-	/*
-	 * inih returns the line of its first error, which is either ours (the handler failed
-	 * there) or a line that is neither "[section]" nor "key = value". inih does not stop at
-	 * the latter, so a later error of ours may already be recorded: the earlier line wins.
-	 */
-	r = ini_parse_stream(read_line, p, handle_key, p);
-	if (r > 0 && (p->r == 0 || (unsigned) r < p->error.line)) {
-		p->r = 0;
-		r = fail(p, (unsigned) r, -EINVAL, "expected 'key = value' or '[section]'");
-	} else if (p->r < 0) {
-		r = p->r;
-	} else if (r == -2) {
-		r = fail(p, 0, -ENOMEM, "out of memory");
-	} else if (r < 0) {
-		r = fail(p, 0, -EIO, "cannot parse the file");
-	} else {
+	static const struct inifile_ops ops = {
+	        .line_max = CONFIG_LINE_MAX,
+	        .nul_message = "NUL byte in line: this is not a text file",
+	        .syntax_message = "expected 'key = value' or '[section]'",
+	        .on_section = section_line,
+	        .on_key = handle_key,
+	        .on_error = reader_error,
+	};
+	r = inifile_parse(&p->ini, &ops, p, &p->r, &p->error.line);
+	if (r == 0) {
 		r = finish(p);
 	}
 
@@ -999,8 +891,8 @@ config_load(const char *path, struct config **ret_config, struct config_error *r
 {
 	struct parser p = {.r = 0};
 
-	p.file = fopen(path, "re");
-	if (!p.file) {
+	p.ini.file = fopen(path, "re");
+	if (!p.ini.file) {
 		int r = -errno;
 		(void) fail(&p, 0, r, "cannot open '%s': %s", path, strerror(-r));
 		if (ret_error) {
@@ -1009,7 +901,7 @@ config_load(const char *path, struct config **ret_config, struct config_error *r
 		return r;
 	}
 	int r = parse(&p, path, ret_config, ret_error);
-	(void) fclose(p.file);
+	(void) fclose(p.ini.file);
 	return r;
 }
 
@@ -1017,7 +909,7 @@ int
 config_parse_string(const char *text, const char *name, struct config **ret_config,
                     struct config_error *ret_error)
 {
-	struct parser p = {.text = text};
+	struct parser p = {.ini.text = text};
 
 	return parse(&p, name ? name : "<string>", ret_config, ret_error);
 }
