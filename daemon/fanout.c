@@ -642,7 +642,6 @@ fanout_new(uv_loop_t *loop, void *zctx, struct store *store, struct digest *dige
            struct config *cfg, struct fanout **ret_fanout)
 {
 	struct fanout *f = calloc(1, sizeof(*f));
-	int64_t maxmsg = FANOUT_MAXMSGSIZE;
 	int r;
 
 	if (!f) {
@@ -653,23 +652,13 @@ fanout_new(uv_loop_t *loop, void *zctx, struct store *store, struct digest *dige
 	f->digest = digest;
 	f->cfg = config_ref(cfg);
 
-	f->sock = zmq_socket(zctx, ZMQ_XPUB);
-	if (!f->sock) {
-		r = -zmq_errno();
-		goto fail;
-	}
-	r = set_int(f->sock, ZMQ_LINGER, FANOUT_LINGER_MS);
-	if (r >= 0) {
-		r = set_int(f->sock, ZMQ_SNDHWM, (int) cfg->publish.hwm);
-	}
+	r = zuv_socket_new(zctx, ZMQ_XPUB, FANOUT_LINGER_MS, (int) cfg->publish.hwm,
+	                   FANOUT_MAXMSGSIZE, &f->sock);
 	if (r >= 0) {
 		r = set_int(f->sock, ZMQ_XPUB_VERBOSE, 1);
 	}
 	if (r >= 0) {
 		r = set_int(f->sock, ZMQ_XPUB_NODROP, 0);
-	}
-	if (r >= 0 && zmq_setsockopt(f->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof(maxmsg)) < 0) {
-		r = -zmq_errno();
 	}
 	if (r >= 0) {
 		r = zmon_new(loop, zctx, f->sock, "publish", &f->zmon);

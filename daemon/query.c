@@ -692,18 +692,11 @@ on_readable(struct zuv *z, void *zsock, unsigned budget, void *data)
 	}
 }
 
-static int
-set_int(void *sock, int option, int value)
-{
-	return zmq_setsockopt(sock, option, &value, sizeof(value)) < 0 ? -zmq_errno() : 0;
-}
-
 int
 query_new(uv_loop_t *loop, void *zctx, struct store *store, struct digest *digest,
           struct config *cfg, query_stats_fn *stats, void *data, struct query **ret_query)
 {
 	struct query *q = calloc(1, sizeof(*q));
-	int64_t maxmsg = QUERY_MAXMSGSIZE;
 	int r;
 
 	if (!q) {
@@ -716,18 +709,8 @@ query_new(uv_loop_t *loop, void *zctx, struct store *store, struct digest *diges
 	q->stats_fn = stats;
 	q->stats_data = data;
 
-	q->sock = zmq_socket(zctx, ZMQ_ROUTER);
-	if (!q->sock) {
-		r = -zmq_errno();
-		goto fail;
-	}
-	r = set_int(q->sock, ZMQ_LINGER, QUERY_LINGER_MS);
-	if (r >= 0) {
-		r = set_int(q->sock, ZMQ_SNDHWM, (int) cfg->query.hwm);
-	}
-	if (r >= 0 && zmq_setsockopt(q->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof(maxmsg)) < 0) {
-		r = -zmq_errno();
-	}
+	r = zuv_socket_new(zctx, ZMQ_ROUTER, QUERY_LINGER_MS, (int) cfg->query.hwm,
+	                   QUERY_MAXMSGSIZE, &q->sock);
 	if (r >= 0) {
 		r = zmon_new(loop, zctx, q->sock, "query", &q->zmon);
 	}

@@ -139,3 +139,33 @@ zuv_close(struct zuv *z, zuv_close_fn *cb)
 	uv_close((uv_handle_t *) &z->idle, on_handle_closed);
 	uv_close((uv_handle_t *) &z->prepare, on_handle_closed);
 }
+
+static int
+set_int(void *sock, int option, int value)
+{
+	return zmq_setsockopt(sock, option, &value, sizeof(value)) < 0 ? -zmq_errno() : 0;
+}
+
+int
+zuv_socket_new(void *zctx, int type, int linger_ms, int sndhwm, int64_t maxmsgsize, void **ret_sock)
+{
+	void *sock = zmq_socket(zctx, type);
+	int r;
+
+	if (!sock) {
+		return -zmq_errno();
+	}
+	r = set_int(sock, ZMQ_LINGER, linger_ms);
+	if (r >= 0) {
+		r = set_int(sock, ZMQ_SNDHWM, sndhwm);
+	}
+	if (r >= 0 && zmq_setsockopt(sock, ZMQ_MAXMSGSIZE, &maxmsgsize, sizeof(maxmsgsize)) < 0) {
+		r = -zmq_errno();
+	}
+	if (r < 0) {
+		(void) zmq_close(sock);
+		return r;
+	}
+	*ret_sock = sock;
+	return 0;
+}

@@ -14,6 +14,7 @@
 #pragma once
 
 #include <stdbool.h>
+#include <stdint.h>
 
 #include <uv.h>
 
@@ -63,3 +64,12 @@ void zuv_resume(struct zuv *z);
  * and the zmq socket closed. Safe to call once, also from inside the readable callback.
  */
 void zuv_close(struct zuv *z, zuv_close_fn *cb);
+
+/*
+ * Create a socket of `type` in `zctx` with ZMQ_LINGER `linger_ms`, ZMQ_SNDHWM `sndhwm` and
+ * ZMQ_MAXMSGSIZE `maxmsgsize` set: the options every listening socket of coordd shares.
+ * Returns 0 and *ret_sock (the caller owns it and closes it with zmq_close()), or
+ * -zmq_errno(); on error no socket is left open.
+ */
+int zuv_socket_new(void *zctx, int type, int linger_ms, int sndhwm, int64_t maxmsgsize,
+                   void **ret_sock);
