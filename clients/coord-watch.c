@@ -30,6 +30,7 @@
 #include "coord.pb-c.h"
 #include "coordd-version.h"
 #include "pbjson.h"
+#include "hqlib.h"
 #include "render.h"
 
 #define EXIT_BROKER 1
@@ -113,21 +114,10 @@ usage_error(const char *fmt, ...)
 {
 	va_list ap;
 
-	fprintf(stderr, "coord-watch: ");
 	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
+	int r = hq_usage_verror("coord-watch", fmt, ap);
 	va_end(ap);
-	fprintf(stderr, "\nTry 'coord-watch --help'.\n");
-	return EXIT_USAGE;
-}
-
-static int64_t
-mono_ms(void)
-{
-	struct timespec ts;
-
-	(void) clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+	return r;
 }
 
 static int64_t
@@ -182,7 +172,7 @@ show(struct watch *w, const char *source, uint64_t prev_seq)
 
 	render_time(wall_ms(), when, sizeof(when));
 	w->updates++;
-	w->last_update_mono = mono_ms();
+	w->last_update_mono = hq_mono_ms();
 	if (arg_json) {
 		json_t *obj = json_object(), *arr = json_array();
 		char seq[32];
@@ -255,9 +245,9 @@ ask_digest(struct watch *w, Coord__V1__Window window, Coord__V1__Digest **ret)
 		        zmq_strerror(zmq_errno()));
 		return EXIT_UNREACHABLE;
 	}
-	int64_t deadline = mono_ms() + (int64_t) (arg_timeout * 1000);
+	int64_t deadline = hq_mono_ms() + (int64_t) (arg_timeout * 1000);
 	for (;;) {
-		int64_t left = deadline - mono_ms();
+		int64_t left = deadline - hq_mono_ms();
 		zmq_pollitem_t item = {.socket = w->query, .events = ZMQ_POLLIN};
 		int n = left > 0 ? zmq_poll(&item, 1, (long) left) : 0;
 		if (n < 0 && zmq_errno() == EINTR) {
@@ -523,7 +513,7 @@ run(struct watch *w)
 		long wait = -1;
 		if (arg_count) {
 			int64_t left =
-			        w->last_update_mono + (int64_t) (arg_timeout * 1000) - mono_ms();
+			        w->last_update_mono + (int64_t) (arg_timeout * 1000) - hq_mono_ms();
 			if (left <= 0) {
 				fprintf(stderr,
 				        "coord-watch: no update from %s within %g s (%lu of %lu "
@@ -565,7 +555,7 @@ run(struct watch *w)
 int
 main(int argc, char **argv)
 {
-	enum { ARG_JSON = 0x100, ARG_COUNT, ARG_VERSION };
+	enum { ARG_VERSION = HQ_OPT_VERSION, ARG_JSON, ARG_COUNT };
 	static const struct option options[] = {
 	        {"publish", required_argument, NULL, 'p'},
 	        {"query", required_argument, NULL, 'q'},
@@ -618,22 +608,13 @@ main(int argc, char **argv)
 			}
 			arg_count = n;
 			break;
-		case 't':
-			arg_timeout = strtod(optarg, &end);
-			if (*end || !(arg_timeout > 0 && arg_timeout <= 3600)) {
-				return usage_error("bad --timeout '%s': use seconds, above 0",
-				                   optarg);
+		default:
+			/* -t, -h, --version, and what getopt refused. */
+			r = hq_common_option("coord-watch", opt, optarg, &arg_timeout, help);
+			if (r != HQ_OPTION_HANDLED) {
+				return r;
 			}
 			break;
-		case 'h':
-			help();
-			return 0;
-		case ARG_VERSION:
-			printf("coord-watch %s\n", COORDD_VERSION);
-			return 0;
-		default:
-			fprintf(stderr, "Try 'coord-watch --help'.\n");
-			return EXIT_USAGE;
 		}
 	}
 	if (optind < argc) {

@@ -23,6 +23,7 @@
 #include "coord.pb-c.h"
 #include "coordd-version.h"
 #include "pbjson.h"
+#include "hqlib.h"
 #include "render.h"
 
 #define EXIT_BROKER 1      /* the broker answered with an error (or a local failure) */
@@ -85,12 +86,10 @@ usage_error(const char *fmt, ...)
 {
 	va_list ap;
 
-	fprintf(stderr, "coordctl: ");
 	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
+	int r = hq_usage_verror("coordctl", fmt, ap);
 	va_end(ap);
-	fprintf(stderr, "\nTry 'coordctl --help'.\n");
-	return EXIT_USAGE;
+	return r;
 }
 
 static bool
@@ -144,15 +143,6 @@ client_close(struct client *c)
 	}
 }
 
-static int64_t
-mono_ms(void)
-{
-	struct timespec ts;
-
-	(void) clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /*
  * Send `req` and wait for its answer. Returns an exit status: 0 with *ret_resp (caller
  * frees; an error answer is printed and gives EXIT_BROKER), or EXIT_UNREACHABLE.
@@ -177,9 +167,9 @@ ask(struct client *c, Coord__V1__QueryRequest *req, Coord__V1__QueryResponse **r
 		return EXIT_UNREACHABLE;
 	}
 
-	int64_t deadline = mono_ms() + (int64_t) (arg_timeout * 1000);
+	int64_t deadline = hq_mono_ms() + (int64_t) (arg_timeout * 1000);
 	for (;;) {
-		int64_t left = deadline - mono_ms();
+		int64_t left = deadline - hq_mono_ms();
 		zmq_pollitem_t item = {.socket = c->sock, .events = ZMQ_POLLIN};
 		if (left <= 0 || zmq_poll(&item, 1, (long) left) <= 0) {
 			if (left > 0 && zmq_errno() == EINTR) {
@@ -620,7 +610,7 @@ cmd_stats(struct client *c, int argc, char **argv)
 int
 main(int argc, char **argv)
 {
-	enum { ARG_VERSION = 0x100 };
+	enum { ARG_VERSION = HQ_OPT_VERSION };
 	static const struct option options[] = {
 	        {"endpoint", required_argument, NULL, 'e'},
 	        {"timeout", required_argument, NULL, 't'},
@@ -629,7 +619,6 @@ main(int argc, char **argv)
 	        {0},
 	};
 	struct client c = {0};
-	char *end;
 	int opt, r;
 
 	/* '+': options after the command belong to the command. */
@@ -638,22 +627,13 @@ main(int argc, char **argv)
 		case 'e':
 			arg_endpoint = optarg;
 			break;
-		case 't':
-			arg_timeout = strtod(optarg, &end);
-			if (*end || !(arg_timeout > 0 && arg_timeout <= 3600)) {
-				return usage_error("bad --timeout '%s': use seconds, above 0",
-				                   optarg);
+		default:
+			/* -t, -h, --version, and what getopt refused. */
+			r = hq_common_option("coordctl", opt, optarg, &arg_timeout, help);
+			if (r != HQ_OPTION_HANDLED) {
+				return r;
 			}
 			break;
-		case 'h':
-			help();
-			return 0;
-		case ARG_VERSION:
-			printf("coordctl %s\n", COORDD_VERSION);
-			return 0;
-		default:
-			fprintf(stderr, "Try 'coordctl --help'.\n");
-			return EXIT_USAGE;
 		}
 	}
 	if (optind >= argc) {
