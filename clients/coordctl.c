@@ -36,6 +36,7 @@
 static const char *arg_endpoint = DEFAULT_ENDPOINT;
 static double arg_timeout = 5.0;
 static bool arg_json = false;
+static bool arg_export = false; /* history prints bare Envelopes: coord-push import's format */
 
 struct client {
 	void *ctx;
@@ -63,6 +64,10 @@ help(void)
 	       "      Stored records with seq above SEQ (default 0), in seq order, at most N\n"
 	       "      (default: all). --json: JSON Lines, one Item per line with its envelope\n"
 	       "      decoded.\n"
+	       "  export [--after SEQ] [--limit N] [--council ID]\n"
+	       "      Like history, but one Envelope per line in the proto3 JSON mapping:\n"
+	       "      exactly what `coord-push import FILE.jsonl` reads (every revision, in\n"
+	       "      seq order; a progress line on a terminal).\n"
 	       "  status COUNCIL MSG_ID [--json]\n"
 	       "      The latest revision of one record, and whether it is retracted.\n"
 	       "  stats [--json]\n"
@@ -379,6 +384,18 @@ print_item(const Coord__V1__Item *it)
 {
 	char when[RENDER_TIME_MAX];
 
+	if (arg_export) {
+		Coord__V1__Envelope *env =
+		        coord__v1__envelope__unpack(NULL, it->envelope.len, it->envelope.data);
+		if (!env) {
+			fprintf(stderr, "coordctl: item %" PRIu64 " holds no decodable Envelope\n",
+			        it->seq);
+			return EXIT_BROKER;
+		}
+		int r = print_json(&env->base);
+		coord__v1__envelope__free_unpacked(env, NULL);
+		return r;
+	}
 	if (arg_json) {
 		char *text = NULL;
 		int r = render_item_json(it, &text);
@@ -439,15 +456,18 @@ cmd_history(struct client *c, int argc, char **argv)
 			arg_json = true;
 			break;
 		default:
-			return usage_error("bad option for 'history'");
+			return usage_error("bad option for 'history' or 'export'");
 		}
 	}
 	if (optind < argc) {
-		return usage_error("unexpected argument '%s' for 'history'", argv[optind]);
+		return usage_error("unexpected argument '%s' for 'history' or 'export'",
+		                   argv[optind]);
 	}
 	req.body_case = COORD__V1__QUERY_REQUEST__BODY_HISTORY;
 	req.history = &hr;
 	uint64_t printed = 0;
+	/* A long export shows how far it got, on a terminal only (stdout is the data). */
+	bool progress = arg_export && isatty(STDERR_FILENO);
 	for (;;) {
 		Coord__V1__QueryResponse *resp = NULL;
 		hr.after_seq = after;
@@ -467,15 +487,30 @@ cmd_history(struct client *c, int argc, char **argv)
 			r = print_item(page->items[i]);
 			printed++;
 		}
+		if (progress) {
+			fprintf(stderr, "\rcoordctl: %" PRIu64 " records, up to seq %" PRIu64,
+			        printed, page->next_after_seq);
+		}
 		bool done = page->complete || (limit && printed >= limit) ||
 		            page->next_after_seq <= after;
 		after = page->next_after_seq;
 		coord__v1__query_response__free_unpacked(resp, NULL);
 		if (r != 0 || done) {
+			if (progress) {
+				fprintf(stderr, "\n");
+			}
 			(void) fflush(stdout);
 			return r;
 		}
 	}
+}
+
+/* export: history in coord-push import's JSON Lines format. */
+static int
+cmd_export(struct client *c, int argc, char **argv)
+{
+	arg_export = true;
+	return cmd_history(c, argc, argv);
 }
 
 static int
@@ -637,7 +672,7 @@ main(int argc, char **argv)
 		}
 	}
 	if (optind >= argc) {
-		return usage_error("no command: use digest, history, status or stats");
+		return usage_error("no command: use digest, history, export, status or stats");
 	}
 	const char *cmd = argv[optind];
 	int (*run)(struct client *, int, char **) = NULL;
@@ -645,13 +680,15 @@ main(int argc, char **argv)
 		run = cmd_digest;
 	} else if (strcmp(cmd, "history") == 0) {
 		run = cmd_history;
+	} else if (strcmp(cmd, "export") == 0) {
+		run = cmd_export;
 	} else if (strcmp(cmd, "status") == 0) {
 		run = cmd_status;
 	} else if (strcmp(cmd, "stats") == 0) {
 		run = cmd_stats;
 	} else {
-		return usage_error("unknown command '%s': use digest, history, status or stats",
-		                   cmd);
+		return usage_error(
+		        "unknown command '%s': use digest, history, export, status or stats", cmd);
 	}
 	/* The command parses its own options from its name on. */
 	argc -= optind;
