@@ -525,8 +525,8 @@ collect_dirty(struct fanout *f)
 
 	for (int i = 0; i < n; i++) {
 		if (todo_add(f, &scopes[i]) < 0) {
-			/* Dropping a scope would leave its subscribers on a stale digest until
-			 * its next change; keep it dirty instead (memory is short anyway). */
+			/* Out of memory: this scope's digest is not republished until it
+			 * changes again (counted, so /metrics shows it). */
 			f->counters.digest_errors++;
 		}
 	}
@@ -540,14 +540,6 @@ on_tick(uv_timer_t *h)
 	struct fanout *f = container_of(h, struct fanout, timer);
 
 	if (!f->job_running) {
-		collect_dirty(f);
-	}
-}
-
-void
-fanout_flush_digests(struct fanout *f)
-{
-	if (!f->closing) {
 		collect_dirty(f);
 	}
 }

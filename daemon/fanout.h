@@ -95,12 +95,6 @@ int fanout_new(uv_loop_t *loop, void *zctx, struct store *store, struct digest *
  */
 void fanout_publish_item(struct fanout *f, const struct fanout_item *item);
 
-/*
- * Publish, now rather than at the next tick, the digests of the scopes that changed (the
- * computation runs on the threadpool; if one runs already, it follows that one).
- */
-void fanout_flush_digests(struct fanout *f);
-
 /* Copy the counters. */
 void fanout_get_counters(const struct fanout *f, struct fanout_counters *ret_counters);
 

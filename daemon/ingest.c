@@ -196,6 +196,7 @@ check_council(const struct ingest *in, const Coord__V1__Envelope *env, struct wi
 }
 
 static void maybe_submit(struct ingest *in);
+static void maybe_resume(struct ingest *in);
 
 /* Make room for one more message in the filling batch. */
 static struct batch *
@@ -339,9 +340,13 @@ on_readable(struct zuv *z, void *zsock, unsigned budget, void *data)
 		}
 		struct batch *b = filling_batch(in);
 		if (!b) {
-			log_error("Out of memory for an ingest batch, pausing intake");
-			in->paused = true;
-			zuv_pause(&in->zuv);
+			/* Stop this turn; a commit in flight frees batches and resumes intake,
+			 * otherwise the idle handle retries on the next turn. */
+			log_error("Out of memory for an ingest batch, retrying");
+			if (in->committing) {
+				in->paused = true;
+				zuv_pause(&in->zuv);
+			}
 			break;
 		}
 		struct msg *m = &b->msgs[b->n];
@@ -528,7 +533,18 @@ after_commit(uv_work_t *req, int status)
 	ack_batch(in, b);
 	batch_recycle(in, b);
 	maybe_submit(in);
+	maybe_resume(in);
 	maybe_finish(in);
+}
+
+/* Read again once the backlog is below max_pending (and not stopping). */
+static void
+maybe_resume(struct ingest *in)
+{
+	if (in->paused && !in->stopping && in->pending < in->cfg->ingest.max_pending) {
+		in->paused = false;
+		zuv_resume(&in->zuv);
+	}
 }
 
 static void
@@ -560,10 +576,7 @@ maybe_submit(struct ingest *in)
 		batch_recycle(in, b);
 		return;
 	}
-	if (in->paused && !in->stopping && in->pending < in->cfg->ingest.max_pending) {
-		in->paused = false;
-		zuv_resume(&in->zuv);
-	}
+	maybe_resume(in);
 }
 
 static int

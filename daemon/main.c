@@ -5,7 +5,8 @@
  * context -> fanout (publish socket) -> query (query socket) -> ingest (councils' socket;
  * its committed records go to fanout) -> READY=1 once all three are bound.
  * Shutdown on SIGTERM or SIGINT: STOPPING=1, ingest stops reading and commits, acks and
- * publishes what it received, its socket closes; then the query and publish sockets close;
+ * publishes what it received, its socket closes; then the query and publish sockets and the
+ * metrics server close;
  * the loop runs until idle; then the zmq context, digest, store and config go.
  * Exit status: 0 after a clean stop, 78 (EX_CONFIG) for a bad config, 1 for other startup
  * failures, 2 for bad arguments.

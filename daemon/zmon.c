@@ -30,7 +30,6 @@ struct zmon {
 	bool zuv_started;
 	struct zuv zuv;
 	uint32_t connections;
-	uint64_t accepted;
 	void (*done)(void *data);
 	void *done_data;
 };
@@ -59,7 +58,6 @@ read_event(struct zmon *m)
 	(void) zmq_msg_close(&frame);
 	if (event == ZMQ_EVENT_ACCEPTED) {
 		m->connections++;
-		m->accepted++;
 	} else if (event == ZMQ_EVENT_DISCONNECTED && m->connections > 0) {
 		m->connections--;
 	}
@@ -143,12 +141,6 @@ uint32_t
 zmon_connections(const struct zmon *m)
 {
 	return m ? m->connections : 0;
-}
-
-uint64_t
-zmon_accepted(const struct zmon *m)
-{
-	return m ? m->accepted : 0;
 }
 
 static void

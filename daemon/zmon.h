@@ -41,9 +41,6 @@ int zmon_new(uv_loop_t *loop, void *zctx, void *zsock, const char *name, struct 
  */
 uint32_t zmon_connections(const struct zmon *m);
 
-/* Connections accepted since start. */
-uint64_t zmon_accepted(const struct zmon *m);
-
 /*
  * Stop monitoring and close the PAIR socket. `done(data)` (may be NULL) runs on a later loop
  * iteration, after which `m` is freed: do not use it after this call. Call once. Accepts

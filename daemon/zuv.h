@@ -22,8 +22,7 @@ struct zuv;
 
 /*
  * Called on the loop thread while the socket has input. It must receive at most `budget`
- * messages with ZMQ_DONTWAIT, stop at EAGAIN, and may call zuv_pause(). The return value is
- * ignored.
+ * messages with ZMQ_DONTWAIT, stop at EAGAIN, and may call zuv_pause().
  */
 typedef void zuv_readable_fn(struct zuv *z, void *zsock, unsigned budget, void *data);
 
