@@ -2,350 +2,199 @@
  * coord-bench: load generator and meter for coordd's ingest path.
  *
  * N council threads, each with its own DEALER connection, send M Envelopes each with at most
- * W unacknowledged at a time, and time every message from its send to its Ack. At the end it
- * prints acked messages per second (first send to last ack), ack latency percentiles, the
- * status counts, and, given the broker's pid, the broker's CPU time and peak RSS.
+ * W unacknowledged at a time, and time every message from its send to its Ack. A run has
+ * phases, each with the same shape (N, M, W, record mix and size) and fresh msg_ids:
  *
- * Envelopes are built before the clock starts, so the meter measures the broker (and the
- * loopback), not protobuf packing on the client side. msg_ids carry a per-run nonce, so
- * runs against the same store do not collide.
+ *   preload      --preload P: P records pushed as fast as the broker takes them (built on
+ *                the fly, not timed per message), so the measured phases run on a big store
+ *   echo, lmdb   --ceiling: the same load against the two ceiling servers of ceiling.c
+ *   coordd       the broker itself
+ *   subscribed   --subscribers S: the broker again with S SUB sockets on its publish
+ *                endpoint, timing each digest from the ack of the records it covers
+ *
+ * Envelopes of timed phases are built before the clock starts, so the meter measures the
+ * broker (and the loopback), not protobuf packing. msg_ids carry a per-run nonce and a
+ * phase letter, so runs and phases against the same store do not collide.
+ *
+ * Fan-out latency: the commit time is not visible to a client, and the Digest's own
+ * generated_at is a wall-clock millisecond taken before the digest is packed. So a
+ * digest's latency is its receive time minus the ack receive time of the newest record it
+ * counts (its last_seq: Acks carry the seq) -- the time a subscriber waits after the council
+ * learnt the record is stored. The same from the oldest record it newly counts (first_seq)
+ * is reported beside it: the worst wait of any record in that digest.
  */
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
-#include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <zmq.h>
 
-#include "coord.pb-c.h"
+#include "bench.h"
 
-#define BENCH_ACK_TIMEOUT_MS 30000
+#define BENCH_PRELOAD_WINDOW 256
+#define BENCH_SUBS_READY_MS 30000
+#define MIB (1024.0 * 1024.0)
 
-struct options {
-	const char *endpoint;
-	const char *prefix;
-	unsigned councils;
-	unsigned messages;
-	unsigned window;
-	unsigned size;
-	pid_t pid;
-	bool json;
-	bool quiet;
-};
+/* ------------------------------------------------------------------------------------------
+ * The broker's own view, around a phase. */
 
-struct council {
-	pthread_t thread;
-	const struct options *o;
-	void *zctx;
-	unsigned index;
-	char id[32];
-	uint64_t nonce;
-	uint8_t **frames;
-	size_t *frame_len;
-	int64_t *sent_ns;
-	int64_t *latency_ns;
-	uint64_t acked;
-	uint64_t status[5];
-	int64_t first_send_ns;
-	int64_t last_ack_ns;
-	int error;
-	bool done;
-};
-
-static int64_t
-now_ns(void)
-{
-	struct timespec ts;
-
-	(void) clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t) ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-static int64_t
-wall_ms(void)
-{
-	struct timespec ts;
-
-	(void) clock_gettime(CLOCK_REALTIME, &ts);
-	return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-/* Build every Envelope of one council up front. Returns 0 or -ENOMEM. */
-static int
-build_frames(struct council *c)
-{
-	const struct options *o = c->o;
-	char msg_id[64];
-	char *title = malloc(o->size + 1);
-
-	c->frames = calloc(o->messages, sizeof(*c->frames));
-	c->frame_len = calloc(o->messages, sizeof(*c->frame_len));
-	c->sent_ns = calloc(o->messages, sizeof(*c->sent_ns));
-	c->latency_ns = calloc(o->messages, sizeof(*c->latency_ns));
-	if (!title || !c->frames || !c->frame_len || !c->sent_ns || !c->latency_ns) {
-		free(title);
-		return -ENOMEM;
-	}
-	/* The title pads the Envelope to about --size bytes. */
-	size_t pad = o->size > 80 ? o->size - 80 : 1;
-	memset(title, 't', pad);
-	title[pad] = 0;
-	int64_t now = wall_ms();
-	for (unsigned i = 0; i < o->messages; i++) {
-		Coord__V1__Envelope env = COORD__V1__ENVELOPE__INIT;
-		Coord__V1__Event ev = COORD__V1__EVENT__INIT;
-		char *langs[] = {"en"};
-
-		(void) snprintf(msg_id, sizeof(msg_id), "bench-%" PRIx64 "-%u", c->nonce, i);
-		ev.kind = COORD__V1__EVENT_KIND__EVENT_KIND_RALLY;
-		ev.country = "FR";
-		ev.city = "Paris";
-		ev.date = now - 3600000;
-		ev.title = title;
-		ev.participants = 100;
-		ev.n_languages = 1;
-		ev.languages = langs;
-		env.council = c->id;
-		env.msg_id = msg_id;
-		env.revision = 1;
-		env.created_at = now;
-		env.body_case = COORD__V1__ENVELOPE__BODY_EVENT;
-		env.event = &ev;
-		c->frame_len[i] = coord__v1__envelope__get_packed_size(&env);
-		c->frames[i] = malloc(c->frame_len[i]);
-		if (!c->frames[i]) {
-			free(title);
-			return -ENOMEM;
-		}
-		(void) coord__v1__envelope__pack(&env, c->frames[i]);
-	}
-	free(title);
-	return 0;
-}
-
-/* The message index is the msg_id's last field. */
-static long
-index_of(const char *msg_id, unsigned messages)
-{
-	const char *dash = strrchr(msg_id, '-');
-	char *end;
-
-	if (!dash) {
-		return -1;
-	}
-	long i = strtol(dash + 1, &end, 10);
-	return *end || i < 0 || (unsigned long) i >= messages ? -1 : i;
-}
-
-static void *
-run_council(void *arg)
-{
-	struct council *c = arg;
-	const struct options *o = c->o;
-	void *sock = zmq_socket(c->zctx, ZMQ_DEALER);
-	int linger = 0, hwm = 0;
-	unsigned next = 0, in_flight = 0;
-	uint8_t buf[1024];
-
-	if (!sock) {
-		c->error = -zmq_errno();
-		__atomic_store_n(&c->done, true, __ATOMIC_RELEASE);
-		return NULL;
-	}
-	(void) zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof(linger));
-	(void) zmq_setsockopt(sock, ZMQ_SNDHWM, &hwm, sizeof(hwm));
-	(void) zmq_setsockopt(sock, ZMQ_RCVHWM, &hwm, sizeof(hwm));
-	if (zmq_connect(sock, o->endpoint) < 0) {
-		c->error = -zmq_errno();
-		goto out;
-	}
-	c->first_send_ns = now_ns();
-	while (c->acked < o->messages) {
-		while (next < o->messages && in_flight < o->window) {
-			c->sent_ns[next] = now_ns();
-			if (zmq_send(sock, c->frames[next], c->frame_len[next], 0) < 0) {
-				c->error = -zmq_errno();
-				goto out;
-			}
-			next++;
-			in_flight++;
-		}
-		zmq_pollitem_t item = {.socket = sock, .events = ZMQ_POLLIN};
-		int n = zmq_poll(&item, 1, BENCH_ACK_TIMEOUT_MS);
-		if (n <= 0) {
-			c->error = n == 0 ? -ETIMEDOUT : -zmq_errno();
-			goto out;
-		}
-		/* Drain every Ack that is ready before sending more. */
-		for (;;) {
-			int len = zmq_recv(sock, buf, sizeof(buf), ZMQ_DONTWAIT);
-			if (len < 0) {
-				break;
-			}
-			int64_t t = now_ns();
-			Coord__V1__Ack *ack = coord__v1__ack__unpack(
-			        NULL, (size_t) len < sizeof(buf) ? (size_t) len : sizeof(buf), buf);
-			if (!ack) {
-				c->error = -EBADMSG;
-				goto out;
-			}
-			long i = index_of(ack->msg_id, o->messages);
-			if (i >= 0 && c->latency_ns[i] == 0) {
-				c->latency_ns[i] = t - c->sent_ns[i];
-				c->status[ack->status < 5 ? ack->status : 0]++;
-				__atomic_add_fetch(&c->acked, 1, __ATOMIC_RELAXED);
-				in_flight--;
-				c->last_ack_ns = t;
-			}
-			coord__v1__ack__free_unpacked(ack, NULL);
-		}
-	}
-out:
-	(void) zmq_close(sock);
-	__atomic_store_n(&c->done, true, __ATOMIC_RELEASE);
-	return NULL;
-}
-
-/* A progress line on stderr about once a second until every council thread is done. */
 static void
-progress(const struct options *o, struct council *cs)
+snap(const struct bench_options *o, void *zctx, bool smaps, struct bench_snapshot *s)
 {
-	uint64_t total = (uint64_t) o->councils * o->messages;
-	bool tty = isatty(STDERR_FILENO);
-
-	for (;;) {
-		uint64_t acked = 0;
-		bool running = false;
-
-		for (unsigned i = 0; i < o->councils; i++) {
-			acked += __atomic_load_n(&cs[i].acked, __ATOMIC_RELAXED);
-			running |= !__atomic_load_n(&cs[i].done, __ATOMIC_ACQUIRE);
-		}
-		if (!running) {
-			break;
-		}
-		if (!o->quiet) {
-			fprintf(stderr, "%sacked %" PRIu64 " of %" PRIu64 " (%.0f%%)%s",
-			        tty ? "\r" : "", acked, total,
-			        100.0 * (double) acked / (double) total, tty ? "" : "\n");
-		}
-		for (int i = 0; i < 10 && running; i++) {
-			struct timespec ts = {.tv_nsec = 100000000};
-			(void) nanosleep(&ts, NULL);
-			running = false;
-			for (unsigned c = 0; c < o->councils; c++) {
-				running |= !__atomic_load_n(&cs[c].done, __ATOMIC_ACQUIRE);
-			}
-		}
-	}
-	if (!o->quiet && tty) {
-		fprintf(stderr, "\n");
-	}
+	bench_usage_read(o->pid, smaps, &s->usage);
+	(void) bench_broker_stats(zctx, o->query, o->metrics, &s->stats);
 }
 
-static int
-cmp_i64(const void *a, const void *b)
-{
-	int64_t x = *(const int64_t *) a, y = *(const int64_t *) b;
-
-	return (x > y) - (x < y);
-}
-
-/* Broker CPU seconds (user + system) and peak RSS in KiB, from /proc; -1 if unknown. */
 static void
-broker_usage(pid_t pid, double *ret_cpu, long *ret_hwm_kib)
+broker_delta(const struct bench_snapshot *a, const struct bench_snapshot *b,
+             struct bench_result *res)
 {
-	char path[64], line[512];
-	FILE *f;
-
-	*ret_cpu = -1;
-	*ret_hwm_kib = -1;
-	if (pid <= 0) {
-		return;
+	if (a->usage.cpu_seconds >= 0 && b->usage.cpu_seconds >= 0) {
+		res->server_cpu = b->usage.cpu_seconds - a->usage.cpu_seconds;
 	}
-	(void) snprintf(path, sizeof(path), "/proc/%d/stat", (int) pid);
-	f = fopen(path, "re");
-	if (f) {
-		unsigned long ut, st;
-		/* Fields 14 and 15 follow the ')' that closes the command name. */
-		if (fgets(line, sizeof(line), f)) {
-			char *p = strrchr(line, ')');
-			if (p &&
-			    sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu",
-			           &ut, &st) == 2) {
-				*ret_cpu = (double) (ut + st) / (double) sysconf(_SC_CLK_TCK);
-			}
-		}
-		(void) fclose(f);
-	}
-	(void) snprintf(path, sizeof(path), "/proc/%d/status", (int) pid);
-	f = fopen(path, "re");
-	if (f) {
-		while (fgets(line, sizeof(line), f)) {
-			if (sscanf(line, "VmHWM: %ld kB", ret_hwm_kib) == 1) {
-				break;
-			}
-		}
-		(void) fclose(f);
+	if (a->stats.have_metrics && b->stats.have_metrics &&
+	    b->stats.batch_count > a->stats.batch_count) {
+		double n = b->stats.batch_count - a->stats.batch_count;
+		res->avg_batch = (b->stats.batch_sum - a->stats.batch_sum) / n;
+		res->avg_commit_ms = (b->stats.commit_sum - a->stats.commit_sum) / n * 1e3;
+	} else if (a->stats.have_stats && b->stats.have_stats &&
+	           b->stats.batches > a->stats.batches) {
+		/* Without /metrics: what was committed, over the commits. */
+		res->avg_batch = (double) (b->stats.accepted + b->stats.duplicate -
+		                           a->stats.accepted - a->stats.duplicate) /
+		                 (double) (b->stats.batches - a->stats.batches);
 	}
 }
+
+/* ------------------------------------------------------------------------------------------
+ * Options. */
 
 static void
 help(void)
 {
 	printf("Usage: coord-bench [OPTION]...\n"
 	       "Push Envelopes to a coordd ingest endpoint from several council connections and\n"
-	       "measure acknowledged messages per second and ack latency.\n"
+	       "measure acknowledged messages per second and ack latency; optionally the same\n"
+	       "load against two ceilings, and digest fan-out to subscribers.\n"
 	       "\n"
+	       "Load:\n"
 	       "  -e, --endpoint=E      ingest endpoint (default tcp://127.0.0.1:7701)\n"
 	       "  -n, --councils=N      council connections, one thread each (default 11)\n"
 	       "      --prefix=P        council ids are P01..PNN (default c); they must be\n"
 	       "                        registered in the broker's config\n"
-	       "  -m, --messages=M      messages per council (default 10000)\n"
+	       "  -m, --messages=M      messages per council and phase (default 10000)\n"
 	       "  -w, --window=W        unacknowledged messages per council (default 64)\n"
-	       "  -s, --size=BYTES      approximate Envelope size (default 300)\n"
-	       "  -p, --pid=PID         the broker's pid, to report its CPU time and peak RSS\n"
-	       "      --json            one JSON object instead of text\n"
-	       "  -q, --quiet           no progress line on stderr\n"
+	       "  -s, --size=BYTES      Envelope size, %d..%d (default 300): the long text field\n"
+	       "                        of every kind is padded to it\n"
+	       "      --mix=K=W,...     record kinds and weights, kinds: events letters "
+	       "statements\n"
+	       "                        petitions media (default %s)\n"
+	       "      --seed=N          seed of the record generator (default 1)\n"
+	       "      --preload=P       first push P records (not timed per message) so the "
+	       "phases\n"
+	       "                        run on a store that size; checks free disk with\n"
+	       "                        --ceiling-dir\n"
+	       "\n"
+	       "Phases:\n"
+	       "      --ceiling         also run the load against a bare ROUTER echo and a bare\n"
+	       "                        ROUTER + LMDB group-commit loop (threads of this "
+	       "program),\n"
+	       "                        and report coordd's throughput as a ratio to each\n"
+	       "      --ceiling-dir=DIR where the LMDB loop keeps its store (use a directory on "
+	       "the\n"
+	       "                        broker's file system; default $TMPDIR or /tmp)\n"
+	       "      --subscribers=S   then run the load again with S SUB sockets on --publish,\n"
+	       "                        timing each digest from the acks of its records (needs\n"
+	       "                        --query)\n"
+	       "      --publish=E       the broker's publish endpoint\n"
+	       "      --topic=T         topic the subscribers subscribe to (default digest/all/)\n"
+	       "\n"
+	       "Broker figures:\n"
+	       "  -p, --pid=PID         the broker's pid: CPU time, peak RSS, private RSS\n"
+	       "      --query=E         the broker's query endpoint: stats (seqs, store size)\n"
+	       "      --metrics=H:P     the broker's metrics listener: group-commit batch sizes\n"
+	       "\n"
+	       "  -j, --json            one JSON object instead of text\n"
+	       "  -q, --quiet           no progress lines on stderr\n"
 	       "  -h, --help            this help\n"
 	       "\n"
-	       "Exit status: 0 when every message was acked ACCEPTED or DUPLICATE; 1 when any\n"
-	       "was refused; 3 when an ack did not come within %d s (broker down?); 2 for usage.\n"
+	       "Exit status: 0 when every message of every phase was acked ACCEPTED or DUPLICATE;\n"
+	       "1 when any was refused or lost; 3 when an ack did not come within %d s (broker\n"
+	       "down?); 2 for usage or setup errors (not enough disk for --preload).\n"
 	       "tests/bench/run-bench starts a throw-away broker and runs this against it.\n",
-	       BENCH_ACK_TIMEOUT_MS / 1000);
+	       BENCH_SIZE_MIN, BENCH_SIZE_MAX, BENCH_MIX_DEFAULT, BENCH_ACK_TIMEOUT_MS / 1000);
+}
+
+static int
+parse_u64(const char *s, uint64_t min, uint64_t max, uint64_t *ret)
+{
+	char *end;
+
+	errno = 0;
+	unsigned long long v = strtoull(s, &end, 10);
+	if (errno || end == s || *end || s[0] == '-' || v < min || v > max) {
+		return -EINVAL;
+	}
+	*ret = v;
+	return 0;
 }
 
 static int
 parse_unsigned(const char *s, unsigned min, unsigned max, unsigned *ret)
 {
-	char *end;
+	uint64_t v;
+	int r = parse_u64(s, min, max, &v);
 
-	errno = 0;
-	unsigned long v = strtoul(s, &end, 10);
-	if (errno || end == s || *end || v < min || v > max) {
-		return -EINVAL;
+	if (r == 0) {
+		*ret = (unsigned) v;
 	}
-	*ret = (unsigned) v;
-	return 0;
+	return r;
 }
 
+enum {
+	OPT_PREFIX = 256,
+	OPT_MIX,
+	OPT_SEED,
+	OPT_PRELOAD,
+	OPT_CEILING,
+	OPT_CEILING_DIR,
+	OPT_SUBSCRIBERS,
+	OPT_PUBLISH,
+	OPT_TOPIC,
+	OPT_QUERY,
+	OPT_METRICS,
+};
+
+/* Returns 1 to run, 0 to exit successfully (--help), or -EINVAL. */
 static int
-parse_args(int argc, char **argv, struct options *o)
+parse_args(int argc, char **argv, struct bench_options *o, const char **ret_publish)
 {
 	static const struct option opts[] = {
 	        {"endpoint", required_argument, NULL, 'e'},
 	        {"councils", required_argument, NULL, 'n'},
-	        {"prefix", required_argument, NULL, 'P'},
+	        {"prefix", required_argument, NULL, OPT_PREFIX},
 	        {"messages", required_argument, NULL, 'm'},
 	        {"window", required_argument, NULL, 'w'},
 	        {"size", required_argument, NULL, 's'},
+	        {"mix", required_argument, NULL, OPT_MIX},
+	        {"seed", required_argument, NULL, OPT_SEED},
+	        {"preload", required_argument, NULL, OPT_PRELOAD},
+	        {"ceiling", no_argument, NULL, OPT_CEILING},
+	        {"ceiling-dir", required_argument, NULL, OPT_CEILING_DIR},
+	        {"subscribers", required_argument, NULL, OPT_SUBSCRIBERS},
+	        {"publish", required_argument, NULL, OPT_PUBLISH},
+	        {"topic", required_argument, NULL, OPT_TOPIC},
 	        {"pid", required_argument, NULL, 'p'},
+	        {"query", required_argument, NULL, OPT_QUERY},
+	        {"metrics", required_argument, NULL, OPT_METRICS},
 	        {"json", no_argument, NULL, 'j'},
 	        {"quiet", no_argument, NULL, 'q'},
 	        {"help", no_argument, NULL, 'h'},
@@ -354,17 +203,18 @@ parse_args(int argc, char **argv, struct options *o)
 	int c;
 	unsigned pid = 0;
 
-	while ((c = getopt_long(argc, argv, "e:n:m:w:s:p:qh", opts, NULL)) >= 0) {
+	while ((c = getopt_long(argc, argv, "e:n:m:w:s:p:jqh", opts, NULL)) >= 0) {
 		int r = 0;
 		switch (c) {
 		case 'e':
 			o->endpoint = optarg;
 			break;
 		case 'n':
-			r = parse_unsigned(optarg, 1, 1000, &o->councils);
+			r = parse_unsigned(optarg, 1, 999, &o->councils);
 			break;
-		case 'P':
+		case OPT_PREFIX:
 			o->prefix = optarg;
+			r = strlen(optarg) > 20 ? -EINVAL : 0;
 			break;
 		case 'm':
 			r = parse_unsigned(optarg, 1, 100000000, &o->messages);
@@ -373,11 +223,41 @@ parse_args(int argc, char **argv, struct options *o)
 			r = parse_unsigned(optarg, 1, 100000, &o->window);
 			break;
 		case 's':
-			r = parse_unsigned(optarg, 100, 60000, &o->size);
+			r = parse_unsigned(optarg, BENCH_SIZE_MIN, BENCH_SIZE_MAX, &o->size);
+			break;
+		case OPT_MIX:
+			r = bench_mix_parse(optarg, &o->mix);
+			break;
+		case OPT_SEED:
+			r = parse_u64(optarg, 0, UINT64_MAX, &o->seed);
+			break;
+		case OPT_PRELOAD:
+			r = parse_u64(optarg, 0, 1000000000, &o->preload);
+			break;
+		case OPT_CEILING:
+			o->ceiling = true;
+			break;
+		case OPT_CEILING_DIR:
+			o->ceiling_dir = optarg;
+			break;
+		case OPT_SUBSCRIBERS:
+			r = parse_unsigned(optarg, 0, 100000, &o->subscribers);
+			break;
+		case OPT_PUBLISH:
+			*ret_publish = optarg;
+			break;
+		case OPT_TOPIC:
+			o->topic = optarg;
 			break;
 		case 'p':
 			r = parse_unsigned(optarg, 1, 1u << 30, &pid);
 			o->pid = (pid_t) pid;
+			break;
+		case OPT_QUERY:
+			o->query = optarg;
+			break;
+		case OPT_METRICS:
+			o->metrics = optarg;
 			break;
 		case 'j':
 			o->json = true;
@@ -399,130 +279,319 @@ parse_args(int argc, char **argv, struct options *o)
 			return r;
 		}
 	}
+	if (optind < argc) {
+		fprintf(stderr,
+		        "coord-bench: unexpected argument '%s'. Try 'coord-bench --help'.\n",
+		        argv[optind]);
+		return -EINVAL;
+	}
+	if (o->subscribers && (!*ret_publish || !o->query)) {
+		fprintf(stderr, "coord-bench: --subscribers needs --publish and --query.\n");
+		return -EINVAL;
+	}
 	return 1;
+}
+
+/* Enough free disk for the preload? Returns 0, or -ENOSPC after saying so. */
+static int
+check_disk(const struct bench_options *o, const char *dir)
+{
+	struct statvfs vfs;
+	/* An item is the Envelope plus ~40 bytes, an index entry ~60; B-tree pages run about
+	 * two-thirds full, and the digest table and free pages come on top: allow 2x. */
+	double need = (double) o->preload * ((double) o->size + 100) * 2;
+
+	if (statvfs(dir, &vfs) < 0) {
+		fprintf(stderr, "coord-bench: cannot check free disk in '%s': %s\n", dir,
+		        strerror(errno));
+		return -errno;
+	}
+	double avail = (double) vfs.f_bavail * (double) vfs.f_frsize;
+	if (!o->quiet || avail < need) {
+		fprintf(stderr,
+		        "coord-bench: preload of %" PRIu64 " records needs ~%.1f GiB, '%s' has "
+		        "%.1f GiB free\n",
+		        o->preload, need / MIB / 1024, dir, avail / MIB / 1024);
+	}
+	if (avail < need) {
+		fprintf(stderr, "coord-bench: not enough free disk for --preload; not running\n");
+		return -ENOSPC;
+	}
+	return 0;
+}
+
+static void
+raise_file_limit(const struct bench_options *o)
+{
+	struct rlimit rl;
+
+	/* Each SUB socket holds a connection and a mailbox descriptor, and so on. */
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		(void) setrlimit(RLIMIT_NOFILE, &rl);
+	}
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < 3 * (rlim_t) o->subscribers + 256) {
+		fprintf(stderr,
+		        "coord-bench: the file limit %lu may be too low for %u subscribers "
+		        "(ulimit -n)\n",
+		        (unsigned long) rl.rlim_cur, o->subscribers);
+	}
+}
+
+static bool
+result_ok(const struct bench_result *r)
+{
+	return r->ran && !r->error && r->acked == r->total && !r->status[3] && !r->status[4] &&
+	       !r->status[0];
+}
+
+/* ------------------------------------------------------------------------------------------ */
+
+#define MAX_PHASES 5
+
+struct run {
+	struct bench_options o;
+	const char *publish;
+	void *zctx;
+	uint64_t nonce;
+	struct bench_result res[MAX_PHASES];
+	size_t n_res;
+	struct bench_snapshot end;
+	struct bench_fanout fan;
+	bool have_fan;
+	int setup_error;
+};
+
+static int
+run_ceiling(struct run *run, enum bench_server_kind kind)
+{
+	const struct bench_options *o = &run->o;
+	const char *dir = o->ceiling_dir ? o->ceiling_dir : getenv("TMPDIR");
+	struct bench_server *srv;
+	struct bench_server_stats st;
+	/* Room for every Envelope with B-tree overhead, and a floor. */
+	uint64_t map_size = (uint64_t) o->councils * o->messages * (o->size + 64) * 3 + (64 << 20);
+	int r = bench_server_start(kind, o->endpoint, dir ? dir : "/tmp", map_size, &srv);
+
+	if (r < 0) {
+		fprintf(stderr, "coord-bench: cannot start the %s ceiling: %s\n",
+		        kind == BENCH_SERVER_ECHO ? "echo" : "LMDB", strerror(-r));
+		return r;
+	}
+	struct bench_phase ph = {
+	        .name = kind == BENCH_SERVER_ECHO ? "ceiling-echo" : "ceiling-lmdb",
+	        .endpoint = bench_server_endpoint(srv),
+	        .tag = kind == BENCH_SERVER_ECHO ? 'e' : 'l',
+	        .messages = o->messages,
+	        .window = o->window,
+	};
+	struct bench_result *res = &run->res[run->n_res++];
+	r = bench_phase_run(o, run->zctx, &ph, run->nonce, res);
+	bench_server_stop(srv, &st);
+	res->server_cpu = st.cpu_seconds;
+	if (st.batches) {
+		res->avg_batch = (double) st.messages / (double) st.batches;
+		if (kind == BENCH_SERVER_LMDB) {
+			res->avg_commit_ms = st.commit_seconds / (double) st.batches * 1e3;
+		}
+	}
+	if (st.error && !res->error) {
+		res->error = st.error;
+	}
+	return r;
+}
+
+static int
+run_coordd(struct run *run, const char *name, char tag, bool smaps)
+{
+	const struct bench_options *o = &run->o;
+	struct bench_snapshot a, b;
+	struct bench_phase ph = {
+	        .name = name,
+	        .endpoint = o->endpoint,
+	        .tag = tag,
+	        .messages = o->messages,
+	        .window = o->window,
+	};
+
+	snap(o, run->zctx, false, &a);
+	struct bench_result *res = &run->res[run->n_res++];
+	int r = bench_phase_run(o, run->zctx, &ph, run->nonce, res);
+	snap(o, run->zctx, smaps, &b);
+	broker_delta(&a, &b, res);
+	run->end = b;
+	return r;
+}
+
+static int
+run_subscribed(struct run *run)
+{
+	const struct bench_options *o = &run->o;
+	struct bench_subs *subs;
+	struct bench_snapshot a, b;
+	uint64_t total = (uint64_t) o->councils * o->messages;
+	int r = bench_subs_start(run->publish, o->topic, o->subscribers, &subs);
+
+	if (r < 0) {
+		fprintf(stderr, "coord-bench: cannot start %u subscribers: %s\n", o->subscribers,
+		        strerror(-r));
+		return r;
+	}
+	run->have_fan = true;
+	run->fan.subscribers = o->subscribers;
+	run->fan.ready = bench_subs_wait_ready(subs, BENCH_SUBS_READY_MS);
+	snap(o, run->zctx, false, &a);
+	struct bench_phase ph = {
+	        .name = "subscribed",
+	        .endpoint = o->endpoint,
+	        .tag = 's',
+	        .messages = o->messages,
+	        .window = o->window,
+	        .seq_base = a.stats.last_seq,
+	        .seq_n = total,
+	        .ack_by_seq = calloc(total, sizeof(int64_t)),
+	};
+	if (!ph.ack_by_seq || !a.stats.have_stats) {
+		bench_subs_free(subs);
+		free(ph.ack_by_seq);
+		fprintf(stderr, "coord-bench: %s\n",
+		        ph.ack_by_seq ? "no stats from --query" : strerror(ENOMEM));
+		return ph.ack_by_seq ? -EBADMSG : -ENOMEM;
+	}
+	bench_subs_arm(subs, ph.seq_base);
+	struct bench_result *res = &run->res[run->n_res++];
+	r = bench_phase_run(o, run->zctx, &ph, run->nonce, res);
+	snap(o, run->zctx, false, &b);
+	broker_delta(&a, &b, res);
+	/* The last digest comes within one publish interval (at most an hour by config, but a
+	 * benchmark uses ~0.1-1 s); wait for it so the tail of the run is measured too. */
+	run->fan.caught_up = bench_subs_wait_seq(subs, b.stats.last_seq, 10000);
+	bench_subs_stop(subs);
+	size_t n;
+	const struct bench_sub_sample *s = bench_subs_samples(subs, &n, &run->fan.dropped);
+	bench_fanout_compute(&ph, s, n, &run->fan);
+	for (size_t i = 0; i < run->n_res; i++) {
+		if (strcmp(run->res[i].name, "coordd") == 0 && run->res[i].rate > 0) {
+			run->fan.ingest_ratio = res->rate / run->res[i].rate;
+		}
+	}
+	bench_subs_free(subs);
+	free(ph.ack_by_seq);
+	return r;
+}
+
+static int
+run_all(struct run *run)
+{
+	const struct bench_options *o = &run->o;
+	int r;
+
+	if (o->preload) {
+		uint64_t per = (o->preload + o->councils - 1) / o->councils;
+		struct bench_phase ph = {
+		        .name = "preload",
+		        .endpoint = o->endpoint,
+		        .tag = 'p',
+		        .messages = (unsigned) per,
+		        .window = BENCH_PRELOAD_WINDOW,
+		        .on_the_fly = true,
+		};
+		struct bench_snapshot a, b;
+		snap(o, run->zctx, false, &a);
+		r = bench_phase_run(o, run->zctx, &ph, run->nonce, &run->res[run->n_res]);
+		snap(o, run->zctx, false, &b);
+		broker_delta(&a, &b, &run->res[run->n_res++]);
+		if (r < 0 || !result_ok(&run->res[run->n_res - 1])) {
+			return r < 0 ? r : 0;
+		}
+	}
+	if (o->ceiling) {
+		r = run_ceiling(run, BENCH_SERVER_ECHO);
+		if (r < 0) {
+			return r;
+		}
+		r = run_ceiling(run, BENCH_SERVER_LMDB);
+		if (r < 0) {
+			return r;
+		}
+	}
+	r = run_coordd(run, "coordd", 'c', true);
+	if (r < 0 || !o->subscribers) {
+		return r;
+	}
+	return run_subscribed(run);
 }
 
 int
 main(int argc, char **argv)
 {
-	struct options o = {
-	        .endpoint = "tcp://127.0.0.1:7701",
-	        .prefix = "c",
-	        .councils = 11,
-	        .messages = 10000,
-	        .window = 64,
-	        .size = 300,
+	struct run run = {
+	        .o =
+	                {
+	                        .endpoint = "tcp://127.0.0.1:7701",
+	                        .prefix = "c",
+	                        .topic = "digest/all/",
+	                        .councils = 11,
+	                        .messages = 10000,
+	                        .window = 64,
+	                        .size = 300,
+	                        .seed = 1,
+	                },
 	};
-	int r = parse_args(argc, argv, &o);
+	struct bench_options *o = &run.o;
 
+	(void) bench_mix_parse(BENCH_MIX_DEFAULT, &o->mix);
+	int r = parse_args(argc, argv, o, &run.publish);
 	if (r <= 0) {
 		return r < 0 ? 2 : 0;
 	}
-	void *zctx = zmq_ctx_new();
-	struct council *cs = calloc(o.councils, sizeof(*cs));
-	if (!zctx || !cs) {
-		fprintf(stderr, "coord-bench: out of memory\n");
-		return 1;
-	}
-	uint64_t nonce = (uint64_t) wall_ms() ^ ((uint64_t) getpid() << 40);
-	for (unsigned i = 0; i < o.councils; i++) {
-		cs[i] = (struct council){.o = &o, .zctx = zctx, .index = i, .nonce = nonce};
-		(void) snprintf(cs[i].id, sizeof(cs[i].id), "%s%02u", o.prefix, i + 1);
-		if (build_frames(&cs[i]) < 0) {
-			fprintf(stderr, "coord-bench: out of memory building messages\n");
-			return 1;
+	if (o->preload) {
+		const char *dir = o->ceiling_dir ? o->ceiling_dir : getenv("TMPDIR");
+		if (check_disk(o, dir ? dir : "/tmp") < 0) {
+			return 2;
 		}
 	}
-
-	double cpu0, cpu1;
-	long hwm;
-	broker_usage(o.pid, &cpu0, &hwm);
-	int64_t t0 = now_ns();
-	for (unsigned i = 0; i < o.councils; i++) {
-		if (pthread_create(&cs[i].thread, NULL, run_council, &cs[i]) != 0) {
-			fprintf(stderr, "coord-bench: cannot start thread %u\n", i);
-			return 1;
-		}
+	if (o->subscribers) {
+		raise_file_limit(o);
 	}
-	progress(&o, cs);
-	for (unsigned i = 0; i < o.councils; i++) {
-		(void) pthread_join(cs[i].thread, NULL);
+	run.zctx = zmq_ctx_new();
+	if (!run.zctx) {
+		fprintf(stderr, "coord-bench: cannot create a libzmq context\n");
+		return 2;
 	}
-	int64_t t1 = now_ns();
-	broker_usage(o.pid, &cpu1, &hwm);
+	run.nonce = (uint64_t) time(NULL) * 1000003 ^ ((uint64_t) getpid() << 40);
+	r = run_all(&run);
+	if (r < 0) {
+		fprintf(stderr, "coord-bench: %s\n", strerror(-r));
+	}
 
-	uint64_t total = (uint64_t) o.councils * o.messages, acked = 0, status[5] = {0};
+	const struct bench_result *coordd = NULL;
+	bool ok = r >= 0;
 	int error = 0;
-	int64_t *lat = malloc(total * sizeof(*lat));
-	size_t n_lat = 0;
-	int64_t first = INT64_MAX, last = 0;
-	for (unsigned i = 0; i < o.councils; i++) {
-		acked += cs[i].acked;
-		for (int s = 0; s < 5; s++) {
-			status[s] += cs[i].status[s];
+	for (size_t i = 0; i < run.n_res; i++) {
+		if (strcmp(run.res[i].name, "coordd") == 0) {
+			coordd = &run.res[i];
 		}
-		if (cs[i].error && !error) {
-			error = cs[i].error;
-		}
-		first = cs[i].first_send_ns < first ? cs[i].first_send_ns : first;
-		last = cs[i].last_ack_ns > last ? cs[i].last_ack_ns : last;
-		for (unsigned m = 0; lat && m < o.messages; m++) {
-			if (cs[i].latency_ns[m] > 0) {
-				lat[n_lat++] = cs[i].latency_ns[m];
-			}
+		ok &= result_ok(&run.res[i]);
+		if (run.res[i].error && !error) {
+			error = run.res[i].error;
+			fprintf(stderr, "coord-bench: %s: %s\n", run.res[i].name,
+			        error == -ETIMEDOUT
+			                ? "no ack within the timeout (is the broker running?)"
+			                : strerror(-error));
 		}
 	}
-	if (lat) {
-		qsort(lat, n_lat, sizeof(*lat), cmp_i64);
-	}
-#define PCT(p) (n_lat ? (double) lat[(size_t) ((double) (n_lat - 1) * (p))] / 1e6 : 0.0)
-	double secs =
-	        (double) ((last > first ? last : t1) - (first < INT64_MAX ? first : t0)) / 1e9;
-	double rate = secs > 0 ? (double) acked / secs : 0;
-
-	if (o.json) {
-		printf("{\"councils\":%u,\"messages\":%u,\"window\":%u,\"size\":%u,\"acked\":"
-		       "%" PRIu64 ",\"accepted\":%" PRIu64 ",\"duplicate\":%" PRIu64
-		       ",\"rejected\":%" PRIu64 ",\"retry_later\":%" PRIu64
-		       ",\"seconds\":%.3f,\"acked_per_second\":%.0f,"
-		       "\"p50_ms\":%.3f,\"p99_ms\":%.3f,\"p999_ms\":%.3f,\"max_ms\":%.3f,"
-		       "\"broker_cpu_seconds\":%.2f,\"broker_peak_rss_kib\":%ld}\n",
-		       o.councils, o.messages, o.window, o.size, acked, status[1], status[2],
-		       status[3], status[4], secs, rate, PCT(0.5), PCT(0.99), PCT(0.999), PCT(1.0),
-		       cpu1 >= 0 ? cpu1 - cpu0 : -1.0, hwm);
+	static const struct bench_result none = {.name = "coordd"};
+	if (o->json) {
+		bench_report_json(o, run.res, run.n_res, coordd ? coordd : &none, &run.end,
+		                  run.have_fan ? &run.fan : NULL);
 	} else {
-		printf("coord-bench: %u councils x %u messages, window %u, ~%u-byte envelopes\n",
-		       o.councils, o.messages, o.window, o.size);
-		printf("acked        %" PRIu64 " of %" PRIu64 " (accepted %" PRIu64
-		       ", duplicate %" PRIu64 ", rejected %" PRIu64 ", retry later %" PRIu64 ")\n",
-		       acked, total, status[1], status[2], status[3], status[4]);
-		printf("throughput   %.0f acked msgs/s over %.3f s\n", rate, secs);
-		printf("ack latency  p50 %.3f ms  p99 %.3f ms  p99.9 %.3f ms  max %.3f ms\n",
-		       PCT(0.5), PCT(0.99), PCT(0.999), PCT(1.0));
-		if (cpu1 >= 0) {
-			printf("broker       %.2f s CPU (%.0f%% of one core), peak RSS %ld KiB\n",
-			       cpu1 - cpu0, secs > 0 ? 100 * (cpu1 - cpu0) / secs : 0.0, hwm);
-		}
+		bench_report_text(o, run.res, run.n_res, coordd ? coordd : &none, &run.end,
+		                  run.have_fan ? &run.fan : NULL);
 	}
-	if (error) {
-		fprintf(stderr, "coord-bench: %s\n",
-		        error == -ETIMEDOUT ? "no ack within the timeout (is the broker running?)"
-		                            : strerror(-error));
-	}
-	for (unsigned i = 0; i < o.councils; i++) {
-		for (unsigned m = 0; cs[i].frames && m < o.messages; m++) {
-			free(cs[i].frames[m]);
-		}
-		free(cs[i].frames);
-		free(cs[i].frame_len);
-		free(cs[i].sent_ns);
-		free(cs[i].latency_ns);
-	}
-	free(cs);
-	free(lat);
-	(void) zmq_ctx_term(zctx);
+	(void) zmq_ctx_term(run.zctx);
 	if (error == -ETIMEDOUT) {
 		return 3;
 	}
-	return error || acked != total || status[3] || status[4] ? 1 : 0;
+	return ok ? 0 : 1;
 }
