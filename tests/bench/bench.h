@@ -226,6 +226,7 @@ struct bench_options {
 	unsigned window;
 	unsigned size;
 	unsigned subscribers;
+	unsigned fanout_wait; /* seconds */
 	uint64_t preload;
 	uint64_t seed;
 	struct bench_mix mix;

@@ -116,6 +116,9 @@ help(void)
 	       "                        --query)\n"
 	       "      --publish=E       the broker's publish endpoint\n"
 	       "      --topic=T         topic the subscribers subscribe to (default digest/all/)\n"
+	       "      --fanout-wait=SEC after the load, wait at most SEC seconds for every\n"
+	       "                        subscriber to get the digest of the last record (default "
+	       "10)\n"
 	       "\n"
 	       "Broker figures:\n"
 	       "  -p, --pid=PID         the broker's pid: CPU time, peak RSS, private RSS\n"
@@ -169,6 +172,7 @@ enum {
 	OPT_SUBSCRIBERS,
 	OPT_PUBLISH,
 	OPT_TOPIC,
+	OPT_FANOUT_WAIT,
 	OPT_QUERY,
 	OPT_METRICS,
 };
@@ -192,6 +196,7 @@ parse_args(int argc, char **argv, struct bench_options *o, const char **ret_publ
 	        {"subscribers", required_argument, NULL, OPT_SUBSCRIBERS},
 	        {"publish", required_argument, NULL, OPT_PUBLISH},
 	        {"topic", required_argument, NULL, OPT_TOPIC},
+	        {"fanout-wait", required_argument, NULL, OPT_FANOUT_WAIT},
 	        {"pid", required_argument, NULL, 'p'},
 	        {"query", required_argument, NULL, OPT_QUERY},
 	        {"metrics", required_argument, NULL, OPT_METRICS},
@@ -245,6 +250,9 @@ parse_args(int argc, char **argv, struct bench_options *o, const char **ret_publ
 			break;
 		case OPT_PUBLISH:
 			*ret_publish = optarg;
+			break;
+		case OPT_FANOUT_WAIT:
+			r = parse_unsigned(optarg, 1, 3600, &o->fanout_wait);
 			break;
 		case OPT_TOPIC:
 			o->topic = optarg;
@@ -463,9 +471,10 @@ run_subscribed(struct run *run)
 	r = bench_phase_run(o, run->zctx, &ph, run->nonce, res);
 	snap(o, run->zctx, false, &b);
 	broker_delta(&a, &b, res);
-	/* The last digest comes within one publish interval (at most an hour by config, but a
-	 * benchmark uses ~0.1-1 s); wait for it so the tail of the run is measured too. */
-	run->fan.caught_up = bench_subs_wait_seq(subs, b.stats.last_seq, 10000);
+	/* The last digest comes one publish interval after the last commit plus the time the
+	 * digest job takes; wait for it so the tail of the run is measured too. */
+	run->fan.caught_up =
+	        bench_subs_wait_seq(subs, b.stats.last_seq, (int) o->fanout_wait * 1000);
 	bench_subs_stop(subs);
 	size_t n;
 	const struct bench_sub_sample *s = bench_subs_samples(subs, &n, &run->fan.dropped);
@@ -536,6 +545,7 @@ main(int argc, char **argv)
 	                        .window = 64,
 	                        .size = 300,
 	                        .seed = 1,
+	                        .fanout_wait = 10,
 	                },
 	};
 	struct bench_options *o = &run.o;
