@@ -460,7 +460,7 @@ run_subscribed(struct run *run)
 	        .ack_by_seq = calloc(total, sizeof(int64_t)),
 	};
 	if (!ph.ack_by_seq || !a.stats.have_stats) {
-		bench_subs_free(subs);
+		subs = bench_subs_free(subs);
 		free(ph.ack_by_seq);
 		fprintf(stderr, "coord-bench: %s\n",
 		        ph.ack_by_seq ? "no stats from --query" : strerror(ENOMEM));
@@ -484,7 +484,7 @@ run_subscribed(struct run *run)
 			run->fan.ingest_ratio = res->rate / run->res[i].rate;
 		}
 	}
-	bench_subs_free(subs);
+	subs = bench_subs_free(subs);
 	free(ph.ack_by_seq);
 	return r;
 }
