@@ -450,7 +450,7 @@ test_verify_accepts_a_consistent_store(void **state)
 
 	write_sample(f);
 	progress_calls = 0;
-	assert_int_equal(store_verify(f->store, count_progress, NULL, &rep), 0);
+	assert_int_equal(store_verify(f->store, count_progress, NULL, NULL, &rep), 0);
 	assert_int_equal(rep.items, 5);
 	assert_int_equal(rep.records, 3);
 	assert_int_equal(rep.problems, 0);
@@ -466,7 +466,7 @@ test_verify_finds_a_missing_item(void **state)
 
 	write_sample(f);
 	raw_edit(f, "items", key, sizeof(key), NULL, 0);
-	assert_int_equal(store_verify(f->store, NULL, NULL, &rep), -EBADMSG);
+	assert_int_equal(store_verify(f->store, NULL, NULL, NULL, &rep), -EBADMSG);
 	assert_true(rep.problems >= 1);
 	assert_non_null(strstr(rep.first_problem, "gap"));
 }
@@ -480,7 +480,7 @@ test_verify_finds_an_undecodable_item(void **state)
 
 	write_sample(f);
 	raw_edit(f, "items", key, sizeof(key), "\xff\xff\xff", 3);
-	assert_int_equal(store_verify(f->store, NULL, NULL, &rep), -EBADMSG);
+	assert_int_equal(store_verify(f->store, NULL, NULL, NULL, &rep), -EBADMSG);
 	assert_non_null(strstr(rep.first_problem, "does not decode"));
 }
 
@@ -494,7 +494,7 @@ test_verify_finds_a_wrong_index_entry(void **state)
 
 	write_sample(f);
 	raw_edit(f, "index", "c02\0a", 5, val, sizeof(val));
-	assert_int_equal(store_verify(f->store, NULL, NULL, &rep), -EBADMSG);
+	assert_int_equal(store_verify(f->store, NULL, NULL, NULL, &rep), -EBADMSG);
 	assert_non_null(strstr(rep.first_problem, "c02/a"));
 }
 
@@ -507,7 +507,7 @@ test_verify_finds_an_index_entry_without_item(void **state)
 
 	write_sample(f);
 	raw_edit(f, "index", "c09\0ghost", 9, val, sizeof(val));
-	assert_int_equal(store_verify(f->store, NULL, NULL, &rep), -EBADMSG);
+	assert_int_equal(store_verify(f->store, NULL, NULL, NULL, &rep), -EBADMSG);
 	assert_non_null(strstr(rep.first_problem, "point at a matching item"));
 }
 
@@ -554,10 +554,10 @@ test_backup_is_a_consistent_copy(void **state)
 	write_sample(f);
 	strcpy(copy.dir, "/tmp/coordd-test-backup-XXXXXX");
 	assert_non_null(mkdtemp(copy.dir));
-	assert_int_equal(store_backup(f->store, copy.dir), 0);
-	assert_int_equal(store_backup(f->store, copy.dir), -EEXIST);
+	assert_int_equal(store_backup(f->store, copy.dir, NULL, NULL), 0);
+	assert_int_equal(store_backup(f->store, copy.dir, NULL, NULL), -EEXIST);
 	assert_int_equal(open_store(&copy, 4 * MIB, 64 * MIB), 0);
-	assert_int_equal(store_verify(copy.store, NULL, NULL, &rep), 0);
+	assert_int_equal(store_verify(copy.store, NULL, NULL, NULL, &rep), 0);
 	assert_int_equal(store_get_stats(copy.store, &st), 0);
 	assert_int_equal(st.last_seq, 5);
 	assert_int_equal(st.records, 3);
