@@ -460,6 +460,11 @@ store_write_batch(struct store *s, struct store_record *recs, size_t n)
 				continue;
 			}
 		}
+		if (rc == MDB_PANIC) {
+			/* A failed meta page write left the environment unusable in this process
+			 * (the file is intact: the previous meta page stands). */
+			return -ENOTRECOVERABLE;
+		}
 		if (rc != 0) {
 			return mdb_to_errno(rc);
 		}

@@ -87,8 +87,12 @@ struct store_record {
  * the batch see the effect of earlier ones.
  *
  * Returns 0 when the transaction committed (every record's outputs are set); -ENOSPC when the
- * batch does not fit below map_size_max; -EIO when LMDB failed (for example a full disk);
- * -ENOMEM. On error nothing was written and the outputs are undefined.
+ * batch does not fit below map_size_max; -EIO when LMDB failed (for example a full disk: the
+ * write of the pages is short, the transaction is aborted and the store stays as it was, so
+ * a later batch succeeds once space is back; tell a full disk from an I/O error with
+ * store_disk_free()); -ENOTRECOVERABLE when an earlier failure hit LMDB's meta page write
+ * and the environment must be reopened (restart the daemon; the file is intact); -ENOMEM.
+ * On error nothing was written and the outputs are undefined.
  *
  * Writer thread only (one call at a time).
  */
