@@ -30,6 +30,7 @@
 #include "wire.h"
 
 #define INDEX_VALUE_SIZE 13
+#define BACKUP_CHUNK (1u << 16) /* bytes read from the copy's pipe at a time */
 #define INDEX_KEY_MAX 256
 #define SCHEMA_KEY "schema_version"
 
@@ -964,8 +965,13 @@ store_backup(struct store *s, const char *dest_dir, store_progress_fn *progress,
 		return r;
 	}
 	(void) store_get_stats(s, &st);
+	uint8_t *buf = malloc(BACKUP_CHUNK);
+	if (!buf) {
+		return -ENOMEM;
+	}
 	int out = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
 	if (out < 0) {
+		free(buf);
 		return -errno;
 	}
 	if (pipe2(pipefd, O_CLOEXEC) < 0) {
@@ -983,9 +989,8 @@ store_backup(struct store *s, const char *dest_dir, store_progress_fn *progress,
 	}
 	uint64_t done = 0;
 	uint64_t next_report = 0;
-	static uint8_t buf[1 << 16];
 	for (;;) {
-		ssize_t n = read(pipefd[0], buf, sizeof(buf));
+		ssize_t n = read(pipefd[0], buf, BACKUP_CHUNK);
 		if (n < 0 && errno == EINTR) {
 			continue;
 		}
@@ -1031,6 +1036,7 @@ store_backup(struct store *s, const char *dest_dir, store_progress_fn *progress,
 		if (progress) {
 			progress(data, done, done);
 		}
+		free(buf);
 		return 0;
 	}
 fail:
@@ -1038,6 +1044,7 @@ fail:
 		(void) close(out);
 	}
 	(void) unlink(path);
+	free(buf);
 	return r;
 }
 
