@@ -21,6 +21,7 @@
 #include <zmq.h>
 
 #include "coord.pb-c.h"
+#include "coordctl-store.h"
 #include "coordd-version.h"
 #include "pbjson.h"
 #include "hqlib.h"
@@ -73,6 +74,21 @@ help(void)
 	       "  stats [--json]\n"
 	       "      Store size, counters, connections, version and uptime.\n"
 	       "\n"
+	       "Commands on a state directory (no broker needed; --endpoint is not used):\n"
+	       "  backup [--json] STATE_DIR DEST\n"
+	       "      A hot, compacted, consistent copy of the store into DEST (which must not\n"
+	       "      exist or be an empty directory), fsynced; coordd may keep running. Every\n"
+	       "      record acknowledged before the backup began is in it.\n"
+	       "  verify [--json] STATE_DIR\n"
+	       "      Check every record (it decodes and passes the broker's validation), the\n"
+	       "      index against the items and the aggregates against a recount; name each\n"
+	       "      problem. Safe while coordd runs.\n"
+	       "  repair [--json] STATE_DIR\n"
+	       "      Rebuild the index and the aggregates from the items, then verify. Refuses\n"
+	       "      while coordd runs on STATE_DIR. Records themselves are never changed.\n"
+	       "  --json prints one JSON object (a summary; problems listed) on stdout. Progress\n"
+	       "  goes to stderr on a terminal.\n"
+	       "\n"
 	       "Options:\n"
 	       "  -e, --endpoint=ENDPOINT  the query socket (default %s)\n"
 	       "  -t, --timeout=SECONDS    wait at most this long for each answer (default 5)\n"
@@ -80,7 +96,10 @@ help(void)
 	       "      --version            print the version and exit\n"
 	       "\n"
 	       "Exit status: 0 success; 1 the broker answered with an error (printed); 2 bad\n"
-	       "usage; 3 no answer within the timeout (coordd not running or unreachable).\n",
+	       "usage; 3 no answer within the timeout (coordd not running or unreachable).\n"
+	       "backup/verify/repair: 0 success (verify: intact); 1 problems found (verify) or\n"
+	       "left (repair); 2 bad usage; 4 the state directory cannot be used (no store,\n"
+	       "coordd holds it for repair, DEST not empty, I/O error).\n",
 	       DEFAULT_ENDPOINT);
 }
 
@@ -672,9 +691,16 @@ main(int argc, char **argv)
 		}
 	}
 	if (optind >= argc) {
-		return usage_error("no command: use digest, history, export, status or stats");
+		return usage_error("no command: use digest, history, export, status, stats, "
+		                   "backup, verify or repair");
 	}
 	const char *cmd = argv[optind];
+	if (coordctl_store_command(cmd)) {
+		int first = optind;
+
+		optind = 0; /* as below: the command parses its own options from its name on */
+		return coordctl_store_main(argc - first, argv + first);
+	}
 	int (*run)(struct client *, int, char **) = NULL;
 	if (strcmp(cmd, "digest") == 0) {
 		run = cmd_digest;

@@ -95,6 +95,7 @@ enum key_id {
 	KEY_MAP_SIZE,
 	KEY_MAP_SIZE_MAX,
 	KEY_SYNC_ID,
+	KEY_MIN_FREE_BYTES,
 	KEY_METRICS_LISTEN,
 	_KEY_MAX,
 };
@@ -148,6 +149,8 @@ static const struct key keys[_KEY_MAX] = {
                               offsetof(struct config, store.map_size_max), MIB, UINT64_MAX},
         [KEY_SYNC_ID] = {SECTION_STORE, "sync", KEY_SYNC, offsetof(struct config, store.sync), 0,
                          0},
+        [KEY_MIN_FREE_BYTES] = {SECTION_STORE, "min_free_bytes", KEY_SIZE64,
+                                offsetof(struct config, store.min_free_bytes), 0, UINT64_MAX},
         [KEY_METRICS_LISTEN] = {SECTION_METRICS, "listen", KEY_LISTEN,
                                 offsetof(struct config, metrics.listen), 0, 0},
 };
@@ -846,6 +849,7 @@ parse(struct parser *p, const char *name, struct config **ret_config,
 	                        .map_size = 64 * MIB,
 	                        .map_size_max = 16 * GIB,
 	                        .sync = CONFIG_SYNC_FULL,
+	                        .min_free_bytes = 256 * MIB,
 	                },
 	};
 	p->config = c;

@@ -91,9 +91,11 @@ struct config {
 
 	/* [store] */
 	struct {
-		uint64_t map_size;     /* initial LMDB map size, default 64 MiB, >= 1 MiB */
-		uint64_t map_size_max; /* growth limit, default 16 GiB, >= map_size */
-		enum config_sync sync; /* sync = full | none, default full */
+		uint64_t map_size;       /* initial LMDB map size, default 64 MiB, >= 1 MiB */
+		uint64_t map_size_max;   /* growth limit, default 16 GiB, >= map_size */
+		enum config_sync sync;   /* sync = full | none, default full */
+		uint64_t min_free_bytes; /* warn when the state_dir file system has less free;
+		                            default 256 MiB, 0 = never */
 	} store;
 
 	/* [metrics]: the HTTP endpoint for Prometheus and health checks */

@@ -40,10 +40,13 @@
  */
 #include <assert.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <lmdb.h>
 
@@ -91,7 +94,8 @@ struct digest {
 	struct store *store;
 	MDB_dbi dbi;
 	bool hooked;
-	struct cache cache;       /* writer thread */
+	bool recount;       /* a recount's private object: the cache starts empty, reads nothing */
+	struct cache cache; /* writer thread */
 	struct scope_set pending; /* writer thread: scopes of the batch being committed */
 	pthread_mutex_t lock;
 	struct scope_set dirty; /* under lock */
@@ -622,7 +626,7 @@ cache_get(struct digest *d, MDB_txn *txn, const uint8_t *key, size_t klen,
 
 	MDB_val k = {.mv_size = klen, .mv_data = e->key};
 	MDB_val v;
-	int rc = mdb_get(txn, d->dbi, &k, &v);
+	int rc = d->recount ? MDB_NOTFOUND : mdb_get(txn, d->dbi, &k, &v);
 	if (rc == 0) {
 		/* Our own writes are in canonical form, so the decoded value is used as it is. One
 		 * that does not decode is corruption (or, indistinguishably, no memory). */
@@ -1215,4 +1219,312 @@ digest_result_free(Coord__V1__Digest *digest)
 	if (digest) {
 		coord__v1__digest__free_unpacked(digest, NULL);
 	}
+}
+
+/* ----------------------------------------------------------------------------------------- */
+/* Recount, for verify and repair */
+
+struct recount {
+	struct digest d; /* `recount` set: its cache starts empty, nothing is read */
+	MDB_txn *txn;
+	store_progress_fn *progress;
+	void *data;
+	uint64_t items, total, live;
+	int error;
+};
+
+static int
+recount_item(void *data, uint64_t seq, const uint8_t *buf, size_t len, bool live)
+{
+	struct recount *rc = data;
+	int r = 0;
+
+	if (++rc->items % STORE_PROGRESS_STEP == 0 && rc->progress) {
+		rc->progress(rc->data, rc->items, rc->total);
+	}
+	if (!live) {
+		return 0;
+	}
+	Coord__V1__Item *it = coord__v1__item__unpack(NULL, len, buf);
+	if (!it) {
+		return -ENOMEM; /* it decoded a moment ago in store_scan_latest() */
+	}
+	if (strlen(it->council) <= ID_MAX) {
+		rc->live++;
+		r = apply_envelope(&rc->d, rc->txn, it->council, it->envelope.data,
+		                   it->envelope.len, +1);
+	}
+	coord__v1__item__free_unpacked(it, NULL);
+	/* MDB_* codes cannot come from a cache that reads nothing; keep errno values. */
+	return r > 0 ? -EIO : r;
+}
+
+static int
+entry_cmp(const void *a, const void *b)
+{
+	const struct entry *x = *(const struct entry *const *) a;
+	const struct entry *y = *(const struct entry *const *) b;
+	size_t n = x->klen < y->klen ? x->klen : y->klen;
+	int c = memcmp(x->key, y->key, n);
+
+	/* LMDB's default order: bytes, then the shorter first. */
+	return c ? c : (x->klen > y->klen) - (x->klen < y->klen);
+}
+
+/* Recount into rc->d.cache, its list sorted by key. */
+static int
+recount(struct store *store, MDB_txn *txn, struct recount *rc)
+{
+	struct store_stats st = {0};
+
+	(void) store_get_stats(store, &st);
+	rc->total = st.items;
+	rc->txn = txn;
+	rc->d.recount = true;
+	int r = store_scan_latest(store, txn, recount_item, rc);
+	if (r < 0) {
+		return r;
+	}
+	if (rc->progress) {
+		rc->progress(rc->data, rc->items, rc->items);
+	}
+	qsort(rc->d.cache.list, rc->d.cache.n, sizeof(*rc->d.cache.list), entry_cmp);
+	return 0;
+}
+
+static uint64_t
+agg_count(const Coord__V1__Aggregate *a)
+{
+	uint64_t n = 0;
+
+	for (size_t i = 0; a && i < a->n_lines; i++) {
+		n += a->lines[i]->count;
+	}
+	return n;
+}
+
+/* "council 'c01', hour 2024-05-01T10:00Z" */
+static void
+describe_key(const uint8_t *key, size_t klen, char *buf, size_t cap)
+{
+	static const char *const kinds[] = {"?", "all", "council", "country"};
+	unsigned kind = klen > 0 && key[0] < 4 ? key[0] : 0;
+	char when[40] = "the whole campaign";
+
+	if (klen < 10) {
+		(void) snprintf(buf, cap, "a key of %zu bytes", klen);
+		return;
+	}
+	uint64_t bucket = get_be64(key + klen - 8);
+	if (bucket != BUCKET_ALL) {
+		time_t t = (time_t) (bucket * (uint64_t) (DIGEST_HOUR_MS / 1000));
+		struct tm tm;
+		if (gmtime_r(&t, &tm)) {
+			(void) strftime(when, sizeof(when), "hour %Y-%m-%dT%H:00Z", &tm);
+		}
+	}
+	if (kind == COORD__V1__SCOPE_KIND__SCOPE_KIND_ALL) {
+		(void) snprintf(buf, cap, "all, %s", when);
+	} else {
+		(void) snprintf(buf, cap, "%s '%.*s', %s", kinds[kind], (int) (klen - 10), key + 1,
+		                when);
+	}
+}
+
+static void
+report_difference(struct digest_check_report *rep, store_problem_fn *problem, void *data,
+                  const uint8_t *key, size_t klen, const char *what)
+{
+	char where[96];
+	char text[256];
+
+	rep->problems++;
+	if (problem) {
+		describe_key(key, klen, where, sizeof(where));
+		(void) snprintf(text, sizeof(text), "digest: %s: %s", where, what);
+		problem(data, text);
+	}
+}
+
+/* Walk the table and the sorted recount together and report each difference. Returns 0 or an
+ * error. */
+static int
+compare(struct recount *rc, MDB_txn *txn, MDB_dbi dbi, store_problem_fn *problem,
+        struct digest_check_report *rep)
+{
+	struct cache *c = &rc->d.cache;
+	MDB_cursor *cur;
+	MDB_val k, v;
+	size_t i = 0;
+	int r = 0;
+	int mrc = mdb_cursor_open(txn, dbi, &cur);
+	uint8_t *packed = NULL;
+	size_t packed_cap = 0;
+	char what[128];
+
+	if (mrc != 0) {
+		return -EIO;
+	}
+	mrc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+	while (r == 0 && (mrc == 0 || i < c->n)) {
+		if (mrc != 0 && mrc != MDB_NOTFOUND) {
+			r = -EIO;
+			break;
+		}
+		const struct entry *e = i < c->n ? c->list[i] : NULL;
+		int order;
+		if (mrc != 0) {
+			order = 1; /* only the recount is left */
+		} else if (!e) {
+			order = -1; /* only the table is left */
+		} else {
+			struct entry probe = {.klen = k.mv_size};
+			const struct entry *pp = &probe;
+			if (k.mv_size > KEY_MAX) {
+				order = -1;
+			} else {
+				memcpy(probe.key, k.mv_data, k.mv_size);
+				order = entry_cmp(&pp, &e);
+			}
+		}
+		if (order < 0) {
+			/* Stored, but no live record contributes to it. */
+			rep->stored++;
+			Coord__V1__Aggregate *a =
+			        coord__v1__aggregate__unpack(NULL, v.mv_size, v.mv_data);
+			(void) snprintf(what, sizeof(what),
+			                "stored count %" PRIu64 ", but no live record counts here",
+			                agg_count(a));
+			if (a) {
+				coord__v1__aggregate__free_unpacked(a, NULL);
+			}
+			report_difference(rep, problem, rc->data, k.mv_data, k.mv_size, what);
+			mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+			continue;
+		}
+		size_t len = coord__v1__aggregate__get_packed_size(e->agg);
+		if (len > packed_cap) {
+			uint8_t *p = realloc(packed, len);
+			if (!p) {
+				r = -ENOMEM;
+				break;
+			}
+			packed = p;
+			packed_cap = len;
+		}
+		(void) coord__v1__aggregate__pack(e->agg, packed);
+		bool differs = true;
+		if (order == 0) {
+			rep->stored++;
+			differs = v.mv_size != len || memcmp(v.mv_data, packed, len) != 0;
+			if (differs) {
+				Coord__V1__Aggregate *a =
+				        coord__v1__aggregate__unpack(NULL, v.mv_size, v.mv_data);
+				if (a) {
+					(void) snprintf(what, sizeof(what),
+					                "stored count %" PRIu64 ", recount %" PRIu64
+					                "%s",
+					                agg_count(a), agg_count(e->agg),
+					                agg_count(a) == agg_count(e->agg)
+					                        ? " (other figures differ)"
+					                        : "");
+					coord__v1__aggregate__free_unpacked(a, NULL);
+				} else {
+					(void) snprintf(what, sizeof(what),
+					                "the stored aggregate does not decode");
+				}
+			}
+		} else {
+			(void) snprintf(what, sizeof(what),
+			                "missing; the recount has count %" PRIu64,
+			                agg_count(e->agg));
+		}
+		if (differs) {
+			report_difference(rep, problem, rc->data, e->key, e->klen, what);
+		}
+		i++;
+		if (order == 0) {
+			mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+		}
+	}
+	mdb_cursor_close(cur);
+	free(packed);
+	rep->aggregates = c->n;
+	rep->live = rc->live;
+	return r;
+}
+
+int
+digest_verify(struct store *store, store_progress_fn *progress, store_problem_fn *problem,
+              void *data, struct digest_check_report *ret_report)
+{
+	struct recount rc = {.progress = progress, .data = data};
+	struct digest_check_report rep = {0};
+	MDB_txn *txn;
+	MDB_dbi dbi;
+	int r = store_read_begin(store, &txn);
+
+	*ret_report = rep;
+	if (r < 0) {
+		return r;
+	}
+	r = recount(store, txn, &rc);
+	if (r == 0) {
+		int mrc = mdb_dbi_open(txn, "digest", 0, &dbi);
+		if (mrc == MDB_NOTFOUND) {
+			rep.live = rc.live;
+			rep.aggregates = rc.d.cache.n;
+			if (rc.d.cache.n > 0) {
+				rep.problems++;
+				if (problem) {
+					problem(data, "digest: the table is missing");
+				}
+			}
+		} else if (mrc != 0) {
+			r = -EIO;
+		} else {
+			r = compare(&rc, txn, dbi, problem, &rep);
+		}
+	}
+	store_read_end(store, txn);
+	cache_clear(&rc.d.cache);
+	*ret_report = rep;
+	if (r < 0) {
+		return r;
+	}
+	return rep.problems ? -EBADMSG : 0;
+}
+
+int
+digest_rebuild(struct store *store, MDB_txn *txn, store_progress_fn *progress, void *data,
+               struct digest_check_report *ret_report)
+{
+	struct recount rc = {.progress = progress, .data = data};
+	struct digest_check_report rep = {0};
+	MDB_dbi dbi;
+	int r = recount(store, txn, &rc);
+
+	if (r == 0) {
+		int mrc = mdb_dbi_open(txn, "digest", MDB_CREATE, &dbi);
+		r = mrc == 0 ? 0 : mrc == MDB_MAP_FULL ? -ENOSPC : -EIO;
+		rc.d.dbi = dbi;
+	}
+	if (r == 0) {
+		r = compare(&rc, txn, dbi, NULL, &rep);
+	}
+	/* Anything amiss: empty the table and write the recount, in key order. */
+	for (size_t i = 0; r == 0 && rep.problems > 0 && i <= rc.d.cache.n; i++) {
+		int mrc;
+		if (i == 0) {
+			mrc = mdb_drop(txn, dbi, 0);
+		} else {
+			mrc = write_entry(&rc.d, txn, rc.d.cache.list[i - 1]);
+		}
+		r = mrc == 0 ? 0 : mrc == MDB_MAP_FULL ? -ENOSPC : -EIO;
+	}
+	cache_clear(&rc.d.cache);
+	if (r == 0) {
+		*ret_report = rep;
+	}
+	return r;
 }

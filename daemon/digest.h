@@ -95,3 +95,34 @@ struct digest_contribution {
 
 int digest_contribution_of(const Coord__V1__Envelope *env,
                            struct digest_contribution *ret_contribution);
+
+/* What digest_verify() or digest_rebuild() found. */
+struct digest_check_report {
+	uint64_t live;       /* live records counted from the items */
+	uint64_t aggregates; /* aggregates the recount holds */
+	uint64_t stored;     /* aggregates the table held */
+	uint64_t problems;   /* aggregates stored but not in the recount, in the recount but not
+	                        stored, differing, or not decoding (rebuild: rewritten) */
+};
+
+/*
+ * Recount every aggregate from the items alone (each record's latest item, unless it is a
+ * retraction; see store_scan_latest()) in one read transaction of `store`, and compare it
+ * with the "digest" table, aggregate by aggregate. Each difference goes to `problem` (may
+ * be NULL) as one line naming the scope and the hour, e.g. "digest: council 'c01', hour
+ * 2024-05-01T10:00Z: stored count 5, recount 4". `progress` (may be NULL) is called every
+ * STORE_PROGRESS_STEP items. The recount is held in memory. Returns 0 when the table agrees,
+ * -EBADMSG when it does not, or -EIO/-ENOMEM; *ret_report is filled in every case. Any
+ * thread; no digest object is needed, and the store may be read-only.
+ */
+int digest_verify(struct store *store, store_progress_fn *progress, store_problem_fn *problem,
+                  void *data, struct digest_check_report *ret_report);
+
+/*
+ * Replace the "digest" table's content with a recount from the items, inside `txn` (from
+ * store_repair_begin(); the table is created if missing). Aggregates that already agree
+ * are left alone; *ret_report->problems counts those written or deleted. Returns 0, -ENOSPC
+ * when the map is full, -EIO or -ENOMEM; on error abort the transaction.
+ */
+int digest_rebuild(struct store *store, MDB_txn *txn, store_progress_fn *progress, void *data,
+                   struct digest_check_report *ret_report);

@@ -16,6 +16,7 @@
  * Connections are counted by a zmon on the socket; it is closed before the socket.
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -83,6 +84,13 @@ struct ingest {
 	void *stop_data;
 
 	struct ingest_counters counters;
+
+	/* Disk trouble (note_commit()) */
+	ingest_state_fn *state_fn;
+	void *state_data;
+	uint64_t next_disk_check;  /* uv_now() */
+	uint64_t episode_batches;  /* failed batches in the current failing episode */
+	uint64_t episode_messages; /* messages answered RETRY_LATER in it */
 };
 
 static int64_t
@@ -397,22 +405,136 @@ observe(uint64_t counts[INGEST_HISTOGRAM_BUCKETS + 1], const double *bounds, dou
 	counts[i]++;
 }
 
+/*
+ * Disk trouble. A failed commit leaves the store as it was (store.h): the batch is answered
+ * RETRY_LATER and councils resend it, so the broker recovers by itself with the first commit
+ * that succeeds once space is back. What is done here: tell a full disk (LMDB reports the
+ * short write as -EIO) from a full map and from an I/O error, log each failing episode once
+ * when it starts and once when it ends, and watch free space against min_free_bytes.
+ */
+static enum ingest_failure
+classify_failure(struct ingest *in, const struct batch *b)
+{
+	uint64_t bytes = 0;
+	uint64_t free_bytes;
+
+	if (b->result == -ENOSPC) {
+		return INGEST_FAILURE_MAP_FULL;
+	}
+	if (b->result != -EIO || store_disk_free(in->cfg->state_dir, &free_bytes) < 0) {
+		return INGEST_FAILURE_IO;
+	}
+	for (size_t i = 0; i < b->n; i++) {
+		bytes += b->recs[i].envelope_len;
+	}
+	in->counters.disk_free_bytes = free_bytes;
+	return free_bytes < INGEST_DISK_FULL_SLACK + 4 * bytes ? INGEST_FAILURE_DISK_FULL
+	                                                       : INGEST_FAILURE_IO;
+}
+
+/* Look at free space (at most every INGEST_DISK_CHECK_MS); returns whether disk_low
+ * changed. */
+static bool
+check_disk(struct ingest *in, bool force)
+{
+	struct ingest_counters *c = &in->counters;
+	uint64_t now = uv_now(in->loop);
+	uint64_t min_free = in->cfg->store.min_free_bytes;
+	uint64_t free_bytes;
+
+	if ((!force && now < in->next_disk_check) ||
+	    store_disk_free(in->cfg->state_dir, &free_bytes) < 0) {
+		return false;
+	}
+	in->next_disk_check = now + INGEST_DISK_CHECK_MS;
+	c->disk_free_bytes = free_bytes;
+	bool low = min_free > 0 && free_bytes < min_free;
+	if (low == c->disk_low) {
+		return false;
+	}
+	c->disk_low = low;
+	if (low) {
+		log_warning("Low disk space under '%s': %" PRIu64 " MiB free, below min_free_bytes "
+		            "(%" PRIu64 " MiB); free some space before the store fills the disk",
+		            in->cfg->state_dir, free_bytes >> 20, min_free >> 20);
+	} else {
+		log_notice("Disk space under '%s' is back above min_free_bytes: %" PRIu64
+		           " MiB free",
+		           in->cfg->state_dir, free_bytes >> 20);
+	}
+	return true;
+}
+
+static void
+note_commit(struct ingest *in, const struct batch *b)
+{
+	struct ingest_counters *c = &in->counters;
+	bool changed = false;
+
+	if (b->result < 0) {
+		enum ingest_failure cause = classify_failure(in, b);
+
+		c->commit_failures[cause]++;
+		in->episode_batches++;
+		in->episode_messages += b->n;
+		if (!c->store_failing || c->failing_cause != cause) {
+			changed = true;
+			if (cause == INGEST_FAILURE_DISK_FULL) {
+				log_error("Disk full under '%s' (%" PRIu64 " bytes free): commits "
+				          "fail, answering RETRY_LATER until space is freed; the "
+				          "store is unchanged",
+				          in->cfg->state_dir, c->disk_free_bytes);
+			} else if (cause == INGEST_FAILURE_MAP_FULL) {
+				log_error(
+				        "Store full: its map reached [store] map_size_max (%" PRIu64
+				        " MiB); answering RETRY_LATER; raise map_size_max and "
+				        "restart coordd",
+				        in->cfg->store.map_size_max >> 20);
+			} else if (b->result == -ENOTRECOVERABLE) {
+				log_error("The store cannot commit any more after an I/O error; "
+				          "answering RETRY_LATER; restart coordd (the store on "
+				          "disk is intact)");
+			} else {
+				log_error_errno(b->result,
+				                "Failed to commit to the store, answering "
+				                "RETRY_LATER until commits succeed");
+			}
+		} else {
+			log_debug("Commit of %zu messages failed again, answering RETRY_LATER",
+			          b->n);
+		}
+		c->store_failing = true;
+		c->failing_cause = cause;
+	} else if (c->store_failing) {
+		log_notice("Store writable again after %" PRIu64 " failed commits (%" PRIu64
+		           " messages answered RETRY_LATER)",
+		           in->episode_batches, in->episode_messages);
+		c->store_failing = false;
+		in->episode_batches = in->episode_messages = 0;
+		changed = true;
+	}
+	/* Space is looked at on every failure, and when the store recovers. */
+	changed |= check_disk(in, b->result < 0 || changed);
+	if (changed && in->state_fn) {
+		in->state_fn(in->state_data, c);
+	}
+}
+
 static void
 ack_batch(struct ingest *in, struct batch *b)
 {
 	Coord__V1__Reason fail_reason = COORD__V1__REASON__REASON_STORE_ERROR;
 	const char *fail_text = "the store failed to commit; nothing was stored";
 
-	if (b->result == -ENOSPC) {
+	note_commit(in, b);
+	if (b->result < 0 && in->counters.failing_cause == INGEST_FAILURE_MAP_FULL) {
 		fail_reason = COORD__V1__REASON__REASON_STORE_FULL;
 		fail_text = "the store reached its configured maximum size; nothing was stored";
+	} else if (b->result < 0 && in->counters.failing_cause == INGEST_FAILURE_DISK_FULL) {
+		fail_reason = COORD__V1__REASON__REASON_STORE_FULL;
+		fail_text = "the disk holding the store is full; nothing was stored";
 	}
-	if (b->result < 0) {
-		log_warning_errno(b->result,
-		                  "Failed to commit a batch of %zu messages, answering "
-		                  "RETRY_LATER",
-		                  b->n);
-	} else {
+	if (b->result >= 0) {
 		static const double batch_bounds[] = INGEST_BATCH_BOUNDS;
 		static const double commit_bounds[] = INGEST_COMMIT_BOUNDS;
 		double seconds = (double) b->commit_ns / 1e9;
@@ -637,6 +759,7 @@ ingest_new(uv_loop_t *loop, void *zctx, struct store *store, struct config *cfg,
 		goto fail;
 	}
 	in->zuv_started = true;
+	(void) check_disk(in, true);
 	*ret_ingest = in;
 	return 0;
 fail:
@@ -655,6 +778,13 @@ ingest_stop(struct ingest *in, void (*done)(void *data), void *data)
 	/* Whatever was received is committed now rather than at the batch's end. */
 	maybe_submit(in);
 	maybe_finish(in);
+}
+
+void
+ingest_set_state_fn(struct ingest *in, ingest_state_fn *fn, void *data)
+{
+	in->state_fn = fn;
+	in->state_data = data;
 }
 
 void

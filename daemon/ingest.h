@@ -35,6 +35,20 @@ struct ingest;
 		0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1       \
 	}
 
+/* Why a batch failed to commit (ingest_counters.commit_failures). */
+enum ingest_failure {
+	INGEST_FAILURE_DISK_FULL, /* -EIO while the state_dir file system is (nearly) full */
+	INGEST_FAILURE_MAP_FULL,  /* -ENOSPC: the map is at [store] map_size_max */
+	INGEST_FAILURE_IO,        /* any other error */
+	INGEST_FAILURE_X_MAX,
+};
+
+/* Free bytes under which a failed commit counts as a full disk: this plus 4 times the
+ * batch's envelope bytes. */
+#define INGEST_DISK_FULL_SLACK (UINT64_C(4) << 20)
+/* Free space is looked at after a commit at most this often (ms). */
+#define INGEST_DISK_CHECK_MS 1000
+
 /* Counters since start; read with ingest_get_counters(). */
 struct ingest_counters {
 	uint64_t received; /* messages read from the socket */
@@ -52,7 +66,24 @@ struct ingest_counters {
 	double batch_size_sum;
 	uint64_t commit_seconds_counts[INGEST_HISTOGRAM_BUCKETS + 1];
 	double commit_seconds_sum;
+
+	/* Disk trouble. A failing episode starts with a failed commit and ends with the next
+	 * one that succeeds; it is logged once at each end, not per batch. */
+	uint64_t commit_failures[INGEST_FAILURE_X_MAX]; /* failed batches, by cause */
+	bool store_failing;                             /* the last commit failed */
+	enum ingest_failure failing_cause;              /* its cause, while store_failing */
+	bool disk_low;            /* free space below [store] min_free_bytes */
+	uint64_t disk_free_bytes; /* at the last check (after a commit) */
 };
+
+/*
+ * Called on the loop thread when store_failing, failing_cause or disk_low changes (main
+ * puts it in STATUS=). `counters` is borrowed for the call.
+ */
+typedef void ingest_state_fn(void *data, const struct ingest_counters *counters);
+
+/* Install the state callback (NULL removes it). Loop thread. */
+void ingest_set_state_fn(struct ingest *in, ingest_state_fn *fn, void *data);
 
 /*
  * One record that a committed batch ACCEPTED, as reported to the ingest's owner (fanout

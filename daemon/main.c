@@ -342,6 +342,46 @@ render_metrics(void *data, struct metrics_text *t)
 		             "Bytes free to unprivileged users on the store's file system.",
 		             (double) vfs.f_bavail * (double) vfs.f_frsize);
 	}
+	/* Disk trouble (ingest.h). */
+	static const char *const causes[INGEST_FAILURE_X_MAX] = {"disk_full", "map_full",
+	                                                         "io_error"};
+	metrics_text_family(t, "coordd_commit_failures_total", "counter",
+	                    "Batches whose commit failed (answered RETRY_LATER), by cause.");
+	for (unsigned i = 0; i < INGEST_FAILURE_X_MAX; i++) {
+		(void) snprintf(labels, sizeof(labels), "cause=\"%s\"", causes[i]);
+		metrics_text_sample(t, "coordd_commit_failures_total", labels,
+		                    (double) c.commit_failures[i]);
+	}
+	render_gauge(t, "coordd_store_full",
+	             "1 while commits fail for want of space (disk or map full), else 0.",
+	             c.store_failing && c.failing_cause != INGEST_FAILURE_IO);
+	render_gauge(t, "coordd_store_failing", "1 while commits fail for any cause, else 0.",
+	             c.store_failing);
+	render_gauge(t, "coordd_disk_low",
+	             "1 while free space was below [store] min_free_bytes at the last check.",
+	             c.disk_low);
+	render_gauge(t, "coordd_disk_min_free_bytes", "The [store] min_free_bytes setting.",
+	             (double) d->cfg->store.min_free_bytes);
+}
+
+/* ingest_state_fn: disk trouble starts or ends; say so in STATUS=. */
+static void
+on_store_state(void *data, const struct ingest_counters *c)
+{
+	struct coordd *d = data;
+	static const char *const causes[INGEST_FAILURE_X_MAX] = {"disk full", "store map full",
+	                                                         "store I/O error"};
+
+	if (c->store_failing) {
+		(void) sd_notifyf(0, "STATUS=Refusing writes (%s): answering RETRY_LATER",
+		                  causes[c->failing_cause]);
+	} else if (c->disk_low) {
+		(void) sd_notifyf(
+		        0, "STATUS=Serving %zu councils; low disk space: %" PRIu64 " MiB free",
+		        d->cfg->n_councils, c->disk_free_bytes >> 20);
+	} else {
+		(void) sd_notifyf(0, "STATUS=Serving %zu councils", d->cfg->n_councils);
+	}
 }
 
 /* metrics_health_fn: healthy while serving and the store answers. */
@@ -480,6 +520,7 @@ run(struct coordd *d)
 		                       d->cfg->ingest.endpoint);
 	}
 	log_notice("Listening for councils on %s", d->cfg->ingest.endpoint);
+	ingest_set_state_fn(d->ingest, on_store_state, d);
 
 	if (d->cfg->metrics.listen) {
 		char host[64];

@@ -21,13 +21,16 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <lmdb.h>
 
 #include "store.h"
+#include "wire.h"
 
 #define INDEX_VALUE_SIZE 13
+#define BACKUP_CHUNK (1u << 16) /* bytes read from the copy's pipe at a time */
 #define INDEX_KEY_MAX 256
 #define SCHEMA_KEY "schema_version"
 
@@ -458,6 +461,11 @@ store_write_batch(struct store *s, struct store_record *recs, size_t n)
 				continue;
 			}
 		}
+		if (rc == MDB_PANIC) {
+			/* A failed meta page write left the environment unusable in this process
+			 * (the file is intact: the previous meta page stands). */
+			return -ENOTRECOVERABLE;
+		}
 		if (rc != 0) {
 			return mdb_to_errno(rc);
 		}
@@ -706,44 +714,67 @@ store_scan_items(struct store *s, uint64_t after_seq, bool backwards, size_t max
 	return rc == MDB_NOTFOUND ? 0 : mdb_to_errno(rc);
 }
 
-static void problem(struct store_verify_report *rep, const char *fmt, ...)
-        __attribute__((format(printf, 2, 3)));
+/* A verify in progress: the report, and where each problem goes. */
+struct verify {
+	struct store_verify_report rep;
+	store_problem_fn *fn;
+	void *data;
+};
+
+static void problem(struct verify *v, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 static void
-problem(struct store_verify_report *rep, const char *fmt, ...)
+problem(struct verify *v, const char *fmt, ...)
 {
-	if (rep->problems++ == 0) {
-		va_list ap;
+	char text[sizeof(v->rep.first_problem)];
+	va_list ap;
 
-		va_start(ap, fmt);
-		(void) vsnprintf(rep->first_problem, sizeof(rep->first_problem), fmt, ap);
-		va_end(ap);
+	va_start(ap, fmt);
+	(void) vsnprintf(text, sizeof(text), fmt, ap);
+	va_end(ap);
+	if (v->rep.problems++ == 0) {
+		memcpy(v->rep.first_problem, text, sizeof(text));
+	}
+	if (v->fn) {
+		v->fn(v->data, text);
 	}
 }
 
 /* Check one item against its index entry; counts index entries that point at it. */
 static void
-verify_item(struct store *s, MDB_txn *txn, uint64_t seq, const MDB_val *v,
-            struct store_verify_report *rep, uint64_t *pointed_at)
+verify_item(struct store *s, MDB_txn *txn, uint64_t seq, const MDB_val *val, struct verify *v,
+            uint64_t *pointed_at)
 {
-	Coord__V1__Item *it = coord__v1__item__unpack(NULL, v->mv_size, v->mv_data);
+	Coord__V1__Item *it = coord__v1__item__unpack(NULL, val->mv_size, val->mv_data);
 	Coord__V1__Envelope *env = NULL;
+	struct wire_verdict verdict;
 
 	if (!it) {
-		problem(rep, "items: seq %" PRIu64 " does not decode as an Item", seq);
+		problem(v, "items: seq %" PRIu64 " does not decode as an Item", seq);
 		return;
 	}
 	if (it->seq != seq) {
-		problem(rep, "items: seq %" PRIu64 " holds an Item with seq %" PRIu64, seq,
-		        it->seq);
+		problem(v, "items: seq %" PRIu64 " holds an Item with seq %" PRIu64, seq, it->seq);
 	}
-	env = coord__v1__envelope__unpack(NULL, it->envelope.len, it->envelope.data);
-	if (!env) {
-		problem(rep, "items: seq %" PRIu64 ": the envelope does not decode", seq);
+	/* The daemon's own checks, as they were when the item arrived. The size bound is the
+	 * largest an item can hold: the config's limit is not known here. */
+	int r = wire_unpack_envelope(it->envelope.data, it->envelope.len, SIZE_MAX, &env, &verdict);
+	if (r == -ENOMEM) {
+		problem(v, "items: seq %" PRIu64 ": out of memory decoding the envelope", seq);
 		goto done;
 	}
+	if (r < 0) {
+		problem(v, "items: seq %" PRIu64 ": the envelope does not decode: %s", seq,
+		        verdict.message);
+		if (!env) {
+			goto done;
+		}
+	} else if (wire_validate_envelope(env, it->received_at, &verdict) < 0) {
+		problem(v, "items: seq %" PRIu64 " (%s/%s): the envelope is invalid: %s", seq,
+		        it->council, env->msg_id, verdict.message);
+	}
 	if (strcmp(env->council, it->council) != 0) {
-		problem(rep, "items: seq %" PRIu64 ": envelope council '%s' is not the item's '%s'",
+		problem(v, "items: seq %" PRIu64 ": envelope council '%s' is not the item's '%s'",
 		        seq, env->council, it->council);
 	}
 	uint8_t kbuf[INDEX_KEY_MAX];
@@ -751,7 +782,7 @@ verify_item(struct store *s, MDB_txn *txn, uint64_t seq, const MDB_val *v,
 	MDB_val k = {.mv_size = (size_t) (klen > 0 ? klen : 0), .mv_data = kbuf};
 	MDB_val iv;
 	if (klen < 0 || mdb_get(txn, s->index, &k, &iv) != 0 || iv.mv_size != INDEX_VALUE_SIZE) {
-		problem(rep, "index: no entry for seq %" PRIu64 " (%s/%s)", seq, it->council,
+		problem(v, "index: no entry for seq %" PRIu64 " (%s/%s)", seq, it->council,
 		        env->msg_id);
 		goto done;
 	}
@@ -759,7 +790,7 @@ verify_item(struct store *s, MDB_txn *txn, uint64_t seq, const MDB_val *v,
 	uint32_t irev = get_be32((const uint8_t *) iv.mv_data + 8);
 	bool iretracted = (((const uint8_t *) iv.mv_data)[12] & STORE_FLAG_RETRACTED) != 0;
 	if (iseq < seq || irev < env->revision) {
-		problem(rep,
+		problem(v,
 		        "index: %s/%s points at seq %" PRIu64 " revision %" PRIu32
 		        ", older than item %" PRIu64 " revision %" PRIu32,
 		        it->council, env->msg_id, iseq, irev, seq, env->revision);
@@ -767,7 +798,7 @@ verify_item(struct store *s, MDB_txn *txn, uint64_t seq, const MDB_val *v,
 		(*pointed_at)++;
 		bool retraction = env->body_case == COORD__V1__ENVELOPE__BODY_RETRACTION;
 		if (irev != env->revision || iretracted != retraction) {
-			problem(rep,
+			problem(v,
 			        "index: %s/%s at seq %" PRIu64 " disagrees with the item's "
 			        "revision or retraction",
 			        it->council, env->msg_id, seq);
@@ -781,19 +812,19 @@ done:
 }
 
 int
-store_verify(struct store *s, store_progress_fn *progress, void *data,
+store_verify(struct store *s, store_progress_fn *progress, store_problem_fn *problem_fn, void *data,
              struct store_verify_report *ret_report)
 {
-	struct store_verify_report rep = {0};
+	struct verify v = {.fn = problem_fn, .data = data};
 	MDB_txn *txn;
 	MDB_cursor *cur = NULL;
 	MDB_stat st_items, st_index;
-	MDB_val k, v;
+	MDB_val k, val;
 	uint64_t pointed_at = 0;
 	int r = store_read_begin(s, &txn);
 	int rc;
 
-	*ret_report = rep;
+	*ret_report = v.rep;
 	if (r < 0) {
 		return r;
 	}
@@ -802,32 +833,32 @@ store_verify(struct store *s, store_progress_fn *progress, void *data,
 		rc = mdb_stat(txn, s->index, &st_index);
 	}
 	k = (MDB_val){.mv_size = strlen(SCHEMA_KEY), .mv_data = SCHEMA_KEY};
-	if (rc == 0 && (mdb_get(txn, s->meta, &k, &v) != 0 || v.mv_size != 4 ||
-	                get_be32(v.mv_data) > STORE_SCHEMA_VERSION)) {
-		problem(&rep, "meta: missing or unknown schema_version");
+	if (rc == 0 && (mdb_get(txn, s->meta, &k, &val) != 0 || val.mv_size != 4 ||
+	                get_be32(val.mv_data) > STORE_SCHEMA_VERSION)) {
+		problem(&v, "meta: missing or unknown schema_version");
 	}
 	if (rc == 0) {
 		rc = mdb_cursor_open(txn, s->items, &cur);
 	}
 	uint64_t expect = 1;
 	for (int op = MDB_FIRST; rc == 0; op = MDB_NEXT) {
-		rc = mdb_cursor_get(cur, &k, &v, (MDB_cursor_op) op);
+		rc = mdb_cursor_get(cur, &k, &val, (MDB_cursor_op) op);
 		if (rc != 0) {
 			break;
 		}
 		if (k.mv_size != 8) {
-			problem(&rep, "items: a key of %zu bytes", k.mv_size);
+			problem(&v, "items: a key of %zu bytes", k.mv_size);
 			continue;
 		}
 		uint64_t seq = get_be64(k.mv_data);
 		if (seq != expect) {
-			problem(&rep, "items: seq %" PRIu64 " follows %" PRIu64 " (a gap)", seq,
+			problem(&v, "items: seq %" PRIu64 " follows %" PRIu64 " (a gap)", seq,
 			        expect - 1);
 		}
 		expect = seq + 1;
-		verify_item(s, txn, seq, &v, &rep, &pointed_at);
-		if (++rep.items % STORE_PROGRESS_STEP == 0 && progress) {
-			progress(data, rep.items, st_items.ms_entries);
+		verify_item(s, txn, seq, &val, &v, &pointed_at);
+		if (++v.rep.items % STORE_PROGRESS_STEP == 0 && progress) {
+			progress(data, v.rep.items, st_items.ms_entries);
 		}
 	}
 	if (cur) {
@@ -837,33 +868,507 @@ store_verify(struct store *s, store_progress_fn *progress, void *data,
 	if (rc != MDB_NOTFOUND) {
 		return mdb_to_errno(rc);
 	}
-	rep.records = st_index.ms_entries;
-	if (pointed_at != rep.records) {
-		problem(&rep,
+	v.rep.records = st_index.ms_entries;
+	if (pointed_at != v.rep.records) {
+		problem(&v,
 		        "index: %" PRIu64 " entries but only %" PRIu64 " point at a matching item",
-		        rep.records, pointed_at);
+		        v.rep.records, pointed_at);
 	}
 	if (progress) {
-		progress(data, rep.items, st_items.ms_entries);
+		progress(data, v.rep.items, st_items.ms_entries);
 	}
-	*ret_report = rep;
-	return rep.problems ? -EBADMSG : 0;
+	*ret_report = v.rep;
+	return v.rep.problems ? -EBADMSG : 0;
+}
+
+/* ----------------------------------------------------------------------------------------- */
+/* Backup */
+
+struct copy_job {
+	MDB_env *env;
+	int fd;
+	int rc;
+};
+
+static void *
+copy_thread(void *arg)
+{
+	struct copy_job *job = arg;
+
+	job->rc = mdb_env_copyfd2(job->env, job->fd, MDB_CP_COMPACT);
+	/* The reader sees end of file once the copy is written (or failed). */
+	(void) close(job->fd);
+	return NULL;
+}
+
+/* Whether `dir` exists and holds nothing. */
+static int
+check_dest(const char *dir)
+{
+	if (mkdir(dir, 0750) == 0) {
+		return 0;
+	}
+	if (errno != EEXIST) {
+		return -errno;
+	}
+	struct stat st;
+	if (stat(dir, &st) < 0) {
+		return -errno;
+	}
+	if (!S_ISDIR(st.st_mode)) {
+		return -ENOTDIR;
+	}
+	char path[PATH_MAX];
+	static const char *const names[] = {"data.mdb", "lock.mdb", "coordd.lock"};
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		if ((size_t) snprintf(path, sizeof(path), "%s/%s", dir, names[i]) >= sizeof(path)) {
+			return -ENAMETOOLONG;
+		}
+		if (access(path, F_OK) == 0) {
+			return -EEXIST;
+		}
+	}
+	/* Anything else in it is refused too: a backup goes into a directory of its own. */
+	if (rmdir(dir) < 0) {
+		return errno == ENOTEMPTY || errno == EEXIST ? -EEXIST : -errno;
+	}
+	return mkdir(dir, 0750) < 0 ? -errno : 0;
+}
+
+static int
+fsync_path(const char *path, int flags)
+{
+	int fd = open(path, flags | O_CLOEXEC);
+
+	if (fd < 0) {
+		return -errno;
+	}
+	int r = fsync(fd) < 0 ? -errno : 0;
+	(void) close(fd);
+	return r;
 }
 
 int
-store_backup(struct store *s, const char *dest_dir)
+store_backup(struct store *s, const char *dest_dir, store_progress_fn *progress, void *data)
 {
 	char path[PATH_MAX];
+	struct store_stats st = {0};
+	int pipefd[2];
+	pthread_t thread;
+	int r;
 
-	if (mkdir(dest_dir, 0750) < 0 && errno != EEXIST) {
-		return -errno;
-	}
 	if ((size_t) snprintf(path, sizeof(path), "%s/data.mdb", dest_dir) >= sizeof(path)) {
 		return -ENAMETOOLONG;
 	}
-	if (access(path, F_OK) == 0) {
-		return -EEXIST;
+	r = check_dest(dest_dir);
+	if (r < 0) {
+		return r;
 	}
-	int rc = mdb_env_copy2(s->env, dest_dir, MDB_CP_COMPACT);
-	return rc > 0 ? -rc : mdb_to_errno(rc);
+	(void) store_get_stats(s, &st);
+	uint8_t *buf = malloc(BACKUP_CHUNK);
+	if (!buf) {
+		return -ENOMEM;
+	}
+	int out = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
+	if (out < 0) {
+		free(buf);
+		return -errno;
+	}
+	if (pipe2(pipefd, O_CLOEXEC) < 0) {
+		r = -errno;
+		goto fail;
+	}
+	/* LMDB writes the compacted copy into the pipe from a thread; this side writes it to
+	 * the file, which is what lets it report progress. */
+	struct copy_job job = {.env = s->env, .fd = pipefd[1]};
+	r = -pthread_create(&thread, NULL, copy_thread, &job);
+	if (r < 0) {
+		(void) close(pipefd[0]);
+		(void) close(pipefd[1]);
+		goto fail;
+	}
+	uint64_t done = 0;
+	uint64_t next_report = 0;
+	for (;;) {
+		ssize_t n = read(pipefd[0], buf, BACKUP_CHUNK);
+		if (n < 0 && errno == EINTR) {
+			continue;
+		}
+		if (n <= 0) {
+			r = n < 0 ? -errno : 0;
+			break;
+		}
+		for (ssize_t off = 0; off < n && r == 0;) {
+			ssize_t w = write(out, buf + off, (size_t) (n - off));
+			if (w < 0 && errno != EINTR) {
+				r = -errno;
+			} else if (w > 0) {
+				off += w;
+			}
+		}
+		if (r < 0) {
+			break;
+		}
+		done += (uint64_t) n;
+		if (progress && done >= next_report) {
+			progress(data, done, st.used_bytes > done ? st.used_bytes : done);
+			next_report = done + (UINT64_C(1) << 22);
+		}
+	}
+	/* Closing our end makes a writer still going fail with EPIPE (SIGPIPE is the
+	 * caller's to ignore), so the thread always ends. */
+	(void) close(pipefd[0]);
+	(void) pthread_join(thread, NULL);
+	if (r == 0 && job.rc != 0) {
+		r = job.rc > 0 ? -job.rc : mdb_to_errno(job.rc);
+	}
+	if (r == 0 && fsync(out) < 0) {
+		r = -errno;
+	}
+	if (close(out) < 0 && r == 0) {
+		r = -errno;
+	}
+	out = -1;
+	if (r == 0) {
+		r = fsync_path(dest_dir, O_RDONLY | O_DIRECTORY);
+	}
+	if (r == 0) {
+		if (progress) {
+			progress(data, done, done);
+		}
+		free(buf);
+		return 0;
+	}
+fail:
+	if (out >= 0) {
+		(void) close(out);
+	}
+	(void) unlink(path);
+	free(buf);
+	return r;
+}
+
+/* ----------------------------------------------------------------------------------------- */
+/* Repair */
+
+/* One record as the items alone tell it: the latest item's seq, revision and flags. */
+struct latest {
+	uint64_t seq;
+	uint32_t revision;
+	uint8_t flags;
+	bool indexed; /* store_rebuild_index(): its entry was looked at */
+	uint16_t klen;
+	uint8_t key[];
+};
+
+/* Records by key: open addressing over a power-of-two table, at most half full. */
+struct latest_set {
+	struct latest **slots;
+	size_t nslots;
+	size_t n;
+};
+
+static uint64_t
+hash_bytes(const uint8_t *p, size_t len)
+{
+	uint64_t h = UINT64_C(14695981039346656037);
+
+	for (size_t i = 0; i < len; i++) {
+		h = (h ^ p[i]) * UINT64_C(1099511628211);
+	}
+	return h;
+}
+
+static struct latest **
+latest_slot(struct latest_set *set, const uint8_t *key, size_t klen)
+{
+	size_t mask = set->nslots - 1;
+
+	for (size_t i = hash_bytes(key, klen) & mask;; i = (i + 1) & mask) {
+		struct latest *e = set->slots[i];
+		if (!e || (e->klen == klen && memcmp(e->key, key, klen) == 0)) {
+			return &set->slots[i];
+		}
+	}
+}
+
+static void
+latest_set_done(struct latest_set *set)
+{
+	for (size_t i = 0; i < set->nslots; i++) {
+		free(set->slots[i]);
+	}
+	free(set->slots);
+	*set = (struct latest_set){0};
+}
+
+/* Find `key`; when absent, add it with the given values. Returns 1 when it was added, 0
+ * when it was there already (*ret holds it either way), or -ENOMEM. */
+static int
+latest_add(struct latest_set *set, const uint8_t *key, size_t klen, uint64_t seq, uint32_t revision,
+           uint8_t flags, struct latest **ret)
+{
+	if ((set->n + 1) * 2 > set->nslots) {
+		size_t nslots = set->nslots ? set->nslots * 2 : 1024;
+		struct latest **slots = calloc(nslots, sizeof(*slots));
+		if (!slots) {
+			return -ENOMEM;
+		}
+		struct latest_set bigger = {.slots = slots, .nslots = nslots, .n = set->n};
+		for (size_t i = 0; i < set->nslots; i++) {
+			struct latest *e = set->slots[i];
+			if (e) {
+				*latest_slot(&bigger, e->key, e->klen) = e;
+			}
+		}
+		free(set->slots);
+		*set = bigger;
+	}
+	struct latest **slot = latest_slot(set, key, klen);
+	if (*slot) {
+		*ret = *slot;
+		return 0;
+	}
+	struct latest *e = malloc(sizeof(*e) + klen);
+	if (!e) {
+		return -ENOMEM;
+	}
+	*e = (struct latest){
+	        .seq = seq, .revision = revision, .flags = flags, .klen = (uint16_t) klen};
+	memcpy(e->key, key, klen);
+	*slot = e;
+	set->n++;
+	*ret = e;
+	return 1;
+}
+
+/* Decode what the index needs of an item: its key, revision and retraction. Returns 0 or
+ * -EBADMSG. */
+static int
+item_key(const MDB_val *v, uint8_t kbuf[INDEX_KEY_MAX], size_t *ret_klen, uint32_t *ret_revision,
+         bool *ret_retraction)
+{
+	Coord__V1__Item *it = coord__v1__item__unpack(NULL, v->mv_size, v->mv_data);
+	int r = -EBADMSG;
+
+	if (!it) {
+		return r;
+	}
+	Coord__V1__Envelope *env =
+	        coord__v1__envelope__unpack(NULL, it->envelope.len, it->envelope.data);
+	if (env) {
+		int klen = index_key(it->council, env->msg_id, kbuf);
+		if (klen > 0 && env->revision > 0) {
+			*ret_klen = (size_t) klen;
+			*ret_revision = env->revision;
+			*ret_retraction = env->body_case == COORD__V1__ENVELOPE__BODY_RETRACTION;
+			r = 0;
+		}
+		coord__v1__envelope__free_unpacked(env, NULL);
+	}
+	coord__v1__item__free_unpacked(it, NULL);
+	return r;
+}
+
+/* Walk the items from the last down, adding each record at its latest item to `set`; `fn`
+ * (may be NULL) sees each item with its liveness. Returns 0, the callback's value, or an
+ * error. */
+static int
+scan_latest(struct store *s, MDB_txn *txn, struct latest_set *set, store_item_fn *fn, void *data,
+            store_progress_fn *progress, store_problem_fn *problem_fn, uint64_t *ret_items,
+            uint64_t *ret_skipped)
+{
+	MDB_cursor *cur;
+	MDB_stat st;
+	MDB_val k, v;
+	uint64_t items = 0;
+	uint64_t skipped = 0;
+	int r = 0;
+	int rc = mdb_stat(txn, s->items, &st);
+
+	if (rc == 0) {
+		rc = mdb_cursor_open(txn, s->items, &cur);
+	}
+	if (rc != 0) {
+		return mdb_to_errno(rc);
+	}
+	for (int op = MDB_LAST; r == 0; op = MDB_PREV) {
+		rc = mdb_cursor_get(cur, &k, &v, (MDB_cursor_op) op);
+		if (rc != 0) {
+			break;
+		}
+		uint64_t seq = k.mv_size == 8 ? get_be64(k.mv_data) : 0;
+		uint8_t kbuf[INDEX_KEY_MAX];
+		size_t klen;
+		uint32_t revision;
+		bool retraction;
+		bool live = false;
+
+		if (seq > 0 && item_key(&v, kbuf, &klen, &revision, &retraction) == 0) {
+			struct latest *e;
+			r = latest_add(set, kbuf, klen, seq, revision,
+			               retraction ? STORE_FLAG_RETRACTED : 0, &e);
+			live = r == 1 && !retraction;
+			r = r < 0 ? r : 0;
+		} else {
+			skipped++;
+			if (problem_fn) {
+				char text[96];
+				(void) snprintf(
+				        text, sizeof(text),
+				        "items: seq %" PRIu64 " does not decode; not indexed", seq);
+				problem_fn(data, text);
+			}
+		}
+		if (r == 0 && fn) {
+			r = fn(data, seq, v.mv_data, v.mv_size, live);
+		}
+		if (++items % STORE_PROGRESS_STEP == 0 && progress) {
+			progress(data, items, st.ms_entries);
+		}
+	}
+	mdb_cursor_close(cur);
+	if (ret_items) {
+		*ret_items = items;
+		*ret_skipped = skipped;
+	}
+	if (r != 0) {
+		return r;
+	}
+	return rc == MDB_NOTFOUND ? 0 : mdb_to_errno(rc);
+}
+
+int
+store_scan_latest(struct store *s, MDB_txn *txn, store_item_fn *fn, void *data)
+{
+	struct latest_set set = {0};
+	MDB_txn *own = NULL;
+	int r = 0;
+
+	if (!txn) {
+		r = store_read_begin(s, &own);
+		txn = own;
+	}
+	if (r == 0) {
+		r = scan_latest(s, txn, &set, fn, data, NULL, NULL, NULL, NULL);
+	}
+	if (own) {
+		store_read_end(s, own);
+	}
+	latest_set_done(&set);
+	return r;
+}
+
+int
+store_repair_begin(struct store *s, MDB_txn **ret_txn)
+{
+	if (s->read_only) {
+		return -EROFS;
+	}
+	return mdb_to_errno(mdb_txn_begin(s->env, NULL, 0, ret_txn));
+}
+
+int
+store_repair_commit(struct store *s, MDB_txn *txn)
+{
+	int rc = mdb_txn_commit(txn);
+
+	return rc == MDB_MAP_FULL ? -ENOSPC : rc > 0 ? -rc : mdb_to_errno(rc);
+}
+
+void
+store_repair_abort(struct store *s, MDB_txn *txn)
+{
+	mdb_txn_abort(txn);
+}
+
+static int
+put_errno(int rc)
+{
+	return rc == MDB_MAP_FULL ? -ENOSPC : mdb_to_errno(rc);
+}
+
+int
+store_rebuild_index(struct store *s, MDB_txn *txn, store_progress_fn *progress,
+                    store_problem_fn *problem_fn, void *data,
+                    struct store_repair_report *ret_report)
+{
+	struct store_repair_report rep = {0};
+	struct latest_set set = {0};
+	MDB_cursor *cur = NULL;
+	MDB_val k, v;
+	int rc;
+	int r = scan_latest(s, txn, &set, NULL, data, progress, problem_fn, &rep.items,
+	                    &rep.skipped);
+
+	/* Entries that no item supports go; the others are checked against `set`. */
+	if (r == 0) {
+		r = mdb_to_errno(mdb_cursor_open(txn, s->index, &cur));
+	}
+	for (int op = MDB_FIRST; r == 0; op = MDB_NEXT) {
+		rc = mdb_cursor_get(cur, &k, &v, (MDB_cursor_op) op);
+		if (rc == MDB_NOTFOUND) {
+			break;
+		}
+		if (rc != 0) {
+			r = mdb_to_errno(rc);
+			break;
+		}
+		struct latest **slot =
+		        k.mv_size <= INDEX_KEY_MAX ? latest_slot(&set, k.mv_data, k.mv_size) : NULL;
+		struct latest *e = slot ? *slot : NULL;
+		if (!e) {
+			rep.dropped++;
+			r = put_errno(mdb_cursor_del(cur, 0));
+			continue;
+		}
+		e->indexed = true;
+		if (v.mv_size == INDEX_VALUE_SIZE && get_be64(v.mv_data) == e->seq &&
+		    get_be32((const uint8_t *) v.mv_data + 8) == e->revision &&
+		    ((const uint8_t *) v.mv_data)[12] == e->flags) {
+			continue;
+		}
+		uint8_t vbuf[INDEX_VALUE_SIZE];
+		put_be64(vbuf, e->seq);
+		put_be32(vbuf + 8, e->revision);
+		vbuf[12] = e->flags;
+		MDB_val nv = {.mv_size = sizeof(vbuf), .mv_data = vbuf};
+		rep.replaced++;
+		r = put_errno(mdb_cursor_put(cur, &k, &nv, MDB_CURRENT));
+	}
+	if (cur) {
+		mdb_cursor_close(cur);
+	}
+	for (size_t i = 0; r == 0 && i < set.nslots; i++) {
+		struct latest *e = set.slots[i];
+		if (!e || e->indexed) {
+			continue;
+		}
+		uint8_t vbuf[INDEX_VALUE_SIZE];
+		put_be64(vbuf, e->seq);
+		put_be32(vbuf + 8, e->revision);
+		vbuf[12] = e->flags;
+		MDB_val nk = {.mv_size = e->klen, .mv_data = e->key};
+		MDB_val nv = {.mv_size = sizeof(vbuf), .mv_data = vbuf};
+		rep.replaced++;
+		r = put_errno(mdb_put(txn, s->index, &nk, &nv, 0));
+	}
+	rep.records = set.n;
+	latest_set_done(&set);
+	if (r == 0) {
+		*ret_report = rep;
+	}
+	return r;
+}
+
+int
+store_disk_free(const char *dir, uint64_t *ret_free_bytes)
+{
+	struct statvfs vfs;
+
+	if (statvfs(dir, &vfs) < 0) {
+		return -errno;
+	}
+	*ret_free_bytes = (uint64_t) vfs.f_bavail * vfs.f_frsize;
+	return 0;
 }

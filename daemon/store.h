@@ -87,8 +87,12 @@ struct store_record {
  * the batch see the effect of earlier ones.
  *
  * Returns 0 when the transaction committed (every record's outputs are set); -ENOSPC when the
- * batch does not fit below map_size_max; -EIO when LMDB failed (for example a full disk);
- * -ENOMEM. On error nothing was written and the outputs are undefined.
+ * batch does not fit below map_size_max; -EIO when LMDB failed (for example a full disk: the
+ * write of the pages is short, the transaction is aborted and the store stays as it was, so
+ * a later batch succeeds once space is back; tell a full disk from an I/O error with
+ * store_disk_free()); -ENOTRECOVERABLE when an earlier failure hit LMDB's meta page write
+ * and the environment must be reopened (restart the daemon; the file is intact); -ENOMEM.
+ * On error nothing was written and the outputs are undefined.
  *
  * Writer thread only (one call at a time).
  */
@@ -189,24 +193,81 @@ struct store_verify_report {
 /* Progress of a long operation: `done` of `total` units. */
 typedef void store_progress_fn(void *data, uint64_t done, uint64_t total);
 
+/* One problem found, as one line of text (borrowed until the callback returns). */
+typedef void store_problem_fn(void *data, const char *problem);
+
 /*
  * Check the whole store in one read transaction: the schema version; items are keyed 1..N
- * without a gap, each decodes as an Item whose seq is its key and whose envelope decodes
- * and names the item's council; every item's record is in the index at that seq or a later
- * one with a revision at least as high; the index entry's seq, revision and retraction flag
- * match the item it points at; every index entry points at an item.
- * `progress` (may be NULL) is called every STORE_PROGRESS_STEP items and at the end.
+ * without a gap, each decodes as an Item whose seq is its key and whose envelope passes the
+ * daemon's own checks (wire_unpack_envelope() and wire_validate_envelope() as of the
+ * item's received_at; whether the council is registered is not checked) and names the
+ * item's council; every item's record is in the index at that seq or a later one with a
+ * revision at least as high; the index entry's seq, revision and retraction flag match the
+ * item it points at; every index entry points at an item.
+ * `progress` (may be NULL) is called every STORE_PROGRESS_STEP items and at the end;
+ * `problem` (may be NULL) once per problem found, in the order found; both get `data`.
  * Returns 0 when the store is consistent, -EBADMSG when it found problems (the report says
  * how many and the first), or -EIO/-ENOMEM. *ret_report is filled in every case. Any thread.
  */
-int store_verify(struct store *s, store_progress_fn *progress, void *data,
-                 struct store_verify_report *ret_report);
+int store_verify(struct store *s, store_progress_fn *progress, store_problem_fn *problem,
+                 void *data, struct store_verify_report *ret_report);
 
 #define STORE_PROGRESS_STEP 10000
 
 /*
- * Write a consistent, compacted copy of the store into `dest_dir` (created with mode 0750
- * if missing; it must not hold a store already: -EEXIST) while writers go on. Uses LMDB's
- * mdb_env_copy2(MDB_CP_COMPACT). Returns 0 or a negative errno. Any thread.
+ * Write a consistent, compacted copy of the store as `dest_dir`/data.mdb while writers go
+ * on, using LMDB's mdb_env_copyfd2(MDB_CP_COMPACT) in one read transaction: every commit
+ * that returned before the call is in the copy. `dest_dir` must not exist (it is created,
+ * mode 0750) or be an empty directory: otherwise -EEXIST (-ENOTDIR for a file). The file
+ * and the directory are fsynced before returning 0; on error the partial data.mdb is
+ * removed. `progress` (may be NULL) is called with bytes written so far and an estimate of
+ * the total (the pages in use) as the copy goes. Returns 0 or a negative errno. Any thread.
  */
-int store_backup(struct store *s, const char *dest_dir);
+int store_backup(struct store *s, const char *dest_dir, store_progress_fn *progress, void *data);
+
+/* What store_rebuild_index() did. */
+struct store_repair_report {
+	uint64_t items;    /* items read */
+	uint64_t records;  /* index entries written */
+	uint64_t skipped;  /* items that do not decode (left in place, not indexed) */
+	uint64_t replaced; /* index entries that differed from, or were missing in, the old index */
+	uint64_t dropped;  /* old index entries that no item supports */
+};
+
+/*
+ * For repair tools, with the daemon stopped (the store opened read-write, so its lock is
+ * held): begin one write transaction. Nothing else may write meanwhile. Returns 0 and
+ * *ret_txn, or -EROFS for a read-only store, or -EIO. End it with store_repair_commit()
+ * (returns 0, -ENOSPC when the map is full, or -EIO; the transaction is gone either way) or
+ * store_repair_abort().
+ */
+int store_repair_begin(struct store *s, MDB_txn **ret_txn);
+int store_repair_commit(struct store *s, MDB_txn *txn);
+void store_repair_abort(struct store *s, MDB_txn *txn);
+
+/*
+ * Rebuild the index from the items inside `txn` (from store_repair_begin()): every record's
+ * entry points at its item with the highest seq, with that item's revision and retraction
+ * flag. Items that do not decode are reported to `problem` and skipped. `progress` is called
+ * as for store_verify(). Returns 0 and fills *ret_report, or an error (-ENOSPC: the map is
+ * full; -EIO; -ENOMEM); on error abort the transaction.
+ */
+int store_rebuild_index(struct store *s, MDB_txn *txn, store_progress_fn *progress,
+                        store_problem_fn *problem, void *data,
+                        struct store_repair_report *ret_report);
+
+/*
+ * Visit every item in `txn` (NULL: in a read transaction of its own), from the highest seq
+ * down to 1, telling for each whether it is the live revision of its record judged from the
+ * items alone, without the index: the record's item with the highest seq, and not a
+ * retraction. Items that do not decode are passed with live false. For the recount of
+ * verify and repair: it keeps every record's key in memory. Returns as
+ * store_scan_items(); -ENOMEM.
+ */
+int store_scan_latest(struct store *s, MDB_txn *txn, store_item_fn *fn, void *data);
+
+/*
+ * The state directory's file system, for the disk-trouble checks: bytes available to
+ * unprivileged users. Returns 0 and *ret_free_bytes, or -errno from statvfs(). Any thread.
+ */
+int store_disk_free(const char *dir, uint64_t *ret_free_bytes);

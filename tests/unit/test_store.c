@@ -2,6 +2,7 @@
  * Unit tests for store: real LMDB files in a temporary directory.
  */
 #include <errno.h>
+#include <limits.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -450,7 +451,7 @@ test_verify_accepts_a_consistent_store(void **state)
 
 	write_sample(f);
 	progress_calls = 0;
-	assert_int_equal(store_verify(f->store, count_progress, NULL, &rep), 0);
+	assert_int_equal(store_verify(f->store, count_progress, NULL, NULL, &rep), 0);
 	assert_int_equal(rep.items, 5);
 	assert_int_equal(rep.records, 3);
 	assert_int_equal(rep.problems, 0);
@@ -466,7 +467,7 @@ test_verify_finds_a_missing_item(void **state)
 
 	write_sample(f);
 	raw_edit(f, "items", key, sizeof(key), NULL, 0);
-	assert_int_equal(store_verify(f->store, NULL, NULL, &rep), -EBADMSG);
+	assert_int_equal(store_verify(f->store, NULL, NULL, NULL, &rep), -EBADMSG);
 	assert_true(rep.problems >= 1);
 	assert_non_null(strstr(rep.first_problem, "gap"));
 }
@@ -480,7 +481,7 @@ test_verify_finds_an_undecodable_item(void **state)
 
 	write_sample(f);
 	raw_edit(f, "items", key, sizeof(key), "\xff\xff\xff", 3);
-	assert_int_equal(store_verify(f->store, NULL, NULL, &rep), -EBADMSG);
+	assert_int_equal(store_verify(f->store, NULL, NULL, NULL, &rep), -EBADMSG);
 	assert_non_null(strstr(rep.first_problem, "does not decode"));
 }
 
@@ -494,7 +495,7 @@ test_verify_finds_a_wrong_index_entry(void **state)
 
 	write_sample(f);
 	raw_edit(f, "index", "c02\0a", 5, val, sizeof(val));
-	assert_int_equal(store_verify(f->store, NULL, NULL, &rep), -EBADMSG);
+	assert_int_equal(store_verify(f->store, NULL, NULL, NULL, &rep), -EBADMSG);
 	assert_non_null(strstr(rep.first_problem, "c02/a"));
 }
 
@@ -507,7 +508,7 @@ test_verify_finds_an_index_entry_without_item(void **state)
 
 	write_sample(f);
 	raw_edit(f, "index", "c09\0ghost", 9, val, sizeof(val));
-	assert_int_equal(store_verify(f->store, NULL, NULL, &rep), -EBADMSG);
+	assert_int_equal(store_verify(f->store, NULL, NULL, NULL, &rep), -EBADMSG);
 	assert_non_null(strstr(rep.first_problem, "point at a matching item"));
 }
 
@@ -554,15 +555,93 @@ test_backup_is_a_consistent_copy(void **state)
 	write_sample(f);
 	strcpy(copy.dir, "/tmp/coordd-test-backup-XXXXXX");
 	assert_non_null(mkdtemp(copy.dir));
-	assert_int_equal(store_backup(f->store, copy.dir), 0);
-	assert_int_equal(store_backup(f->store, copy.dir), -EEXIST);
+	assert_int_equal(store_backup(f->store, copy.dir, NULL, NULL), 0);
+	assert_int_equal(store_backup(f->store, copy.dir, NULL, NULL), -EEXIST);
 	assert_int_equal(open_store(&copy, 4 * MIB, 64 * MIB), 0);
-	assert_int_equal(store_verify(copy.store, NULL, NULL, &rep), 0);
+	assert_int_equal(store_verify(copy.store, NULL, NULL, NULL, &rep), 0);
 	assert_int_equal(store_get_stats(copy.store, &st), 0);
 	assert_int_equal(st.last_seq, 5);
 	assert_int_equal(st.records, 3);
 	copy.store = store_free(copy.store);
 	remove_dir(copy.dir);
+}
+
+static void
+count_problem(void *data, const char *text)
+{
+	(*(unsigned *) data)++;
+	assert_non_null(text);
+}
+
+static void
+test_rebuild_index_mends_a_missing_and_a_stray_entry(void **state)
+{
+	struct fixture *f = *state;
+	struct store_verify_report rep;
+	struct store_repair_report rrep;
+	uint8_t stray[13] = {0, 0, 0, 0, 0, 0, 0, 99, 0, 0, 0, 1, 0};
+	unsigned problems = 0;
+	MDB_txn *txn;
+
+	write_sample(f);
+	raw_edit(f, "index", "c01\0a", 5, NULL, 0);
+	raw_edit(f, "index", "c09\0ghost", 9, stray, sizeof(stray));
+	assert_int_equal(store_verify(f->store, NULL, count_problem, &problems, &rep), -EBADMSG);
+	assert_int_equal(problems, rep.problems);
+	assert_true(problems >= 2);
+
+	assert_int_equal(store_repair_begin(f->store, &txn), 0);
+	assert_int_equal(store_rebuild_index(f->store, txn, NULL, NULL, NULL, &rrep), 0);
+	assert_int_equal(store_repair_commit(f->store, txn), 0);
+	assert_int_equal(rrep.items, 5);
+	assert_int_equal(rrep.records, 3);
+	assert_int_equal(rrep.replaced, 1);
+	assert_int_equal(rrep.dropped, 1);
+	assert_int_equal(rrep.skipped, 0);
+	assert_int_equal(store_verify(f->store, NULL, NULL, NULL, &rep), 0);
+
+	uint64_t seq;
+	uint32_t revision;
+	assert_int_equal(store_lookup(f->store, "c01", "a", &seq, &revision, NULL), 0);
+	assert_int_equal(seq, 3);
+	assert_int_equal(revision, 2);
+}
+
+static void
+test_repair_needs_a_writable_store(void **state)
+{
+	struct fixture *f = *state;
+	struct store *ro;
+	MDB_txn *txn;
+	const struct store_options o = {.dir = f->dir, .map_size = 4 * MIB, .read_only = true};
+
+	write_sample(f);
+	assert_int_equal(store_open(&o, &ro), 0);
+	assert_int_equal(store_repair_begin(ro, &txn), -EROFS);
+	store_free(ro);
+}
+
+static void
+test_backup_refuses_a_directory_with_files(void **state)
+{
+	struct fixture *f = *state;
+	char dir[] = "/tmp/coordd-test-backup-XXXXXX";
+	char path[PATH_MAX];
+
+	write_sample(f);
+	assert_non_null(mkdtemp(dir));
+	(void) snprintf(path, sizeof(path), "%s/keep", dir);
+	FILE *fp = fopen(path, "w");
+	assert_non_null(fp);
+	fclose(fp);
+	assert_int_equal(store_backup(f->store, dir, NULL, NULL), -EEXIST);
+	assert_int_equal(access(path, F_OK), 0);
+	(void) snprintf(path, sizeof(path), "%s/data.mdb", dir);
+	assert_int_equal(access(path, F_OK), -1);
+	assert_int_equal(store_backup(f->store, "/proc/version", NULL, NULL), -ENOTDIR);
+	(void) snprintf(path, sizeof(path), "%s/keep", dir);
+	(void) unlink(path);
+	remove_dir(dir);
 }
 
 int
@@ -600,6 +679,12 @@ main(void)
 	                                        teardown),
 	        cmocka_unit_test(test_read_only_open_of_missing_store_fails),
 	        cmocka_unit_test_setup_teardown(test_backup_is_a_consistent_copy, setup, teardown),
+	        cmocka_unit_test_setup_teardown(
+	                test_rebuild_index_mends_a_missing_and_a_stray_entry, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_repair_needs_a_writable_store, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_backup_refuses_a_directory_with_files, setup,
+	                                        teardown),
 	        cmocka_unit_test(test_unusable_directory_fails),
 	        cmocka_unit_test(test_free_accepts_null),
 	};
