@@ -135,7 +135,9 @@ int auth_user_id_format(enum auth_role role, const char *id,
  */
 int auth_user_id_parse(const char *user_id, enum auth_role *ret_role, char ret_id[AUTH_ID_MAX + 1]);
 
-/* ---- Key files (any thread; they block on file I/O) ---- */
+/* ---- Key files (any thread; they block on file I/O) ----
+ * Implemented in authkey.c, which needs only libc and libzmq: libcoord compiles it too
+ * (clients/libcoord/wire-names.h), so clients and broker share one implementation. */
 
 /*
  * Decode a Z85 CURVE key (exactly AUTH_KEY_Z85_LEN characters of the Z85 alphabet, each
