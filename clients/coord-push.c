@@ -57,7 +57,8 @@ static unsigned arg_ack_timeout_ms = 0;
 static unsigned arg_backoff_max_ms = 0;
 static const char *arg_server_key = NULL;
 static const char *arg_key = NULL;
-static struct keyopt push_keys; /* loaded by push_resolve_defaults() */
+static struct keyopt push_keys; /* loaded by push_resolve_defaults(), cleared when used */
+static bool push_curve;         /* keys were given */
 /* import */
 const char *arg_format = NULL;
 const char *arg_category = NULL;
@@ -385,7 +386,8 @@ push_resolve_defaults(void)
 	if (keyopt_load(arg_server_key, arg_key, &push_keys, why, sizeof(why)) < 0) {
 		return push_usage_error("%s", why);
 	}
-	if (push_keys.curve) {
+	push_curve = push_keys.curve;
+	if (push_curve) {
 		(void) atexit(clear_keys);
 	}
 	return 0;
@@ -395,11 +397,11 @@ const char *
 push_no_answer_hint(struct coord_client *client)
 {
 	int r = client != NULL ? coord_connection_error(client) : 0;
-	if (r == -EACCES && push_keys.curve) {
+	if (r == -EACCES && push_curve) {
 		return "; the broker refused this council's key: is its public key in the broker's "
 		       "keys file under [council.ID]?";
 	}
-	if (r == -EACCES || (r == -EPROTONOSUPPORT && !push_keys.curve)) {
+	if (r == -EACCES || (r == -EPROTONOSUPPORT && !push_curve)) {
 		return "; the broker requires CURVE keys: give --server-key and --key";
 	}
 	if (r == -EPROTONOSUPPORT) {
@@ -407,7 +409,7 @@ push_no_answer_hint(struct coord_client *client)
 		       "and "
 		       "--key";
 	}
-	if (push_keys.curve) {
+	if (push_curve) {
 		return "; is --server-key the broker's public key?";
 	}
 	return "";

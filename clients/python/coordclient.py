@@ -271,13 +271,14 @@ def read_key_file(path, secret=False):
 def load_keys(server_key, key_file):
     """(server_public, client_public, client_secret) as Z85 bytes, for the CURVE socket
     options. `server_key`: the broker's public key as 40 Z85 characters (str or bytes), or
-    the path of its .public file; `key_file`: this client's NAME.secret (the public key is
-    derived from it). Raises KeyFileError, PermissionError or OSError."""
+    the path (str or path-like) of its .public file; `key_file`: this client's NAME.secret
+    (the public key is derived from it). Raises KeyFileError, PermissionError or OSError."""
     if not server_key or not key_file:
         raise KeyFileError("CURVE needs both server_key (the broker's public key) and "
                            "key_file (your NAME.secret)")
     if isinstance(server_key, bytes):
         server_key = server_key.decode("ascii", errors="replace")
+    server_key = os.fspath(server_key)
     key_file = os.fspath(key_file)
     if key_file.endswith(".public"):
         raise KeyFileError(f"{key_file!r} is a public key file: key_file is your NAME.secret")
