@@ -298,6 +298,49 @@ def render_keys_file(entries):
     return "\n".join(lines) + "\n"
 
 
+class CurveKeys:
+    """The server's keypair and one client keypair per role used in these tests, with the
+    files coordd reads."""
+
+    def __init__(self, directory):
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.server = Keypair()
+        self.c01 = Keypair()
+        self.c02 = Keypair()
+        self.desk = Keypair()   # subscriber.desk
+        self.ops = Keypair()    # admin.ops
+        self.secret_path = write_key_file(self.dir / "server.secret", self.server.secret)
+        self.keys_path = self.dir / "keys.ini"
+        self.entries = [("council", "c01", self.c01), ("council", "c02", self.c02),
+                        ("subscriber", "desk", self.desk), ("admin", "ops", self.ops)]
+        self.write()
+
+    def write(self, entries=None):
+        self.keys_path.write_text(render_keys_file(self.entries if entries is None
+                                                   else entries))
+
+    def section(self):
+        return {"secret_key_file": str(self.secret_path), "keys_file": str(self.keys_path)}
+
+    def curve(self, keypair):
+        return (self.server.public, keypair)
+
+
+def secure_daemon(factory, tmp_path, name="sec", extra=None, start=True):
+    """A daemon (from the coordd_factory fixture) whose sockets are all CURVE, with the
+    keys of a CurveKeys (d.keys) and /metrics on a free port (d.metrics_port)."""
+    keys = CurveKeys(tmp_path / f"{name}-keys")
+    port = free_tcp_port()
+    overrides = {"security": keys.section(), "metrics": {"listen": f"127.0.0.1:{port}"}}
+    for section, values in (extra or {}).items():
+        overrides.setdefault(section, {}).update(values)
+    d = factory(name, overrides=overrides, start=start)
+    d.keys = keys
+    d.metrics_port = port
+    return d
+
+
 class Council:
     """One council's client: a DEALER connected to the ingest endpoint.
 

@@ -14,55 +14,14 @@ import pytest
 import zmq
 
 import coord_pb2 as pb
-from coordlib import (ACCEPTED, REJECTED, AckTimeout, Council, Keypair, PublicationTimeout,
-                      Query, QueryTimeout, Subscriber, expect_ack, free_tcp_port,
-                      metric_samples, render_keys_file, write_key_file)
+from coordlib import (ACCEPTED, REJECTED, AckTimeout, Council, CurveKeys, Keypair,
+                      PublicationTimeout, Query, QueryTimeout, Subscriber, expect_ack,
+                      free_tcp_port, metric_samples, secure_daemon)
 
 pytestmark = pytest.mark.local_only
 
 NO_ANSWER = 2.0
 EX_CONFIG = 78
-
-
-class Keys:
-    """The server's keypair and one client keypair per role used in these tests, with the
-    files coordd reads."""
-
-    def __init__(self, directory):
-        self.dir = directory
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.server = Keypair()
-        self.c01 = Keypair()
-        self.c02 = Keypair()
-        self.desk = Keypair()   # subscriber.desk
-        self.ops = Keypair()    # admin.ops
-        self.secret_path = write_key_file(self.dir / "server.secret", self.server.secret)
-        self.keys_path = self.dir / "keys.ini"
-        self.entries = [("council", "c01", self.c01), ("council", "c02", self.c02),
-                        ("subscriber", "desk", self.desk), ("admin", "ops", self.ops)]
-        self.write()
-
-    def write(self, entries=None):
-        self.keys_path.write_text(render_keys_file(self.entries if entries is None
-                                                   else entries))
-
-    def section(self):
-        return {"secret_key_file": str(self.secret_path), "keys_file": str(self.keys_path)}
-
-    def curve(self, keypair):
-        return (self.server.public, keypair)
-
-
-def secure_daemon(factory, tmp_path, name="sec", extra=None, start=True):
-    keys = Keys(tmp_path / f"{name}-keys")
-    port = free_tcp_port()
-    overrides = {"security": keys.section(), "metrics": {"listen": f"127.0.0.1:{port}"}}
-    for section, values in (extra or {}).items():
-        overrides.setdefault(section, {}).update(values)
-    d = factory(name, overrides=overrides, start=start)
-    d.keys = keys
-    d.metrics_port = port
-    return d
 
 
 @pytest.fixture
@@ -212,7 +171,7 @@ def test_start_refuses_public_plain_endpoint(coordd_factory):
 
 
 def test_check_config_reads_the_key_files(coordd_bin, tmp_path):
-    keys = Keys(tmp_path / "keys")
+    keys = CurveKeys(tmp_path / "keys")
     conf = tmp_path / "coordd.conf"
     conf.write_text("[coordd]\nstate_dir = /nonexistent\n"
                     f"[security]\nsecret_key_file = {keys.secret_path}\n"
