@@ -669,6 +669,15 @@ struct auth {
 	char token[2 * AUTH_TOKEN_BYTES + 1]; /* AUTH_PROPERTY_TOKEN of accepted peers */
 	char *plain_domains[AUTH_PLAIN_DOMAINS_MAX];
 	size_t n_plain;
+	struct {
+		char *domain;
+		uint32_t max;
+		auth_count_fn *count;
+		void *data;
+		uint64_t refused;
+	} limits[AUTH_LIMITS_MAX];
+	size_t n_limits;
+	char server_key[AUTH_KEY_Z85_LEN + 1]; /* "" until auth_set_server_key() */
 	struct auth_counters counters;
 	auth_event_fn *event_cb;
 	void *event_data;
@@ -946,6 +955,27 @@ send_reply(const struct auth *a, void *sock, struct request *rq, const struct ve
 	return r;
 }
 
+/* A handshake decide() accepted is refused when its socket is at its connection cap. */
+static void
+apply_limit(struct auth *a, struct request *rq, struct verdict *v)
+{
+	if (v->status[0] != '2') {
+		return;
+	}
+	for (size_t i = 0; i < a->n_limits; i++) {
+		if (!frame_is(&rq->frames[ZAP_DOMAIN], a->limits[i].domain)) {
+			continue;
+		}
+		if (a->limits[i].count(a->limits[i].data) > a->limits[i].max) {
+			a->limits[i].refused++;
+			v->status = "400";
+			v->reason = "connection limit reached";
+			v->user_id[0] = '\0';
+		}
+		return;
+	}
+}
+
 static void
 on_readable(struct zuv *z, void *zsock, unsigned budget, void *data)
 {
@@ -958,6 +988,7 @@ on_readable(struct zuv *z, void *zsock, unsigned budget, void *data)
 			break;
 		}
 		decide(a, &rq, &v);
+		apply_limit(a, &rq, &v);
 		if (v.status[0] == '2') {
 			a->counters.accepted++;
 		} else if (v.status[0] == '4') {
@@ -1055,6 +1086,73 @@ auth_allow_plain(struct auth *a, const char *domain)
 		return -ENOMEM;
 	}
 	a->plain_domains[a->n_plain++] = copy;
+	return 0;
+}
+
+int
+auth_set_server_key(struct auth *a, const char *secret_z85)
+{
+	if (!secret_z85 || strnlen(secret_z85, AUTH_KEY_Z85_LEN + 1) != AUTH_KEY_Z85_LEN) {
+		return -EINVAL;
+	}
+	explicit_bzero(a->server_key, sizeof(a->server_key));
+	memcpy(a->server_key, secret_z85, AUTH_KEY_Z85_LEN + 1);
+	return 0;
+}
+
+int
+auth_socket_setup(struct auth *a, void *zsock, const char *domain, bool curve)
+{
+	if (curve) {
+		if (a->server_key[0] == '\0') {
+			return -ENOKEY;
+		}
+		return auth_server_setup(zsock, domain, a->server_key);
+	}
+	int r = auth_allow_plain(a, domain);
+	if (r < 0) {
+		return r;
+	}
+	return auth_server_setup(zsock, domain, NULL);
+}
+
+int
+auth_set_limit(struct auth *a, const char *domain, uint32_t max, auth_count_fn *count, void *data)
+{
+	if (!domain || *domain == '\0' || strlen(domain) > AUTH_ZAP_FRAME_MAX || max == 0 ||
+	    !count) {
+		return -EINVAL;
+	}
+	size_t i = 0;
+	while (i < a->n_limits && strcmp(a->limits[i].domain, domain) != 0) {
+		i++;
+	}
+	if (i == a->n_limits) {
+		if (a->n_limits == AUTH_LIMITS_MAX) {
+			return -ENOSPC;
+		}
+		char *copy = strdup(domain);
+		if (!copy) {
+			return -ENOMEM;
+		}
+		a->limits[i].domain = copy;
+		a->limits[i].refused = 0;
+		a->n_limits++;
+	}
+	a->limits[i].max = max;
+	a->limits[i].count = count;
+	a->limits[i].data = data;
+	return 0;
+}
+
+uint64_t
+auth_limit_refused(const struct auth *a, const char *domain)
+{
+	for (size_t i = 0; i < a->n_limits; i++) {
+		if (strcmp(a->limits[i].domain, domain) == 0) {
+			return a->limits[i].refused;
+		}
+	}
 	return 0;
 }
 
@@ -1170,6 +1268,10 @@ auth_free(struct auth *a)
 	for (size_t i = 0; i < a->n_plain; i++) {
 		free(a->plain_domains[i]);
 	}
+	for (size_t i = 0; i < a->n_limits; i++) {
+		free(a->limits[i].domain);
+	}
+	explicit_bzero(a->server_key, sizeof(a->server_key));
 	(void) auth_keys_unref(a->keys);
 	free(a);
 	return NULL;
