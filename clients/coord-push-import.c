@@ -510,7 +510,7 @@ queue_rows(struct import *im, struct coord_client *client, size_t *ret_queued)
 
 static int
 print_import_result(const struct import *im, const struct push_tracker *t, size_t to_send,
-                    size_t queued_now, bool sent, bool waited, int wait_result)
+                    size_t queued_now, bool sent, bool waited, int wait_result, const char *hint)
 {
 	size_t waiting = sent ? t->n - t->answered : 0;
 	size_t rows = im->n_rows + im->n_bad - im->n_conflicts;
@@ -589,8 +589,8 @@ print_import_result(const struct import *im, const struct push_tracker *t, size_
 	}
 	if (wait_result == -ETIMEDOUT && waiting > 0) {
 		push_errorf("no answer from the broker for %g s; %zu records wait in the outbox %s "
-		            "(run the same import again, or `coord-push flush`)",
-		            arg_timeout, waiting, arg_outbox);
+		            "(run the same import again, or `coord-push flush`)%s",
+		            arg_timeout, waiting, arg_outbox, hint);
 		return EXIT_WAITING;
 	}
 	if (im->n_bad > 0 || t->rejected > 0) {
@@ -705,7 +705,8 @@ push_import(int argc, char **argv)
 		}
 	}
 	(void) pthread_mutex_lock(&t.mu);
-	status = print_import_result(&im, &t, to_send, queued, send, send && arg_timeout > 0, w);
+	status = print_import_result(&im, &t, to_send, queued, send, send && arg_timeout > 0, w,
+	                             push_no_answer_hint(client));
 	(void) pthread_mutex_unlock(&t.mu);
 out:
 	client = coord_client_free(client);

@@ -111,5 +111,11 @@ int push_open_client(struct push_tracker *t, unsigned flags, struct coord_client
  */
 int push_wait_answers(struct push_tracker *t, struct coord_client *client, bool progress);
 
+/*
+ * What to add to a "no answer from the broker" message: "" or "; <a sentence>" from
+ * coord_connection_error() and whether keys are in use (`client` may be NULL).
+ */
+const char *push_no_answer_hint(struct coord_client *client);
+
 /* `coord-push import`: argv[0] is "import". Returns the exit status. */
 int push_import(int argc, char **argv);

@@ -90,7 +90,8 @@ struct fanout {
 	struct job_scope *job;
 	size_t n_job;
 	int64_t job_now;
-	uint64_t job_started; /* uv_hrtime() */
+	unsigned job_headlines; /* read by the worker: a reload may swap cfg meanwhile */
+	uint64_t job_started;   /* uv_hrtime() */
 
 	bool closing;
 	unsigned closing_parts;
@@ -379,8 +380,7 @@ job_work(uv_work_t *req)
 		struct job_scope *js = &f->job[i];
 		for (int w = 0; w < N_WINDOWS && js->r == 0; w++) {
 			js->r = digest_compute(f->digest, js->scope.kind, js->scope.id, windows[w],
-			                       0, 0, f->job_now, f->cfg->digest.headlines,
-			                       &js->digests[w]);
+			                       0, 0, f->job_now, f->job_headlines, &js->digests[w]);
 		}
 	}
 }
@@ -502,6 +502,7 @@ start_job(struct fanout *f)
 	f->n_job = f->n_todo;
 	f->n_todo = 0;
 	f->job_now = now_ms();
+	f->job_headlines = f->cfg->digest.headlines;
 	f->job_started = uv_hrtime();
 	f->counters.digest_jobs++;
 	int r = uv_queue_work(f->loop, &f->work, job_work, after_job);
@@ -630,8 +631,8 @@ set_int(void *sock, int option, int value)
 }
 
 int
-fanout_new(uv_loop_t *loop, void *zctx, struct store *store, struct digest *digest,
-           struct config *cfg, struct fanout **ret_fanout)
+fanout_new(uv_loop_t *loop, void *zctx, struct auth *auth, struct store *store,
+           struct digest *digest, struct config *cfg, struct fanout **ret_fanout)
 {
 	struct fanout *f = calloc(1, sizeof(*f));
 	int r;
@@ -651,6 +652,11 @@ fanout_new(uv_loop_t *loop, void *zctx, struct store *store, struct digest *dige
 	}
 	if (r >= 0) {
 		r = set_int(f->sock, ZMQ_XPUB_NODROP, 0);
+	}
+	/* Subscribers and admins only: item/ topics name people (docs/SECURITY.md). */
+	if (r >= 0) {
+		r = auth_socket_setup(auth, f->sock, AUTH_DOMAIN_PUBLISH,
+		                      cfg->publish.security == CONFIG_SECURITY_CURVE);
 	}
 	if (r >= 0) {
 		r = zmon_new(loop, zctx, f->sock, "publish", &f->zmon);
@@ -679,6 +685,22 @@ fanout_new(uv_loop_t *loop, void *zctx, struct store *store, struct digest *dige
 	return 0;
 fail:
 	fanout_free(f);
+	return r;
+}
+
+int
+fanout_set_config(struct fanout *f, struct config *cfg)
+{
+	struct config *old = f->cfg;
+	int r = 0;
+
+	f->cfg = config_ref(cfg);
+	if (f->timer_started && !f->closing &&
+	    cfg->digest.publish_interval_ms != old->digest.publish_interval_ms) {
+		uint64_t interval = cfg->digest.publish_interval_ms;
+		r = uv_timer_start(&f->timer, on_tick, interval, interval);
+	}
+	config_unref(old);
 	return r;
 }
 

@@ -25,6 +25,7 @@
 
 #include <zmq.h>
 
+#include "auth.h"
 #include "ingest.h"
 #include "log.h"
 #include "wire.h"
@@ -64,6 +65,10 @@ struct ingest {
 	bool zuv_started;
 	struct store *store;
 	struct config *cfg;
+	struct auth *auth;
+	bool curve;                 /* CURVE socket: the council is the key's (check_council) */
+	uint64_t refusal_log_ms;    /* start of the current second of refusal warnings */
+	unsigned refusal_log_count; /* warnings logged in it */
 	ingest_accepted_fn *on_accepted;
 	void *accepted_data;
 	struct zmon *zmon;
@@ -186,14 +191,57 @@ refuse(struct ingest *in, zmq_msg_t *rid, const Coord__V1__Envelope *env,
 	send_ack(in, rid, &ack);
 }
 
+/* Refusals of identity are logged at warning, at most this many per second. */
+#define INGEST_REFUSAL_LOGS_PER_S 10
+
+static bool
+refusal_log_allowed(struct ingest *in)
+{
+	uint64_t now = uv_now(in->loop);
+
+	if (now - in->refusal_log_ms >= 1000) {
+		in->refusal_log_ms = now;
+		in->refusal_log_count = 0;
+	}
+	return in->refusal_log_count++ < INGEST_REFUSAL_LOGS_PER_S;
+}
+
 /*
  * The one place that decides whether a message may be written as the council it names.
- * The council must be registered in the config. (The security work adds: and it must be the
- * council proven by the connection's CURVE key.)
+ * On a CURVE socket the council is the one proven by the connection's key, checked against
+ * the CURRENT allowlist (auth_check_msg(), so a key removed by a reload is refused on open
+ * connections too), and the record must name that council. On every socket the council
+ * must be registered in the config.
  */
 static int
-check_council(const struct ingest *in, const Coord__V1__Envelope *env, struct wire_verdict *v)
+check_council(struct ingest *in, const zmq_msg_t *body, const Coord__V1__Envelope *env,
+              struct wire_verdict *v)
 {
+	if (in->curve) {
+		char id[AUTH_ID_MAX + 1] = "";
+		int r = auth_check_msg(in->auth, body, AUTH_ROLE_COUNCIL, id);
+		if (r < 0 || strcmp(id, env->council) != 0) {
+			v->reason = COORD__V1__REASON__REASON_UNAUTHORIZED;
+			if (r < 0) {
+				(void) snprintf(
+				        v->message, sizeof(v->message),
+				        "the sender's key is not (or no longer) allowlisted "
+				        "as a council");
+			} else {
+				(void) snprintf(
+				        v->message, sizeof(v->message),
+				        "the sender's key belongs to council '%s', not '%s'", id,
+				        env->council);
+			}
+			if (refusal_log_allowed(in)) {
+				log_warning("Rejected a record the sender's key does not allow: "
+				            "council=%s claimed='%s' msg_id='%s'",
+				            r < 0 ? "(not allowlisted)" : id, env->council,
+				            env->msg_id);
+			}
+			return -EACCES;
+		}
+	}
 	if (!config_find_council(in->cfg, env->council)) {
 		v->reason = COORD__V1__REASON__REASON_UNKNOWN_COUNCIL;
 		(void) snprintf(v->message, sizeof(v->message), "council '%s' is not registered",
@@ -305,7 +353,7 @@ admit(struct ingest *in, struct msg *m, struct store_record *rec, int64_t now)
 		r = wire_validate_envelope(env, now, &verdict);
 	}
 	if (r >= 0) {
-		r = check_council(in, env, &verdict);
+		r = check_council(in, &m->body, env, &verdict);
 	}
 	if (r < 0) {
 		refuse(in, &m->rid, env, COORD__V1__ACK_STATUS__ACK_STATUS_REJECTED, verdict.reason,
@@ -708,7 +756,7 @@ set_int(void *sock, int option, int value)
 }
 
 int
-ingest_new(uv_loop_t *loop, void *zctx, struct store *store, struct config *cfg,
+ingest_new(uv_loop_t *loop, void *zctx, struct auth *auth, struct store *store, struct config *cfg,
            ingest_accepted_fn *on_accepted, void *data, struct ingest **ret_ingest)
 {
 	struct ingest *in = calloc(1, sizeof(*in));
@@ -720,6 +768,8 @@ ingest_new(uv_loop_t *loop, void *zctx, struct store *store, struct config *cfg,
 	in->loop = loop;
 	in->store = store;
 	in->cfg = config_ref(cfg);
+	in->auth = auth;
+	in->curve = cfg->ingest.security == CONFIG_SECURITY_CURVE;
 	in->on_accepted = on_accepted;
 	in->accepted_data = data;
 
@@ -743,6 +793,9 @@ ingest_new(uv_loop_t *loop, void *zctx, struct store *store, struct config *cfg,
 	}
 	if (r >= 0 && zmq_setsockopt(in->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof(maxmsg)) < 0) {
 		r = -zmq_errno();
+	}
+	if (r >= 0) {
+		r = auth_socket_setup(auth, in->sock, AUTH_DOMAIN_INGEST, in->curve);
 	}
 	/* Monitored before binding, so that no accepted connection goes uncounted. */
 	if (r >= 0) {
@@ -785,6 +838,15 @@ ingest_set_state_fn(struct ingest *in, ingest_state_fn *fn, void *data)
 {
 	in->state_fn = fn;
 	in->state_data = data;
+}
+
+void
+ingest_set_config(struct ingest *in, struct config *cfg)
+{
+	struct config *old = in->cfg;
+
+	in->cfg = config_ref(cfg);
+	config_unref(old);
 }
 
 void

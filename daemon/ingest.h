@@ -17,6 +17,7 @@
 
 #include <uv.h>
 
+#include "auth.h"
 #include "config.h"
 #include "coord.pb-c.h"
 #include "store.h"
@@ -109,16 +110,28 @@ struct ingest_accepted {
 typedef void ingest_accepted_fn(void *data, const struct ingest_accepted *rec);
 
 /*
- * Create the ROUTER socket in `zctx`, bind cfg->ingest.endpoint and start receiving.
- * `store` is borrowed and must outlive the ingest. `cfg` is referenced (config_ref) until
- * ingest_free(). `on_accepted` (may be NULL) and `data` are borrowed until ingest_stop()
- * has called its callback; committed records are reported to it. The socket's connections
- * are counted with zmq_socket_monitor (ingest_connections()).
- * Returns 0 and *ret_ingest, or a negative errno (-EADDRINUSE, ... from zmq_bind; the caller
- * logs it); on error nothing is bound.
+ * Create the ROUTER socket in `zctx`, secure it with `auth` (auth_socket_setup() on ZAP
+ * domain "ingest", CURVE when cfg->ingest.security is curve), bind cfg->ingest.endpoint and
+ * start receiving. On a CURVE socket every record must name the council of the sender's
+ * allowlisted key, else it is REJECTED with REASON_UNAUTHORIZED (and a rate-limited
+ * warning). `auth` and `store` are borrowed and must outlive the ingest. `cfg` is
+ * referenced (config_ref) until replaced or ingest_free(). `on_accepted` (may be NULL) and `data`
+ * are borrowed until ingest_stop() has called its callback; committed records are reported to it.
+ * The socket's connections are counted with zmq_socket_monitor (ingest_connections()). Returns 0
+ * and *ret_ingest, or a negative errno (-EADDRINUSE, ... from zmq_bind; the caller logs it); on
+ * error nothing is bound.
  */
-int ingest_new(uv_loop_t *loop, void *zctx, struct store *store, struct config *cfg,
-               ingest_accepted_fn *on_accepted, void *data, struct ingest **ret_ingest);
+int ingest_new(uv_loop_t *loop, void *zctx, struct auth *auth, struct store *store,
+               struct config *cfg, ingest_accepted_fn *on_accepted, void *data,
+               struct ingest **ret_ingest);
+
+/*
+ * Use `cfg` (referenced; the old one is released) from the next message on: a reload.
+ * Batches in flight keep the record pointers they hold, not the config. The caller keeps
+ * the keys that apply only at start (endpoint, security, hwm, max_batch, ...) unchanged
+ * (config_keep_restart_keys()). Loop thread.
+ */
+void ingest_set_config(struct ingest *in, struct config *cfg);
 
 /*
  * Stop for shutdown: stop reading, commit and ack every message already received (and

@@ -23,6 +23,7 @@
 
 #include <zmq.h>
 
+#include "auth.h"
 #include "iso.h"
 #include "log.h"
 #include "query.h"
@@ -58,6 +59,8 @@ struct query {
 	struct store *store;
 	struct digest *digest;
 	struct config *cfg;
+	struct auth *auth;
+	bool curve; /* CURVE socket: requests are checked against the sender's role */
 	query_stats_fn *stats_fn;
 	void *stats_data;
 
@@ -551,9 +554,45 @@ do_stats(struct query *q, const Coord__V1__QueryRequest *req, struct answer *a)
 	return answer_pack(&resp, a);
 }
 
-/* Answer one request frame. Returns 0 with `a` filled, or -ENOMEM. */
+/*
+ * What a subscriber key may not ask (docs/SECURITY.md "Roles"): stats, and history that
+ * starts more than subscriber_history_window items below the store's last seq, which is
+ * what an export (coordctl export pages history from seq 0) does. Catching up a gap on the
+ * publish socket stays within the window. Returns 1 with `a` filled with the refusal, 0
+ * when allowed, or -ENOMEM.
+ */
 static int
-handle(struct query *q, const uint8_t *buf, size_t len, struct answer *a)
+refuse_subscriber(struct query *q, const Coord__V1__QueryRequest *req, struct answer *a)
+{
+	if (req->body_case == COORD__V1__QUERY_REQUEST__BODY_STATS) {
+		int r = answer_error(q, req->request_id, a,
+		                     "stats needs an admin key; this key has the subscriber role");
+		return r < 0 ? r : 1;
+	}
+	if (req->body_case != COORD__V1__QUERY_REQUEST__BODY_HISTORY) {
+		return 0;
+	}
+	struct store_stats st = {0};
+	uint64_t window = q->cfg->query.subscriber_history_window;
+	if (store_get_stats(q->store, &st) < 0 || st.last_seq <= window ||
+	    req->history->after_seq >= st.last_seq - window) {
+		/* A failing store is reported by do_history() itself. */
+		return 0;
+	}
+	int r = answer_error(q, req->request_id, a,
+	                     "history from after_seq %" PRIu64 " reaches back more than %" PRIu64
+	                     " items (subscriber_history_window): exports need an admin key; "
+	                     "ask from after_seq %" PRIu64 " or later",
+	                     req->history->after_seq, window, st.last_seq - window);
+	return r < 0 ? r : 1;
+}
+
+/*
+ * Answer one request frame. `admin` is false for a subscriber key on a CURVE socket.
+ * Returns 0 with `a` filled, or -ENOMEM.
+ */
+static int
+handle(struct query *q, const uint8_t *buf, size_t len, bool admin, struct answer *a)
 {
 	if (len > QUERY_REQUEST_MAX) {
 		return answer_error(q, 0, a,
@@ -567,7 +606,12 @@ handle(struct query *q, const uint8_t *buf, size_t len, struct answer *a)
 		                    "not a QueryRequest: the frame does not decode as "
 		                    "coord.v1.QueryRequest");
 	}
-	int r;
+	int r = admin ? 0 : refuse_subscriber(q, req, a);
+	if (r != 0) {
+		q->counters.refused += r > 0;
+		coord__v1__query_request__free_unpacked(req, NULL);
+		return r < 0 ? r : 0;
+	}
 	switch (req->body_case) {
 	case COORD__V1__QUERY_REQUEST__BODY_DIGEST:
 		r = do_digest(q, req, a);
@@ -680,7 +724,18 @@ on_readable(struct zuv *z, void *zsock, unsigned budget, void *data)
 		}
 		struct answer a = {0};
 		zmq_msg_t *req = &frames[n - 1];
-		int r = handle(q, zmq_msg_data(req), zmq_msg_size(req), &a);
+		int r;
+		if (q->curve && auth_check_msg(q->auth, req, AUTH_ROLE_SUBSCRIBER, NULL) < 0) {
+			/* A key removed by a reload, on a connection opened before it. */
+			q->counters.refused++;
+			r = answer_error(
+			        q, 0, &a,
+			        "this key is not (or no longer) allowed to query the broker");
+		} else {
+			bool admin = !q->curve ||
+			             auth_check_msg(q->auth, req, AUTH_ROLE_ADMIN, NULL) >= 0;
+			r = handle(q, zmq_msg_data(req), zmq_msg_size(req), admin, &a);
+		}
 		(void) zmq_msg_close(req);
 		q->counters.requests++;
 		if (r < 0) {
@@ -693,8 +748,9 @@ on_readable(struct zuv *z, void *zsock, unsigned budget, void *data)
 }
 
 int
-query_new(uv_loop_t *loop, void *zctx, struct store *store, struct digest *digest,
-          struct config *cfg, query_stats_fn *stats, void *data, struct query **ret_query)
+query_new(uv_loop_t *loop, void *zctx, struct auth *auth, struct store *store,
+          struct digest *digest, struct config *cfg, query_stats_fn *stats, void *data,
+          struct query **ret_query)
 {
 	struct query *q = calloc(1, sizeof(*q));
 	int r;
@@ -706,11 +762,16 @@ query_new(uv_loop_t *loop, void *zctx, struct store *store, struct digest *diges
 	q->store = store;
 	q->digest = digest;
 	q->cfg = config_ref(cfg);
+	q->auth = auth;
+	q->curve = cfg->query.security == CONFIG_SECURITY_CURVE;
 	q->stats_fn = stats;
 	q->stats_data = data;
 
 	r = zuv_socket_new(zctx, ZMQ_ROUTER, QUERY_LINGER_MS, (int) cfg->query.hwm,
 	                   QUERY_MAXMSGSIZE, &q->sock);
+	if (r >= 0) {
+		r = auth_socket_setup(auth, q->sock, AUTH_DOMAIN_QUERY, q->curve);
+	}
 	if (r >= 0) {
 		r = zmon_new(loop, zctx, q->sock, "query", &q->zmon);
 	}
@@ -730,6 +791,15 @@ query_new(uv_loop_t *loop, void *zctx, struct store *store, struct digest *diges
 fail:
 	query_free(q);
 	return r;
+}
+
+void
+query_set_config(struct query *q, struct config *cfg)
+{
+	struct config *old = q->cfg;
+
+	q->cfg = config_ref(cfg);
+	config_unref(old);
 }
 
 void

@@ -29,6 +29,7 @@
 
 #include <uv.h>
 
+#include "auth.h"
 #include "config.h"
 #include "coord.pb-c.h"
 #include "digest.h"
@@ -55,18 +56,32 @@ struct query_counters {
 	uint64_t requests; /* requests answered (errors included) */
 	uint64_t errors;   /* answered with QueryResponse.error */
 	uint64_t dropped;  /* messages dropped unanswered (bad framing) */
+	uint64_t refused;  /* answered with an error because of the sender's key or role */
 };
 
 /*
  * Create the ROUTER socket in `zctx` (SNDHWM cfg->query.hwm, ZMQ_MAXMSGSIZE
- * QUERY_MAXMSGSIZE), bind cfg->query.endpoint and start answering. `store` and `digest`
- * are borrowed and must outlive the query; `cfg` is referenced until query_free();
+ * QUERY_MAXMSGSIZE), secure it with `auth` (ZAP domain "query", CURVE when
+ * cfg->query.security is curve), bind cfg->query.endpoint and start answering.
+ * Roles on a CURVE socket: each request's key must still be allowlisted as a subscriber or
+ * an admin (else an error answer); a subscriber may ask digests, status and history that
+ * starts at most cfg->query.subscriber_history_window items below the last seq; stats and
+ * older history (exports) need an admin. A plain socket answers everything.
+ * `auth`, `store` and `digest` are borrowed and must outlive the query; `cfg` is
+ * referenced until replaced or query_free();
  * `stats` (may be NULL) and `data` are borrowed until query_close() has called back.
  * Returns 0 and *ret_query, or a negative errno (from zmq_bind: -EADDRINUSE, ...; the caller
  * logs it); on error nothing is bound.
  */
-int query_new(uv_loop_t *loop, void *zctx, struct store *store, struct digest *digest,
-              struct config *cfg, query_stats_fn *stats, void *data, struct query **ret_query);
+int query_new(uv_loop_t *loop, void *zctx, struct auth *auth, struct store *store,
+              struct digest *digest, struct config *cfg, query_stats_fn *stats, void *data,
+              struct query **ret_query);
+
+/*
+ * Use `cfg` (referenced; the old one released) from the next request on: a reload. The
+ * endpoint, security and hwm are applied at start only. Loop thread.
+ */
+void query_set_config(struct query *q, struct config *cfg);
 
 /* Copy the counters. */
 void query_get_counters(const struct query *q, struct query_counters *ret_counters);
