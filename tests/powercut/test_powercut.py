@@ -21,12 +21,14 @@ broker starts on each state (real LMDB), and the checks are:
   stored live records (coordlib.recount).
 
 Runs chain: each starts on the store the previous kill -9 left. Identical crash states
-are checked once. The negative control does the same with `[store] sync = none` and must
-find an acknowledged record missing; otherwise the simulator simulates nothing.
+are checked once. The negative control does the same with `[store] sync = none` (a quarter
+of the runs and cuts) and must find an acknowledged record missing; otherwise the
+simulator simulates nothing. The library and the builder have tests of their own at the
+end of this file.
 
 Environment: POWERCUT_RUNS (traced runs, default 4), POWERCUT_CUTS (cut points per run,
 default 12), POWERCUT_RECORDS (campaign records per run, default 1500), POWERCUT_SEED
-(default: random, printed), POWERCUT_FIGURES (a JSON file to write the figures into),
+(default: random, printed), POWERCUT_FIGURES (a file to append the figures of each test to, one JSON line),
 POWERCUT_SKIP (a reason to skip: set by meson in sanitizer builds).
 """
 
@@ -57,8 +59,9 @@ RUNS = int(os.environ.get("POWERCUT_RUNS", "4"))
 CUTS = int(os.environ.get("POWERCUT_CUTS", "12"))
 RECORDS = int(os.environ.get("POWERCUT_RECORDS", "1500"))
 SEED = int(os.environ.get("POWERCUT_SEED", str(random.SystemRandom().randrange(1 << 31))))
-NEGATIVE_RUNS = 1
-NEGATIVE_CUTS = 3
+# The negative control grows with the main test, at a quarter of its size.
+NEGATIVE_RUNS = max(1, RUNS // 4)
+NEGATIVE_CUTS = max(3, CUTS // 4)
 
 
 def lib_path():
@@ -147,6 +150,8 @@ class Harness:
                 self.sent[(c, msg_id, revision)] = data
         total = sum(len(v) for v in sends.values())
         kill_after = self.rng.randrange(total * 15 // 100, total * 75 // 100)
+        # Small windows make small batches: many commits, so many cut points between them.
+        window = self.rng.choice([4, 16, 64])
 
         cond = threading.Condition()
         run_acks = {}
@@ -166,7 +171,7 @@ class Harness:
         def push(council, items):
             try:
                 with d.council(council, timeout=60) as client:
-                    client.push_all(items, window=64, idle_timeout=60, stop=stop,
+                    client.push_all(items, window=window, idle_timeout=60, stop=stop,
                                     on_ack=lambda a: on_ack(council, a))
             except BaseException as e:  # noqa: BLE001 - reported below
                 with cond:
@@ -380,3 +385,146 @@ def test_negative_control_sync_none_loses_acknowledged_records(tmp_path):
     assert fig.acked_checked > 0, "no acknowledged record was ever checked"
     assert fig.lost > 0, (f"sync = none lost no acknowledged record in {fig.states} crash "
                           f"states: the simulator is broken")
+
+
+# ---------------------------------------------------------------------------------------
+# The simulator itself: what the library records, and which states the builder makes.
+
+TRACEE = r"""
+import mmap, os, sys
+d = sys.argv[1]
+fd = os.open(os.path.join(d, "a"), os.O_RDWR | os.O_CREAT, 0o640)
+os.write(fd, b"A" * 100)                      # write at 0
+os.pwrite(fd, b"B" * 1000, 4096)              # pwrite past the end
+os.lseek(fd, 200, os.SEEK_SET)
+os.writev(fd, [b"C" * 10, b"D" * 20])         # writev at 200
+os.fdatasync(fd)                              # flush a
+dup = os.dup(fd)
+os.pwritev(dup, [b"E" * 600], 8192)           # through a dup
+os.ftruncate(fd, 9000)
+os.close(fd)
+os.pwrite(dup, b"F" * 5, 0)                   # the dup stays traced after close(fd)
+os.fsync(dup)
+m = mmap.mmap(dup, 4096, mmap.MAP_SHARED, mmap.PROT_READ)
+m.close()
+os.close(dup)
+s = os.open(os.path.join(d, "b"), os.O_WRONLY | os.O_CREAT | os.O_DSYNC, 0o640)
+os.pwrite(s, b"G" * 50, 0)                    # O_DSYNC: durable by itself
+os.close(s)
+u = os.open(os.path.join(d, "lock.mdb"), os.O_RDWR | os.O_CREAT, 0o640)
+os.write(u, b"H")                             # lock.mdb: not traced
+os.close(u)
+o = os.open(os.path.join(os.path.dirname(d), "outside"), os.O_RDWR | os.O_CREAT, 0o640)
+os.write(o, b"I")                             # outside the directory: not traced
+os.close(o)
+"""
+
+
+def trace(tmp_path, script, *args):
+    traced = tmp_path / "traced"
+    traced.mkdir()
+    log = tmp_path / "log"
+    env = dict(os.environ, LD_PRELOAD=lib_path(), POWERCUT_DIR=str(traced),
+               POWERCUT_LOG=str(log))
+    subprocess.run(["/usr/bin/python3", "-c", script, str(traced), *args], env=env,
+                   check=True, timeout=60)
+    return traced, crashstate.Log(log)
+
+
+def test_library_records_every_write_and_flush(tmp_path):
+    _, log = trace(tmp_path, TRACEE)
+    assert sorted(log.files.values()) == ["a", "b"]
+    ids = {v: k for k, v in log.files.items()}
+    a, b = ids["a"], ids["b"]
+    got = [(crashstate.TYPE_NAMES[r.type], r.file, r.off, r.len,
+            bytes(r.data[:1]) if r.data is not None else None) for r in log.records]
+    assert got == [
+        ("write", a, 0, 100, b"A"),
+        ("write", a, 4096, 1000, b"B"),
+        ("write", a, 200, 30, b"C"),
+        ("flush", a, 0, crashstate.WHOLE, None),
+        ("write", a, 8192, 600, b"E"),
+        ("truncate", a, 9000, 0, None),
+        ("write", a, 0, 5, b"F"),
+        ("flush", a, 0, crashstate.WHOLE, None),
+        ("syncwrite", b, 0, 50, b"G"),
+    ], got
+    assert bytes(log.records[2].data) == b"C" * 10 + b"D" * 20
+    times = [r.t_ns for r in log.records]
+    assert times == sorted(times)
+    assert not log.truncated_tail
+
+
+def test_library_refuses_writable_shared_mappings(tmp_path):
+    script = ("import mmap, os, sys\n"
+              "fd = os.open(os.path.join(sys.argv[1], 'data.mdb'), os.O_RDWR | os.O_CREAT)\n"
+              "os.ftruncate(fd, 4096)\n"
+              "m = mmap.mmap(fd, 4096, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)\n"
+              "m[0:1] = b'x'\n")
+    with pytest.raises(crashstate.LogError, match="writable shared mapping"):
+        trace(tmp_path, script)
+
+
+def fake_log(path, records, files=("f", "g"), cut_tail=0):
+    """Write a log by hand: records are (type, file, off, len_or_bytes)."""
+    out = bytearray(crashstate.MAGIC)
+    for i, name in enumerate(files):
+        out += crashstate.HEADER.pack(crashstate.OPEN, i, 0, len(name), 0) + name.encode()
+    for t, (type_, file, off, x) in enumerate(records, 1):
+        data = x if isinstance(x, bytes) else b""
+        length = len(x) if isinstance(x, bytes) else x
+        out += crashstate.HEADER.pack(type_, file, off, length, t) + data
+    path.write_bytes(bytes(out[:len(out) - cut_tail]))
+    return crashstate.Log(path)
+
+
+def state_of(log, tmp_path, cut, mode, seed=0, **kw):
+    out = tmp_path / f"s-{cut}-{mode}-{seed}"
+    crashstate.build(log, None, str(out), cut, mode, random.Random(seed), **kw)
+    return {n: (out / n).read_bytes() for n in sorted(os.listdir(out))}
+
+
+def test_builder_keeps_flushed_writes_only_of_the_flushed_file(tmp_path):
+    W, F, S = crashstate.WRITE, crashstate.FLUSH, crashstate.SYNCWRITE
+    log = fake_log(tmp_path / "log", [
+        (W, 0, 0, b"a" * 4),        # 0: f, flushed by 2
+        (W, 1, 0, b"b" * 4),        # 1: g, never flushed (2 flushes f only)
+        (F, 0, 0, crashstate.WHOLE),
+        (S, 1, 4, b"s" * 2),        # 3: g, O_DSYNC: durable, makes 1 no more durable
+        (W, 0, 4, b"c" * 4),        # 4: f, unflushed
+    ])
+    assert log.durable(5) == {0, 3}
+    assert state_of(log, tmp_path, 5, "flushed") == {"f": b"aaaa", "g": b"\0" * 4 + b"ss"}
+    assert state_of(log, tmp_path, 5, "all") == {"f": b"aaaacccc", "g": b"bbbbss"}
+    # Before the flush (cut 2), nothing of f is durable.
+    assert state_of(log, tmp_path, 2, "flushed") == {"f": b"", "g": b""}
+    # Every subset of the unflushed writes 1 and 4 appears over seeds, with 0 and 3 in all.
+    seen = {tuple(sorted(state_of(log, tmp_path, 5, "subset", s).items())) for s in range(40)}
+    assert len(seen) == 4
+
+
+def test_builder_tears_writes_at_sector_boundaries(tmp_path):
+    W = crashstate.WRITE
+    data = bytes(range(256)) * 8  # 2048 bytes from offset 100: boundaries 512, 1024, 1536, 2048
+    log = fake_log(tmp_path / "log", [(W, 0, 100, data)], files=("f",))
+    prefixes = set()
+    for s in range(60):
+        st = state_of(log, tmp_path, 1, "torn", s, p=1.0, p_tear=1.0)["f"]
+        assert st[:100] == b"\0" * 100
+        n = len(st) - 100
+        assert st[100:] == data[:n]
+        prefixes.add(n)
+    assert prefixes == {512 - 100, 1024 - 100, 1536 - 100, 2048 - 100}
+    # The write in progress at a cut is kept whole, torn or lost.
+    kinds = set()
+    for s in range(60):
+        st = state_of(log, tmp_path, 0, "torn", s).get("f", b"")
+        kinds.add("lost" if not st else "whole" if len(st) == 2148 else "torn")
+    assert kinds == {"lost", "whole", "torn"}
+
+
+def test_builder_drops_a_record_cut_short(tmp_path):
+    W = crashstate.WRITE
+    log = fake_log(tmp_path / "log", [(W, 0, 0, b"x" * 10), (W, 0, 10, b"y" * 10)],
+                   files=("f",), cut_tail=3)
+    assert len(log) == 1 and log.truncated_tail
