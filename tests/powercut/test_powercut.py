@@ -342,8 +342,19 @@ class Harness:
                     self.check_state(log, snap, cut, mode, t_limit)
             shutil.rmtree(snap)
             os.unlink(log_path)
+            self.fig.seconds = round(time.monotonic() - start, 1)
+            progress(self.fig)
         self.fig.seconds = round(time.monotonic() - start, 1)
         return self.fig
+
+
+def progress(fig):
+    """After each traced run of a long test: the figures so far, in the figures file."""
+    path = os.environ.get("POWERCUT_FIGURES")
+    if path and RUNS > 4:
+        with open(path, "a") as f:
+            f.write(json.dumps({"seed": SEED, "partial": True, **fig.as_dict()},
+                               sort_keys=True) + "\n")
 
 
 def report(fig):
