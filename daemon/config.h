@@ -59,6 +59,12 @@ struct config {
 		uint32_t max_pending;       /* received but uncommitted before reading pauses,
 		                               >= max_batch, default 8192 */
 		uint32_t hwm; /* ZMQ send and receive HWM, 100 .. 1000000, default 10000 */
+		uint32_t max_inflight_per_council; /* messages received from one sender and not
+		                                      yet acked, 1 .. 1000000, default 1024 */
+		uint32_t rate_limit; /* messages per second per sender, 0 (off) .. 10000000,
+		                        default 100000 */
+		uint32_t rate_burst; /* token bucket depth, 1 .. 20000000, default 2 x rate_limit
+		                        (0 when rate_limit is 0 and rate_burst is not set) */
 	} ingest;
 
 	/* [publish]: the XPUB socket headquarters subscribes to (fanout) */
@@ -66,6 +72,9 @@ struct config {
 		char *endpoint; /* endpoint, default tcp://127.0.0.1:7702 */
 		uint32_t hwm;   /* messages queued per subscriber before libzmq drops, 100 ..
 		                   1000000, default 1000 */
+		uint32_t max_subscription_bytes; /* ZMQ_MAXMSGSIZE of the socket: a bigger
+		                                    (un)subscription drops its connection,
+		                                    256 .. 64 KiB, default 1 KiB */
 	} publish;
 
 	/* [query]: the ROUTER socket for digests, history, status and stats (query) */
@@ -79,6 +88,8 @@ struct config {
 		                               default 4 MiB (at least one item is always sent) */
 		uint32_t hwm; /* answers queued per client before libzmq drops, 1 .. 100000,
 		                 default 32 */
+		uint32_t max_request_bytes; /* ZMQ_MAXMSGSIZE of the socket: a bigger frame drops
+		                               its connection, 4 KiB .. 1 MiB, default 64 KiB */
 	} query;
 
 	/* [digest] */
