@@ -600,6 +600,34 @@ print_import_result(const struct import *im, const struct push_tracker *t, size_
 }
 
 int
+push_import_check_buffer(const char *data, size_t len, bool csv, int64_t now_ms, size_t *ret_rows,
+                         size_t *ret_bad)
+{
+	struct import im = {.path = "<buffer>", .csv = csv, .now_ms = now_ms};
+	/* fmemopen() refuses an empty buffer: an empty file reads the same as /dev/null. */
+	FILE *f = len > 0 ? fmemopen((void *) data, len, "r") : fopen("/dev/null", "re");
+	if (f == NULL) {
+		return EXIT_ERROR;
+	}
+	int status = csv ? read_csv(&im, f) : read_jsonl(&im, f);
+	(void) fclose(f);
+	struct push_tracker t;
+	bool tracker_ok = push_tracker_init(&t, im.n_rows) == 0;
+	if (status == 0 && (!tracker_ok || find_repeats(&im, &t) < 0)) {
+		status = EXIT_ERROR;
+	}
+	if (status == 0) {
+		*ret_rows = im.n_rows;
+		*ret_bad = im.n_bad;
+	}
+	if (tracker_ok) {
+		push_tracker_done(&t);
+	}
+	import_free(&im);
+	return status;
+}
+
+int
 push_import(int argc, char **argv)
 {
 	bool want_help = false;

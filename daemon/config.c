@@ -88,13 +88,18 @@ enum key_id {
 	KEY_MAX_BATCH,
 	KEY_MAX_PENDING,
 	KEY_HWM,
+	KEY_MAX_INFLIGHT_PER_COUNCIL,
+	KEY_RATE_LIMIT,
+	KEY_RATE_BURST,
 	KEY_PUBLISH_ENDPOINT,
 	KEY_PUBLISH_HWM,
+	KEY_MAX_SUBSCRIPTION_BYTES,
 	KEY_QUERY_ENDPOINT,
 	KEY_HISTORY_LIMIT,
 	KEY_HISTORY_LIMIT_MAX,
 	KEY_HISTORY_BYTES_MAX,
 	KEY_QUERY_HWM,
+	KEY_MAX_REQUEST_BYTES,
 	KEY_PUBLISH_INTERVAL_MS,
 	KEY_HEADLINES,
 	KEY_MAP_SIZE,
@@ -137,10 +142,20 @@ static const struct key keys[_KEY_MAX] = {
                              offsetof(struct config, ingest.max_pending), 1, UINT32_MAX},
         [KEY_HWM] = {SECTION_INGEST, "hwm", KEY_U32, offsetof(struct config, ingest.hwm), 100,
                      1000000},
+        [KEY_MAX_INFLIGHT_PER_COUNCIL] = {SECTION_INGEST, "max_inflight_per_council", KEY_U32,
+                                          offsetof(struct config, ingest.max_inflight_per_council),
+                                          1, 1000000},
+        [KEY_RATE_LIMIT] = {SECTION_INGEST, "rate_limit", KEY_U32,
+                            offsetof(struct config, ingest.rate_limit), 0, 10000000},
+        [KEY_RATE_BURST] = {SECTION_INGEST, "rate_burst", KEY_U32,
+                            offsetof(struct config, ingest.rate_burst), 1, 20000000},
         [KEY_PUBLISH_ENDPOINT] = {SECTION_PUBLISH, "endpoint", KEY_ENDPOINT,
                                   offsetof(struct config, publish.endpoint), 0, 0},
         [KEY_PUBLISH_HWM] = {SECTION_PUBLISH, "hwm", KEY_U32, offsetof(struct config, publish.hwm),
                              100, 1000000},
+        [KEY_MAX_SUBSCRIPTION_BYTES] = {SECTION_PUBLISH, "max_subscription_bytes", KEY_SIZE32,
+                                        offsetof(struct config, publish.max_subscription_bytes),
+                                        256, 64 * KIB},
         [KEY_QUERY_ENDPOINT] = {SECTION_QUERY, "endpoint", KEY_ENDPOINT,
                                 offsetof(struct config, query.endpoint), 0, 0},
         [KEY_HISTORY_LIMIT] = {SECTION_QUERY, "history_limit", KEY_U32,
@@ -152,6 +167,8 @@ static const struct key keys[_KEY_MAX] = {
                                    64 * MIB},
         [KEY_QUERY_HWM] = {SECTION_QUERY, "hwm", KEY_U32, offsetof(struct config, query.hwm), 1,
                            100000},
+        [KEY_MAX_REQUEST_BYTES] = {SECTION_QUERY, "max_request_bytes", KEY_SIZE32,
+                                   offsetof(struct config, query.max_request_bytes), 4 * KIB, MIB},
         [KEY_PUBLISH_INTERVAL_MS] = {SECTION_DIGEST, "publish_interval_ms", KEY_U32,
                                      offsetof(struct config, digest.publish_interval_ms), 100,
                                      3600000},
@@ -935,6 +952,10 @@ finish(struct parser *p)
 		            ") in [ingest]: raise max_pending",
 		            c->ingest.max_pending, c->ingest.max_batch);
 	}
+	/* rate_burst defaults to twice rate_limit, whatever rate_limit was set to. */
+	if (p->key_line[KEY_RATE_BURST] == 0) {
+		c->ingest.rate_burst = (uint32_t) ((uint64_t) c->ingest.rate_limit * 2);
+	}
 	if (c->query.history_limit_max < c->query.history_limit) {
 		return fail(p, blame_line(p, KEY_HISTORY_LIMIT_MAX, KEY_HISTORY_LIMIT), -EINVAL,
 		            "history_limit_max (%" PRIu32 ") is below history_limit (%" PRIu32
@@ -994,12 +1015,15 @@ parse(struct parser *p, const char *name, struct config **ret_config,
 	                        .hwm = 10000,
 	                        .security = _CONFIG_SECURITY_INVALID,
 	                        .max_connections = 2048,
+	                        .max_inflight_per_council = 1024,
+	                        .rate_limit = 100000,
 	                },
 	        .publish =
 	                {
 	                        .hwm = 1000,
 	                        .security = _CONFIG_SECURITY_INVALID,
 	                        .max_connections = 1024,
+	                        .max_subscription_bytes = KIB,
 	                },
 	        .query =
 	                {
@@ -1010,6 +1034,7 @@ parse(struct parser *p, const char *name, struct config **ret_config,
 	                        .security = _CONFIG_SECURITY_INVALID,
 	                        .max_connections = 256,
 	                        .subscriber_history_window = 100000,
+	                        .max_request_bytes = 64 * KIB,
 	                },
 	        .digest =
 	                {

@@ -73,6 +73,12 @@ struct config {
 		uint32_t hwm; /* ZMQ send and receive HWM, 100 .. 1000000, default 10000 */
 		enum config_security security; /* security, see enum config_security */
 		uint32_t max_connections;      /* 1 .. 1000000, default 2048 */
+		uint32_t max_inflight_per_council; /* messages received from one sender and not
+		                                      yet acked, 1 .. 1000000, default 1024 */
+		uint32_t rate_limit; /* messages per second per sender, 0 (off) .. 10000000,
+		                        default 100000 */
+		uint32_t rate_burst; /* token bucket depth, 1 .. 20000000, default 2 x rate_limit
+		                        (0 when rate_limit is 0 and rate_burst is not set) */
 	} ingest;
 
 	/* [publish]: the XPUB socket headquarters subscribes to (fanout) */
@@ -82,6 +88,9 @@ struct config {
 		                   1000000, default 1000 */
 		enum config_security security;
 		uint32_t max_connections; /* 1 .. 1000000, default 1024 */
+		uint32_t max_subscription_bytes; /* ZMQ_MAXMSGSIZE of the socket: a bigger
+		                                    (un)subscription drops its connection,
+		                                    256 .. 64 KiB, default 1 KiB */
 	} publish;
 
 	/* [query]: the ROUTER socket for digests, history, status and stats (query) */
@@ -102,6 +111,8 @@ struct config {
 		                                       may start; further back (an export) needs
 		                                       an admin key. 1 .. 1000000000, default
 		                                       100000. Only on a curve query socket. */
+		uint32_t max_request_bytes; /* ZMQ_MAXMSGSIZE of the socket: a bigger frame drops
+		                               its connection, 4 KiB .. 1 MiB, default 64 KiB */
 	} query;
 
 	/* [digest] */

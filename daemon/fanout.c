@@ -40,8 +40,6 @@ _Static_assert(CONFIG_HEADLINES_MAX == DIGEST_HEADLINES_MAX, "headline limits di
 
 /* Subscription messages handled per callback before other handles get a turn. */
 #define FANOUT_RECV_BUDGET 256
-/* Frames from subscribers above this size are dropped with their connection. */
-#define FANOUT_MAXMSGSIZE 1024
 #define N_WINDOWS 3
 
 static const Coord__V1__Window windows[N_WINDOWS] = {
@@ -646,7 +644,7 @@ fanout_new(uv_loop_t *loop, void *zctx, struct auth *auth, struct store *store,
 	f->cfg = config_ref(cfg);
 
 	r = zuv_socket_new(zctx, ZMQ_XPUB, FANOUT_LINGER_MS, (int) cfg->publish.hwm,
-	                   FANOUT_MAXMSGSIZE, &f->sock);
+	                   cfg->publish.max_subscription_bytes, &f->sock);
 	if (r >= 0) {
 		r = set_int(f->sock, ZMQ_XPUB_VERBOSE, 1);
 	}

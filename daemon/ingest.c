@@ -14,6 +14,15 @@
  * on_accepted callback (fanout), from the same frames.
  *
  * Connections are counted by a zmon on the socket; it is closed before the socket.
+ *
+ * Per-sender limits (limiter.h) are checked on every message with the right framing, before
+ * validation, so that a flood of garbage is limited too: a message refused by a limit is
+ * answered RETRY_LATER (REASON_OVERLOADED) at once and changes nothing. An admitted message
+ * holds an in-flight slot of its sender from then until its Ack is handed to libzmq (at once
+ * for a REJECTED one, after the commit for the others). The sender is the authenticated
+ * peer (the message's User-Id) on a CURVE socket, where the ZAP handler sets it; on any
+ * other socket the peer could claim any User-Id in its handshake metadata, so there the
+ * connection's routing id is the sender.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -27,6 +36,7 @@
 
 #include "auth.h"
 #include "ingest.h"
+#include "limiter.h"
 #include "log.h"
 #include "wire.h"
 #include "zmon.h"
@@ -47,6 +57,7 @@ struct msg {
 	char council[WIRE_COUNCIL_MAX + 1];
 	char msg_id[WIRE_MSG_ID_MAX + 1];
 	Coord__V1__Envelope__BodyCase body_case;
+	struct limiter_sender *sender; /* its in-flight slot, released after its Ack */
 };
 
 struct batch {
@@ -73,6 +84,7 @@ struct ingest {
 	void *accepted_data;
 	struct zmon *zmon;
 	unsigned closing_parts; /* zuv and zmon still closing */
+	struct limiter *limiter;
 
 	uv_work_t work;
 	struct batch *filling;
@@ -332,8 +344,69 @@ recv_message(struct ingest *in, struct msg *m)
 }
 
 /*
- * Decode and validate the message in `m`. Returns 0 and fills `rec` when it should be
- * stored; otherwise answers it and returns a negative errno (frames still owned by `m`).
+ * The sender of `m` for the per-sender limits, written to `key` (LIMITER_KEY_MAX bytes):
+ * 'u' and the User-Id on a CURVE socket, else 'r' and the routing id. Returns its length.
+ */
+static size_t
+sender_key(const struct ingest *in, zmq_msg_t *body, zmq_msg_t *rid, uint8_t *key)
+{
+	const char *user = in->curve ? zmq_msg_gets(body, "User-Id") : NULL;
+	size_t len;
+
+	if (user && user[0] && (len = strnlen(user, LIMITER_KEY_MAX)) < LIMITER_KEY_MAX) {
+		key[0] = 'u';
+		memcpy(key + 1, user, len);
+		return len + 1;
+	}
+	/* libzmq caps routing ids at 255 bytes. */
+	len = zmq_msg_size(rid);
+	if (len > LIMITER_KEY_MAX - 1) {
+		len = LIMITER_KEY_MAX - 1;
+	}
+	key[0] = 'r';
+	memcpy(key + 1, zmq_msg_data(rid), len);
+	return len + 1;
+}
+
+/*
+ * Take an in-flight slot and a token of the sender of `m`. Returns 0 with m->sender set,
+ * or answers RETRY_LATER (echoing `env` when it decoded), counts the limit and returns
+ * -EAGAIN (or -ENOMEM).
+ */
+static int
+check_limits(struct ingest *in, struct msg *m, const Coord__V1__Envelope *env)
+{
+	uint8_t key[LIMITER_KEY_MAX];
+	size_t len = sender_key(in, &m->body, &m->rid, key);
+	int r = limiter_acquire(in->limiter, key, len, uv_now(in->loop), &m->sender);
+
+	switch (r) {
+	case LIMITER_ADMIT:
+		return 0;
+	case LIMITER_INFLIGHT:
+		in->counters.limit_inflight++;
+		refuse(in, &m->rid, env, COORD__V1__ACK_STATUS__ACK_STATUS_RETRY_LATER,
+		       COORD__V1__REASON__REASON_OVERLOADED,
+		       "too many messages in flight from this sender "
+		       "([ingest] max_inflight_per_council); retry after the pending acks");
+		return -EAGAIN;
+	case LIMITER_RATE:
+		in->counters.limit_rate++;
+		refuse(in, &m->rid, env, COORD__V1__ACK_STATUS__ACK_STATUS_RETRY_LATER,
+		       COORD__V1__REASON__REASON_OVERLOADED,
+		       "rate limit exceeded for this sender ([ingest] rate_limit); retry later");
+		return -EAGAIN;
+	default:
+		refuse(in, &m->rid, env, COORD__V1__ACK_STATUS__ACK_STATUS_RETRY_LATER,
+		       COORD__V1__REASON__REASON_OVERLOADED, "out of memory");
+		return r < 0 ? r : -EIO;
+	}
+}
+
+/*
+ * Decode, limit and validate the message in `m`. Returns 0 and fills `rec` when it should
+ * be stored (m->sender then holds its in-flight slot); otherwise answers it and returns a
+ * negative errno (frames still owned by `m`, no slot held).
  */
 static int
 admit(struct ingest *in, struct msg *m, struct store_record *rec, int64_t now)
@@ -342,12 +415,21 @@ admit(struct ingest *in, struct msg *m, struct store_record *rec, int64_t now)
 	struct wire_verdict verdict;
 	int r;
 
+	m->sender = NULL;
 	r = wire_unpack_envelope(zmq_msg_data(&m->body), zmq_msg_size(&m->body),
 	                         in->cfg->ingest.max_message_bytes, &env, &verdict);
 	if (r == -ENOMEM) {
 		refuse(in, &m->rid, NULL, COORD__V1__ACK_STATUS__ACK_STATUS_RETRY_LATER,
 		       COORD__V1__REASON__REASON_OVERLOADED, "out of memory");
 		return r;
+	}
+	/* Garbage counts against the limits too; a decoded msg_id is echoed either way. */
+	int lr = check_limits(in, m, env);
+	if (lr < 0) {
+		if (env) {
+			coord__v1__envelope__free_unpacked(env, NULL);
+		}
+		return lr;
 	}
 	if (r >= 0) {
 		r = wire_validate_envelope(env, now, &verdict);
@@ -358,6 +440,8 @@ admit(struct ingest *in, struct msg *m, struct store_record *rec, int64_t now)
 	if (r < 0) {
 		refuse(in, &m->rid, env, COORD__V1__ACK_STATUS__ACK_STATUS_REJECTED, verdict.reason,
 		       verdict.message);
+		limiter_release(in->limiter, m->sender, uv_now(in->loop));
+		m->sender = NULL;
 		if (env) {
 			coord__v1__envelope__free_unpacked(env, NULL);
 		}
@@ -624,6 +708,8 @@ ack_batch(struct ingest *in, struct batch *b)
 			}
 		}
 		send_ack(in, &b->msgs[i].rid, &ack);
+		limiter_release(in->limiter, b->msgs[i].sender, uv_now(in->loop));
+		b->msgs[i].sender = NULL;
 	}
 	if (b->result < 0 || !in->on_accepted) {
 		return;
@@ -773,6 +859,16 @@ ingest_new(uv_loop_t *loop, void *zctx, struct auth *auth, struct store *store, 
 	in->on_accepted = on_accepted;
 	in->accepted_data = data;
 
+	const struct limiter_options lo = {
+	        .max_inflight = cfg->ingest.max_inflight_per_council,
+	        .rate = cfg->ingest.rate_limit,
+	        .burst = cfg->ingest.rate_burst,
+	};
+	r = limiter_new(&lo, &in->limiter);
+	if (r < 0) {
+		goto fail;
+	}
+
 	in->sock = zmq_socket(zctx, ZMQ_ROUTER);
 	if (!in->sock) {
 		r = -zmq_errno();
@@ -853,6 +949,7 @@ void
 ingest_get_counters(const struct ingest *in, struct ingest_counters *ret_counters)
 {
 	*ret_counters = in->counters;
+	ret_counters->senders = in->limiter ? limiter_senders(in->limiter) : 0;
 }
 
 uint32_t
@@ -897,6 +994,8 @@ ingest_free(struct ingest *in)
 	free_batch_list(in, in->filling);
 	free_batch_list(in, in->queue_head);
 	batch_free(in->spare);
+	/* After the batches: their messages' slots die with it, unreleased. */
+	in->limiter = limiter_free(in->limiter);
 	config_unref(in->cfg);
 	free(in);
 	return NULL;

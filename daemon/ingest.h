@@ -8,6 +8,14 @@
  * libzmq then queues up to the HWM and the councils' sends block or fail, which is the
  * backpressure the protocol relies on.
  *
+ * Per-sender limits: a sender (the authenticated council on a CURVE socket, else the
+ * connection) has at most cfg->ingest.max_inflight_per_council messages received and not yet
+ * acked, and sends at most cfg->ingest.rate_limit messages per second (bursts up to
+ * rate_burst). Beyond either, a message is answered RETRY_LATER with REASON_OVERLOADED at
+ * once, not stored, and counted (limit_inflight, limit_rate). Frames above
+ * max_message_bytes get REJECTED (REASON_TOO_LARGE); frames above max(1 MiB, 4 x
+ * max_message_bytes) are dropped by libzmq (ZMQ_MAXMSGSIZE) with their connection.
+ *
  * Loop thread only, except the commit itself (libuv threadpool, one batch at a time).
  */
 #pragma once
@@ -60,6 +68,11 @@ struct ingest_counters {
 	uint64_t acks_dropped;           /* acks libzmq refused (peer gone or at its HWM) */
 	uint64_t batches;                /* committed transactions */
 	uint64_t rejected_by_reason[32]; /* indexed by Coord__V1__Reason (< 32) */
+	/* RETRY_LATER answers because a per-sender limit bit ([ingest] in the config); each
+	 * is also counted in retry_later. */
+	uint64_t limit_inflight; /* max_inflight_per_council */
+	uint64_t limit_rate;     /* rate_limit and rate_burst */
+	uint64_t senders;        /* a gauge: senders tracked by the limits now */
 
 	/* Histograms of committed batches: counts per bucket of INGEST_BATCH_BOUNDS (messages)
 	 * and INGEST_COMMIT_BOUNDS (seconds), the last entry for values above every bound. */

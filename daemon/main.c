@@ -381,6 +381,19 @@ render_metrics(void *data, struct metrics_text *t)
 			                    (double) c.rejected_by_reason[i]);
 		}
 	}
+	metrics_text_family(t, "coordd_limit_hits_total", "counter",
+	                    "Messages refused because a limit bit, by the limit's config key.");
+	metrics_text_sample(t, "coordd_limit_hits_total", "limit=\"max_message_bytes\"",
+	                    (double) c.rejected_by_reason[COORD__V1__REASON__REASON_TOO_LARGE]);
+	metrics_text_sample(t, "coordd_limit_hits_total", "limit=\"max_inflight_per_council\"",
+	                    (double) c.limit_inflight);
+	metrics_text_sample(t, "coordd_limit_hits_total", "limit=\"rate_limit\"",
+	                    (double) c.limit_rate);
+	metrics_text_sample(t, "coordd_limit_hits_total", "limit=\"query_request_bytes\"",
+	                    (double) qc.too_large);
+	render_gauge(t, "coordd_limit_senders",
+	             "Ingest senders tracked by the per-sender limits (in flight or refilling).",
+	             (double) c.senders);
 	render_counter(t, "coordd_acks_dropped_total",
 	               "Acks libzmq refused to queue (peer gone or at its HWM).", c.acks_dropped);
 	render_counter(t, "coordd_batches_total", "Committed write transactions.", c.batches);

@@ -248,13 +248,26 @@ council_id_valid(const char *id)
 	return true;
 }
 
+/* query_parse_request()'s refusal: the sentence for QueryError.message. Returns r. */
+static int refuse(char *err, int r, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
 static int
-do_digest(struct query *q, const Coord__V1__QueryRequest *req, struct answer *a)
+refuse(char *err, int r, const char *fmt, ...)
 {
-	const Coord__V1__DigestRequest *dr = req->digest;
+	va_list ap;
+
+	va_start(ap, fmt);
+	(void) vsnprintf(err, QUERY_ERROR_MAX, fmt, ap);
+	va_end(ap);
+	return r;
+}
+
+static int
+check_digest(struct query_request *qr, char *err)
+{
+	const Coord__V1__DigestRequest *dr = qr->msg->digest;
 	Coord__V1__ScopeKind kind = COORD__V1__SCOPE_KIND__SCOPE_KIND_ALL;
 	const char *id = "";
-	uint64_t rid = req->request_id;
 
 	if (dr->scope && dr->scope->kind != COORD__V1__SCOPE_KIND__SCOPE_KIND_UNSPECIFIED) {
 		kind = dr->scope->kind;
@@ -265,32 +278,30 @@ do_digest(struct query *q, const Coord__V1__QueryRequest *req, struct answer *a)
 	switch (kind) {
 	case COORD__V1__SCOPE_KIND__SCOPE_KIND_ALL:
 		if (id[0]) {
-			return answer_error(
-			        q, rid, a,
-			        "digest.scope.id must be empty for the whole campaign "
-			        "(SCOPE_KIND_ALL); set scope.kind to COUNCIL or COUNTRY");
+			return refuse(err, -EINVAL,
+			              "digest.scope.id must be empty for the whole campaign "
+			              "(SCOPE_KIND_ALL); set scope.kind to COUNCIL or COUNTRY");
 		}
 		break;
 	case COORD__V1__SCOPE_KIND__SCOPE_KIND_COUNCIL:
 		if (!council_id_valid(id)) {
-			return answer_error(q, rid, a,
-			                    "digest.scope.id '%s' is not a council id (1 to %d of "
-			                    "a-z, 0-9, '_', '-')",
-			                    quotable(id), WIRE_COUNCIL_MAX);
+			return refuse(err, -EINVAL,
+			              "digest.scope.id '%s' is not a council id (1 to %d of "
+			              "a-z, 0-9, '_', '-')",
+			              quotable(id), WIRE_COUNCIL_MAX);
 		}
 		break;
 	case COORD__V1__SCOPE_KIND__SCOPE_KIND_COUNTRY:
 		if (!iso_country_valid(id)) {
-			return answer_error(
-			        q, rid, a,
-			        "digest.scope.id '%s' is not an ISO 3166-1 alpha-2 country "
-			        "code (upper case, e.g. FR)",
-			        quotable(id));
+			return refuse(err, -EINVAL,
+			              "digest.scope.id '%s' is not an ISO 3166-1 alpha-2 country "
+			              "code (upper case, e.g. FR)",
+			              quotable(id));
 		}
 		break;
 	default:
-		return answer_error(q, rid, a, "digest.scope.kind %d is not a known ScopeKind",
-		                    (int) kind);
+		return refuse(err, -EINVAL, "digest.scope.kind %d is not a known ScopeKind",
+		              (int) kind);
 	}
 
 	Coord__V1__Window window = dr->window;
@@ -302,23 +313,118 @@ do_digest(struct query *q, const Coord__V1__QueryRequest *req, struct answer *a)
 	case COORD__V1__WINDOW__WINDOW_LAST_24H:
 	case COORD__V1__WINDOW__WINDOW_LAST_1H:
 		if (dr->start != 0 || dr->end != 0) {
-			return answer_error(
-			        q, rid, a, "digest.start and digest.end are only for WINDOW_RANGE");
+			return refuse(err, -EINVAL,
+			              "digest.start and digest.end are only for WINDOW_RANGE");
 		}
 		break;
 	case COORD__V1__WINDOW__WINDOW_RANGE:
 		if (dr->start < 0 || dr->end <= dr->start) {
-			return answer_error(
-			        q, rid, a,
-			        "digest: WINDOW_RANGE needs 0 <= start < end (Unix ms), "
-			        "got start %" PRId64 ", end %" PRId64,
-			        dr->start, dr->end);
+			return refuse(err, -EINVAL,
+			              "digest: WINDOW_RANGE needs 0 <= start < end (Unix ms), "
+			              "got start %" PRId64 ", end %" PRId64,
+			              dr->start, dr->end);
 		}
 		break;
 	default:
-		return answer_error(q, rid, a, "digest.window %d is not a known Window",
-		                    (int) window);
+		return refuse(err, -EINVAL, "digest.window %d is not a known Window", (int) window);
 	}
+	qr->scope_kind = kind;
+	qr->scope_id = id;
+	qr->window = window;
+	return 0;
+}
+
+static int
+check_history(struct query_request *qr, char *err)
+{
+	const Coord__V1__HistoryRequest *hr = qr->msg->history;
+
+	if (hr->council && hr->council[0] && !council_id_valid(hr->council)) {
+		return refuse(err, -EINVAL,
+		              "history.council '%s' is not a council id (1 to %d of a-z, "
+		              "0-9, '_', '-')",
+		              quotable(hr->council), WIRE_COUNCIL_MAX);
+	}
+	qr->council = hr->council && hr->council[0] ? hr->council : NULL;
+	return 0;
+}
+
+static int
+check_status(struct query_request *qr, char *err)
+{
+	const Coord__V1__StatusRequest *sr = qr->msg->status;
+	const char *council = sr->council ? sr->council : "";
+	const char *msg_id = sr->msg_id ? sr->msg_id : "";
+
+	if (!council_id_valid(council)) {
+		return refuse(err, -EINVAL,
+		              "status.council '%s' is not a council id (1 to %d of a-z, 0-9, "
+		              "'_', '-')",
+		              quotable(council), WIRE_COUNCIL_MAX);
+	}
+	size_t idlen = strlen(msg_id);
+	if (idlen == 0 || idlen > WIRE_MSG_ID_MAX) {
+		return refuse(err, -EINVAL, "status.msg_id must hold 1 to %d bytes",
+		              WIRE_MSG_ID_MAX);
+	}
+	qr->council = council;
+	qr->msg_id = msg_id;
+	return 0;
+}
+
+int
+query_parse_request(const uint8_t *buf, size_t len, struct query_request *ret,
+                    char err[QUERY_ERROR_MAX])
+{
+	*ret = (struct query_request){.msg = NULL};
+	err[0] = '\0';
+	if (len > QUERY_REQUEST_MAX) {
+		return refuse(err, -E2BIG,
+		              "request of %zu bytes exceeds the limit of %d bytes; a "
+		              "QueryRequest is one frame",
+		              len, QUERY_REQUEST_MAX);
+	}
+	ret->msg = coord__v1__query_request__unpack(NULL, len, buf);
+	if (!ret->msg) {
+		return refuse(err, -EBADMSG,
+		              "not a QueryRequest: the frame does not decode as "
+		              "coord.v1.QueryRequest");
+	}
+	ret->request_id = ret->msg->request_id;
+	ret->body = ret->msg->body_case;
+	switch (ret->body) {
+	case COORD__V1__QUERY_REQUEST__BODY_DIGEST:
+		return check_digest(ret, err);
+	case COORD__V1__QUERY_REQUEST__BODY_HISTORY:
+		return check_history(ret, err);
+	case COORD__V1__QUERY_REQUEST__BODY_STATUS:
+		return check_status(ret, err);
+	case COORD__V1__QUERY_REQUEST__BODY_STATS:
+		return 0;
+	default:
+		return refuse(err, -EINVAL,
+		              "empty or unknown request: set one of digest, history, status, "
+		              "stats");
+	}
+}
+
+void
+query_request_done(struct query_request *qr)
+{
+	if (qr->msg) {
+		coord__v1__query_request__free_unpacked(qr->msg, NULL);
+	}
+	*qr = (struct query_request){.msg = NULL};
+}
+
+static int
+do_digest(struct query *q, const struct query_request *qr, struct answer *a)
+{
+	const Coord__V1__DigestRequest *dr = qr->msg->digest;
+	Coord__V1__ScopeKind kind = qr->scope_kind;
+	const char *id = qr->scope_id;
+	Coord__V1__Window window = qr->window;
+	uint64_t rid = qr->request_id;
 
 	unsigned headlines = dr->headlines ? dr->headlines : q->cfg->digest.headlines;
 	Coord__V1__Digest *dg = NULL;
@@ -382,25 +488,19 @@ scan_history(void *data, uint64_t seq, const uint8_t *item, size_t len, bool liv
 }
 
 static int
-do_history(struct query *q, const Coord__V1__QueryRequest *req, struct answer *a)
+do_history(struct query *q, const struct query_request *qr, struct answer *a)
 {
-	const Coord__V1__HistoryRequest *hr = req->history;
+	const Coord__V1__HistoryRequest *hr = qr->msg->history;
 	const struct config *cfg = q->cfg;
-	uint64_t rid = req->request_id;
+	uint64_t rid = qr->request_id;
 	uint64_t last_seq = 0;
 
-	if (hr->council && hr->council[0] && !council_id_valid(hr->council)) {
-		return answer_error(q, rid, a,
-		                    "history.council '%s' is not a council id (1 to %d of a-z, "
-		                    "0-9, '_', '-')",
-		                    quotable(hr->council), WIRE_COUNCIL_MAX);
-	}
 	uint32_t limit = hr->limit ? hr->limit : cfg->query.history_limit;
 	if (limit > cfg->query.history_limit_max) {
 		limit = cfg->query.history_limit_max;
 	}
 	struct history_scan h = {
-	        .council = hr->council && hr->council[0] ? hr->council : NULL,
+	        .council = qr->council,
 	        .limit = limit,
 	        .bytes_max = cfg->query.history_bytes_max,
 	        .a = a,
@@ -473,29 +573,17 @@ scan_one_item(void *data, uint64_t seq, const uint8_t *item, size_t len, bool li
 }
 
 static int
-do_status(struct query *q, const Coord__V1__QueryRequest *req, struct answer *a)
+do_status(struct query *q, const struct query_request *qr, struct answer *a)
 {
-	const Coord__V1__StatusRequest *sr = req->status;
-	uint64_t rid = req->request_id;
-	const char *council = sr->council ? sr->council : "";
-	const char *msg_id = sr->msg_id ? sr->msg_id : "";
+	uint64_t rid = qr->request_id;
+	const char *council = qr->council;
+	const char *msg_id = qr->msg_id;
 	Coord__V1__RecordStatus st = COORD__V1__RECORD_STATUS__INIT;
 	Coord__V1__Item *item = NULL;
 	uint64_t seq = 0;
 	uint32_t revision = 0;
 	bool retracted = false;
 
-	if (!council_id_valid(council)) {
-		return answer_error(q, rid, a,
-		                    "status.council '%s' is not a council id (1 to %d of a-z, 0-9, "
-		                    "'_', '-')",
-		                    quotable(council), WIRE_COUNCIL_MAX);
-	}
-	size_t idlen = strlen(msg_id);
-	if (idlen == 0 || idlen > WIRE_MSG_ID_MAX) {
-		return answer_error(q, rid, a, "status.msg_id must hold 1 to %d bytes",
-		                    WIRE_MSG_ID_MAX);
-	}
 	int r = store_lookup(q->store, council, msg_id, &seq, &revision, &retracted);
 	if (r == 0 && seq > 0) {
 		r = store_scan_items(q->store, seq - 1, false, 1, scan_one_item, &item, NULL);
@@ -527,8 +615,9 @@ do_status(struct query *q, const Coord__V1__QueryRequest *req, struct answer *a)
 }
 
 static int
-do_stats(struct query *q, const Coord__V1__QueryRequest *req, struct answer *a)
+do_stats(struct query *q, const struct query_request *qr, struct answer *a)
 {
+	const Coord__V1__QueryRequest *req = qr->msg;
 	Coord__V1__Stats stats = COORD__V1__STATS__INIT;
 	struct store_stats st = {0};
 	int r = store_get_stats(q->store, &st);
@@ -594,44 +683,39 @@ refuse_subscriber(struct query *q, const Coord__V1__QueryRequest *req, struct an
 static int
 handle(struct query *q, const uint8_t *buf, size_t len, bool admin, struct answer *a)
 {
-	if (len > QUERY_REQUEST_MAX) {
-		return answer_error(q, 0, a,
-		                    "request of %zu bytes exceeds the limit of %d bytes; a "
-		                    "QueryRequest is one frame",
-		                    len, QUERY_REQUEST_MAX);
+	struct query_request qr;
+	char err[QUERY_ERROR_MAX];
+	int r = query_parse_request(buf, len, &qr, err);
+
+	if (r == -E2BIG) {
+		q->counters.too_large++;
 	}
-	Coord__V1__QueryRequest *req = coord__v1__query_request__unpack(NULL, len, buf);
-	if (!req) {
-		return answer_error(q, 0, a,
-		                    "not a QueryRequest: the frame does not decode as "
-		                    "coord.v1.QueryRequest");
+	if (r < 0) {
+		r = answer_error(q, qr.request_id, a, "%s", err);
+		query_request_done(&qr);
+		return r;
 	}
-	int r = admin ? 0 : refuse_subscriber(q, req, a);
+	r = admin ? 0 : refuse_subscriber(q, qr.msg, a);
 	if (r != 0) {
 		q->counters.refused += r > 0;
-		coord__v1__query_request__free_unpacked(req, NULL);
+		query_request_done(&qr);
 		return r < 0 ? r : 0;
 	}
-	switch (req->body_case) {
+	switch (qr.body) {
 	case COORD__V1__QUERY_REQUEST__BODY_DIGEST:
-		r = do_digest(q, req, a);
+		r = do_digest(q, &qr, a);
 		break;
 	case COORD__V1__QUERY_REQUEST__BODY_HISTORY:
-		r = do_history(q, req, a);
+		r = do_history(q, &qr, a);
 		break;
 	case COORD__V1__QUERY_REQUEST__BODY_STATUS:
-		r = do_status(q, req, a);
-		break;
-	case COORD__V1__QUERY_REQUEST__BODY_STATS:
-		r = do_stats(q, req, a);
+		r = do_status(q, &qr, a);
 		break;
 	default:
-		r = answer_error(q, req->request_id, a,
-		                 "empty or unknown request: set one of digest, history, status, "
-		                 "stats");
+		r = do_stats(q, &qr, a);
 		break;
 	}
-	coord__v1__query_request__free_unpacked(req, NULL);
+	query_request_done(&qr);
 	return r;
 }
 
@@ -768,7 +852,7 @@ query_new(uv_loop_t *loop, void *zctx, struct auth *auth, struct store *store,
 	q->stats_data = data;
 
 	r = zuv_socket_new(zctx, ZMQ_ROUTER, QUERY_LINGER_MS, (int) cfg->query.hwm,
-	                   QUERY_MAXMSGSIZE, &q->sock);
+	                   cfg->query.max_request_bytes, &q->sock);
 	if (r >= 0) {
 		r = auth_socket_setup(auth, q->sock, AUTH_DOMAIN_QUERY, q->curve);
 	}

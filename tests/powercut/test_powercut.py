@@ -16,7 +16,7 @@ broker starts on each state (real LMDB), and the checks are:
 - nothing is half there: items are 1..N without a gap, each is an Envelope some council
   sent, byte-identical, stored once; the index points at each record's latest stored
   revision (coordlib.check_store_invariants, reading LMDB directly) and the daemon's own
-  store_verify() agrees (powercut-verify);
+  `coordctl verify` agrees (records, index, aggregates);
 - the digest aggregates (scope all, each council, last 24 h) equal a recount of the
   stored live records (coordlib.recount).
 
@@ -73,10 +73,10 @@ def lib_path():
 
 
 def verify_path():
-    path = os.environ.get("POWERCUT_VERIFY") or str(
-        HERE.parent.parent / "build" / "tests" / "powercut" / "powercut-verify")
+    path = os.environ.get("COORDCTL_BIN") or str(
+        HERE.parent.parent / "build" / "clients" / "coordctl")
     if not os.access(path, os.X_OK):
-        pytest.fail(f"powercut-verify {path!r} not found (set POWERCUT_VERIFY)")
+        pytest.fail(f"coordctl {path!r} not found (set COORDCTL_BIN)")
     return path
 
 
@@ -317,10 +317,10 @@ class Harness:
                 check_store_invariants(store)
         except AssertionError as e:
             problems.append(f"store invariants: {e}")
-        r = subprocess.run([self.verify, str(state)], capture_output=True, text=True,
-                           timeout=120)
+        r = subprocess.run([self.verify, "verify", str(state)], capture_output=True,
+                           text=True, timeout=120)
         if r.returncode != 0:
-            problems.append(f"powercut-verify exit {r.returncode}: {r.stdout}{r.stderr}")
+            problems.append(f"coordctl verify exit {r.returncode}: {r.stdout}{r.stderr}")
         return problems
 
     # a whole test ---------------------------------------------------------------------

@@ -605,6 +605,11 @@ test_shipped_config_loads(void **state)
 	assert_int_equal(c->query.hwm, 32);
 	assert_int_equal(c->digest.publish_interval_ms, 1000);
 	assert_int_equal(c->digest.headlines, 5);
+	assert_int_equal(c->ingest.max_inflight_per_council, 1024);
+	assert_int_equal(c->ingest.rate_limit, 100000);
+	assert_int_equal(c->ingest.rate_burst, 200000);
+	assert_int_equal(c->publish.max_subscription_bytes, 1024);
+	assert_int_equal(c->query.max_request_bytes, 64 * 1024);
 	assert_null(config_unref(c));
 }
 
@@ -991,6 +996,92 @@ test_parse_listen_addresses(void **state)
 	assert_int_equal(config_parse_listen(":80", host, &port), -EINVAL);
 }
 
+/* The limits against abuse: defaults, bounds, and rate_burst following rate_limit. */
+static void
+test_limit_keys_default(void **state)
+{
+	struct config *c = parse_ok(BASE);
+
+	assert_int_equal(c->ingest.max_inflight_per_council, 1024);
+	assert_int_equal(c->ingest.rate_limit, 100000);
+	assert_int_equal(c->ingest.rate_burst, 200000);
+	assert_int_equal(c->publish.max_subscription_bytes, 1024);
+	assert_int_equal(c->query.max_request_bytes, 64 * 1024);
+	config_unref(c);
+}
+
+static void
+test_limit_keys_bounds_are_inclusive(void **state)
+{
+	struct config *c = parse_ok(BASE "[ingest]\n"
+	                                 "max_inflight_per_council = 1\n"
+	                                 "rate_limit = 0\n"
+	                                 "rate_burst = 1\n"
+	                                 "[publish]\n"
+	                                 "max_subscription_bytes = 256\n"
+	                                 "[query]\n"
+	                                 "max_request_bytes = 4K\n");
+
+	assert_int_equal(c->ingest.max_inflight_per_council, 1);
+	assert_int_equal(c->ingest.rate_limit, 0);
+	assert_int_equal(c->ingest.rate_burst, 1);
+	assert_int_equal(c->publish.max_subscription_bytes, 256);
+	assert_int_equal(c->query.max_request_bytes, 4096);
+	config_unref(c);
+
+	c = parse_ok(BASE "[ingest]\n"
+	                  "max_inflight_per_council = 1000000\n"
+	                  "rate_limit = 10000000\n"
+	                  "rate_burst = 20000000\n"
+	                  "[publish]\n"
+	                  "max_subscription_bytes = 64K\n"
+	                  "[query]\n"
+	                  "max_request_bytes = 1M\n");
+	assert_int_equal(c->ingest.max_inflight_per_council, 1000000);
+	assert_int_equal(c->ingest.rate_limit, 10000000);
+	assert_int_equal(c->ingest.rate_burst, 20000000);
+	assert_int_equal(c->publish.max_subscription_bytes, 64 * 1024);
+	assert_int_equal(c->query.max_request_bytes, 1024 * 1024);
+	config_unref(c);
+}
+
+static void
+test_rate_burst_defaults_to_twice_rate_limit(void **state)
+{
+	struct config *c = parse_ok(BASE "[ingest]\nrate_limit = 7\n");
+
+	assert_int_equal(c->ingest.rate_burst, 14);
+	config_unref(c);
+	/* Set before rate_limit in the file: still its own value. */
+	c = parse_ok(BASE "[ingest]\nrate_burst = 3\nrate_limit = 7\n");
+	assert_int_equal(c->ingest.rate_burst, 3);
+	config_unref(c);
+	c = parse_ok(BASE "[ingest]\nrate_limit = 10000000\n");
+	assert_int_equal(c->ingest.rate_burst, 20000000);
+	config_unref(c);
+	c = parse_ok(BASE "[ingest]\nrate_limit = 0\n");
+	assert_int_equal(c->ingest.rate_limit, 0);
+	assert_int_equal(c->ingest.rate_burst, 0);
+	config_unref(c);
+}
+
+ERROR_CASE(test_max_inflight_zero, BASE "[ingest]\nmax_inflight_per_council = 0\n", -EINVAL, 4,
+           "max_inflight_per_council = 0 is out of range in [ingest]: use 1 to 1000000");
+ERROR_CASE(test_max_inflight_too_big, BASE "[ingest]\nmax_inflight_per_council = 1000001\n",
+           -EINVAL, 4, "max_inflight_per_council = 1000001 is out of range");
+ERROR_CASE(test_rate_limit_too_big, BASE "[ingest]\nrate_limit = 10000001\n", -EINVAL, 4,
+           "rate_limit = 10000001 is out of range in [ingest]: use 0 to 10000000");
+ERROR_CASE(test_rate_limit_negative, BASE "[ingest]\nrate_limit = -1\n", -EINVAL, 4,
+           "bad number '-1' for rate_limit");
+ERROR_CASE(test_rate_burst_zero, BASE "[ingest]\nrate_burst = 0\n", -EINVAL, 4,
+           "rate_burst = 0 is out of range in [ingest]: use 1 to 20000000");
+ERROR_CASE(test_max_subscription_bytes_too_small, BASE "[publish]\nmax_subscription_bytes = 255\n",
+           -EINVAL, 4, "max_subscription_bytes = 255 is out of range in [publish]: use 256 to 64K");
+ERROR_CASE(test_max_request_bytes_too_small, BASE "[query]\nmax_request_bytes = 4095\n", -EINVAL, 4,
+           "max_request_bytes = 4095 is out of range in [query]: use 4K to 1M");
+ERROR_CASE(test_max_request_bytes_too_big, BASE "[query]\nmax_request_bytes = 2M\n", -EINVAL, 4,
+           "max_request_bytes = 2M is out of range");
+
 static const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_minimal_config_uses_defaults),
         cmocka_unit_test(test_security_defaults),
@@ -1017,6 +1108,17 @@ static const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_shipped_config_loads),
         cmocka_unit_test(test_parse_listen_addresses),
         cmocka_unit_test(test_metrics_listen_default_and_off),
+        cmocka_unit_test(test_limit_keys_default),
+        cmocka_unit_test(test_limit_keys_bounds_are_inclusive),
+        cmocka_unit_test(test_rate_burst_defaults_to_twice_rate_limit),
+        error_test(test_max_inflight_zero),
+        error_test(test_max_inflight_too_big),
+        error_test(test_rate_limit_too_big),
+        error_test(test_rate_limit_negative),
+        error_test(test_rate_burst_zero),
+        error_test(test_max_subscription_bytes_too_small),
+        error_test(test_max_request_bytes_too_small),
+        error_test(test_max_request_bytes_too_big),
         error_test(test_metrics_listen_needs_numeric_address),
         error_test(test_empty_text_is_missing_coordd),
         error_test(test_missing_coordd_section),
