@@ -26,8 +26,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stddef.h>
+#include <sys/socket.h>
 #include <sys/statvfs.h>
+#include <sys/un.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <systemd/sd-daemon.h>
 #include <uv.h>
@@ -74,7 +78,8 @@ struct coordd {
 	unsigned closing; /* sockets (query, fanout, metrics) still closing */
 	uint64_t reloads_ok, reloads_failed;
 	uint64_t status_batches; /* ingest batches at the last STATUS= */
-	uint64_t last_commit_ms; /* uv_now() when a new batch was first seen, 0: none */
+	int64_t last_commit_at;  /* Unix ms when a new batch was first seen, 0: none */
+	char status_text[192];   /* the last STATUS= sent */
 	uint64_t refusal_log_ms; /* start of the current second of refusal warnings */
 	unsigned refusal_log_count;
 	int64_t started_at;    /* Unix ms */
@@ -539,32 +544,80 @@ check_health(void *data, struct metrics_text *t)
 	return true;
 }
 
-/* A one-line summary for systemd: connections, what is stored, the last commit. */
+/*
+ * sd_notify() that never blocks. libsystemd's send blocks while the receiver's queue is
+ * full (net.unix.max_dgram_qlen, 10 by default): a notify socket nobody reads would stall
+ * the loop, and with it the broker. Here such a message is dropped instead. Returns 1 when
+ * sent, 0 without $NOTIFY_SOCKET, or a negative errno (dropped).
+ */
+static int
+notify(const char *text)
+{
+	const char *path = getenv("NOTIFY_SOCKET");
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+
+	if (!path || !*path) {
+		return 0;
+	}
+	size_t n = strlen(path);
+	if ((path[0] != '/' && path[0] != '@') || n >= sizeof(sa.sun_path)) {
+		return -EINVAL;
+	}
+	memcpy(sa.sun_path, path, n);
+	if (path[0] == '@') {
+		sa.sun_path[0] = '\0'; /* abstract namespace */
+	}
+	int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0) {
+		return -errno;
+	}
+	socklen_t len = (socklen_t) (offsetof(struct sockaddr_un, sun_path) + n);
+	ssize_t sent = sendto(fd, text, strlen(text), MSG_NOSIGNAL | MSG_DONTWAIT,
+	                      (const struct sockaddr *) &sa, len);
+	int r = sent < 0 ? -errno : 1;
+	(void) close(fd);
+	return r;
+}
+
+/*
+ * A one-line summary for systemd: connections, what is stored, the last commit. With
+ * `extra` "" (the periodic refresh) it is sent only when it changed, so that a slow reader
+ * is not flooded.
+ */
 static void
 notify_status(struct coordd *d, const char *extra)
 {
 	struct ingest_counters c = {0};
 	struct store_stats st = {0};
-	char last[48] = "no commit yet";
+	char last[64] = "no commit yet";
+	char status[sizeof(d->status_text)];
+	char text[sizeof(d->status_text) + 64];
 
 	if (d->ingest) {
 		ingest_get_counters(d->ingest, &c);
 	}
 	(void) store_get_stats(d->store, &st);
-	uint64_t now = uv_now(&d->loop);
 	if (c.batches != d->status_batches) {
 		d->status_batches = c.batches;
-		d->last_commit_ms = now;
+		d->last_commit_at = now_ms();
 	}
-	if (d->last_commit_ms > 0) {
-		(void) snprintf(last, sizeof(last), "last commit %" PRIu64 " s ago",
-		                (now - d->last_commit_ms) / 1000);
+	if (d->last_commit_at > 0) {
+		time_t t = (time_t) (d->last_commit_at / 1000);
+		struct tm tm;
+		(void) gmtime_r(&t, &tm);
+		(void) strftime(last, sizeof(last), "last commit %Y-%m-%dT%H:%M:%SZ", &tm);
 	}
-	(void) sd_notifyf(0,
-	                  "%sSTATUS=Serving: %" PRIu32 " council connections, %" PRIu64
-	                  " records stored (seq %" PRIu64 "), %s",
-	                  extra, d->ingest ? ingest_connections(d->ingest) : 0, st.records,
-	                  st.last_seq, last);
+	(void) snprintf(status, sizeof(status),
+	                "Serving: %" PRIu32 " council connections, %" PRIu64
+	                " records stored (seq %" PRIu64 "), %s",
+	                d->ingest ? ingest_connections(d->ingest) : 0, st.records, st.last_seq,
+	                last);
+	if (!extra[0] && strcmp(status, d->status_text) == 0) {
+		return;
+	}
+	memcpy(d->status_text, status, sizeof(status));
+	(void) snprintf(text, sizeof(text), "%sSTATUS=%s", extra, status);
+	(void) notify(text);
 }
 
 static void
@@ -577,7 +630,7 @@ on_status_timer(uv_timer_t *h)
 static void
 on_watchdog_timer(uv_timer_t *h)
 {
-	(void) sd_notify(0, "WATCHDOG=1");
+	(void) notify("WATCHDOG=1");
 }
 
 /* config_restart_fn: a key the running daemon cannot change. */
@@ -608,8 +661,13 @@ on_sighup(uv_signal_t *h, int signum)
 	if (d->stopping) {
 		return;
 	}
-	(void) sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%" PRIu64 "\nSTATUS=Reloading",
-	                  (uint64_t) uv_hrtime() / 1000);
+	char reloading[96];
+	struct timespec mono;
+	(void) clock_gettime(CLOCK_MONOTONIC, &mono);
+	(void) snprintf(reloading, sizeof(reloading),
+	                "RELOADING=1\nMONOTONIC_USEC=%" PRIu64 "\nSTATUS=Reloading",
+	                (uint64_t) mono.tv_sec * 1000000 + (uint64_t) mono.tv_nsec / 1000);
+	(void) notify(reloading);
 	log_notice("Received SIGHUP, reloading '%s'", arg_config);
 	r = config_load(arg_config, &fresh, &err);
 	if (r < 0) {
@@ -747,7 +805,7 @@ on_signal(uv_signal_t *h, int signum)
 	d->stopping = true;
 	log_notice("Received %s, stopping: committing and acknowledging what was received",
 	           strsignal(signum));
-	(void) sd_notify(0, "STOPPING=1\nSTATUS=Stopping");
+	(void) notify("STOPPING=1\nSTATUS=Stopping");
 	ingest_stop(d->ingest, on_ingest_stopped, d);
 }
 
@@ -925,7 +983,7 @@ run(struct coordd *d)
 	           d->cfg->n_councils, d->cfg->state_dir, st.last_seq);
 	notify_status(d, "READY=1\n");
 	if (watchdog_usec > 0) {
-		(void) sd_notify(0, "WATCHDOG=1");
+		(void) notify("WATCHDOG=1");
 	}
 
 	(void) uv_run(&d->loop, UV_RUN_DEFAULT);

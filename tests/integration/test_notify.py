@@ -69,10 +69,34 @@ def test_ready_status_watchdog_reloading_stopping_in_order(coordd_factory):
     assert d.wait_exit() == 0
 
 
-def test_periodic_status(coordd_factory):
+def test_status_follows_changes(coordd_factory):
     d = coordd_factory("status")
-    got = read_for(d, 12, until=lambda f: "STATUS" in f)
-    assert got and got[-1][1]["STATUS"].startswith("Serving: "), got
+    with d.council("c01") as c:
+        expect_ack(c.request(c.env()), ACCEPTED)
+        # Refreshed every 5 s, and sent only when the summary changed.
+        got = read_for(d, 12, until=lambda f: "STATUS" in f)
+    assert got, "no STATUS= after a change"
+    status = got[-1][1]["STATUS"]
+    assert status.startswith("Serving: 1 council connections, 1 records stored (seq 1), "
+                             "last commit 20"), status
+    assert "READY" not in got[-1][1]
+    # The council left: one more update, then nothing while nothing changes.
+    got = read_for(d, 12, until=lambda f: f.get("STATUS", "").startswith("Serving: 0 "))
+    assert got and got[-1][1]["STATUS"].startswith("Serving: 0 council connections, 1 "), got
+    assert not read_for(d, 6), "STATUS= repeated without a change"
+
+
+def test_unread_notify_socket_does_not_stall(coordd_factory):
+    """The notify socket's queue holds 10 datagrams (net.unix.max_dgram_qlen): a reader
+    that stops reading must cost messages, not the broker's loop."""
+    d = coordd_factory("unread")
+    for _ in range(12):  # 24 notifications, none read
+        d.proc.send_signal(signal.SIGHUP)
+        with d.council("c01") as c:
+            expect_ack(c.request(c.env()), ACCEPTED)
+    assert d.stderr().count("Reloaded '") == 12
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.wait_exit(timeout=20) == 0
 
 
 @pytest.mark.parametrize("env", [{}, {"WATCHDOG_USEC": str(WATCHDOG_USEC),
