@@ -71,8 +71,8 @@ struct config {
 		uint32_t max_pending;       /* received but uncommitted before reading pauses,
 		                               >= max_batch, default 8192 */
 		uint32_t hwm; /* ZMQ send and receive HWM, 100 .. 1000000, default 10000 */
-		enum config_security security; /* security, see enum config_security */
-		uint32_t max_connections;      /* 1 .. 1000000, default 2048 */
+		enum config_security security;     /* security, see enum config_security */
+		uint32_t max_connections;          /* 1 .. 1000000, default 2048 */
 		uint32_t max_inflight_per_council; /* messages received from one sender and not
 		                                      yet acked, 1 .. 1000000, default 1024 */
 		uint32_t rate_limit; /* messages per second per sender, 0 (off) .. 10000000,
@@ -87,7 +87,7 @@ struct config {
 		uint32_t hwm;   /* messages queued per subscriber before libzmq drops, 100 ..
 		                   1000000, default 1000 */
 		enum config_security security;
-		uint32_t max_connections; /* 1 .. 1000000, default 1024 */
+		uint32_t max_connections;        /* 1 .. 1000000, default 1024 */
 		uint32_t max_subscription_bytes; /* ZMQ_MAXMSGSIZE of the socket: a bigger
 		                                    (un)subscription drops its connection,
 		                                    256 .. 64 KiB, default 1 KiB */
