@@ -209,12 +209,26 @@ static const struct key keys[_KEY_MAX] = {
 
 /* Keys the running daemon applies only at start: a reload keeps their old values. */
 static const enum key_id restart_keys[] = {
-        KEY_STATE_DIR,        KEY_INGEST_ENDPOINT,  KEY_MAX_MESSAGE_BYTES,
-        KEY_MAX_BATCH,        KEY_MAX_PENDING,      KEY_HWM,
-        KEY_INGEST_SECURITY,  KEY_PUBLISH_ENDPOINT, KEY_PUBLISH_HWM,
-        KEY_PUBLISH_SECURITY, KEY_QUERY_ENDPOINT,   KEY_QUERY_HWM,
-        KEY_QUERY_SECURITY,   KEY_MAP_SIZE,         KEY_MAP_SIZE_MAX,
-        KEY_SYNC_ID,          KEY_METRICS_LISTEN,   KEY_SECRET_KEY_FILE,
+        KEY_STATE_DIR,
+        KEY_INGEST_ENDPOINT,
+        KEY_MAX_MESSAGE_BYTES,
+        KEY_MAX_BATCH,
+        KEY_MAX_PENDING,
+        KEY_HWM,
+        KEY_INGEST_SECURITY,
+        KEY_PUBLISH_ENDPOINT,
+        KEY_PUBLISH_HWM,
+        KEY_PUBLISH_SECURITY,
+        KEY_QUERY_ENDPOINT,
+        KEY_QUERY_HWM,
+        KEY_QUERY_SECURITY,
+        KEY_MAP_SIZE,
+        KEY_MAP_SIZE_MAX,
+        KEY_SYNC_ID,
+        KEY_METRICS_LISTEN,
+        KEY_SECRET_KEY_FILE,
+        KEY_MAX_SUBSCRIPTION_BYTES,
+        KEY_MAX_REQUEST_BYTES,
 };
 
 /* Parse-time bookkeeping for one council, parallel to config->councils (file order). */

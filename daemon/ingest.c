@@ -841,6 +841,17 @@ set_int(void *sock, int option, int value)
 	return zmq_setsockopt(sock, option, &value, sizeof(value)) < 0 ? -zmq_errno() : 0;
 }
 
+/* The per-sender limits of a config (limiter.h). */
+static struct limiter_options
+limiter_options_of(const struct config *cfg)
+{
+	return (struct limiter_options){
+	        .max_inflight = cfg->ingest.max_inflight_per_council,
+	        .rate = cfg->ingest.rate_limit,
+	        .burst = cfg->ingest.rate_burst,
+	};
+}
+
 int
 ingest_new(uv_loop_t *loop, void *zctx, struct auth *auth, struct store *store, struct config *cfg,
            ingest_accepted_fn *on_accepted, void *data, struct ingest **ret_ingest)
@@ -859,11 +870,7 @@ ingest_new(uv_loop_t *loop, void *zctx, struct auth *auth, struct store *store, 
 	in->on_accepted = on_accepted;
 	in->accepted_data = data;
 
-	const struct limiter_options lo = {
-	        .max_inflight = cfg->ingest.max_inflight_per_council,
-	        .rate = cfg->ingest.rate_limit,
-	        .burst = cfg->ingest.rate_burst,
-	};
+	const struct limiter_options lo = limiter_options_of(cfg);
 	r = limiter_new(&lo, &in->limiter);
 	if (r < 0) {
 		goto fail;
@@ -940,7 +947,10 @@ void
 ingest_set_config(struct ingest *in, struct config *cfg)
 {
 	struct config *old = in->cfg;
+	const struct limiter_options lo = limiter_options_of(cfg);
 
+	/* config_load() checked the ranges, so the limiter takes them. */
+	(void) limiter_set_options(in->limiter, &lo);
 	in->cfg = config_ref(cfg);
 	config_unref(old);
 }

@@ -214,6 +214,9 @@ refill(const struct limiter *l, struct limiter_sender *s, uint64_t now_ms)
 {
 	uint64_t full = (uint64_t) l->opts.burst * MILLI;
 
+	if (s->millitokens > full) {
+		s->millitokens = full; /* the burst was lowered (limiter_set_options) */
+	}
 	if (now_ms <= s->refilled_ms) {
 		return;
 	}
@@ -285,6 +288,19 @@ limiter_new(const struct limiter_options *opts, struct limiter **ret_limiter)
 		return -ENOMEM;
 	}
 	*ret_limiter = l;
+	return 0;
+}
+
+int
+limiter_set_options(struct limiter *l, const struct limiter_options *opts)
+{
+	if (opts->max_inflight == 0 || (opts->rate > 0 && opts->burst == 0)) {
+		return -EINVAL;
+	}
+	l->opts = *opts;
+	if (l->opts.idle_max == 0) {
+		l->opts.idle_max = LIMITER_IDLE_MAX;
+	}
 	return 0;
 }
 

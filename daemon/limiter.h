@@ -59,6 +59,14 @@ struct limiter_sender;
 int limiter_new(const struct limiter_options *opts, struct limiter **ret_limiter);
 
 /*
+ * Replace the options (a reload). Senders keep their in-flight messages and tokens: a
+ * sender above a lowered max_inflight is refused until it drops below it, and a bucket
+ * above a lowered burst is cut down at its next refill. Returns 0, or -EINVAL for bad
+ * options (as limiter_new(); the old ones stay).
+ */
+int limiter_set_options(struct limiter *l, const struct limiter_options *opts);
+
+/*
  * Free the limiter and every sender it tracks; senders handed out before are invalid
  * afterwards (nobody may release them). Accepts NULL. Returns NULL.
  */

@@ -12,7 +12,7 @@ import re
 import pytest
 
 import coord_pb2 as pb
-from coordlib import (ACCEPTED, REJECTED, AckTimeout, Council, Query, expect_ack,
+from coordlib import (ACCEPTED, REJECTED, RETRY_LATER, AckTimeout, Council, Query, expect_ack,
                       metric_samples, render_config, secure_daemon)
 
 pytestmark = pytest.mark.local_only
@@ -142,3 +142,31 @@ def test_council_added_to_config_takes_effect(coordd_factory):
         d.reload()
         expect_ack(c.request(c.env()), REJECTED, pb.REASON_UNKNOWN_COUNCIL)
     assert d.stderr().count("Reloaded '") == 2
+
+
+def flood(c, n):
+    """Send n records at once, then collect their n acks: {status: count}."""
+    for _ in range(n):
+        c.send(c.env())
+    counts = {}
+    for _ in range(n):
+        a = c.recv_ack(timeout=10)
+        counts[a.status] = counts.get(a.status, 0) + 1
+    return counts
+
+
+def test_limits_change_without_restart(coordd_factory):
+    d = coordd_factory("limits", overrides={"ingest": {"max_inflight_per_council": "4"}})
+    with d.council("c01") as c:
+        # Cap 4: a burst of 200 gets most answered RETRY_LATER at once.
+        counts = flood(c, 200)
+        assert counts.get(RETRY_LATER, 0) > 0, counts
+        accepted = counts.get(ACCEPTED, 0)
+        d.config["ingest"]["max_inflight_per_council"] = "1000"
+        rewrite(d)
+        d.reload()
+        # Same connection, raised cap: the same burst is accepted whole.
+        counts = flood(c, 200)
+        assert counts == {ACCEPTED: 200}, counts
+    with d.store() as s:
+        assert s.item_count() == accepted + 200

@@ -256,6 +256,41 @@ test_bad_options(void **state)
 	assert_null(limiter_free(NULL));
 }
 
+static void
+test_set_options_applies_new_limits(void **state)
+{
+	struct limiter *l = new_limiter(2, 10, 4, 0);
+	struct limiter_sender *a = NULL, *b = NULL, *x = NULL;
+
+	assert_int_equal(acquire(l, "rd", 0, &a), LIMITER_ADMIT);
+	assert_int_equal(acquire(l, "rd", 0, &b), LIMITER_ADMIT);
+	assert_int_equal(acquire(l, "rd", 0, &x), LIMITER_INFLIGHT);
+	/* A raised cap admits at once; bad options are refused and change nothing. */
+	const struct limiter_options bad = {.max_inflight = 0};
+	assert_int_equal(limiter_set_options(l, &bad), -EINVAL);
+	assert_int_equal(acquire(l, "rd", 0, &x), LIMITER_INFLIGHT);
+	const struct limiter_options wider = {.max_inflight = 3, .rate = 10, .burst = 1};
+	assert_int_equal(limiter_set_options(l, &wider), 0);
+	/* 2 tokens were left of 4; the new burst cuts them to 1. */
+	assert_int_equal(acquire(l, "rd", 0, &x), LIMITER_ADMIT);
+	struct limiter_sender *y = NULL;
+	assert_int_equal(acquire(l, "rd", 0, &y), LIMITER_INFLIGHT);
+	limiter_release(l, a, 0);
+	assert_int_equal(acquire(l, "rd", 0, &y), LIMITER_RATE);
+	limiter_release(l, b, 0);
+	limiter_release(l, x, 0);
+	/* After a long pause the bucket holds the new burst (1), not the old (4). */
+	assert_int_equal(send_one(l, "rd", 100000), LIMITER_ADMIT);
+	assert_int_equal(send_one(l, "rd", 100000), LIMITER_RATE);
+	/* Rate off: only the in-flight cap is left. */
+	const struct limiter_options off = {.max_inflight = 3};
+	assert_int_equal(limiter_set_options(l, &off), 0);
+	for (int i = 0; i < 10; i++) {
+		assert_int_equal(send_one(l, "rd", 100001), LIMITER_ADMIT);
+	}
+	assert_null(limiter_free(l));
+}
+
 static const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_inflight_cap_refuses_then_readmits),
         cmocka_unit_test(test_senders_are_independent),
@@ -268,6 +303,7 @@ static const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_long_idle_time_does_not_overflow),
         cmocka_unit_test(test_key_lengths),
         cmocka_unit_test(test_bad_options),
+        cmocka_unit_test(test_set_options_applies_new_limits),
 };
 
 int
