@@ -65,11 +65,17 @@ class WorkerProc:
             self.p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                                       env=child_env())
         self.status = None
+        self.terminated = False
 
     def lines(self, prefix):
         text = self.out_path.read_text(errors="replace") if self.out_path.exists() else ""
         return [json.loads(ln[len(prefix):]) for ln in text.splitlines()
                 if ln.startswith(prefix)]
+
+    def flowing(self):
+        """True once its first record was answered."""
+        text = self.out_path.read_text(errors="replace") if self.out_path.exists() else ""
+        return "FLOWING\n" in text
 
     def done(self):
         """The DONE figures once everything it sent is answered, else None."""
@@ -83,10 +89,15 @@ class WorkerProc:
     def running(self):
         return self.p.poll() is None
 
-    def stop(self, timeout=180.0):
-        """SIGTERM (stop generating, wait for the answers) and wait; returns the status."""
-        if self.p.poll() is None:
+    def terminate(self):
+        """SIGTERM once: stop generating, wait for the answers, exit."""
+        if self.p.poll() is None and not self.terminated:
             self.p.send_signal(signal.SIGTERM)
+            self.terminated = True
+
+    def stop(self, timeout=180.0):
+        """terminate() and wait; returns the exit status."""
+        self.terminate()
         try:
             self.status = self.p.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -305,6 +316,16 @@ class Cluster:
         return [self.worker(f"{prefix}-{c}", councils=c, **kw)
                 for c in (councils or coordlib.COUNCIL_IDS)]
 
+    def wait_flowing(self, timeout=60.0):
+        """Wait until every running worker had a first record answered."""
+        deadline = time.monotonic() + timeout
+        for w in self.live_workers():
+            while not w.flowing():
+                assert w.running(), f"worker {w.name} exited {w.p.poll()}:\n{w.stderr()}"
+                assert time.monotonic() < deadline, (
+                    f"worker {w.name} had no answer within {timeout} s:\n{w.stderr()}")
+                time.sleep(0.02)
+
     def live_workers(self):
         return [runs[-1] for runs in self.workers.values() if runs[-1].running()]
 
@@ -313,8 +334,7 @@ class Cluster:
         SUMMARY figures."""
         live = self.live_workers()
         for w in live:
-            if w.p.poll() is None:
-                w.p.send_signal(signal.SIGTERM)
+            w.terminate()
         out = []
         for w in live:
             status = w.stop(timeout)

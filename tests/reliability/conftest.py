@@ -26,6 +26,8 @@ it_conftest = cluster.it_conftest
 
 
 def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "local_only: needs a local coordd binary and its state directory")
     # Hundreds of connections: the daemon and the worker processes inherit this limit.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or soft < hard:

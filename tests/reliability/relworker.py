@@ -10,6 +10,9 @@ it: with --resume, the records the log shows as sent and never answered are push
 first (same bytes), so a worker killed with SIGKILL and started again resends like
 coord-push's outbox does.
 
+Prints "FLOWING" at its first final answer (the tests wait for it before they break
+things, so each worker has connected and is under way).
+
 Stops generating on SIGTERM or SIGINT (or after --records per connection), then waits for
 every answer (at most --drain-timeout seconds). With --hold it then keeps its connections
 open until the next SIGTERM. Prints "DONE <json>" when every record is answered and a
@@ -105,6 +108,7 @@ class Worker:
         self.counts = dict(sent=0, resent=0, accepted=0, duplicate=0, rejected=0,
                            retry_later=0)
         self.rejections = []
+        self.flowing = False  # a first final answer arrived
         self.started = time.monotonic()
         self.next_client = 0
         if args.resume:
@@ -118,6 +122,9 @@ class Worker:
                 return
             self.log.acked(council, ack.msg_id, ack.revision, name, ack.seq)
             self.counts[name.lower()] += 1
+            if not self.flowing:
+                self.flowing = True
+                print("FLOWING", flush=True)
             if name == "REJECTED" and len(self.rejections) < 10:
                 self.rejections.append(f"{council}/{ack.msg_id}/{ack.revision}: "
                                        f"{coordclient.reason_name(ack.reason)}: {ack.message}")
@@ -204,8 +211,7 @@ class Worker:
             return 3
         print("DONE " + json.dumps(self.summary()), flush=True)
         if self.args.hold:
-            global stop_requested
-            stop_requested = False
+            # Until SIGTERM (at once if one came already).
             while not stop_requested:
                 self.pump(0.1)
         return 1 if self.counts["rejected"] else 0
@@ -226,6 +232,9 @@ def main(argv):
     try:
         status = w.run()
     finally:
+        # A late SIGTERM must not kill the process while Python shuts down (it restores
+        # the default handler then).
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         print("SUMMARY " + json.dumps(w.summary()), flush=True)
         w.close()
     return status
