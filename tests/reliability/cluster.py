@@ -329,6 +329,22 @@ class Cluster:
     def live_workers(self):
         return [runs[-1] for runs in self.workers.values() if runs[-1].running()]
 
+    def finish_workers(self, timeout=180.0):
+        """Wait for every running worker to finish by itself (--records without --hold);
+        each must exit 0. Returns their SUMMARY figures."""
+        deadline = time.monotonic() + timeout
+        out = []
+        for w in [runs[-1] for runs in self.workers.values() if runs[-1].status is None]:
+            try:
+                w.status = w.p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                raise AssertionError(f"worker {w.name} still runs after {timeout} s: "
+                                     f"{w.summary()}") from None
+            assert w.status == 0, (f"worker {w.name} exited {w.status}: {w.summary()}; "
+                                   f"stderr:\n{w.stderr()}")
+            out.append(w.summary())
+        return out
+
     def stop_workers(self, timeout=180.0):
         """SIGTERM every running worker, wait; every one must exit 0. Returns their
         SUMMARY figures."""
