@@ -74,8 +74,7 @@ class WorkerProc:
 
     def flowing(self):
         """True once its first record was answered."""
-        text = self.out_path.read_text(errors="replace") if self.out_path.exists() else ""
-        return "FLOWING\n" in text
+        return self._has_line("FLOWING")
 
     def done(self):
         """The DONE figures once everything it sent is answered, else None."""
@@ -89,8 +88,17 @@ class WorkerProc:
     def running(self):
         return self.p.poll() is None
 
-    def terminate(self):
-        """SIGTERM once: stop generating, wait for the answers, exit."""
+    def _has_line(self, line):
+        text = self.out_path.read_text(errors="replace") if self.out_path.exists() else ""
+        return line + "\n" in text
+
+    def terminate(self, timeout=30.0):
+        """SIGTERM once: stop generating, wait for the answers, exit. Waits first until
+        the worker handles SIGTERM (its "STARTED" line)."""
+        deadline = time.monotonic() + timeout
+        while self.p.poll() is None and not self._has_line("STARTED"):
+            assert time.monotonic() < deadline, f"worker {self.name} never started"
+            time.sleep(0.01)
         if self.p.poll() is None and not self.terminated:
             self.p.send_signal(signal.SIGTERM)
             self.terminated = True
@@ -211,11 +219,12 @@ def http_get(port, path, timeout):
 class Sampler:
     """A thread that samples, every `interval` s while the broker runs: its VmRSS (KiB),
     the answer time of a query StatsRequest and (with a metrics port) of GET /healthz.
-    Keeps the maxima, the failures (no answer within `timeout`), and the peak open ingest
-    connections from the stats."""
+    Keeps the maxima, the failures (no answer within `timeout`, unless the `cluster`
+    crashed its broker meanwhile), and the peak open ingest connections from the stats."""
 
-    def __init__(self, daemon, metrics_port=None, interval=0.25, timeout=5.0):
+    def __init__(self, daemon, metrics_port=None, interval=0.25, timeout=5.0, cluster=None):
         self.daemon = daemon
+        self.epoch = (lambda: cluster.epoch) if cluster is not None else (lambda: 0)
         self.metrics_port = metrics_port
         self.interval = interval
         self.timeout = timeout
@@ -248,6 +257,14 @@ class Sampler:
                 self.rss_samples.append(rss)
             except (OSError, KeyError):
                 continue
+            # A broker killed (and maybe restarted) meanwhile explains a missing answer.
+            # Popen.poll() from this thread may say "running" while the main thread waits
+            # for the killed process, so the cluster's epoch tells instead.
+            epoch = self.epoch()
+
+            def same_broker():
+                return self.epoch() == epoch and self.daemon.running
+
             if q is None:
                 q = coordlib.Query(self.daemon.query_endpoint, timeout=self.timeout)
             t0 = time.monotonic()
@@ -256,7 +273,7 @@ class Sampler:
                 self.stats_max = max(self.stats_max, time.monotonic() - t0)
                 self.peak_connections = max(self.peak_connections, st.ingest_connections)
             except AssertionError as e:
-                if self.daemon.running:
+                if same_broker():
                     self.failures.append(f"query stats: {e}")
                 q.close()
                 q = None
@@ -264,11 +281,12 @@ class Sampler:
                 t0 = time.monotonic()
                 try:
                     code, body = http_get(self.metrics_port, "/healthz", self.timeout)
-                    self.health_max = max(self.health_max, time.monotonic() - t0)
-                    if code != 200:
+                    if code != 200 and same_broker():
                         self.failures.append(f"/healthz answered {code} {body!r}")
+                    elif code == 200:
+                        self.health_max = max(self.health_max, time.monotonic() - t0)
                 except OSError as e:
-                    if self.daemon.running:
+                    if same_broker():
                         self.failures.append(f"/healthz: {e}")
             self.samples += 1
         if q is not None:
@@ -287,6 +305,7 @@ class Cluster:
         self.workers = {}  # name -> [WorkerProc, ...] (one per run)
         self.imports = []
         self.crashes = 0
+        self.epoch = 0  # changes when the broker is killed and when it is started
 
     def runs_of(self, name):
         return self.workers.get(name, [])
@@ -366,12 +385,14 @@ class Cluster:
 
     def crash(self):
         """kill -9 the broker."""
+        self.epoch += 1
         status = self.daemon.kill9()
         assert status == -signal.SIGKILL, f"coordd exited {status} instead of being killed"
         self.crashes += 1
 
     def restart(self):
         self.daemon.start()
+        self.epoch += 1
 
     def logs(self):
         paths = [self.log_path(n) for n in self.workers]

@@ -10,7 +10,7 @@ it: with --resume, the records the log shows as sent and never answered are push
 first (same bytes), so a worker killed with SIGKILL and started again resends like
 coord-push's outbox does.
 
-Prints "FLOWING" at its first final answer (the tests wait for it before they break
+Prints "STARTED" once SIGTERM is handled and "FLOWING" at its first final answer (the tests wait for it before they break
 things, so each worker has connected and is under way).
 
 Stops generating on SIGTERM or SIGINT (or after --records per connection), then waits for
@@ -20,20 +20,8 @@ final "SUMMARY <json>" line. Exit status: 0 every record ACCEPTED or DUPLICATE, 
 REJECTED, 3 answers still missing at --drain-timeout, 2 bad usage.
 """
 
-import argparse
-import json
-import os
-import resource
 import signal
 import sys
-import time
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import relharness  # noqa: E402  (sets up the import paths)
-from relharness import FINAL_NAMES, ClientLog, LogContents, RecordGen  # noqa: E402
-
-import coordclient  # noqa: E402
-import zmq  # noqa: E402
 
 stop_requested = False
 
@@ -42,6 +30,26 @@ def _on_signal(signum, frame):
     global stop_requested
     stop_requested = True
 
+
+# Before the slow imports: a SIGTERM from now on stops the worker cleanly. "STARTED" tells
+# the harness so (cluster.WorkerProc.terminate waits for it).
+signal.signal(signal.SIGTERM, _on_signal)
+signal.signal(signal.SIGINT, _on_signal)
+if __name__ == "__main__":
+    print("STARTED", flush=True)
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import resource  # noqa: E402
+import time  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import relharness  # noqa: E402  (sets up the import paths)
+from relharness import FINAL_NAMES, ClientLog, LogContents, RecordGen  # noqa: E402
+
+import coordclient  # noqa: E402
+import zmq  # noqa: E402
 
 def parse_args(argv):
     p = argparse.ArgumentParser(
@@ -226,8 +234,6 @@ class Worker:
 def main(argv):
     args = parse_args(argv)
     raise_nofile()
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
     w = Worker(args)
     try:
         status = w.run()

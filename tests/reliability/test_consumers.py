@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-import coordlib
 from cluster import Sampler, assert_clean
 from relharness import scaled
+from subs import ExactItems, churn
 
 pytestmark = pytest.mark.local_only
 
@@ -23,90 +23,19 @@ SANITIZED = os.environ.get("COORD_REL_SANITIZED") == "1"
 RSS_BOUND_MIB = 600 if SANITIZED else 200
 
 
-class ExactItems:
-    """The Clone pattern for items: subscribed to every item topic, so the seqs it sees
-    must follow one another; a seq that does not, or a topic's prev_seq that is not the
-    last seq seen on that topic, is a gap, repaired from history."""
-
-    def __init__(self, daemon):
-        self.sub = daemon.subscriber("item/", rcvhwm=PUBLISH_HWM)
-        self.query = daemon.query(timeout=20)
-        self.items = {}  # seq -> Item bytes
-        self.held = 0
-        self.topic_last = {}
-        self.gaps = 0
-        self.prev_seq_gaps = 0
-        self.catch_ups = 0
-        self.live_applied = 0
-        self.skipped = 0
-
-    def close(self):
-        self.sub.close()
-        self.query.close()
-
-    def catch_up(self):
-        self.catch_ups += 1
-        items, _pages = self.query.history_all(self.held)
-        for it in items:
-            assert it.seq == self.held + 1, f"history skipped from {self.held} to {it.seq}"
-            self.items[it.seq] = it.SerializeToString()
-            self.held = it.seq
-
-    def on_publication(self, topic, pub):
-        item = pub.item
-        last = self.topic_last.get(topic)
-        if last is not None and pub.prev_seq != last:
-            self.prev_seq_gaps += 1
-        self.topic_last[topic] = pub.last_seq
-        if item.seq <= self.held:
-            self.skipped += 1
-            return
-        if item.seq != self.held + 1:
-            self.gaps += 1
-            self.catch_up()
-            if item.seq <= self.held:
-                self.skipped += 1
-                return
-        self.items[item.seq] = item.SerializeToString()
-        self.held = item.seq
-        self.live_applied += 1
-
-    def read_for(self, seconds):
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            try:
-                topic, pub = self.sub.recv(0.05)
-            except coordlib.PublicationTimeout:
-                continue
-            self.on_publication(topic, pub)
-
-
-def churn(daemon, stop, counts, key, pause_s, read):
-    """Connect, subscribe to everything, maybe read a little, vanish; until `stop`."""
-    while not stop.is_set() and counts[key] < 100_000:
-        with daemon.subscriber("", rcvhwm=PUBLISH_HWM) as s:
-            if read:
-                for _ in range(3):
-                    if not s.sock.poll(int(pause_s * 1000)):
-                        break
-                    s.sock.recv_multipart()
-            else:
-                time.sleep(pause_s)
-        counts[key] += 1
-
-
 def test_slow_dead_and_flapping_subscribers_cost_no_record(rel):
     c = rel(overrides={"publish": {"hwm": str(PUBLISH_HWM)},
                        "digest": {"publish_interval_ms": "100"}})
     d = c.daemon
     stuck = [d.subscriber("", rcvhwm=PUBLISH_HWM) for _ in range(5)]
     stuck += [d.subscriber("item/", "digest/all/", rcvhwm=PUBLISH_HWM) for _ in range(5)]
-    exact = ExactItems(d)
+    exact = ExactItems(d, rcvhwm=PUBLISH_HWM)
     stop = threading.Event()
     counts = {"vanished": 0, "reconnected": 0}
-    threads = [threading.Thread(target=churn, args=(d, stop, counts, "vanished", 0.001, False)),
+    threads = [threading.Thread(target=churn, args=(d, stop, counts, "vanished", 0.001, False,
+                                                    PUBLISH_HWM)),
                threading.Thread(target=churn, args=(d, stop, counts, "reconnected", 0.003,
-                                                    True))]
+                                                    True, PUBLISH_HWM))]
     baseline = d.rss_kb()["VmRSS"]
     records = scaled(500, 100)
     try:
