@@ -4,7 +4,8 @@ Starts a coordd on ipc:// endpoints in a work directory, 11 council workers (the
 client, one per council, at --rate records per second each, logging to ClientLogs), a
 subscriber that never reads, a subscriber that connects and vanishes every few ms, and an
 exact item subscriber (gaps repaired from history). Then, until --seconds have passed, it
-breaks something at random moments while records are being accepted:
+breaks something at random moments while records are being accepted (each kind once
+first, in random order, then at random):
 
   kill     kill -9 of the broker, restarted on the same state directory
   hup      SIGHUP (a config reload; a broker without reload logs and ignores it)
@@ -174,9 +175,11 @@ class Soak:
                 end = t0 + args.seconds
                 names = [n for n, _w in EVENTS]
                 weights = [w for _n, w in EVENTS]
+                # Each kind once first (in random order), then at random by weight.
+                first = self.rng.sample(names, len(names))
                 while time.monotonic() < end:
                     self.wait_accepted(self.rng.randint(1, 500))
-                    self.event(self.rng.choices(names, weights)[0])
+                    self.event(first.pop() if first else self.rng.choices(names, weights)[0])
                     # A quiet spell between events (still bounded by --seconds).
                     pause = min(self.rng.uniform(0.0, 1.5), max(0.0, end - time.monotonic()))
                     time.sleep(pause)
