@@ -10,8 +10,9 @@ it: with --resume, the records the log shows as sent and never answered are push
 first (same bytes), so a worker killed with SIGKILL and started again resends like
 coord-push's outbox does.
 
-Prints "STARTED" once SIGTERM is handled and "FLOWING" at its first final answer (the tests wait for it before they break
-things, so each worker has connected and is under way).
+Prints "STARTED" once SIGTERM is handled, and "FLOWING" at its first final answer (the
+tests wait for it before they break things, so each worker has connected and is under
+way).
 
 Stops generating on SIGTERM or SIGINT (or after --records per connection), then waits for
 every answer (at most --drain-timeout seconds). With --hold it then keeps its connections
@@ -35,8 +36,6 @@ def _on_signal(signum, frame):
 # the harness so (cluster.WorkerProc.terminate waits for it).
 signal.signal(signal.SIGTERM, _on_signal)
 signal.signal(signal.SIGINT, _on_signal)
-if __name__ == "__main__":
-    print("STARTED", flush=True)
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -45,7 +44,7 @@ import resource  # noqa: E402
 import time  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import relharness  # noqa: E402  (sets up the import paths)
+import relharness  # noqa: E402,F401  (sets up the import paths)
 from relharness import FINAL_NAMES, ClientLog, LogContents, RecordGen  # noqa: E402
 
 import coordclient  # noqa: E402
@@ -233,6 +232,7 @@ class Worker:
 
 def main(argv):
     args = parse_args(argv)
+    print("STARTED", flush=True)
     raise_nofile()
     w = Worker(args)
     try:
