@@ -294,14 +294,15 @@ class Sampler:
 
 
 class Cluster:
-    """A daemon (it_conftest.Daemon) and its client processes in `workdir`."""
+    """A daemon (it_conftest.Daemon) and its client processes in `workdir`. The clients'
+    ack timeout is `ack_timeout` times relharness.slowdown()."""
 
     def __init__(self, daemon, workdir, ack_timeout=2.0):
         self.daemon = daemon
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.ack_timeout = ack_timeout
-        self.ack_timeout_ms = int(ack_timeout * 1000)
+        self.ack_timeout = ack_timeout * relharness.slowdown()
+        self.ack_timeout_ms = int(self.ack_timeout * 1000)
         self.workers = {}  # name -> [WorkerProc, ...] (one per run)
         self.imports = []
         self.crashes = 0

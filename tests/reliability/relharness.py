@@ -14,7 +14,8 @@ command share (docs/RELIABILITY.md).
   "acked" once an A line with ACCEPTED or DUPLICATE is written.
 - Records: gen_records() builds a council's records (bodies, countries, languages,
   corrections, retractions, restores) with coordlib's campaign generator.
-- scale(): the size factor the tests use ($COORD_REL_SCALE; the ASan build sets 0.5).
+- scale(): the size factor the tests use ($COORD_REL_SCALE; the ASan build sets 0.5);
+  slowdown(): the factor for ack timeouts ($COORD_REL_SANITIZED).
 """
 
 import base64
@@ -52,6 +53,13 @@ def scale():
         return max(0.05, float(os.environ.get("COORD_REL_SCALE", "1")))
     except ValueError:
         return 1.0
+
+
+def slowdown():
+    """How much slower the broker runs here: 2 under the sanitizers
+    ($COORD_REL_SANITIZED=1), else 1. Ack timeouts are multiplied by it, so that a slow
+    broker does not make the clients resend everything they have in flight."""
+    return 2.0 if os.environ.get("COORD_REL_SANITIZED") == "1" else 1.0
 
 
 def scaled(n, minimum=1):

@@ -5,8 +5,8 @@ must answer within the bound, and the broker's VmRSS must stay below its bound. 
 record ends ACCEPTED or DUPLICATE (RETRY_LATER answers, from per-council caps or rate
 limits, are retried with a backoff by the client), and the checker passes.
 
-Bounds (docs/RELIABILITY.md): the answers within ANSWER_BOUND_S; the broker's VmRSS below
-RSS_BOUND_MIB (ASan roughly doubles memory; the bound is scaled for it).
+Bounds (docs/RELIABILITY.md): the answers within ANSWER_BOUND_S, the broker's VmRSS below
+RSS_BOUND_MIB; both looser under the sanitizers, which slow the broker and add memory.
 """
 
 import os
@@ -22,8 +22,8 @@ pytestmark = pytest.mark.local_only
 
 CONNECTIONS = 1000
 PROCESSES = 4
-ANSWER_BOUND_S = 2.0
 SANITIZED = os.environ.get("COORD_REL_SANITIZED") == "1"
+ANSWER_BOUND_S = 5.0 if SANITIZED else 2.0
 RSS_BOUND_MIB = 600 if SANITIZED else 200
 
 
