@@ -894,6 +894,11 @@ ingest_new(uv_loop_t *loop, void *zctx, struct auth *auth, struct store *store, 
 	if (r >= 0) {
 		r = set_int(in->sock, ZMQ_RCVHWM, (int) cfg->ingest.hwm);
 	}
+	/* An Ack that cannot be queued (the peer is gone, or it does not read and its queue is
+	 * at hwm) fails the send instead of vanishing silently, so send_ack() counts it. */
+	if (r >= 0) {
+		r = set_int(in->sock, ZMQ_ROUTER_MANDATORY, 1);
+	}
 	if (r >= 0 && zmq_setsockopt(in->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof(maxmsg)) < 0) {
 		r = -zmq_errno();
 	}
