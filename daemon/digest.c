@@ -1018,14 +1018,24 @@ read_aggregates(struct digest *d, Coord__V1__ScopeKind kind, const char *id, con
 	return r == -EBADMSG ? -EIO : r;
 }
 
-/* What the headline scan looks for, and what it found. */
+/* What the headline scan looks for in one requested digest, and what it found. */
 struct headline_scan {
 	Coord__V1__ScopeKind kind;
 	const char *id;
-	const struct bounds *w;
+	struct bounds w;
 	size_t want, n;
 	Coord__V1__Headline hl[DIGEST_HEADLINES_MAX];
 	char country[DIGEST_HEADLINES_MAX][3];
+};
+
+/* One scan of the newest items for every requested digest: `by_scope` orders the valid
+ * requests by (kind, id), so an item finds the requests of its three scopes by binary
+ * search instead of being matched against all of them. */
+struct multi_scan {
+	struct headline_scan *hs;        /* one per request */
+	struct headline_scan **by_scope; /* the valid ones, sorted by scope */
+	size_t n;                        /* in by_scope */
+	size_t open;                     /* requests that still want headlines */
 };
 
 static const char *
@@ -1051,18 +1061,6 @@ headline_title(const Coord__V1__Envelope *env)
 	default:
 		return "";
 	}
-}
-
-static bool
-headline_matches(const struct headline_scan *s, const char *council,
-                 const struct digest_contribution *c)
-{
-	if ((s->kind == COORD__V1__SCOPE_KIND__SCOPE_KIND_COUNCIL && strcmp(council, s->id) != 0) ||
-	    (s->kind == COORD__V1__SCOPE_KIND__SCOPE_KIND_COUNTRY &&
-	     strcmp(c->country, s->id) != 0)) {
-		return false;
-	}
-	return s->w->all || (c->date >= s->w->start && c->date < s->w->end);
 }
 
 static int
@@ -1091,12 +1089,63 @@ headline_add(struct headline_scan *s, uint64_t seq, const char *council,
 	return 0;
 }
 
-/* store_item_fn: keep live items of the scope and window, newest first. Items that do not
- * decode are skipped here (store_verify reports them). */
+static int
+scope_key_cmp(Coord__V1__ScopeKind kind, const char *id, const struct headline_scan *s)
+{
+	if (kind != s->kind) {
+		return kind < s->kind ? -1 : 1;
+	}
+	return strcmp(id, s->id);
+}
+
+static int
+scan_order(const void *a, const void *b)
+{
+	const struct headline_scan *x = *(const struct headline_scan *const *) a;
+	const struct headline_scan *y = *(const struct headline_scan *const *) b;
+
+	return scope_key_cmp(x->kind, x->id, y);
+}
+
+/* Offer an item to every request of one scope whose window holds its date. */
+static int
+offer_headline(struct multi_scan *m, Coord__V1__ScopeKind kind, const char *id, uint64_t seq,
+               const char *council, const Coord__V1__Envelope *env,
+               const struct digest_contribution *c)
+{
+	size_t lo = 0, hi = m->n;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (scope_key_cmp(kind, id, m->by_scope[mid]) > 0) {
+			lo = mid + 1;
+		} else {
+			hi = mid;
+		}
+	}
+	for (size_t i = lo; i < m->n && scope_key_cmp(kind, id, m->by_scope[i]) == 0; i++) {
+		struct headline_scan *s = m->by_scope[i];
+		if (s->n == s->want ||
+		    (!s->w.all && (c->date < s->w.start || c->date >= s->w.end))) {
+			continue;
+		}
+		int r = headline_add(s, seq, council, env, c);
+		if (r < 0) {
+			return r;
+		}
+		if (s->n == s->want) {
+			m->open--;
+		}
+	}
+	return 0;
+}
+
+/* store_item_fn: hand live items, newest first, to the requests of their scopes. Items that
+ * do not decode are skipped here (store_verify reports them). */
 static int
 scan_headline(void *data, uint64_t seq, const uint8_t *buf, size_t len, bool live)
 {
-	struct headline_scan *s = data;
+	struct multi_scan *m = data;
 	struct digest_contribution c;
 	int r = 0;
 
@@ -1109,14 +1158,23 @@ scan_headline(void *data, uint64_t seq, const uint8_t *buf, size_t len, bool liv
 	}
 	Coord__V1__Envelope *env =
 	        coord__v1__envelope__unpack(NULL, item->envelope.len, item->envelope.data);
-	if (env && digest_contribution_of(env, &c) == 0 && headline_matches(s, item->council, &c)) {
-		r = headline_add(s, seq, item->council, env, &c);
+	if (env && digest_contribution_of(env, &c) == 0) {
+		r = offer_headline(m, COORD__V1__SCOPE_KIND__SCOPE_KIND_ALL, "", seq, item->council,
+		                   env, &c);
+		if (r == 0) {
+			r = offer_headline(m, COORD__V1__SCOPE_KIND__SCOPE_KIND_COUNCIL,
+			                   item->council, seq, item->council, env, &c);
+		}
+		if (r == 0 && c.country[0]) {
+			r = offer_headline(m, COORD__V1__SCOPE_KIND__SCOPE_KIND_COUNTRY, c.country,
+			                   seq, item->council, env, &c);
+		}
 	}
 	if (env) {
 		coord__v1__envelope__free_unpacked(env, NULL);
 	}
 	coord__v1__item__free_unpacked(item, NULL);
-	return r == 0 && s->n == s->want ? 1 : r;
+	return r == 0 && m->open == 0 ? 1 : r;
 }
 
 static void
@@ -1148,57 +1206,28 @@ finish_digest(Coord__V1__Digest *dg, Coord__V1__Digest **ret_digest)
 	return 0;
 }
 
-int
-digest_compute(struct digest *d, Coord__V1__ScopeKind scope_kind, const char *scope_id,
-               Coord__V1__Window window, int64_t start, int64_t end, int64_t now_ms,
-               unsigned headlines, Coord__V1__Digest **ret_digest)
+/* Merge the aggregates of one request and build its Digest around its headlines. */
+static int
+build_digest(struct digest *d, const struct digest_request *req, const struct headline_scan *hs,
+             uint64_t last_seq, int64_t now_ms, Coord__V1__Digest **ret_digest)
 {
-	struct bounds w;
-	Coord__V1__Aggregate *agg = NULL;
-	uint64_t last_seq = 0;
-	int r = check_scope(scope_kind, scope_id);
+	Coord__V1__Aggregate *agg = agg_new();
+	int r = agg ? read_aggregates(d, hs->kind, hs->id, &hs->w, agg) : -ENOMEM;
 
-	if (r == 0) {
-		r = window_bounds(window, start, end, now_ms, &w);
-	}
-	if (r < 0) {
-		return r;
-	}
-	scope_id = scope_id ? scope_id : "";
-
-	struct headline_scan *hs = calloc(1, sizeof(*hs));
-	if (!hs) {
-		return -ENOMEM;
-	}
-	hs->kind = scope_kind;
-	hs->id = scope_id;
-	hs->w = &w;
-	hs->want = headlines == 0                     ? DIGEST_HEADLINES_DEFAULT
-	           : headlines > DIGEST_HEADLINES_MAX ? DIGEST_HEADLINES_MAX
-	                                              : headlines;
-	/* The scan comes first and its last seq is reported: the aggregates, read after it,
-	 * reflect at least every item up to that seq. The two reads cannot share a transaction
-	 * (the scan opens its own), and a read transaction must not wait on another. */
-	r = store_scan_items(d->store, 0, true, DIGEST_HEADLINE_SCAN_MAX, scan_headline, hs,
-	                     &last_seq);
-	if (r >= 0) {
-		agg = agg_new();
-		r = agg ? read_aggregates(d, scope_kind, scope_id, &w, agg) : -ENOMEM;
-	}
 	if (r >= 0) {
 		Coord__V1__Scope scope = COORD__V1__SCOPE__INIT;
 		Coord__V1__Digest dg = COORD__V1__DIGEST__INIT;
 		Coord__V1__Headline *hptrs[DIGEST_HEADLINES_MAX];
 
-		scope.kind = scope_kind;
-		scope.id = (char *) scope_id;
+		scope.kind = hs->kind;
+		scope.id = (char *) hs->id;
 		for (size_t i = 0; i < hs->n; i++) {
-			hptrs[i] = &hs->hl[i];
+			hptrs[i] = (Coord__V1__Headline *) &hs->hl[i];
 		}
 		dg.scope = &scope;
-		dg.window = window;
-		dg.start = w.start;
-		dg.end = w.end;
+		dg.window = req->window;
+		dg.start = hs->w.start;
+		dg.end = hs->w.end;
 		dg.last_seq = last_seq;
 		dg.generated_at = now_ms;
 		dg.n_lines = agg->n_lines;
@@ -1208,9 +1237,93 @@ digest_compute(struct digest *d, Coord__V1__ScopeKind scope_kind, const char *sc
 		r = finish_digest(&dg, ret_digest);
 	}
 	agg_free(agg);
-	headline_scan_done(hs);
-	free(hs);
 	return r < 0 ? r : 0;
+}
+
+int
+digest_compute_many(struct digest *d, struct digest_request *reqs, size_t n, int64_t now_ms,
+                    unsigned headlines)
+{
+	struct multi_scan m = {0};
+	uint64_t last_seq = 0;
+	size_t want = headlines == 0                     ? DIGEST_HEADLINES_DEFAULT
+	              : headlines > DIGEST_HEADLINES_MAX ? DIGEST_HEADLINES_MAX
+	                                                 : headlines;
+	int r = 0;
+
+	if (n == 0) {
+		return 0;
+	}
+	m.hs = calloc(n, sizeof(*m.hs));
+	m.by_scope = calloc(n, sizeof(*m.by_scope));
+	if (!m.hs || !m.by_scope) {
+		r = -ENOMEM;
+		goto done;
+	}
+	for (size_t i = 0; i < n; i++) {
+		struct digest_request *req = &reqs[i];
+		struct headline_scan *hs = &m.hs[i];
+
+		req->digest = NULL;
+		req->r = check_scope(req->scope_kind, req->scope_id);
+		if (req->r == 0) {
+			req->r = window_bounds(req->window, req->start, req->end, now_ms, &hs->w);
+		}
+		if (req->r < 0) {
+			continue;
+		}
+		hs->kind = req->scope_kind;
+		hs->id = req->scope_id ? req->scope_id : "";
+		hs->want = want;
+		m.by_scope[m.n++] = hs;
+	}
+	m.open = m.n;
+	qsort(m.by_scope, m.n, sizeof(*m.by_scope), scan_order);
+	/* The scan comes first and its last seq is reported: the aggregates, read after it,
+	 * reflect at least every item up to that seq. The two reads cannot share a transaction
+	 * (the scan opens its own), and a read transaction must not wait on another. One scan
+	 * serves every request: each takes its headlines among the same newest
+	 * DIGEST_HEADLINE_SCAN_MAX items that a scan of its own would have looked at. */
+	if (m.n > 0) {
+		r = store_scan_items(d->store, 0, true, DIGEST_HEADLINE_SCAN_MAX, scan_headline, &m,
+		                     &last_seq);
+	}
+	for (size_t i = 0; r >= 0 && i < n; i++) {
+		if (reqs[i].r == 0) {
+			reqs[i].r = build_digest(d, &reqs[i], &m.hs[i], last_seq, now_ms,
+			                         &reqs[i].digest);
+		}
+	}
+done:
+	for (size_t i = 0; m.hs && i < n; i++) {
+		headline_scan_done(&m.hs[i]);
+	}
+	free(m.hs);
+	free(m.by_scope);
+	return r < 0 ? r : 0;
+}
+
+int
+digest_compute(struct digest *d, Coord__V1__ScopeKind scope_kind, const char *scope_id,
+               Coord__V1__Window window, int64_t start, int64_t end, int64_t now_ms,
+               unsigned headlines, Coord__V1__Digest **ret_digest)
+{
+	struct digest_request req = {
+	        .scope_kind = scope_kind,
+	        .scope_id = scope_id,
+	        .window = window,
+	        .start = start,
+	        .end = end,
+	};
+	int r = digest_compute_many(d, &req, 1, now_ms, headlines);
+
+	if (r == 0) {
+		r = req.r;
+	}
+	if (r == 0) {
+		*ret_digest = req.digest;
+	}
+	return r;
 }
 
 void

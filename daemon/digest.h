@@ -62,6 +62,31 @@ int digest_compute(struct digest *d, Coord__V1__ScopeKind scope_kind, const char
                    Coord__V1__Window window, int64_t start, int64_t end, int64_t now_ms,
                    unsigned headlines, Coord__V1__Digest **ret_digest);
 
+/* One digest asked of digest_compute_many(): the inputs of digest_compute(), and its
+ * result. */
+struct digest_request {
+	/* inputs (scope_id is borrowed for the call) */
+	Coord__V1__ScopeKind scope_kind;
+	const char *scope_id;
+	Coord__V1__Window window;
+	int64_t start, end;
+	/* outputs */
+	int r;                     /* 0, or digest_compute()'s error for this request */
+	Coord__V1__Digest *digest; /* when r is 0: owned by the caller, digest_result_free() */
+};
+
+/*
+ * Compute several digests as digest_compute() would, each with `headlines` headlines, from
+ * ONE scan of the newest DIGEST_HEADLINE_SCAN_MAX items (the scan dominates the cost of a
+ * digest: one per request made a digest job of a few hundred scopes decode the same items
+ * a thousand times). Every digest reports the same last_seq.
+ * Returns 0 when the scan succeeded; then each request's `r` and `digest` are set (a bad
+ * scope or window fails that request alone, with -EINVAL). Returns -ENOMEM or -EIO when the
+ * scan failed: then no request has a digest. Any thread but the writer.
+ */
+int digest_compute_many(struct digest *d, struct digest_request *reqs, size_t n, int64_t now_ms,
+                        unsigned headlines);
+
 /* Free a digest from digest_compute(). Accepts NULL. */
 void digest_result_free(Coord__V1__Digest *digest);
 
