@@ -344,6 +344,124 @@ agg_apply(Coord__V1__Aggregate *a, const Coord__V1__DigestLine *in, int sign)
 	return 0;
 }
 
+/*
+ * The packed form of an Aggregate, written by hand: protobuf-c's generic
+ * get_packed_size() and pack() walk the descriptors of every CodeCount, and were a third of
+ * the broker's CPU with varied records (perf). The bytes are exactly protobuf-c's (proto3:
+ * fields in number order, zero scalars and empty strings left out, int32 and enums below
+ * zero as ten-byte varints), so stores written before stay canonical; test_digest.c checks
+ * the two against each other.
+ */
+static size_t
+varint_size(uint64_t v)
+{
+	size_t n = 1;
+
+	while (v >= 0x80) {
+		v >>= 7;
+		n++;
+	}
+	return n;
+}
+
+static uint8_t *
+put_varint(uint8_t *p, uint64_t v)
+{
+	while (v >= 0x80) {
+		*p++ = (uint8_t) (v | 0x80);
+		v >>= 7;
+	}
+	*p++ = (uint8_t) v;
+	return p;
+}
+
+/* A varint field (tag < 16, so one tag byte); nothing when the value is 0. */
+static size_t
+varint_field_size(uint64_t v)
+{
+	return v ? 1 + varint_size(v) : 0;
+}
+
+static uint8_t *
+put_varint_field(uint8_t *p, unsigned field, uint64_t v)
+{
+	if (v) {
+		*p++ = (uint8_t) (field << 3);
+		p = put_varint(p, v);
+	}
+	return p;
+}
+
+static size_t
+code_size(const Coord__V1__CodeCount *c)
+{
+	size_t len = c->code ? strlen(c->code) : 0;
+
+	return (len ? 1 + varint_size(len) + len : 0) + varint_field_size(c->count);
+}
+
+static size_t
+line_size(const Coord__V1__DigestLine *l)
+{
+	size_t n = varint_field_size((uint64_t) (int64_t) l->category) +
+	           varint_field_size((uint64_t) (int64_t) l->kind) + varint_field_size(l->count) +
+	           varint_field_size(l->sum);
+
+	for (int k = 0; k < N_LISTS; k++) {
+		Coord__V1__CodeCount *const *v = *list_v(l, k);
+		for (size_t i = 0; i < *list_n(l, k); i++) {
+			size_t cs = code_size(v[i]);
+			n += 1 + varint_size(cs) + cs;
+		}
+	}
+	return n;
+}
+
+static size_t
+agg_packed_size(const Coord__V1__Aggregate *a)
+{
+	size_t n = 0;
+
+	for (size_t i = 0; i < a->n_lines; i++) {
+		size_t ls = line_size(a->lines[i]);
+		n += 1 + varint_size(ls) + ls;
+	}
+	return n;
+}
+
+/* Pack `a` into `out` (agg_packed_size() bytes). Returns the bytes written. */
+static size_t
+agg_pack(const Coord__V1__Aggregate *a, uint8_t *out)
+{
+	uint8_t *p = out;
+
+	for (size_t i = 0; i < a->n_lines; i++) {
+		const Coord__V1__DigestLine *l = a->lines[i];
+		*p++ = (1 << 3) | 2;
+		p = put_varint(p, line_size(l));
+		p = put_varint_field(p, 1, (uint64_t) (int64_t) l->category);
+		p = put_varint_field(p, 2, (uint64_t) (int64_t) l->kind);
+		p = put_varint_field(p, 3, l->count);
+		p = put_varint_field(p, 4, l->sum);
+		for (int k = 0; k < N_LISTS; k++) {
+			Coord__V1__CodeCount *const *v = *list_v(l, k);
+			for (size_t j = 0; j < *list_n(l, k); j++) {
+				size_t len = v[j]->code ? strlen(v[j]->code) : 0;
+				*p++ = (uint8_t) (((5 + k) << 3) | 2);
+				p = put_varint(p, code_size(v[j]));
+				if (len) {
+					*p++ = (1 << 3) | 2;
+					p = put_varint(p, len);
+					memcpy(p, v[j]->code, len);
+					p += len;
+				}
+				p = put_varint_field(p, 2, v[j]->count);
+			}
+		}
+	}
+	return (size_t) (p - out);
+}
+
 /* Merge a packed Aggregate into `a`. Returns 0, -EBADMSG or -ENOMEM. */
 static int
 agg_merge_packed(Coord__V1__Aggregate *a, const MDB_val *v)
@@ -740,10 +858,10 @@ write_entry(struct digest *d, MDB_txn *txn, struct entry *e)
 		return rc == MDB_NOTFOUND ? 0 : rc;
 	}
 
-	MDB_val v = {.mv_size = coord__v1__aggregate__get_packed_size(e->agg)};
+	MDB_val v = {.mv_size = agg_packed_size(e->agg)};
 	int rc = mdb_put(txn, d->dbi, &k, &v, MDB_RESERVE);
 	if (rc == 0) {
-		e->packed = coord__v1__aggregate__pack(e->agg, v.mv_data);
+		e->packed = agg_pack(e->agg, v.mv_data);
 	}
 	return rc;
 }
@@ -1515,7 +1633,7 @@ compare(struct recount *rc, MDB_txn *txn, MDB_dbi dbi, store_problem_fn *problem
 			mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
 			continue;
 		}
-		size_t len = coord__v1__aggregate__get_packed_size(e->agg);
+		size_t len = agg_packed_size(e->agg);
 		if (len > packed_cap) {
 			uint8_t *p = realloc(packed, len);
 			if (!p) {
@@ -1525,7 +1643,7 @@ compare(struct recount *rc, MDB_txn *txn, MDB_dbi dbi, store_problem_fn *problem
 			packed = p;
 			packed_cap = len;
 		}
-		(void) coord__v1__aggregate__pack(e->agg, packed);
+		(void) agg_pack(e->agg, packed);
 		bool differs = true;
 		if (order == 0) {
 			rep->stored++;

@@ -712,6 +712,66 @@ test_table_keys_are_scope_and_bucket(void **state)
 	store_read_end(f->store, txn);
 }
 
+/* Every stored aggregate is byte for byte what protobuf-c packs for it (digest.c packs by
+ * hand). */
+static void
+assert_table_is_protobuf_c(struct fixture *f)
+{
+	MDB_dbi dbi;
+	MDB_txn *txn;
+	MDB_cursor *cur;
+	MDB_val k, v;
+	size_t n = 0;
+
+	assert_int_equal(store_open_table(f->store, "digest", &dbi), 0);
+	assert_int_equal(store_read_begin(f->store, &txn), 0);
+	assert_int_equal(mdb_cursor_open(txn, dbi, &cur), 0);
+	for (int rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
+	     rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+		Coord__V1__Aggregate *agg =
+		        coord__v1__aggregate__unpack(NULL, v.mv_size, v.mv_data);
+		assert_non_null(agg);
+		size_t len = coord__v1__aggregate__get_packed_size(agg);
+		uint8_t *buf = malloc(len + 1);
+		assert_non_null(buf);
+		assert_int_equal(coord__v1__aggregate__pack(agg, buf), len);
+		assert_int_equal(v.mv_size, len);
+		assert_memory_equal(v.mv_data, buf, len);
+		free(buf);
+		coord__v1__aggregate__free_unpacked(agg, NULL);
+		n++;
+	}
+	mdb_cursor_close(cur);
+	store_read_end(f->store, txn);
+	assert_true(n > 0);
+}
+
+/* Large sums and counts (multi-byte varints), every category, several codes per list. */
+static void
+test_stored_aggregates_pack_as_protobuf_c(void **state)
+{
+	struct fixture *f = *state;
+	struct msg m[6];
+	struct msg *batch[] = {
+	        event(&m[0], "c01", "e1", 1, RALLY, "DE", T0, 4000000000u, "de,en,fr", "Rally"),
+	        letter(&m[1], "c02", "l1", 3, "FR", "fr", T0 + H, "Subject", "Mayor"),
+	        statement(&m[2], "c03", "s1", "AM", "hy,ru", T0 - 30 * H, "Statement", "Org"),
+	        petition(&m[3], "c01", "p1", 2, "US", T0, UINT64_C(1) << 40, "en", "Petition",
+	                 "Senate"),
+	        media(&m[4], "c02", "m1", BROADCAST, "US", "en", T0, 300, "Report", "TV"),
+	        event(&m[5], "c03", "e2", 1, ROUNDTABLE, "", T0, 0, "", "Roundtable"),
+	};
+
+	assert_int_equal(write_batch(f, batch, 6, NULL), 0);
+	for (int i = 0; i < 200; i++) {
+		char id[16];
+		(void) snprintf(id, sizeof(id), "r%d", i);
+		push(f, event(&m[0], i % 2 ? "c01" : "c02", id, 1, RALLY, i % 3 ? "DE" : "GB", T0,
+		              (uint32_t) i * 1000, "de", "Rally"));
+	}
+	assert_table_is_protobuf_c(f);
+}
+
 static void
 test_headlines_newest_first_skip_retracted_and_superseded(void **state)
 {
@@ -1165,6 +1225,7 @@ test_map_growth_replay_matches_recount(void **state)
 	assert_true(st.map_size > MIB);
 
 	check_recount(f, recs, GROW_RECORDS, ALL, 0, W_ALL, 0, 0);
+	assert_table_is_protobuf_c(f);
 	check_recount(f, recs, GROW_RECORDS, ALL, 0, W_RANGE, T0 - 10 * H, T0 + 3 * H + 1);
 	for (int c = 0; c < N_COUNCILS; c++) {
 		check_recount(f, recs, GROW_RECORDS, COUNCIL, c, W_ALL, 0, 0);
@@ -1200,6 +1261,8 @@ main(void)
 	                                        teardown),
 	        cmocka_unit_test(test_contribution_of_each_category),
 	        cmocka_unit_test_setup_teardown(test_hour_buckets_and_window_merging, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_stored_aggregates_pack_as_protobuf_c, setup,
 	                                        teardown),
 	        cmocka_unit_test_setup_teardown(test_table_keys_are_scope_and_bucket, setup,
 	                                        teardown),
