@@ -326,9 +326,9 @@ test_newer_schema_is_refused(void **state)
 	MDB_env *env;
 	MDB_txn *txn;
 	MDB_dbi dbi;
-	uint8_t two[4] = {0, 0, 0, 2};
+	uint8_t newer[4] = {0, 0, 0, STORE_SCHEMA_VERSION + 1};
 	MDB_val k = {.mv_size = strlen("schema_version"), .mv_data = "schema_version"};
-	MDB_val v = {.mv_size = 4, .mv_data = two};
+	MDB_val v = {.mv_size = 4, .mv_data = newer};
 
 	f->store = store_free(f->store);
 	assert_int_equal(mdb_env_create(&env), 0);
