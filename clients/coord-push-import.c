@@ -510,7 +510,7 @@ queue_rows(struct import *im, struct coord_client *client, size_t *ret_queued)
 
 static int
 print_import_result(const struct import *im, const struct push_tracker *t, size_t to_send,
-                    size_t queued_now, bool sent, bool waited, int wait_result)
+                    size_t queued_now, bool sent, bool waited, int wait_result, const char *hint)
 {
 	size_t waiting = sent ? t->n - t->answered : 0;
 	size_t rows = im->n_rows + im->n_bad - im->n_conflicts;
@@ -589,14 +589,42 @@ print_import_result(const struct import *im, const struct push_tracker *t, size_
 	}
 	if (wait_result == -ETIMEDOUT && waiting > 0) {
 		push_errorf("no answer from the broker for %g s; %zu records wait in the outbox %s "
-		            "(run the same import again, or `coord-push flush`)",
-		            arg_timeout, waiting, arg_outbox);
+		            "(run the same import again, or `coord-push flush`)%s",
+		            arg_timeout, waiting, arg_outbox, hint);
 		return EXIT_WAITING;
 	}
 	if (im->n_bad > 0 || t->rejected > 0) {
 		return EXIT_REJECTED;
 	}
 	return 0;
+}
+
+int
+push_import_check_buffer(const char *data, size_t len, bool csv, int64_t now_ms, size_t *ret_rows,
+                         size_t *ret_bad)
+{
+	struct import im = {.path = "<buffer>", .csv = csv, .now_ms = now_ms};
+	/* fmemopen() refuses an empty buffer: an empty file reads the same as /dev/null. */
+	FILE *f = len > 0 ? fmemopen((void *) data, len, "r") : fopen("/dev/null", "re");
+	if (f == NULL) {
+		return EXIT_ERROR;
+	}
+	int status = csv ? read_csv(&im, f) : read_jsonl(&im, f);
+	(void) fclose(f);
+	struct push_tracker t;
+	bool tracker_ok = push_tracker_init(&t, im.n_rows) == 0;
+	if (status == 0 && (!tracker_ok || find_repeats(&im, &t) < 0)) {
+		status = EXIT_ERROR;
+	}
+	if (status == 0) {
+		*ret_rows = im.n_rows;
+		*ret_bad = im.n_bad;
+	}
+	if (tracker_ok) {
+		push_tracker_done(&t);
+	}
+	import_free(&im);
+	return status;
 }
 
 int
@@ -705,7 +733,8 @@ push_import(int argc, char **argv)
 		}
 	}
 	(void) pthread_mutex_lock(&t.mu);
-	status = print_import_result(&im, &t, to_send, queued, send, send && arg_timeout > 0, w);
+	status = print_import_result(&im, &t, to_send, queued, send, send && arg_timeout > 0, w,
+	                             push_no_answer_hint(client));
 	(void) pthread_mutex_unlock(&t.mu);
 out:
 	client = coord_client_free(client);

@@ -42,6 +42,7 @@
 #include "coordd-version.h"
 #include "pbjson.h"
 #include "coord-push.h"
+#include "keyopt.h"
 #include "record.h"
 
 #define PROGRESS_TICK_MS 250
@@ -55,8 +56,9 @@ static unsigned arg_max_in_flight = 0;
 static unsigned arg_ack_timeout_ms = 0;
 static unsigned arg_backoff_max_ms = 0;
 static const char *arg_server_key = NULL;
-static const char *arg_public_key = NULL;
-static const char *arg_secret_key = NULL;
+static const char *arg_key = NULL;
+static struct keyopt push_keys; /* loaded by push_resolve_defaults(), cleared when used */
+static bool push_curve;         /* keys were given */
 /* import */
 const char *arg_format = NULL;
 const char *arg_category = NULL;
@@ -106,9 +108,10 @@ push_help(void)
 	       "      --max-in-flight=N    records sent and not yet answered (default 256)\n"
 	       "      --ack-timeout=MS     resend a record unanswered for MS (default 10000)\n"
 	       "      --backoff-max=MS     longest retry and reconnect delay (default 30000)\n"
-	       "      --server-key=Z85     CURVE: the broker's public key ($COORD_SERVER_KEY)\n"
-	       "      --public-key=Z85     CURVE: your public key ($COORD_PUBLIC_KEY)\n"
-	       "      --secret-key=Z85     CURVE: your secret key ($COORD_SECRET_KEY)\n"
+	       "      --server-key=KEY     CURVE: the broker's public key, Z85 or a .public file\n"
+	       "                           ($COORD_SERVER_KEY)\n"
+	       "      --key=FILE           CURVE: your council's secret key file, NAME.secret,\n"
+	       "                           mode 0600 ($COORD_KEY); both keys or neither\n"
 	       "  -h, --help               print this help and exit\n"
 	       "      --version            print the version and exit\n"
 	       "\n"
@@ -188,8 +191,7 @@ enum {
 	OPT_ACK_TIMEOUT,
 	OPT_BACKOFF_MAX,
 	OPT_SERVER_KEY,
-	OPT_PUBLIC_KEY,
-	OPT_SECRET_KEY,
+	OPT_KEY,
 	OPT_FORMAT,
 	OPT_CATEGORY,
 	OPT_ALL_OR_NOTHING,
@@ -209,8 +211,7 @@ static const struct option global_options[] = {
         {"ack-timeout", required_argument, NULL, OPT_ACK_TIMEOUT},
         {"backoff-max", required_argument, NULL, OPT_BACKOFF_MAX},
         {"server-key", required_argument, NULL, OPT_SERVER_KEY},
-        {"public-key", required_argument, NULL, OPT_PUBLIC_KEY},
-        {"secret-key", required_argument, NULL, OPT_SECRET_KEY},
+        {"key", required_argument, NULL, OPT_KEY},
         {"format", required_argument, NULL, OPT_FORMAT},
         {"category", required_argument, NULL, OPT_CATEGORY},
         {"all-or-nothing", no_argument, NULL, OPT_ALL_OR_NOTHING},
@@ -287,11 +288,8 @@ handle_option(int opt, const char *value, bool *ret_help)
 	case OPT_SERVER_KEY:
 		arg_server_key = value;
 		return 0;
-	case OPT_PUBLIC_KEY:
-		arg_public_key = value;
-		return 0;
-	case OPT_SECRET_KEY:
-		arg_secret_key = value;
+	case OPT_KEY:
+		arg_key = value;
 		return 0;
 	case OPT_FORMAT:
 		if (strcmp(value, "csv") != 0 && strcmp(value, "jsonl") != 0) {
@@ -341,6 +339,12 @@ find_option(const char *name)
 
 static char arg_outbox_default[4096];
 
+static void
+clear_keys(void)
+{
+	keyopt_done(&push_keys);
+}
+
 /* Fill in the environment's defaults; check what every networked command needs. */
 int
 push_resolve_defaults(void)
@@ -350,15 +354,6 @@ push_resolve_defaults(void)
 	}
 	if (arg_council == NULL) {
 		arg_council = getenv("COORD_COUNCIL");
-	}
-	if (arg_server_key == NULL) {
-		arg_server_key = getenv("COORD_SERVER_KEY");
-	}
-	if (arg_public_key == NULL) {
-		arg_public_key = getenv("COORD_PUBLIC_KEY");
-	}
-	if (arg_secret_key == NULL) {
-		arg_secret_key = getenv("COORD_SECRET_KEY");
 	}
 	if (arg_council == NULL || arg_council[0] == '\0') {
 		return push_usage_error("no council: give --council ID (or set COORD_COUNCIL)");
@@ -385,12 +380,39 @@ push_resolve_defaults(void)
 		}
 		arg_outbox = arg_outbox_default;
 	}
-	bool any = arg_server_key != NULL || arg_public_key != NULL || arg_secret_key != NULL;
-	bool all = arg_server_key != NULL && arg_public_key != NULL && arg_secret_key != NULL;
-	if (any && !all) {
-		return push_usage_error("CURVE needs --server-key, --public-key and --secret-key");
+	/* Load the keys now, so that a bad key file fails before anything is queued. */
+	char why[KEYOPT_MESSAGE_MAX];
+	keyopt_done(&push_keys);
+	if (keyopt_load(arg_server_key, arg_key, &push_keys, why, sizeof(why)) < 0) {
+		return push_usage_error("%s", why);
+	}
+	push_curve = push_keys.curve;
+	if (push_curve) {
+		(void) atexit(clear_keys);
 	}
 	return 0;
+}
+
+const char *
+push_no_answer_hint(struct coord_client *client)
+{
+	int r = client != NULL ? coord_connection_error(client) : 0;
+	if (r == -EACCES && push_curve) {
+		return "; the broker refused this council's key: is its public key in the broker's "
+		       "keys file under [council.ID]?";
+	}
+	if (r == -EACCES || (r == -EPROTONOSUPPORT && !push_curve)) {
+		return "; the broker requires CURVE keys: give --server-key and --key";
+	}
+	if (r == -EPROTONOSUPPORT) {
+		return "; the broker's ingest socket does not use CURVE: leave out --server-key "
+		       "and "
+		       "--key";
+	}
+	if (push_curve) {
+		return "; is --server-key the broker's public key?";
+	}
+	return "";
 }
 
 int
@@ -546,13 +568,17 @@ push_open_client(struct push_tracker *t, unsigned flags, struct coord_client **r
 			o.backoff_min_ms = o.backoff_max_ms;
 		}
 	}
-	o.curve_server_key = arg_server_key;
-	o.curve_public_key = arg_public_key;
-	o.curve_secret_key = arg_secret_key;
+	if (push_keys.curve) {
+		/* coord_client_new() copies them. */
+		o.curve_server_key = push_keys.keys.server_key;
+		o.curve_public_key = push_keys.keys.public_key;
+		o.curve_secret_key = push_keys.keys.secret_key;
+	}
 	o.on_ack = t != NULL ? on_ack : NULL;
 	o.userdata = t;
 	o.flags = flags;
 	int r = coord_client_new(&o, ret);
+	keyopt_done(&push_keys);
 	if (r < 0) {
 		push_errorf("cannot open the outbox %s for council '%s' (endpoint %s): %s",
 		            arg_outbox, arg_council,
@@ -646,7 +672,8 @@ push_wait_answers(struct push_tracker *t, struct coord_client *client, bool prog
 
 /* Print what happened to one tracked record (stdout). Returns the exit status for it. */
 static int
-report_one(const struct push_tracked *it, const char *category, bool waited, int wait_result)
+report_one(const struct push_tracked *it, const char *category, bool waited, int wait_result,
+           const char *hint)
 {
 	const char *status = it->status != 0               ? coord_status_name(it->status)
 	                     : wait_result == 0 && !waited ? "QUEUED"
@@ -682,10 +709,9 @@ report_one(const struct push_tracked *it, const char *category, bool waited, int
 		return EXIT_REJECTED;
 	}
 	if (it->status == 0 && waited) {
-		push_errorf(
-		        "no answer from the broker within %g s; the record waits in the outbox %s "
-		        "(run the same command again, or `coord-push flush`)",
-		        arg_timeout, arg_outbox);
+		push_errorf("no answer from the broker within %g s; the record waits in the outbox "
+		            "%s (run the same command again, or `coord-push flush`)%s",
+		            arg_timeout, arg_outbox, hint);
 		return EXIT_WAITING;
 	}
 	return 0;
@@ -721,7 +747,7 @@ push_and_report(const struct coord_envelope *env, const char *category, bool ame
 		goto out;
 	}
 	(void) pthread_mutex_lock(&t.mu);
-	status = report_one(&t.items[k], category, waited, w);
+	status = report_one(&t.items[k], category, waited, w, push_no_answer_hint(client));
 	if (amend && t.items[k].status == COORD_STATUS_DUPLICATE) {
 		push_errorf("note: revision %u (or a later one) of %s was already stored, so this "
 		            "revision changed nothing; give --revision above the stored one",
@@ -1148,8 +1174,8 @@ cmd_flush(int argc, char **argv)
 	}
 	if (status == 0 && r == -ETIMEDOUT) {
 		push_errorf("no answer from the broker for %g s; %" PRIu64
-		            " records wait in the outbox",
-		            arg_timeout, st.waiting);
+		            " records wait in the outbox%s",
+		            arg_timeout, st.waiting, push_no_answer_hint(client));
 		status = EXIT_WAITING;
 	} else if (status == 0 && st.rejections > 0) {
 		status = EXIT_REJECTED;

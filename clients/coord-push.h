@@ -111,5 +111,22 @@ int push_open_client(struct push_tracker *t, unsigned flags, struct coord_client
  */
 int push_wait_answers(struct push_tracker *t, struct coord_client *client, bool progress);
 
+/*
+ * What to add to a "no answer from the broker" message: "" or "; <a sentence>" from
+ * coord_connection_error() and whether keys are in use (`client` may be NULL).
+ */
+const char *push_no_answer_hint(struct coord_client *client);
+
 /* `coord-push import`: argv[0] is "import". Returns the exit status. */
 int push_import(int argc, char **argv);
+
+/*
+ * The reading half of `import`, without the outbox or the network: parse `len` bytes of a
+ * CSV (`csv`) or JSON Lines file exactly as `import` reads a file (the arg_* settings
+ * apply: arg_council must be set; arg_category, arg_delimiter), build and check every row
+ * at time `now_ms`, and find reused msg_ids. Returns 0 with the numbers of good and bad
+ * rows, or the exit status `import` would stop with (EXIT_REJECTED for a file-level
+ * problem, which it prints, EXIT_ERROR for a system failure). For the fuzzer.
+ */
+int push_import_check_buffer(const char *data, size_t len, bool csv, int64_t now_ms,
+                             size_t *ret_rows, size_t *ret_bad);

@@ -31,6 +31,7 @@
 #include "coordd-version.h"
 #include "pbjson.h"
 #include "hqlib.h"
+#include "keyopt.h"
 #include "render.h"
 
 #define EXIT_BROKER 1
@@ -56,6 +57,8 @@ static bool arg_json = false;
 static unsigned long arg_count = 0;
 static double arg_timeout = 5.0;
 static unsigned arg_headlines = 5;
+static const char *arg_server_key = NULL;
+static const char *arg_key = NULL;
 
 static volatile sig_atomic_t stop_signal = 0;
 
@@ -64,6 +67,8 @@ struct watch {
 	void *sub;
 	void *mon;
 	void *query;
+	void *query_mon; /* handshake failures of query (keyopt) */
+	struct keyopt keys;
 	char topic[80];
 	Coord__V1__Scope scope;
 	uint64_t next_id;
@@ -97,13 +102,18 @@ help(void)
 	       "      --count=N           exit after N updates (the first digest is update 1)\n"
 	       "  -t, --timeout=SECONDS   how long coordd may stay silent when an answer is due:\n"
 	       "                          a query, or with --count the next update (default 5)\n"
+	       "      --server-key=KEY    CURVE: the broker's public key, Z85 or a .public file\n"
+	       "                          ($COORD_SERVER_KEY)\n"
+	       "      --key=FILE          CURVE: your secret key file, NAME.secret, mode 0600\n"
+	       "                          ($COORD_KEY); a subscriber or admin key; both keys or\n"
+	       "                          neither\n"
 	       "  -h, --help              print this help and exit\n"
 	       "      --version           print the version and exit\n"
 	       "\n"
 	       "Runs until interrupted (Ctrl-C) or --count updates were shown.\n"
 	       "Exit status: 0 interrupted or --count reached; 1 coordd answered with an error;\n"
-	       "2 bad usage; 3 coordd did not answer within the timeout (not running or\n"
-	       "unreachable).\n",
+	       "2 bad usage or a bad key file; 3 coordd did not answer within the timeout (not\n"
+	       "running or unreachable, or it refused the key: printed).\n",
 	       DEFAULT_PUBLISH, DEFAULT_QUERY);
 }
 
@@ -248,8 +258,11 @@ ask_digest(struct watch *w, Coord__V1__Window window, Coord__V1__Digest **ret)
 	int64_t deadline = hq_mono_ms() + (int64_t) (arg_timeout * 1000);
 	for (;;) {
 		int64_t left = deadline - hq_mono_ms();
-		zmq_pollitem_t item = {.socket = w->query, .events = ZMQ_POLLIN};
-		int n = left > 0 ? zmq_poll(&item, 1, (long) left) : 0;
+		zmq_pollitem_t items[2] = {
+		        {.socket = w->query, .events = ZMQ_POLLIN},
+		        {.socket = w->query_mon, .events = ZMQ_POLLIN},
+		};
+		int n = left > 0 ? zmq_poll(items, 2, (long) left) : 0;
 		if (n < 0 && zmq_errno() == EINTR) {
 			if (stop_signal) {
 				return -EINTR;
@@ -259,9 +272,20 @@ ask_digest(struct watch *w, Coord__V1__Window window, Coord__V1__Digest **ret)
 		if (n <= 0) {
 			fprintf(stderr,
 			        "coord-watch: no answer from the query socket %s within %g s: is "
-			        "coordd running, and are these its endpoints?\n",
-			        arg_query, arg_timeout);
+			        "coordd running, and are these its endpoints?%s\n",
+			        arg_query, arg_timeout,
+			        w->keys.curve ? " Is --server-key the broker's public key?" : "");
 			return EXIT_UNREACHABLE;
+		}
+		char why[KEYOPT_MESSAGE_MAX];
+		if ((items[1].revents & ZMQ_POLLIN) &&
+		    keyopt_handshake_failed(w->query_mon, w->keys.curve, arg_query, why,
+		                            sizeof(why))) {
+			fprintf(stderr, "coord-watch: %s\n", why);
+			return EXIT_UNREACHABLE;
+		}
+		if (!(items[0].revents & ZMQ_POLLIN)) {
+			continue;
 		}
 		zmq_msg_t msg;
 		(void) zmq_msg_init(&msg);
@@ -404,20 +428,26 @@ on_publication(struct watch *w)
 	return r;
 }
 
-/* One monitor event of the SUB socket. Returns 1 when the digests must be fetched again. */
+/*
+ * One monitor event of the SUB socket. Returns 1 when the digests must be fetched again, or
+ * EXIT_UNREACHABLE (printed) when the broker refused the handshake.
+ */
 static int
 on_monitor(struct watch *w)
 {
 	zmq_msg_t m;
 	uint16_t event = 0;
+	uint32_t value = 0;
+	char why[KEYOPT_MESSAGE_MAX];
 
 	(void) zmq_msg_init(&m);
 	if (zmq_msg_recv(&m, w->mon, ZMQ_DONTWAIT) < 0) {
 		(void) zmq_msg_close(&m);
 		return 0;
 	}
-	if (zmq_msg_size(&m) >= sizeof(event)) {
+	if (zmq_msg_size(&m) >= sizeof(event) + sizeof(value)) {
 		memcpy(&event, zmq_msg_data(&m), sizeof(event));
+		memcpy(&value, (const char *) zmq_msg_data(&m) + sizeof(event), sizeof(value));
 	}
 	while (zmq_msg_more(&m)) {
 		if (zmq_msg_recv(&m, w->mon, ZMQ_DONTWAIT) < 0) {
@@ -425,6 +455,10 @@ on_monitor(struct watch *w)
 		}
 	}
 	(void) zmq_msg_close(&m);
+	if (keyopt_event_message(event, value, w->keys.curve, arg_publish, why, sizeof(why))) {
+		fprintf(stderr, "coord-watch: %s\n", why);
+		return EXIT_UNREACHABLE;
+	}
 	if (event == ZMQ_EVENT_DISCONNECTED) {
 		w->disconnected = true;
 	} else if (event == ZMQ_EVENT_CONNECTED && w->disconnected) {
@@ -455,9 +489,22 @@ setup(struct watch *w)
 	char endpoint[64];
 	(void) snprintf(endpoint, sizeof(endpoint), "inproc://coord-watch-monitor-%d",
 	                (int) getpid());
-	if (zmq_socket_monitor(w->sub, endpoint, ZMQ_EVENT_CONNECTED | ZMQ_EVENT_DISCONNECTED) <
-	            0 ||
+	if (zmq_socket_monitor(w->sub, endpoint,
+	                       ZMQ_EVENT_CONNECTED | ZMQ_EVENT_DISCONNECTED |
+	                               ZMQ_EVENT_HANDSHAKE_FAILED_AUTH |
+	                               ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) < 0 ||
 	    zmq_connect(w->mon, endpoint) < 0) {
+		return -zmq_errno();
+	}
+	int r = keyopt_apply(&w->keys, w->sub);
+	if (r == 0) {
+		r = keyopt_apply(&w->keys, w->query);
+	}
+	if (r < 0) {
+		return r;
+	}
+	w->query_mon = keyopt_monitor(w->ctx, w->query, "coord-watch-query");
+	if (!w->query_mon) {
 		return -zmq_errno();
 	}
 	/* Subscribe before fetching: nothing published after the fetch can be missed. */
@@ -488,9 +535,14 @@ teardown(struct watch *w)
 	if (w->mon) {
 		(void) zmq_close(w->mon);
 	}
+	if (w->query_mon) {
+		(void) zmq_socket_monitor(w->query, NULL, 0);
+		(void) zmq_close(w->query_mon);
+	}
 	if (w->query) {
 		(void) zmq_close(w->query);
 	}
+	keyopt_done(&w->keys);
 	if (w->ctx) {
 		(void) zmq_ctx_term(w->ctx);
 	}
@@ -536,7 +588,11 @@ run(struct watch *w)
 		}
 		bool refetch = false;
 		if (items[1].revents & ZMQ_POLLIN) {
-			refetch = on_monitor(w) == 1;
+			int m = on_monitor(w);
+			if (m > 1) {
+				return m;
+			}
+			refetch = m == 1;
 		}
 		if (items[0].revents & ZMQ_POLLIN) {
 			int p = on_publication(w);
@@ -555,7 +611,7 @@ run(struct watch *w)
 int
 main(int argc, char **argv)
 {
-	enum { ARG_VERSION = HQ_OPT_VERSION, ARG_JSON, ARG_COUNT };
+	enum { ARG_VERSION = HQ_OPT_VERSION, ARG_JSON, ARG_COUNT, ARG_SERVER_KEY, ARG_KEY };
 	static const struct option options[] = {
 	        {"publish", required_argument, NULL, 'p'},
 	        {"query", required_argument, NULL, 'q'},
@@ -567,6 +623,8 @@ main(int argc, char **argv)
 	        {"timeout", required_argument, NULL, 't'},
 	        {"help", no_argument, NULL, 'h'},
 	        {"version", no_argument, NULL, ARG_VERSION},
+	        {"server-key", required_argument, NULL, ARG_SERVER_KEY},
+	        {"key", required_argument, NULL, ARG_KEY},
 	        {0},
 	};
 	struct watch w = {0};
@@ -608,6 +666,12 @@ main(int argc, char **argv)
 			}
 			arg_count = n;
 			break;
+		case ARG_SERVER_KEY:
+			arg_server_key = optarg;
+			break;
+		case ARG_KEY:
+			arg_key = optarg;
+			break;
 		default:
 			/* -t, -h, --version, and what getopt refused. */
 			r = hq_common_option("coord-watch", opt, optarg, &arg_timeout, help);
@@ -639,6 +703,12 @@ main(int argc, char **argv)
 	} else {
 		w.scope.kind = COORD__V1__SCOPE_KIND__SCOPE_KIND_ALL;
 		(void) snprintf(w.topic, sizeof(w.topic), "digest/all/");
+	}
+
+	char why[KEYOPT_MESSAGE_MAX];
+	if (keyopt_load(arg_server_key, arg_key, &w.keys, why, sizeof(why)) < 0) {
+		fprintf(stderr, "coord-watch: %s\n", why);
+		return EXIT_USAGE;
 	}
 
 	/* No SA_RESTART: a signal interrupts zmq_poll(), and the loop ends. */

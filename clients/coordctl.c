@@ -25,6 +25,7 @@
 #include "coordd-version.h"
 #include "pbjson.h"
 #include "hqlib.h"
+#include "keyopt.h"
 #include "render.h"
 
 #define EXIT_BROKER 1      /* the broker answered with an error (or a local failure) */
@@ -38,10 +39,14 @@ static const char *arg_endpoint = DEFAULT_ENDPOINT;
 static double arg_timeout = 5.0;
 static bool arg_json = false;
 static bool arg_export = false; /* history prints bare Envelopes: coord-push import's format */
+static const char *arg_server_key = NULL;
+static const char *arg_key = NULL;
 
 struct client {
 	void *ctx;
 	void *sock;
+	void *mon; /* handshake failures of sock (keyopt) */
+	struct keyopt keys;
 	uint64_t next_id;
 };
 
@@ -73,6 +78,10 @@ help(void)
 	       "      The latest revision of one record, and whether it is retracted.\n"
 	       "  stats [--json]\n"
 	       "      Store size, counters, connections, version and uptime.\n"
+	       "  keygen NAME [--role council|subscriber|admin]\n"
+	       "      Make a CURVE keypair: NAME.secret (mode 0600) and NAME.public; never\n"
+	       "      overwrites. Prints the public key and the keys-file lines to give the\n"
+	       "      broker's operator. `coordctl keygen --help` says more.\n"
 	       "\n"
 	       "Commands on a state directory (no broker needed; --endpoint is not used):\n"
 	       "  backup [--json] STATE_DIR DEST\n"
@@ -92,11 +101,17 @@ help(void)
 	       "Options:\n"
 	       "  -e, --endpoint=ENDPOINT  the query socket (default %s)\n"
 	       "  -t, --timeout=SECONDS    wait at most this long for each answer (default 5)\n"
+	       "      --server-key=KEY     CURVE: the broker's public key, Z85 or a .public file\n"
+	       "                           ($COORD_SERVER_KEY)\n"
+	       "      --key=FILE           CURVE: your secret key file, NAME.secret, mode 0600\n"
+	       "                           ($COORD_KEY); both keys or neither. stats and export\n"
+	       "                           need an admin key, the others a subscriber key\n"
 	       "  -h, --help               print this help and exit\n"
 	       "      --version            print the version and exit\n"
 	       "\n"
-	       "Exit status: 0 success; 1 the broker answered with an error (printed); 2 bad\n"
-	       "usage; 3 no answer within the timeout (coordd not running or unreachable).\n"
+	       "Exit status: 0 success; 1 the broker answered with an error (printed), or keygen\n"
+	       "failed; 2 bad usage or a bad key file; 3 no answer within the timeout (coordd not\n"
+	       "running or unreachable, or it refused the key: printed).\n"
 	       "backup/verify/repair: 0 success (verify: intact); 1 problems found (verify) or\n"
 	       "left (repair); 2 bad usage; 4 the state directory cannot be used (no store,\n"
 	       "coordd holds it for repair, DEST not empty, I/O error).\n",
@@ -146,6 +161,17 @@ client_open(struct client *c)
 		return -EIO;
 	}
 	(void) zmq_setsockopt(c->sock, ZMQ_LINGER, &linger, sizeof(linger));
+	int r = keyopt_apply(&c->keys, c->sock);
+	if (r < 0) {
+		fprintf(stderr, "coordctl: cannot set the CURVE keys: %s\n", zmq_strerror(-r));
+		return -EIO;
+	}
+	c->mon = keyopt_monitor(c->ctx, c->sock, "coordctl");
+	if (!c->mon) {
+		fprintf(stderr, "coordctl: cannot monitor the ZeroMQ socket: %s\n",
+		        zmq_strerror(zmq_errno()));
+		return -EIO;
+	}
 	if (zmq_connect(c->sock, arg_endpoint) < 0) {
 		fprintf(stderr, "coordctl: bad endpoint '%s': %s\n", arg_endpoint,
 		        zmq_strerror(zmq_errno()));
@@ -159,9 +185,14 @@ client_open(struct client *c)
 static void
 client_close(struct client *c)
 {
+	if (c->mon) {
+		(void) zmq_socket_monitor(c->sock, NULL, 0);
+		(void) zmq_close(c->mon);
+	}
 	if (c->sock) {
 		(void) zmq_close(c->sock);
 	}
+	keyopt_done(&c->keys);
 	if (c->ctx) {
 		(void) zmq_ctx_term(c->ctx);
 	}
@@ -194,17 +225,30 @@ ask(struct client *c, Coord__V1__QueryRequest *req, Coord__V1__QueryResponse **r
 	int64_t deadline = hq_mono_ms() + (int64_t) (arg_timeout * 1000);
 	for (;;) {
 		int64_t left = deadline - hq_mono_ms();
-		zmq_pollitem_t item = {.socket = c->sock, .events = ZMQ_POLLIN};
-		if (left <= 0 || zmq_poll(&item, 1, (long) left) <= 0) {
+		zmq_pollitem_t items[2] = {
+		        {.socket = c->sock, .events = ZMQ_POLLIN},
+		        {.socket = c->mon, .events = ZMQ_POLLIN},
+		};
+		if (left <= 0 || zmq_poll(items, 2, (long) left) <= 0) {
 			if (left > 0 && zmq_errno() == EINTR) {
 				continue;
 			}
 			fprintf(stderr,
 			        "coordctl: no answer from %s within %g s: is coordd running, and "
-			        "is "
-			        "this its query endpoint?\n",
-			        arg_endpoint, arg_timeout);
+			        "is this its query endpoint?%s\n",
+			        arg_endpoint, arg_timeout,
+			        c->keys.curve ? " Is --server-key the broker's public key?" : "");
 			return EXIT_UNREACHABLE;
+		}
+		char why[KEYOPT_MESSAGE_MAX];
+		if ((items[1].revents & ZMQ_POLLIN) &&
+		    keyopt_handshake_failed(c->mon, c->keys.curve, arg_endpoint, why,
+		                            sizeof(why))) {
+			fprintf(stderr, "coordctl: %s\n", why);
+			return EXIT_UNREACHABLE;
+		}
+		if (!(items[0].revents & ZMQ_POLLIN)) {
+			continue;
 		}
 		zmq_msg_t msg;
 		(void) zmq_msg_init(&msg);
@@ -661,15 +705,97 @@ cmd_stats(struct client *c, int argc, char **argv)
 	return r;
 }
 
+static void
+keygen_help(void)
+{
+	printf("Usage: coordctl keygen NAME [--role council|subscriber|admin]\n"
+	       "Make a CURVE keypair for a council, a headquarters subscriber or admin, or the\n"
+	       "broker itself. NAME is a path without extension: writes NAME.secret (mode 0600:\n"
+	       "keep it on the host that uses it, never send it) and NAME.public. Refuses when\n"
+	       "either file exists: a key is never overwritten.\n"
+	       "\n"
+	       "Prints the public key and the lines for the broker's keys file ([security]\n"
+	       "keys_file), under the role given (default council) and the id NAME's last path\n"
+	       "component (change it to the council's id if it differs), e.g.\n"
+	       "\n"
+	       "    [council.fr]\n"
+	       "    public_key = <the 40 characters>\n"
+	       "\n"
+	       "Give NAME.public to the broker's operator; the broker takes it after a reload\n"
+	       "(SIGHUP). Clients use the pair with --key NAME.secret and the broker's public\n"
+	       "key with --server-key. For the broker's own pair, set secret_key_file =\n"
+	       "NAME.secret in [security] and give NAME.public to every client.\n"
+	       "\n"
+	       "Exit status: 0 written; 1 a file exists or cannot be written (nothing is left\n"
+	       "behind); 2 bad usage.\n");
+}
+
+/* keygen: no connection; argv[0] is "keygen". */
+static int
+cmd_keygen(int argc, char **argv)
+{
+	static const struct option options[] = {
+	        {"role", required_argument, NULL, 'r'},
+	        {"help", no_argument, NULL, 'h'},
+	        {0},
+	};
+	const char *role = "council";
+	int opt;
+
+	while ((opt = getopt_long(argc, argv, "r:h", options, NULL)) >= 0) {
+		switch (opt) {
+		case 'r':
+			if (strcmp(optarg, "council") != 0 && strcmp(optarg, "subscriber") != 0 &&
+			    strcmp(optarg, "admin") != 0) {
+				return usage_error(
+				        "bad --role '%s': use council, subscriber or admin",
+				        optarg);
+			}
+			role = optarg;
+			break;
+		case 'h':
+			keygen_help();
+			return 0;
+		default:
+			return usage_error("bad option for 'keygen'");
+		}
+	}
+	if (argc - optind != 1) {
+		return usage_error("'keygen' needs one NAME (a path without extension)");
+	}
+	const char *name = argv[optind];
+	char public_key[COORD_KEY_Z85_LEN + 1];
+	struct coord_error err = {.field = ""};
+	int r = coord_keygen(name, public_key, &err);
+	if (r < 0) {
+		fprintf(stderr, "coordctl: keygen: %s\n", err.message);
+		return EXIT_BROKER;
+	}
+	/* The id hint: NAME's last component when it is a valid id, else a placeholder. */
+	const char *base = strrchr(name, '/') ? strrchr(name, '/') + 1 : name;
+	bool id_ok = *base != '\0' && strlen(base) <= COORD_COUNCIL_MAX;
+	for (const char *p = base; id_ok && *p; p++) {
+		id_ok = (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') ||
+		        (p > base && (*p == '_' || *p == '-'));
+	}
+	printf("wrote %s.secret (mode 0600, keep it secret) and %s.public\n", name, name);
+	printf("public key: %s\n", public_key);
+	printf("\nFor the broker's keys file (then reload it):\n\n[%s.%s]\npublic_key = %s\n", role,
+	       id_ok ? base : "ID", public_key);
+	return 0;
+}
+
 int
 main(int argc, char **argv)
 {
-	enum { ARG_VERSION = HQ_OPT_VERSION };
+	enum { ARG_VERSION = HQ_OPT_VERSION, ARG_SERVER_KEY, ARG_KEY };
 	static const struct option options[] = {
 	        {"endpoint", required_argument, NULL, 'e'},
 	        {"timeout", required_argument, NULL, 't'},
 	        {"help", no_argument, NULL, 'h'},
 	        {"version", no_argument, NULL, ARG_VERSION},
+	        {"server-key", required_argument, NULL, ARG_SERVER_KEY},
+	        {"key", required_argument, NULL, ARG_KEY},
 	        {0},
 	};
 	struct client c = {0};
@@ -680,6 +806,12 @@ main(int argc, char **argv)
 		switch (opt) {
 		case 'e':
 			arg_endpoint = optarg;
+			break;
+		case ARG_SERVER_KEY:
+			arg_server_key = optarg;
+			break;
+		case ARG_KEY:
+			arg_key = optarg;
 			break;
 		default:
 			/* -t, -h, --version, and what getopt refused. */
@@ -692,7 +824,7 @@ main(int argc, char **argv)
 	}
 	if (optind >= argc) {
 		return usage_error("no command: use digest, history, export, status, stats, "
-		                   "backup, verify or repair");
+		                   "keygen, backup, verify or repair");
 	}
 	const char *cmd = argv[optind];
 	if (coordctl_store_command(cmd)) {
@@ -700,6 +832,13 @@ main(int argc, char **argv)
 
 		optind = 0; /* as below: the command parses its own options from its name on */
 		return coordctl_store_main(argc - first, argv + first);
+	}
+	if (strcmp(cmd, "keygen") == 0) {
+		/* No connection and no keys: it makes them. Its options as below. */
+		int keygen_argc = argc - optind;
+		char **keygen_argv = argv + optind;
+		optind = 0;
+		return cmd_keygen(keygen_argc, keygen_argv);
 	}
 	int (*run)(struct client *, int, char **) = NULL;
 	if (strcmp(cmd, "digest") == 0) {
@@ -714,12 +853,20 @@ main(int argc, char **argv)
 		run = cmd_stats;
 	} else {
 		return usage_error(
-		        "unknown command '%s': use digest, history, export, status or stats", cmd);
+		        "unknown command '%s': use digest, history, export, status, stats "
+		        "or keygen",
+		        cmd);
 	}
 	/* The command parses its own options from its name on. */
 	argc -= optind;
 	argv += optind;
 	optind = 0; /* 0, not 1: glibc's getopt then forgets its state */
+	char why[KEYOPT_MESSAGE_MAX];
+	r = keyopt_load(arg_server_key, arg_key, &c.keys, why, sizeof(why));
+	if (r < 0) {
+		fprintf(stderr, "coordctl: %s\n", why);
+		return EXIT_USAGE;
+	}
 	r = client_open(&c);
 	r = r < 0 ? (r == -EINVAL ? EXIT_USAGE : EXIT_BROKER) : run(&c, argc, argv);
 	client_close(&c);

@@ -59,8 +59,6 @@ _Static_assert(AUTH_LINE_MAX <= INI_MAX_LINE, "inih must hold every line we acce
 #define AUTH_ZAP_FRAME_MAX 255
 /* Random bytes behind AUTH_PROPERTY_TOKEN (sent as twice as many hex digits). */
 #define AUTH_TOKEN_BYTES 16
-/* Key files are two short lines; anything much bigger is not one. */
-#define AUTH_KEY_FILE_MAX 4096
 
 /* ---- Roles, ids and User-Ids ---- */
 
@@ -187,298 +185,15 @@ set_error(struct auth_error *e, unsigned line, const char *fmt, ...)
 	va_end(ap);
 }
 
-/* ---- Key files ---- */
+/* ---- The allowlist ---- */
 
-int
-auth_key_decode(const char *z85, uint8_t ret_key[AUTH_KEY_BYTES])
-{
-	uint8_t key[AUTH_KEY_BYTES];
-
-	/* zmq_z85_decode() writes strlen * 4 / 5 bytes: check the length before calling it. */
-	if (!z85 || strnlen(z85, AUTH_KEY_Z85_LEN + 1) != AUTH_KEY_Z85_LEN) {
-		return -EINVAL;
-	}
-	if (!zmq_z85_decode(key, z85)) {
-		return -EINVAL;
-	}
-	memcpy(ret_key, key, sizeof(key));
-	explicit_bzero(key, sizeof(key));
-	return 0;
-}
+/* (The key files, auth_key_decode() to auth_read_public_key(), are in authkey.c.) */
 
 static bool
 is_blank(char c)
 {
 	return c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == '\v' || c == '\f';
 }
-
-/* The last path component, for the comment line of a key file. */
-static const char *
-base_name(const char *path)
-{
-	const char *slash = strrchr(path, '/');
-
-	return slash ? slash + 1 : path;
-}
-
-/*
- * Create `path` exclusively with `mode` and write `text` to it, synced. Returns 0 or a
- * negative errno; on failure after creating the file, the file is removed.
- */
-static int
-write_new_file(const char *path, mode_t mode, const char *text, struct auth_error *ret_error)
-{
-	int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode);
-	int r = 0;
-
-	if (fd < 0) {
-		r = -errno;
-		if (r == -EEXIST) {
-			set_error(ret_error, 0,
-			          "'%s' exists: keygen never overwrites a key; remove it or "
-			          "choose another name",
-			          path);
-		} else {
-			set_error(ret_error, 0, "cannot create '%s': %s", path, strerror(-r));
-		}
-		return r;
-	}
-	/* The umask may have taken bits away; the mode must be exactly this one. */
-	size_t len = strlen(text);
-	if (fchmod(fd, mode) < 0) {
-		r = -errno;
-	}
-	for (size_t done = 0; r == 0 && done < len;) {
-		ssize_t n = write(fd, text + done, len - done);
-		if (n < 0 && errno != EINTR) {
-			r = -errno;
-		} else if (n > 0) {
-			done += (size_t) n;
-		}
-	}
-	if (r == 0 && fsync(fd) < 0) {
-		r = -errno;
-	}
-	if (close(fd) < 0 && r == 0) {
-		r = -errno;
-	}
-	if (r < 0) {
-		set_error(ret_error, 0, "cannot write '%s': %s", path, strerror(-r));
-		(void) unlink(path);
-	}
-	return r;
-}
-
-int
-auth_keygen(const char *path_base, char ret_public[AUTH_KEY_Z85_LEN + 1],
-            struct auth_error *ret_error)
-{
-	char secret_path[PATH_MAX], public_path[PATH_MAX];
-	char public_z85[AUTH_KEY_Z85_LEN + 1], secret_z85[AUTH_KEY_Z85_LEN + 1];
-	char name[64];
-	char text[256];
-	int r;
-
-	if (!path_base || *path_base == '\0') {
-		set_error(ret_error, 0, "empty key name");
-		return -EINVAL;
-	}
-	if ((size_t) snprintf(secret_path, sizeof(secret_path), "%s.secret", path_base) >=
-	            sizeof(secret_path) ||
-	    (size_t) snprintf(public_path, sizeof(public_path), "%s.public", path_base) >=
-	            sizeof(public_path)) {
-		set_error(ret_error, 0, "key path '%s' is too long", path_base);
-		return -ENAMETOOLONG;
-	}
-	/* The name goes into a comment line: keep it printable and on one line. */
-	(void) snprintf(name, sizeof(name), "%s", base_name(path_base));
-	for (char *c = name; *c; c++) {
-		if ((unsigned char) *c < 0x20 || (unsigned char) *c >= 0x7F) {
-			*c = '?';
-		}
-	}
-
-	if (zmq_curve_keypair(public_z85, secret_z85) < 0) {
-		r = -zmq_errno();
-		set_error(ret_error, 0, "cannot generate a CURVE keypair: %s", strerror(-r));
-		return r;
-	}
-
-	(void) snprintf(text, sizeof(text),
-	                "# coordd CURVE secret key '%s' (Z85). Keep it secret: mode 0600, "
-	                "never copy it to another host.\n%s\n",
-	                name, secret_z85);
-	r = write_new_file(secret_path, 0600, text, ret_error);
-	explicit_bzero(text, sizeof(text));
-	explicit_bzero(secret_z85, sizeof(secret_z85));
-	if (r < 0) {
-		return r;
-	}
-	(void) snprintf(text, sizeof(text),
-	                "# coordd CURVE public key '%s' (Z85). Give it to the broker's keys "
-	                "file as public_key.\n%s\n",
-	                name, public_z85);
-	r = write_new_file(public_path, 0644, text, ret_error);
-	if (r < 0) {
-		/* We created the secret file (O_EXCL), so removing it loses nothing of anyone's. */
-		(void) unlink(secret_path);
-		return r;
-	}
-	if (ret_public) {
-		memcpy(ret_public, public_z85, sizeof(public_z85));
-	}
-	return 0;
-}
-
-/*
- * Read a key file into `ret_key` (Z85, NUL-terminated). With `secret`, the file must not be
- * accessible by group or others.
- */
-static int
-read_key_file(const char *path, bool secret, char ret_key[AUTH_KEY_Z85_LEN + 1],
-              struct auth_error *ret_error)
-{
-	char buf[AUTH_KEY_FILE_MAX + 1];
-	char key[AUTH_KEY_Z85_LEN + 1] = "";
-	const char *what = secret ? "secret" : "public";
-	struct stat st;
-	size_t len = 0;
-	int r = 0;
-
-	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-	if (fd < 0) {
-		r = -errno;
-		set_error(ret_error, 0, "cannot open %s key file '%s': %s", what, path,
-		          strerror(-r));
-		return r;
-	}
-	if (fstat(fd, &st) < 0) {
-		r = -errno;
-		set_error(ret_error, 0, "cannot stat '%s': %s", path, strerror(-r));
-		goto out;
-	}
-	if (!S_ISREG(st.st_mode)) {
-		r = -EINVAL;
-		set_error(ret_error, 0, "%s key file '%s' is not a regular file", what, path);
-		goto out;
-	}
-	if (secret && (st.st_mode & 077) != 0) {
-		r = -EPERM;
-		set_error(ret_error, 0,
-		          "secret key file '%s' is accessible by group or others (mode %04o): "
-		          "run 'chmod 600 %s', and make a new key if others may have read it",
-		          path, (unsigned) (st.st_mode & 07777), path);
-		goto out;
-	}
-	for (;;) {
-		ssize_t n = read(fd, buf + len, sizeof(buf) - len);
-		if (n < 0 && errno == EINTR) {
-			continue;
-		}
-		if (n < 0) {
-			r = -errno;
-			set_error(ret_error, 0, "cannot read '%s': %s", path, strerror(-r));
-			goto out;
-		}
-		if (n == 0) {
-			break;
-		}
-		len += (size_t) n;
-		if (len == sizeof(buf)) {
-			r = -EFBIG;
-			set_error(ret_error, 0, "'%s' is larger than %d bytes: not a key file",
-			          path, AUTH_KEY_FILE_MAX);
-			goto out;
-		}
-	}
-	buf[len] = '\0';
-	const char *nul = memchr(buf, '\0', len);
-	if (nul) {
-		unsigned at = 1;
-		for (const char *c = buf; c < nul; c++) {
-			at += *c == '\n';
-		}
-		r = -EINVAL;
-		set_error(ret_error, at, "'%s' line %u: NUL byte: not a key file", path, at);
-		goto out;
-	}
-
-	unsigned line = 0, key_line = 0;
-	for (char *s = buf; r == 0 && *s;) {
-		char *end = strchr(s, '\n');
-		char *next = end ? end + 1 : s + strlen(s);
-		size_t n = (size_t) ((end ? end : next) - s);
-		line++;
-		while (n > 0 && is_blank(s[n - 1])) {
-			n--;
-		}
-		while (n > 0 && is_blank(*s)) {
-			s++, n--;
-		}
-		s[n] = '\0';
-		if (n == 0 || s[0] == '#') {
-			/* A comment: a Z85 key cannot start with '#' (it would exceed 2^32). */
-		} else if (n != AUTH_KEY_Z85_LEN || auth_key_decode(s, (uint8_t[32]){0}) < 0) {
-			r = -EINVAL;
-			set_error(ret_error, line,
-			          "'%s' line %u: expected a 40-character Z85 %s key or a '#' "
-			          "comment",
-			          path, line, what);
-		} else if (key_line != 0) {
-			r = -EINVAL;
-			set_error(ret_error, line,
-			          "'%s' line %u: a second key (the first is at line %u): keep one",
-			          path, line, key_line);
-		} else {
-			key_line = line;
-			memcpy(key, s, AUTH_KEY_Z85_LEN + 1);
-		}
-		s = next;
-	}
-	if (r == 0 && key_line == 0) {
-		r = -EINVAL;
-		set_error(ret_error, 0, "'%s' holds no %s key", path, what);
-	}
-	if (r == 0) {
-		memcpy(ret_key, key, sizeof(key));
-	}
-out:
-	explicit_bzero(buf, sizeof(buf));
-	explicit_bzero(key, sizeof(key));
-	(void) close(fd);
-	return r;
-}
-
-int
-auth_read_secret_key(const char *path, char ret_secret[AUTH_KEY_Z85_LEN + 1],
-                     char ret_public[AUTH_KEY_Z85_LEN + 1], struct auth_error *ret_error)
-{
-	char secret[AUTH_KEY_Z85_LEN + 1], public[AUTH_KEY_Z85_LEN + 1];
-
-	int r = read_key_file(path, true, secret, ret_error);
-	if (r < 0) {
-		return r;
-	}
-	if (zmq_curve_public(public, secret) < 0) {
-		r = -zmq_errno();
-		set_error(ret_error, 0, "cannot derive the public key of '%s': %s", path,
-		          strerror(-r));
-	} else {
-		memcpy(ret_secret, secret, sizeof(secret));
-		memcpy(ret_public, public, sizeof(public));
-	}
-	explicit_bzero(secret, sizeof(secret));
-	return r;
-}
-
-int
-auth_read_public_key(const char *path, char ret_public[AUTH_KEY_Z85_LEN + 1],
-                     struct auth_error *ret_error)
-{
-	return read_key_file(path, false, ret_public, ret_error);
-}
-
-/* ---- The allowlist ---- */
 
 struct auth_keys {
 	unsigned refs;
@@ -954,6 +669,15 @@ struct auth {
 	char token[2 * AUTH_TOKEN_BYTES + 1]; /* AUTH_PROPERTY_TOKEN of accepted peers */
 	char *plain_domains[AUTH_PLAIN_DOMAINS_MAX];
 	size_t n_plain;
+	struct {
+		char *domain;
+		uint32_t max;
+		auth_count_fn *count;
+		void *data;
+		uint64_t refused;
+	} limits[AUTH_LIMITS_MAX];
+	size_t n_limits;
+	char server_key[AUTH_KEY_Z85_LEN + 1]; /* "" until auth_set_server_key() */
 	struct auth_counters counters;
 	auth_event_fn *event_cb;
 	void *event_data;
@@ -1231,6 +955,27 @@ send_reply(const struct auth *a, void *sock, struct request *rq, const struct ve
 	return r;
 }
 
+/* A handshake decide() accepted is refused when its socket is at its connection cap. */
+static void
+apply_limit(struct auth *a, struct request *rq, struct verdict *v)
+{
+	if (v->status[0] != '2') {
+		return;
+	}
+	for (size_t i = 0; i < a->n_limits; i++) {
+		if (!frame_is(&rq->frames[ZAP_DOMAIN], a->limits[i].domain)) {
+			continue;
+		}
+		if (a->limits[i].count(a->limits[i].data) > a->limits[i].max) {
+			a->limits[i].refused++;
+			v->status = "400";
+			v->reason = "connection limit reached";
+			v->user_id[0] = '\0';
+		}
+		return;
+	}
+}
+
 static void
 on_readable(struct zuv *z, void *zsock, unsigned budget, void *data)
 {
@@ -1243,6 +988,7 @@ on_readable(struct zuv *z, void *zsock, unsigned budget, void *data)
 			break;
 		}
 		decide(a, &rq, &v);
+		apply_limit(a, &rq, &v);
 		if (v.status[0] == '2') {
 			a->counters.accepted++;
 		} else if (v.status[0] == '4') {
@@ -1340,6 +1086,73 @@ auth_allow_plain(struct auth *a, const char *domain)
 		return -ENOMEM;
 	}
 	a->plain_domains[a->n_plain++] = copy;
+	return 0;
+}
+
+int
+auth_set_server_key(struct auth *a, const char *secret_z85)
+{
+	if (!secret_z85 || strnlen(secret_z85, AUTH_KEY_Z85_LEN + 1) != AUTH_KEY_Z85_LEN) {
+		return -EINVAL;
+	}
+	explicit_bzero(a->server_key, sizeof(a->server_key));
+	memcpy(a->server_key, secret_z85, AUTH_KEY_Z85_LEN + 1);
+	return 0;
+}
+
+int
+auth_socket_setup(struct auth *a, void *zsock, const char *domain, bool curve)
+{
+	if (curve) {
+		if (a->server_key[0] == '\0') {
+			return -ENOKEY;
+		}
+		return auth_server_setup(zsock, domain, a->server_key);
+	}
+	int r = auth_allow_plain(a, domain);
+	if (r < 0) {
+		return r;
+	}
+	return auth_server_setup(zsock, domain, NULL);
+}
+
+int
+auth_set_limit(struct auth *a, const char *domain, uint32_t max, auth_count_fn *count, void *data)
+{
+	if (!domain || *domain == '\0' || strlen(domain) > AUTH_ZAP_FRAME_MAX || max == 0 ||
+	    !count) {
+		return -EINVAL;
+	}
+	size_t i = 0;
+	while (i < a->n_limits && strcmp(a->limits[i].domain, domain) != 0) {
+		i++;
+	}
+	if (i == a->n_limits) {
+		if (a->n_limits == AUTH_LIMITS_MAX) {
+			return -ENOSPC;
+		}
+		char *copy = strdup(domain);
+		if (!copy) {
+			return -ENOMEM;
+		}
+		a->limits[i].domain = copy;
+		a->limits[i].refused = 0;
+		a->n_limits++;
+	}
+	a->limits[i].max = max;
+	a->limits[i].count = count;
+	a->limits[i].data = data;
+	return 0;
+}
+
+uint64_t
+auth_limit_refused(const struct auth *a, const char *domain)
+{
+	for (size_t i = 0; i < a->n_limits; i++) {
+		if (strcmp(a->limits[i].domain, domain) == 0) {
+			return a->limits[i].refused;
+		}
+	}
 	return 0;
 }
 
@@ -1455,6 +1268,10 @@ auth_free(struct auth *a)
 	for (size_t i = 0; i < a->n_plain; i++) {
 		free(a->plain_domains[i]);
 	}
+	for (size_t i = 0; i < a->n_limits; i++) {
+		free(a->limits[i].domain);
+	}
+	explicit_bzero(a->server_key, sizeof(a->server_key));
 	(void) auth_keys_unref(a->keys);
 	free(a);
 	return NULL;

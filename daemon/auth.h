@@ -70,6 +70,8 @@
 #define AUTH_KEYS_MAX 65536
 /* Domains that auth_allow_plain() can register. */
 #define AUTH_PLAIN_DOMAINS_MAX 8
+/* Domains that auth_set_limit() can register. */
+#define AUTH_LIMITS_MAX 8
 
 /* ZAP domains: set with auth_server_setup() on the socket of the same name. */
 #define AUTH_DOMAIN_INGEST "ingest"
@@ -135,7 +137,9 @@ int auth_user_id_format(enum auth_role role, const char *id,
  */
 int auth_user_id_parse(const char *user_id, enum auth_role *ret_role, char ret_id[AUTH_ID_MAX + 1]);
 
-/* ---- Key files (any thread; they block on file I/O) ---- */
+/* ---- Key files (any thread; they block on file I/O) ----
+ * Implemented in authkey.c, which needs only libc and libzmq: libcoord compiles it too
+ * (clients/libcoord/wire-names.h), so clients and broker share one implementation. */
 
 /*
  * Decode a Z85 CURVE key (exactly AUTH_KEY_Z85_LEN characters of the Z85 alphabet, each
@@ -355,6 +359,45 @@ int auth_check_user(const struct auth *a, const char *user_id, const char *key_z
  */
 int auth_check_msg(const struct auth *a, const zmq_msg_t *msg, enum auth_role role,
                    char ret_id[AUTH_ID_MAX + 1]);
+
+/*
+ * Keep a copy of the server's Z85 secret key for auth_socket_setup() (it is
+ * explicit_bzero()ed when replaced and by auth_free()). Returns 0, or -EINVAL when
+ * `secret_z85` is not AUTH_KEY_Z85_LEN characters. Loop thread only.
+ */
+int auth_set_server_key(struct auth *a, const char *secret_z85);
+
+/*
+ * Prepare a server socket of this handler before zmq_bind(): with `curve`, a CURVE server
+ * with the key of auth_set_server_key() (auth_server_setup(zsock, domain, key)); without,
+ * a plain socket whose domain is registered with auth_allow_plain(), so the handler still
+ * sees every connection (and can enforce auth_set_limit()). Returns 0, -ENOKEY for `curve`
+ * without a server key, or the errors of auth_server_setup() and auth_allow_plain().
+ * Loop thread only.
+ */
+int auth_socket_setup(struct auth *a, void *zsock, const char *domain, bool curve);
+
+/* Tells how many connections a socket has open now (e.g. from zmon), for auth_set_limit(). */
+typedef uint32_t auth_count_fn(void *data);
+
+/*
+ * Cap the connections of the socket with ZAP domain `domain` (copied) at `max`: a handshake
+ * that would otherwise be accepted is refused (400 "connection limit reached") when
+ * `count(data)` is above `max`. The count includes the connection being decided and any
+ * other connection still in its handshake, so a burst of simultaneous connections may be
+ * refused slightly early. Setting a domain again replaces its cap and callback (a reload)
+ * and keeps its counter. `count` and `data` are borrowed until auth_close(). Returns 0,
+ * -EINVAL (bad domain, max 0, count NULL), -ENOSPC past AUTH_LIMITS_MAX domains, -ENOMEM.
+ * Loop thread only.
+ */
+int auth_set_limit(struct auth *a, const char *domain, uint32_t max, auth_count_fn *count,
+                   void *data);
+
+/*
+ * Handshakes refused on `domain` because of its auth_set_limit() cap (0 for a domain without
+ * one). Loop thread only.
+ */
+uint64_t auth_limit_refused(const struct auth *a, const char *domain);
 
 /*
  * Set (or with NULL clear) the callback told of every decision, e.g. for logging. A refused

@@ -50,18 +50,22 @@ enum section {
 	SECTION_DIGEST,
 	SECTION_STORE,
 	SECTION_METRICS,
+	SECTION_SECURITY,
 	SECTION_COUNCIL,
 	_SECTION_MAX,
 };
 
 static const char *const section_names[_SECTION_MAX] = {
-        [SECTION_NONE] = "",           [SECTION_COORDD] = "coordd",   [SECTION_INGEST] = "ingest",
-        [SECTION_PUBLISH] = "publish", [SECTION_QUERY] = "query",     [SECTION_DIGEST] = "digest",
-        [SECTION_STORE] = "store",     [SECTION_METRICS] = "metrics", [SECTION_COUNCIL] = "council",
+        [SECTION_NONE] = "",           [SECTION_COORDD] = "coordd",
+        [SECTION_INGEST] = "ingest",   [SECTION_PUBLISH] = "publish",
+        [SECTION_QUERY] = "query",     [SECTION_DIGEST] = "digest",
+        [SECTION_STORE] = "store",     [SECTION_METRICS] = "metrics",
+        [SECTION_COUNCIL] = "council", [SECTION_SECURITY] = "security",
 };
 
 /* Every fixed section, for messages that list them. */
-#define SECTION_LIST "[coordd], [ingest], [publish], [query], [digest], [store], [metrics]"
+#define SECTION_LIST                                                                               \
+	"[coordd], [ingest], [publish], [query], [digest], [store], [metrics], [security]"
 
 enum key_type {
 	KEY_STRING,   /* char *, must not be empty */
@@ -72,6 +76,7 @@ enum key_type {
 	KEY_SIZE64,   /* uint64_t, config_parse_size() */
 	KEY_LOG_LEVEL,
 	KEY_SYNC,
+	KEY_SECURITY, /* enum config_security */
 };
 
 /* The keys of the fixed sections; council keys are handled by handle_council_key(). */
@@ -83,13 +88,18 @@ enum key_id {
 	KEY_MAX_BATCH,
 	KEY_MAX_PENDING,
 	KEY_HWM,
+	KEY_MAX_INFLIGHT_PER_COUNCIL,
+	KEY_RATE_LIMIT,
+	KEY_RATE_BURST,
 	KEY_PUBLISH_ENDPOINT,
 	KEY_PUBLISH_HWM,
+	KEY_MAX_SUBSCRIPTION_BYTES,
 	KEY_QUERY_ENDPOINT,
 	KEY_HISTORY_LIMIT,
 	KEY_HISTORY_LIMIT_MAX,
 	KEY_HISTORY_BYTES_MAX,
 	KEY_QUERY_HWM,
+	KEY_MAX_REQUEST_BYTES,
 	KEY_PUBLISH_INTERVAL_MS,
 	KEY_HEADLINES,
 	KEY_MAP_SIZE,
@@ -97,6 +107,15 @@ enum key_id {
 	KEY_SYNC_ID,
 	KEY_MIN_FREE_BYTES,
 	KEY_METRICS_LISTEN,
+	KEY_INGEST_SECURITY,
+	KEY_INGEST_MAX_CONNECTIONS,
+	KEY_PUBLISH_SECURITY,
+	KEY_PUBLISH_MAX_CONNECTIONS,
+	KEY_QUERY_SECURITY,
+	KEY_QUERY_MAX_CONNECTIONS,
+	KEY_SUBSCRIBER_HISTORY_WINDOW,
+	KEY_SECRET_KEY_FILE,
+	KEY_KEYS_FILE,
 	_KEY_MAX,
 };
 
@@ -123,10 +142,20 @@ static const struct key keys[_KEY_MAX] = {
                              offsetof(struct config, ingest.max_pending), 1, UINT32_MAX},
         [KEY_HWM] = {SECTION_INGEST, "hwm", KEY_U32, offsetof(struct config, ingest.hwm), 100,
                      1000000},
+        [KEY_MAX_INFLIGHT_PER_COUNCIL] = {SECTION_INGEST, "max_inflight_per_council", KEY_U32,
+                                          offsetof(struct config, ingest.max_inflight_per_council),
+                                          1, 1000000},
+        [KEY_RATE_LIMIT] = {SECTION_INGEST, "rate_limit", KEY_U32,
+                            offsetof(struct config, ingest.rate_limit), 0, 10000000},
+        [KEY_RATE_BURST] = {SECTION_INGEST, "rate_burst", KEY_U32,
+                            offsetof(struct config, ingest.rate_burst), 1, 20000000},
         [KEY_PUBLISH_ENDPOINT] = {SECTION_PUBLISH, "endpoint", KEY_ENDPOINT,
                                   offsetof(struct config, publish.endpoint), 0, 0},
         [KEY_PUBLISH_HWM] = {SECTION_PUBLISH, "hwm", KEY_U32, offsetof(struct config, publish.hwm),
                              100, 1000000},
+        [KEY_MAX_SUBSCRIPTION_BYTES] = {SECTION_PUBLISH, "max_subscription_bytes", KEY_SIZE32,
+                                        offsetof(struct config, publish.max_subscription_bytes),
+                                        256, 64 * KIB},
         [KEY_QUERY_ENDPOINT] = {SECTION_QUERY, "endpoint", KEY_ENDPOINT,
                                 offsetof(struct config, query.endpoint), 0, 0},
         [KEY_HISTORY_LIMIT] = {SECTION_QUERY, "history_limit", KEY_U32,
@@ -138,6 +167,8 @@ static const struct key keys[_KEY_MAX] = {
                                    64 * MIB},
         [KEY_QUERY_HWM] = {SECTION_QUERY, "hwm", KEY_U32, offsetof(struct config, query.hwm), 1,
                            100000},
+        [KEY_MAX_REQUEST_BYTES] = {SECTION_QUERY, "max_request_bytes", KEY_SIZE32,
+                                   offsetof(struct config, query.max_request_bytes), 4 * KIB, MIB},
         [KEY_PUBLISH_INTERVAL_MS] = {SECTION_DIGEST, "publish_interval_ms", KEY_U32,
                                      offsetof(struct config, digest.publish_interval_ms), 100,
                                      3600000},
@@ -153,6 +184,51 @@ static const struct key keys[_KEY_MAX] = {
                                 offsetof(struct config, store.min_free_bytes), 0, UINT64_MAX},
         [KEY_METRICS_LISTEN] = {SECTION_METRICS, "listen", KEY_LISTEN,
                                 offsetof(struct config, metrics.listen), 0, 0},
+        [KEY_INGEST_SECURITY] = {SECTION_INGEST, "security", KEY_SECURITY,
+                                 offsetof(struct config, ingest.security), 0, 0},
+        [KEY_INGEST_MAX_CONNECTIONS] = {SECTION_INGEST, "max_connections", KEY_U32,
+                                        offsetof(struct config, ingest.max_connections), 1,
+                                        1000000},
+        [KEY_PUBLISH_SECURITY] = {SECTION_PUBLISH, "security", KEY_SECURITY,
+                                  offsetof(struct config, publish.security), 0, 0},
+        [KEY_PUBLISH_MAX_CONNECTIONS] = {SECTION_PUBLISH, "max_connections", KEY_U32,
+                                         offsetof(struct config, publish.max_connections), 1,
+                                         1000000},
+        [KEY_QUERY_SECURITY] = {SECTION_QUERY, "security", KEY_SECURITY,
+                                offsetof(struct config, query.security), 0, 0},
+        [KEY_QUERY_MAX_CONNECTIONS] = {SECTION_QUERY, "max_connections", KEY_U32,
+                                       offsetof(struct config, query.max_connections), 1, 1000000},
+        [KEY_SUBSCRIBER_HISTORY_WINDOW] = {SECTION_QUERY, "subscriber_history_window", KEY_U32,
+                                           offsetof(struct config, query.subscriber_history_window),
+                                           1, 1000000000},
+        [KEY_SECRET_KEY_FILE] = {SECTION_SECURITY, "secret_key_file", KEY_STRING,
+                                 offsetof(struct config, security.secret_key_file), 0, 0},
+        [KEY_KEYS_FILE] = {SECTION_SECURITY, "keys_file", KEY_STRING,
+                           offsetof(struct config, security.keys_file), 0, 0},
+};
+
+/* Keys the running daemon applies only at start: a reload keeps their old values. */
+static const enum key_id restart_keys[] = {
+        KEY_STATE_DIR,
+        KEY_INGEST_ENDPOINT,
+        KEY_MAX_MESSAGE_BYTES,
+        KEY_MAX_BATCH,
+        KEY_MAX_PENDING,
+        KEY_HWM,
+        KEY_INGEST_SECURITY,
+        KEY_PUBLISH_ENDPOINT,
+        KEY_PUBLISH_HWM,
+        KEY_PUBLISH_SECURITY,
+        KEY_QUERY_ENDPOINT,
+        KEY_QUERY_HWM,
+        KEY_QUERY_SECURITY,
+        KEY_MAP_SIZE,
+        KEY_MAP_SIZE_MAX,
+        KEY_SYNC_ID,
+        KEY_METRICS_LISTEN,
+        KEY_SECRET_KEY_FILE,
+        KEY_MAX_SUBSCRIPTION_BYTES,
+        KEY_MAX_REQUEST_BYTES,
 };
 
 /* Parse-time bookkeeping for one council, parallel to config->councils (file order). */
@@ -313,7 +389,10 @@ handle_section_line(struct parser *p, char *line)
 	}
 
 	enum section s = SECTION_NONE;
-	for (int i = SECTION_COORDD; i < SECTION_COUNCIL; i++) {
+	for (int i = SECTION_COORDD; i < _SECTION_MAX; i++) {
+		if (i == SECTION_COUNCIL) {
+			continue;
+		}
 		if (strcmp(name, section_names[i]) == 0) {
 			s = (enum section) i;
 		}
@@ -573,6 +652,17 @@ handle_fixed_key(struct parser *p, enum key_id id, const char *value)
 		*(int *) field = (int) level;
 		return 0;
 	}
+	case KEY_SECURITY:
+		if (strcmp(value, "curve") == 0) {
+			*(enum config_security *) field = CONFIG_SECURITY_CURVE;
+		} else if (strcmp(value, "plain") == 0) {
+			*(enum config_security *) field = CONFIG_SECURITY_PLAIN;
+		} else {
+			return fail(p, p->ini.line, -EINVAL,
+			            "bad %s '%s' in [%s]: use curve or plain", k->name, value,
+			            sect);
+		}
+		return 0;
 	case KEY_SYNC:
 		if (strcmp(value, "full") == 0) {
 			*(enum config_sync *) field = CONFIG_SYNC_FULL;
@@ -755,6 +845,105 @@ check_endpoints(struct parser *p)
 	return 0;
 }
 
+bool
+config_endpoint_is_local(const char *endpoint)
+{
+	unsigned char addr[16];
+	char host[64];
+
+	if (!endpoint) {
+		return false;
+	}
+	if (strncmp(endpoint, "ipc://", 6) == 0 || strncmp(endpoint, "inproc://", 9) == 0) {
+		return true;
+	}
+	if (strncmp(endpoint, "tcp://", 6) != 0) {
+		return false;
+	}
+	const char *h = endpoint + 6;
+	const char *colon = strrchr(h, ':');
+	if (!colon || colon == h) {
+		return false;
+	}
+	size_t n = (size_t) (colon - h);
+	if (n >= sizeof(host)) {
+		return false;
+	}
+	memcpy(host, h, n);
+	host[n] = '\0';
+	if (strcmp(host, "localhost") == 0 || strcmp(host, "[::1]") == 0) {
+		return true;
+	}
+	/* Dotted IPv4 only: inet_pton refuses "127.1" and names such as "lo". */
+	return inet_pton(AF_INET, host, addr) == 1 && addr[0] == 127;
+}
+
+const char *
+config_security_to_string(enum config_security s)
+{
+	switch (s) {
+	case CONFIG_SECURITY_PLAIN:
+		return "plain";
+	case CONFIG_SECURITY_CURVE:
+		return "curve";
+	default:
+		return NULL;
+	}
+}
+
+/*
+ * [security] holds both keys or is absent; each socket's security defaults to curve when
+ * it is present; curve needs it; plain needs a local endpoint (secure by default).
+ */
+static int
+check_security(struct parser *p)
+{
+	struct config *c = p->config;
+	bool have_keys = p->section_line[SECTION_SECURITY] != 0;
+
+	if (have_keys && (!c->security.secret_key_file || !c->security.keys_file)) {
+		return fail(p, p->section_line[SECTION_SECURITY], -EINVAL,
+		            "missing key '%s' in [security]: set both secret_key_file and "
+		            "keys_file, or remove [security] (then only loopback and ipc:// "
+		            "endpoints are allowed)",
+		            c->security.secret_key_file ? "keys_file" : "secret_key_file");
+	}
+	static const struct {
+		enum key_id security, endpoint;
+	} sockets[] = {
+	        {KEY_INGEST_SECURITY, KEY_INGEST_ENDPOINT},
+	        {KEY_PUBLISH_SECURITY, KEY_PUBLISH_ENDPOINT},
+	        {KEY_QUERY_SECURITY, KEY_QUERY_ENDPOINT},
+	};
+	for (size_t i = 0; i < sizeof(sockets) / sizeof(sockets[0]); i++) {
+		const struct key *ks = &keys[sockets[i].security];
+		const struct key *ke = &keys[sockets[i].endpoint];
+		enum config_security *sec = (void *) ((char *) c + ks->offset);
+		const char *endpoint = *(char **) ((char *) c + ke->offset);
+		const char *sect = section_names[ks->section];
+
+		if (*sec == _CONFIG_SECURITY_INVALID) {
+			*sec = have_keys ? CONFIG_SECURITY_CURVE : CONFIG_SECURITY_PLAIN;
+		} else if (*sec == CONFIG_SECURITY_CURVE && !have_keys) {
+			return fail(p, p->key_line[sockets[i].security], -EINVAL,
+			            "security = curve in [%s] needs the server's keys: add "
+			            "[security] with secret_key_file and keys_file",
+			            sect);
+		}
+		if (*sec == CONFIG_SECURITY_PLAIN && !config_endpoint_is_local(endpoint)) {
+			unsigned line = blame_line(p, sockets[i].security, sockets[i].endpoint);
+			return fail(
+			        p, line, -EINVAL,
+			        "[%s] endpoint '%s' is not loopback or ipc:// and the socket is "
+			        "plain (unauthenticated): configure [security] secret_key_file "
+			        "and keys_file (security = curve), or bind 127.0.0.1, [::1], "
+			        "localhost or ipc://",
+			        sect, endpoint);
+		}
+	}
+	return 0;
+}
+
 /* Checks that need the whole file. */
 static int
 finish(struct parser *p)
@@ -777,6 +966,10 @@ finish(struct parser *p)
 		            ") in [ingest]: raise max_pending",
 		            c->ingest.max_pending, c->ingest.max_batch);
 	}
+	/* rate_burst defaults to twice rate_limit, whatever rate_limit was set to. */
+	if (p->key_line[KEY_RATE_BURST] == 0) {
+		c->ingest.rate_burst = (uint32_t) ((uint64_t) c->ingest.rate_limit * 2);
+	}
 	if (c->query.history_limit_max < c->query.history_limit) {
 		return fail(p, blame_line(p, KEY_HISTORY_LIMIT_MAX, KEY_HISTORY_LIMIT), -EINVAL,
 		            "history_limit_max (%" PRIu32 ") is below history_limit (%" PRIu32
@@ -784,6 +977,10 @@ finish(struct parser *p)
 		            c->query.history_limit_max, c->query.history_limit);
 	}
 	r = check_endpoints(p);
+	if (r < 0) {
+		return r;
+	}
+	r = check_security(p);
 	if (r < 0) {
 		return r;
 	}
@@ -830,14 +1027,28 @@ parse(struct parser *p, const char *name, struct config **ret_config,
 	                        .max_batch = 1024,
 	                        .max_pending = 8192,
 	                        .hwm = 10000,
+	                        .security = _CONFIG_SECURITY_INVALID,
+	                        .max_connections = 2048,
+	                        .max_inflight_per_council = 1024,
+	                        .rate_limit = 100000,
 	                },
-	        .publish = {.hwm = 1000},
+	        .publish =
+	                {
+	                        .hwm = 1000,
+	                        .security = _CONFIG_SECURITY_INVALID,
+	                        .max_connections = 1024,
+	                        .max_subscription_bytes = KIB,
+	                },
 	        .query =
 	                {
 	                        .history_limit = 1000,
 	                        .history_limit_max = 10000,
 	                        .history_bytes_max = 4 * MIB,
 	                        .hwm = 32,
+	                        .security = _CONFIG_SECURITY_INVALID,
+	                        .max_connections = 256,
+	                        .subscriber_history_window = 100000,
+	                        .max_request_bytes = 64 * KIB,
 	                },
 	        .digest =
 	                {
@@ -942,6 +1153,8 @@ config_unref(struct config *c)
 	free(c->publish.endpoint);
 	free(c->query.endpoint);
 	free(c->metrics.listen);
+	free(c->security.secret_key_file);
+	free(c->security.keys_file);
 	free(c->state_dir);
 	free(c->path);
 	free(c);
@@ -1005,4 +1218,79 @@ config_parse_listen(const char *s, char ret_host[64], uint16_t *ret_port)
 	memcpy(ret_host, h, host_len + 1);
 	*ret_port = (uint16_t) port;
 	return 0;
+}
+
+static bool
+nullable_streq(const char *a, const char *b)
+{
+	return a == b || (a && b && strcmp(a, b) == 0);
+}
+
+int
+config_keep_restart_keys(struct config *fresh, const struct config *old, config_restart_fn *cb,
+                         void *data)
+{
+	int kept = 0;
+
+	for (size_t i = 0; i < sizeof(restart_keys) / sizeof(restart_keys[0]); i++) {
+		const struct key *k = &keys[restart_keys[i]];
+		void *to = (char *) fresh + k->offset;
+		const void *from = (const char *) old + k->offset;
+		bool same;
+
+		switch (k->type) {
+		case KEY_STRING:
+		case KEY_ENDPOINT:
+		case KEY_LISTEN:
+			same = nullable_streq(*(char *const *) to, *(char *const *) from);
+			break;
+		case KEY_SIZE64:
+			same = *(const uint64_t *) to == *(const uint64_t *) from;
+			break;
+		case KEY_SYNC:
+			same = *(const enum config_sync *) to == *(const enum config_sync *) from;
+			break;
+		case KEY_SECURITY:
+			same = *(const enum config_security *) to ==
+			       *(const enum config_security *) from;
+			break;
+		default:
+			same = *(const uint32_t *) to == *(const uint32_t *) from;
+			break;
+		}
+		if (same) {
+			continue;
+		}
+		switch (k->type) {
+		case KEY_STRING:
+		case KEY_ENDPOINT:
+		case KEY_LISTEN: {
+			const char *value = *(char *const *) from;
+			char *copy = value ? strdup(value) : NULL;
+			if (value && !copy) {
+				return -ENOMEM;
+			}
+			free(*(char **) to);
+			*(char **) to = copy;
+			break;
+		}
+		case KEY_SIZE64:
+			*(uint64_t *) to = *(const uint64_t *) from;
+			break;
+		case KEY_SYNC:
+			*(enum config_sync *) to = *(const enum config_sync *) from;
+			break;
+		case KEY_SECURITY:
+			*(enum config_security *) to = *(const enum config_security *) from;
+			break;
+		default:
+			*(uint32_t *) to = *(const uint32_t *) from;
+			break;
+		}
+		kept++;
+		if (cb) {
+			cb(data, section_names[k->section], k->name);
+		}
+	}
+	return kept;
 }

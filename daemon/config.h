@@ -36,6 +36,18 @@ enum config_sync {
 	_CONFIG_SYNC_INVALID = -22,
 };
 
+/*
+ * A socket's security ("security = curve | plain" in [ingest], [publish] and [query]).
+ * The default is curve when [security] is configured, plain otherwise. A plain socket must
+ * be local (config_endpoint_is_local()): anything else is refused by validation.
+ */
+enum config_security {
+	CONFIG_SECURITY_PLAIN, /* no encryption, no authentication: loopback and ipc:// only */
+	CONFIG_SECURITY_CURVE, /* CURVE encryption; peers authenticated by the keys file */
+	_CONFIG_SECURITY_MAX,
+	_CONFIG_SECURITY_INVALID = -22,
+};
+
 /* One registered coordinating council: "[council.<id>]". */
 struct config_council {
 	char id[CONFIG_COUNCIL_ID_MAX + 1]; /* [a-z0-9][a-z0-9_-]*, unique */
@@ -59,6 +71,14 @@ struct config {
 		uint32_t max_pending;       /* received but uncommitted before reading pauses,
 		                               >= max_batch, default 8192 */
 		uint32_t hwm; /* ZMQ send and receive HWM, 100 .. 1000000, default 10000 */
+		enum config_security security;     /* security, see enum config_security */
+		uint32_t max_connections;          /* 1 .. 1000000, default 2048 */
+		uint32_t max_inflight_per_council; /* messages received from one sender and not
+		                                      yet acked, 1 .. 1000000, default 1024 */
+		uint32_t rate_limit; /* messages per second per sender, 0 (off) .. 10000000,
+		                        default 100000 */
+		uint32_t rate_burst; /* token bucket depth, 1 .. 20000000, default 2 x rate_limit
+		                        (0 when rate_limit is 0 and rate_burst is not set) */
 	} ingest;
 
 	/* [publish]: the XPUB socket headquarters subscribes to (fanout) */
@@ -66,6 +86,11 @@ struct config {
 		char *endpoint; /* endpoint, default tcp://127.0.0.1:7702 */
 		uint32_t hwm;   /* messages queued per subscriber before libzmq drops, 100 ..
 		                   1000000, default 1000 */
+		enum config_security security;
+		uint32_t max_connections;        /* 1 .. 1000000, default 1024 */
+		uint32_t max_subscription_bytes; /* ZMQ_MAXMSGSIZE of the socket: a bigger
+		                                    (un)subscription drops its connection,
+		                                    256 .. 64 KiB, default 1 KiB */
 	} publish;
 
 	/* [query]: the ROUTER socket for digests, history, status and stats (query) */
@@ -79,6 +104,15 @@ struct config {
 		                               default 4 MiB (at least one item is always sent) */
 		uint32_t hwm; /* answers queued per client before libzmq drops, 1 .. 100000,
 		                 default 32 */
+		enum config_security security;
+		uint32_t max_connections;           /* 1 .. 1000000, default 256 */
+		uint32_t subscriber_history_window; /* how far back (in items below the store's
+		                                       last seq) a subscriber's history request
+		                                       may start; further back (an export) needs
+		                                       an admin key. 1 .. 1000000000, default
+		                                       100000. Only on a curve query socket. */
+		uint32_t max_request_bytes; /* ZMQ_MAXMSGSIZE of the socket: a bigger frame drops
+		                               its connection, 4 KiB .. 1 MiB, default 64 KiB */
 	} query;
 
 	/* [digest] */
@@ -103,6 +137,12 @@ struct config {
 		char *listen; /* listen, numeric "host:port", default 127.0.0.1:9771; NULL when
 		                 set to "off" */
 	} metrics;
+
+	/* [security]: CURVE keys; both set or neither (then every socket is plain) */
+	struct {
+		char *secret_key_file; /* the server's secret key (auth_read_secret_key()) */
+		char *keys_file;       /* the allowlist of peers' public keys (auth_keys_load()) */
+	} security;
 
 	/* [council.<id>] sections, sorted by id */
 	struct config_council *councils;
@@ -152,6 +192,36 @@ const struct config_council *config_find_council(const struct config *c, const c
  * -EINVAL / -ERANGE.
  */
 int config_parse_size(const char *s, uint64_t *ret);
+
+/*
+ * Whether a plain (unauthenticated) socket may bind `endpoint`: ipc:// and inproc://, or
+ * tcp:// on a loopback host (127.0.0.0/8 in dotted form, [::1], localhost). The host "*",
+ * 0.0.0.0, other addresses, interface names and other transports are not. NULL is not.
+ */
+bool config_endpoint_is_local(const char *endpoint);
+
+/*
+ * "curve" or "plain"; NULL outside the enum.
+ */
+const char *config_security_to_string(enum config_security s);
+
+/*
+ * Called by config_keep_restart_keys() for each key whose change needs a restart:
+ * `section` and `key` name it (e.g. "ingest", "endpoint").
+ */
+typedef void config_restart_fn(void *data, const char *section, const char *key);
+
+/*
+ * For a reload: make `fresh` (a config just loaded, not yet shared with anyone: refs 1)
+ * keep the values of `old` for every key that the running daemon applies only at start
+ * (endpoints, socket security, HWMs, message and batch sizes, the store, state_dir,
+ * metrics.listen and [security] secret_key_file), calling `cb` (may be NULL) once per key
+ * whose value differed. Everything else (councils, log_level, limits, digest settings,
+ * [query] paging, keys_file) keeps the fresh value. Returns the number of keys kept from
+ * `old`, or -ENOMEM (then `fresh` is a mix of both and must be dropped).
+ */
+int config_keep_restart_keys(struct config *fresh, const struct config *old, config_restart_fn *cb,
+                             void *data);
 
 /*
  * Parse a numeric listen address, "HOST:PORT" or "[V6HOST]:PORT" (no names: the daemon

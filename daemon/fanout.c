@@ -40,8 +40,6 @@ _Static_assert(CONFIG_HEADLINES_MAX == DIGEST_HEADLINES_MAX, "headline limits di
 
 /* Subscription messages handled per callback before other handles get a turn. */
 #define FANOUT_RECV_BUDGET 256
-/* Frames from subscribers above this size are dropped with their connection. */
-#define FANOUT_MAXMSGSIZE 1024
 #define N_WINDOWS 3
 
 static const Coord__V1__Window windows[N_WINDOWS] = {
@@ -90,7 +88,8 @@ struct fanout {
 	struct job_scope *job;
 	size_t n_job;
 	int64_t job_now;
-	uint64_t job_started; /* uv_hrtime() */
+	unsigned job_headlines; /* read by the worker: a reload may swap cfg meanwhile */
+	uint64_t job_started;   /* uv_hrtime() */
 
 	bool closing;
 	unsigned closing_parts;
@@ -386,7 +385,7 @@ job_work(uv_work_t *req)
 		                                  .window = windows[i % N_WINDOWS]};
 	}
 	if (r == 0) {
-		r = digest_compute_many(f->digest, reqs, n, f->job_now, f->cfg->digest.headlines);
+		r = digest_compute_many(f->digest, reqs, n, f->job_now, f->job_headlines);
 	}
 	for (size_t i = 0; i < f->n_job; i++) {
 		struct job_scope *js = &f->job[i];
@@ -519,6 +518,7 @@ start_job(struct fanout *f)
 	f->n_job = f->n_todo;
 	f->n_todo = 0;
 	f->job_now = now_ms();
+	f->job_headlines = f->cfg->digest.headlines;
 	f->job_started = uv_hrtime();
 	f->counters.digest_jobs++;
 	int r = uv_queue_work(f->loop, &f->work, job_work, after_job);
@@ -647,8 +647,8 @@ set_int(void *sock, int option, int value)
 }
 
 int
-fanout_new(uv_loop_t *loop, void *zctx, struct store *store, struct digest *digest,
-           struct config *cfg, struct fanout **ret_fanout)
+fanout_new(uv_loop_t *loop, void *zctx, struct auth *auth, struct store *store,
+           struct digest *digest, struct config *cfg, struct fanout **ret_fanout)
 {
 	struct fanout *f = calloc(1, sizeof(*f));
 	int r;
@@ -662,12 +662,17 @@ fanout_new(uv_loop_t *loop, void *zctx, struct store *store, struct digest *dige
 	f->cfg = config_ref(cfg);
 
 	r = zuv_socket_new(zctx, ZMQ_XPUB, FANOUT_LINGER_MS, (int) cfg->publish.hwm,
-	                   FANOUT_MAXMSGSIZE, &f->sock);
+	                   cfg->publish.max_subscription_bytes, &f->sock);
 	if (r >= 0) {
 		r = set_int(f->sock, ZMQ_XPUB_VERBOSE, 1);
 	}
 	if (r >= 0) {
 		r = set_int(f->sock, ZMQ_XPUB_NODROP, 0);
+	}
+	/* Subscribers and admins only: item/ topics name people (docs/SECURITY.md). */
+	if (r >= 0) {
+		r = auth_socket_setup(auth, f->sock, AUTH_DOMAIN_PUBLISH,
+		                      cfg->publish.security == CONFIG_SECURITY_CURVE);
 	}
 	if (r >= 0) {
 		r = zmon_new(loop, zctx, f->sock, "publish", &f->zmon);
@@ -696,6 +701,22 @@ fanout_new(uv_loop_t *loop, void *zctx, struct store *store, struct digest *dige
 	return 0;
 fail:
 	fanout_free(f);
+	return r;
+}
+
+int
+fanout_set_config(struct fanout *f, struct config *cfg)
+{
+	struct config *old = f->cfg;
+	int r = 0;
+
+	f->cfg = config_ref(cfg);
+	if (f->timer_started && !f->closing &&
+	    cfg->digest.publish_interval_ms != old->digest.publish_interval_ms) {
+		uint64_t interval = cfg->digest.publish_interval_ms;
+		r = uv_timer_start(&f->timer, on_tick, interval, interval);
+	}
+	config_unref(old);
 	return r;
 }
 

@@ -46,6 +46,7 @@
 
 #include <uv.h>
 
+#include "auth.h"
 #include "config.h"
 #include "coord.pb-c.h"
 #include "digest.h"
@@ -82,13 +83,23 @@ struct fanout_counters {
 /*
  * Create the XPUB socket in `zctx` (ZMQ_XPUB_VERBOSE, ZMQ_XPUB_NODROP off, SNDHWM
  * cfg->publish.hwm), bind cfg->publish.endpoint, start the digest timer
- * (cfg->digest.publish_interval_ms) and count connections. `store` and `digest` are
- * borrowed and must outlive the fanout; `cfg` is referenced until fanout_free().
+ * (cfg->digest.publish_interval_ms) and count connections. The socket is secured with
+ * `auth` (ZAP domain "publish": only subscriber and admin keys connect when
+ * cfg->publish.security is curve). `auth`, `store` and `digest` are borrowed and must
+ * outlive the fanout; `cfg` is referenced until replaced or fanout_free().
  * Returns 0 and *ret_fanout, or a negative errno (from zmq_bind: -EADDRINUSE, ...; the
  * caller logs it); on error nothing is bound.
  */
-int fanout_new(uv_loop_t *loop, void *zctx, struct store *store, struct digest *digest,
-               struct config *cfg, struct fanout **ret_fanout);
+int fanout_new(uv_loop_t *loop, void *zctx, struct auth *auth, struct store *store,
+               struct digest *digest, struct config *cfg, struct fanout **ret_fanout);
+
+/*
+ * Use `cfg` (referenced; the old one released) from now on: a reload. A changed
+ * digest.publish_interval_ms restarts the timer; headlines apply from the next digest job.
+ * Returns 0 or a negative errno from uv_timer_start() (the old interval then stays).
+ * Loop thread.
+ */
+int fanout_set_config(struct fanout *f, struct config *cfg);
 
 /*
  * Publish one ACCEPTED record on its item topic. Call in seq order. Ignored once closing.

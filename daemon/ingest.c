@@ -14,6 +14,15 @@
  * on_accepted callback (fanout), from the same frames.
  *
  * Connections are counted by a zmon on the socket; it is closed before the socket.
+ *
+ * Per-sender limits (limiter.h) are checked on every message with the right framing, before
+ * validation, so that a flood of garbage is limited too: a message refused by a limit is
+ * answered RETRY_LATER (REASON_OVERLOADED) at once and changes nothing. An admitted message
+ * holds an in-flight slot of its sender from then until its Ack is handed to libzmq (at once
+ * for a REJECTED one, after the commit for the others). The sender is the authenticated
+ * peer (the message's User-Id) on a CURVE socket, where the ZAP handler sets it; on any
+ * other socket the peer could claim any User-Id in its handshake metadata, so there the
+ * connection's routing id is the sender.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -25,7 +34,9 @@
 
 #include <zmq.h>
 
+#include "auth.h"
 #include "ingest.h"
+#include "limiter.h"
 #include "log.h"
 #include "wire.h"
 #include "zmon.h"
@@ -46,6 +57,7 @@ struct msg {
 	char council[WIRE_COUNCIL_MAX + 1];
 	char msg_id[WIRE_MSG_ID_MAX + 1];
 	Coord__V1__Envelope__BodyCase body_case;
+	struct limiter_sender *sender; /* its in-flight slot, released after its Ack */
 };
 
 struct batch {
@@ -64,10 +76,15 @@ struct ingest {
 	bool zuv_started;
 	struct store *store;
 	struct config *cfg;
+	struct auth *auth;
+	bool curve;                 /* CURVE socket: the council is the key's (check_council) */
+	uint64_t refusal_log_ms;    /* start of the current second of refusal warnings */
+	unsigned refusal_log_count; /* warnings logged in it */
 	ingest_accepted_fn *on_accepted;
 	void *accepted_data;
 	struct zmon *zmon;
 	unsigned closing_parts; /* zuv and zmon still closing */
+	struct limiter *limiter;
 
 	uv_work_t work;
 	struct batch *filling;
@@ -186,14 +203,57 @@ refuse(struct ingest *in, zmq_msg_t *rid, const Coord__V1__Envelope *env,
 	send_ack(in, rid, &ack);
 }
 
+/* Refusals of identity are logged at warning, at most this many per second. */
+#define INGEST_REFUSAL_LOGS_PER_S 10
+
+static bool
+refusal_log_allowed(struct ingest *in)
+{
+	uint64_t now = uv_now(in->loop);
+
+	if (now - in->refusal_log_ms >= 1000) {
+		in->refusal_log_ms = now;
+		in->refusal_log_count = 0;
+	}
+	return in->refusal_log_count++ < INGEST_REFUSAL_LOGS_PER_S;
+}
+
 /*
  * The one place that decides whether a message may be written as the council it names.
- * The council must be registered in the config. (The security work adds: and it must be the
- * council proven by the connection's CURVE key.)
+ * On a CURVE socket the council is the one proven by the connection's key, checked against
+ * the CURRENT allowlist (auth_check_msg(), so a key removed by a reload is refused on open
+ * connections too), and the record must name that council. On every socket the council
+ * must be registered in the config.
  */
 static int
-check_council(const struct ingest *in, const Coord__V1__Envelope *env, struct wire_verdict *v)
+check_council(struct ingest *in, const zmq_msg_t *body, const Coord__V1__Envelope *env,
+              struct wire_verdict *v)
 {
+	if (in->curve) {
+		char id[AUTH_ID_MAX + 1] = "";
+		int r = auth_check_msg(in->auth, body, AUTH_ROLE_COUNCIL, id);
+		if (r < 0 || strcmp(id, env->council) != 0) {
+			v->reason = COORD__V1__REASON__REASON_UNAUTHORIZED;
+			if (r < 0) {
+				(void) snprintf(
+				        v->message, sizeof(v->message),
+				        "the sender's key is not (or no longer) allowlisted "
+				        "as a council");
+			} else {
+				(void) snprintf(
+				        v->message, sizeof(v->message),
+				        "the sender's key belongs to council '%s', not '%s'", id,
+				        env->council);
+			}
+			if (refusal_log_allowed(in)) {
+				log_warning("Rejected a record the sender's key does not allow: "
+				            "council=%s claimed='%s' msg_id='%s'",
+				            r < 0 ? "(not allowlisted)" : id, env->council,
+				            env->msg_id);
+			}
+			return -EACCES;
+		}
+	}
 	if (!config_find_council(in->cfg, env->council)) {
 		v->reason = COORD__V1__REASON__REASON_UNKNOWN_COUNCIL;
 		(void) snprintf(v->message, sizeof(v->message), "council '%s' is not registered",
@@ -284,8 +344,69 @@ recv_message(struct ingest *in, struct msg *m)
 }
 
 /*
- * Decode and validate the message in `m`. Returns 0 and fills `rec` when it should be
- * stored; otherwise answers it and returns a negative errno (frames still owned by `m`).
+ * The sender of `m` for the per-sender limits, written to `key` (LIMITER_KEY_MAX bytes):
+ * 'u' and the User-Id on a CURVE socket, else 'r' and the routing id. Returns its length.
+ */
+static size_t
+sender_key(const struct ingest *in, zmq_msg_t *body, zmq_msg_t *rid, uint8_t *key)
+{
+	const char *user = in->curve ? zmq_msg_gets(body, "User-Id") : NULL;
+	size_t len;
+
+	if (user && user[0] && (len = strnlen(user, LIMITER_KEY_MAX)) < LIMITER_KEY_MAX) {
+		key[0] = 'u';
+		memcpy(key + 1, user, len);
+		return len + 1;
+	}
+	/* libzmq caps routing ids at 255 bytes. */
+	len = zmq_msg_size(rid);
+	if (len > LIMITER_KEY_MAX - 1) {
+		len = LIMITER_KEY_MAX - 1;
+	}
+	key[0] = 'r';
+	memcpy(key + 1, zmq_msg_data(rid), len);
+	return len + 1;
+}
+
+/*
+ * Take an in-flight slot and a token of the sender of `m`. Returns 0 with m->sender set,
+ * or answers RETRY_LATER (echoing `env` when it decoded), counts the limit and returns
+ * -EAGAIN (or -ENOMEM).
+ */
+static int
+check_limits(struct ingest *in, struct msg *m, const Coord__V1__Envelope *env)
+{
+	uint8_t key[LIMITER_KEY_MAX];
+	size_t len = sender_key(in, &m->body, &m->rid, key);
+	int r = limiter_acquire(in->limiter, key, len, uv_now(in->loop), &m->sender);
+
+	switch (r) {
+	case LIMITER_ADMIT:
+		return 0;
+	case LIMITER_INFLIGHT:
+		in->counters.limit_inflight++;
+		refuse(in, &m->rid, env, COORD__V1__ACK_STATUS__ACK_STATUS_RETRY_LATER,
+		       COORD__V1__REASON__REASON_OVERLOADED,
+		       "too many messages in flight from this sender "
+		       "([ingest] max_inflight_per_council); retry after the pending acks");
+		return -EAGAIN;
+	case LIMITER_RATE:
+		in->counters.limit_rate++;
+		refuse(in, &m->rid, env, COORD__V1__ACK_STATUS__ACK_STATUS_RETRY_LATER,
+		       COORD__V1__REASON__REASON_OVERLOADED,
+		       "rate limit exceeded for this sender ([ingest] rate_limit); retry later");
+		return -EAGAIN;
+	default:
+		refuse(in, &m->rid, env, COORD__V1__ACK_STATUS__ACK_STATUS_RETRY_LATER,
+		       COORD__V1__REASON__REASON_OVERLOADED, "out of memory");
+		return r < 0 ? r : -EIO;
+	}
+}
+
+/*
+ * Decode, limit and validate the message in `m`. Returns 0 and fills `rec` when it should
+ * be stored (m->sender then holds its in-flight slot); otherwise answers it and returns a
+ * negative errno (frames still owned by `m`, no slot held).
  */
 static int
 admit(struct ingest *in, struct msg *m, struct store_record *rec, int64_t now)
@@ -294,6 +415,7 @@ admit(struct ingest *in, struct msg *m, struct store_record *rec, int64_t now)
 	struct wire_verdict verdict;
 	int r;
 
+	m->sender = NULL;
 	r = wire_unpack_envelope(zmq_msg_data(&m->body), zmq_msg_size(&m->body),
 	                         in->cfg->ingest.max_message_bytes, &env, &verdict);
 	if (r == -ENOMEM) {
@@ -301,15 +423,25 @@ admit(struct ingest *in, struct msg *m, struct store_record *rec, int64_t now)
 		       COORD__V1__REASON__REASON_OVERLOADED, "out of memory");
 		return r;
 	}
+	/* Garbage counts against the limits too; a decoded msg_id is echoed either way. */
+	int lr = check_limits(in, m, env);
+	if (lr < 0) {
+		if (env) {
+			coord__v1__envelope__free_unpacked(env, NULL);
+		}
+		return lr;
+	}
 	if (r >= 0) {
 		r = wire_validate_envelope(env, now, &verdict);
 	}
 	if (r >= 0) {
-		r = check_council(in, env, &verdict);
+		r = check_council(in, &m->body, env, &verdict);
 	}
 	if (r < 0) {
 		refuse(in, &m->rid, env, COORD__V1__ACK_STATUS__ACK_STATUS_REJECTED, verdict.reason,
 		       verdict.message);
+		limiter_release(in->limiter, m->sender, uv_now(in->loop));
+		m->sender = NULL;
 		if (env) {
 			coord__v1__envelope__free_unpacked(env, NULL);
 		}
@@ -576,6 +708,8 @@ ack_batch(struct ingest *in, struct batch *b)
 			}
 		}
 		send_ack(in, &b->msgs[i].rid, &ack);
+		limiter_release(in->limiter, b->msgs[i].sender, uv_now(in->loop));
+		b->msgs[i].sender = NULL;
 	}
 	if (b->result < 0 || !in->on_accepted) {
 		return;
@@ -707,8 +841,19 @@ set_int(void *sock, int option, int value)
 	return zmq_setsockopt(sock, option, &value, sizeof(value)) < 0 ? -zmq_errno() : 0;
 }
 
+/* The per-sender limits of a config (limiter.h). */
+static struct limiter_options
+limiter_options_of(const struct config *cfg)
+{
+	return (struct limiter_options){
+	        .max_inflight = cfg->ingest.max_inflight_per_council,
+	        .rate = cfg->ingest.rate_limit,
+	        .burst = cfg->ingest.rate_burst,
+	};
+}
+
 int
-ingest_new(uv_loop_t *loop, void *zctx, struct store *store, struct config *cfg,
+ingest_new(uv_loop_t *loop, void *zctx, struct auth *auth, struct store *store, struct config *cfg,
            ingest_accepted_fn *on_accepted, void *data, struct ingest **ret_ingest)
 {
 	struct ingest *in = calloc(1, sizeof(*in));
@@ -720,8 +865,16 @@ ingest_new(uv_loop_t *loop, void *zctx, struct store *store, struct config *cfg,
 	in->loop = loop;
 	in->store = store;
 	in->cfg = config_ref(cfg);
+	in->auth = auth;
+	in->curve = cfg->ingest.security == CONFIG_SECURITY_CURVE;
 	in->on_accepted = on_accepted;
 	in->accepted_data = data;
+
+	const struct limiter_options lo = limiter_options_of(cfg);
+	r = limiter_new(&lo, &in->limiter);
+	if (r < 0) {
+		goto fail;
+	}
 
 	in->sock = zmq_socket(zctx, ZMQ_ROUTER);
 	if (!in->sock) {
@@ -743,6 +896,9 @@ ingest_new(uv_loop_t *loop, void *zctx, struct store *store, struct config *cfg,
 	}
 	if (r >= 0 && zmq_setsockopt(in->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof(maxmsg)) < 0) {
 		r = -zmq_errno();
+	}
+	if (r >= 0) {
+		r = auth_socket_setup(auth, in->sock, AUTH_DOMAIN_INGEST, in->curve);
 	}
 	/* Monitored before binding, so that no accepted connection goes uncounted. */
 	if (r >= 0) {
@@ -788,9 +944,22 @@ ingest_set_state_fn(struct ingest *in, ingest_state_fn *fn, void *data)
 }
 
 void
+ingest_set_config(struct ingest *in, struct config *cfg)
+{
+	struct config *old = in->cfg;
+	const struct limiter_options lo = limiter_options_of(cfg);
+
+	/* config_load() checked the ranges, so the limiter takes them. */
+	(void) limiter_set_options(in->limiter, &lo);
+	in->cfg = config_ref(cfg);
+	config_unref(old);
+}
+
+void
 ingest_get_counters(const struct ingest *in, struct ingest_counters *ret_counters)
 {
 	*ret_counters = in->counters;
+	ret_counters->senders = in->limiter ? limiter_senders(in->limiter) : 0;
 }
 
 uint32_t
@@ -835,6 +1004,8 @@ ingest_free(struct ingest *in)
 	free_batch_list(in, in->filling);
 	free_batch_list(in, in->queue_head);
 	batch_free(in->spare);
+	/* After the batches: their messages' slots die with it, unreleased. */
+	in->limiter = limiter_free(in->limiter);
 	config_unref(in->cfg);
 	free(in);
 	return NULL;

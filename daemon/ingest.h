@@ -8,6 +8,14 @@
  * libzmq then queues up to the HWM and the councils' sends block or fail, which is the
  * backpressure the protocol relies on.
  *
+ * Per-sender limits: a sender (the authenticated council on a CURVE socket, else the
+ * connection) has at most cfg->ingest.max_inflight_per_council messages received and not yet
+ * acked, and sends at most cfg->ingest.rate_limit messages per second (bursts up to
+ * rate_burst). Beyond either, a message is answered RETRY_LATER with REASON_OVERLOADED at
+ * once, not stored, and counted (limit_inflight, limit_rate). Frames above
+ * max_message_bytes get REJECTED (REASON_TOO_LARGE); frames above max(1 MiB, 4 x
+ * max_message_bytes) are dropped by libzmq (ZMQ_MAXMSGSIZE) with their connection.
+ *
  * Loop thread only, except the commit itself (libuv threadpool, one batch at a time).
  */
 #pragma once
@@ -17,6 +25,7 @@
 
 #include <uv.h>
 
+#include "auth.h"
 #include "config.h"
 #include "coord.pb-c.h"
 #include "store.h"
@@ -59,6 +68,11 @@ struct ingest_counters {
 	uint64_t acks_dropped;           /* acks libzmq refused (peer gone or at its HWM) */
 	uint64_t batches;                /* committed transactions */
 	uint64_t rejected_by_reason[32]; /* indexed by Coord__V1__Reason (< 32) */
+	/* RETRY_LATER answers because a per-sender limit bit ([ingest] in the config); each
+	 * is also counted in retry_later. */
+	uint64_t limit_inflight; /* max_inflight_per_council */
+	uint64_t limit_rate;     /* rate_limit and rate_burst */
+	uint64_t senders;        /* a gauge: senders tracked by the limits now */
 
 	/* Histograms of committed batches: counts per bucket of INGEST_BATCH_BOUNDS (messages)
 	 * and INGEST_COMMIT_BOUNDS (seconds), the last entry for values above every bound. */
@@ -109,16 +123,28 @@ struct ingest_accepted {
 typedef void ingest_accepted_fn(void *data, const struct ingest_accepted *rec);
 
 /*
- * Create the ROUTER socket in `zctx`, bind cfg->ingest.endpoint and start receiving.
- * `store` is borrowed and must outlive the ingest. `cfg` is referenced (config_ref) until
- * ingest_free(). `on_accepted` (may be NULL) and `data` are borrowed until ingest_stop()
- * has called its callback; committed records are reported to it. The socket's connections
- * are counted with zmq_socket_monitor (ingest_connections()).
- * Returns 0 and *ret_ingest, or a negative errno (-EADDRINUSE, ... from zmq_bind; the caller
- * logs it); on error nothing is bound.
+ * Create the ROUTER socket in `zctx`, secure it with `auth` (auth_socket_setup() on ZAP
+ * domain "ingest", CURVE when cfg->ingest.security is curve), bind cfg->ingest.endpoint and
+ * start receiving. On a CURVE socket every record must name the council of the sender's
+ * allowlisted key, else it is REJECTED with REASON_UNAUTHORIZED (and a rate-limited
+ * warning). `auth` and `store` are borrowed and must outlive the ingest. `cfg` is
+ * referenced (config_ref) until replaced or ingest_free(). `on_accepted` (may be NULL) and `data`
+ * are borrowed until ingest_stop() has called its callback; committed records are reported to it.
+ * The socket's connections are counted with zmq_socket_monitor (ingest_connections()). Returns 0
+ * and *ret_ingest, or a negative errno (-EADDRINUSE, ... from zmq_bind; the caller logs it); on
+ * error nothing is bound.
  */
-int ingest_new(uv_loop_t *loop, void *zctx, struct store *store, struct config *cfg,
-               ingest_accepted_fn *on_accepted, void *data, struct ingest **ret_ingest);
+int ingest_new(uv_loop_t *loop, void *zctx, struct auth *auth, struct store *store,
+               struct config *cfg, ingest_accepted_fn *on_accepted, void *data,
+               struct ingest **ret_ingest);
+
+/*
+ * Use `cfg` (referenced; the old one is released) from the next message on: a reload.
+ * Batches in flight keep the record pointers they hold, not the config. The caller keeps
+ * the keys that apply only at start (endpoint, security, hwm, max_batch, ...) unchanged
+ * (config_keep_restart_keys()). Loop thread.
+ */
+void ingest_set_config(struct ingest *in, struct config *cfg);
 
 /*
  * Stop for shutdown: stop reading, commit and ack every message already received (and

@@ -1,12 +1,20 @@
 /*
- * main: arguments, startup order, signals, sd_notify, shutdown order.
+ * main: arguments, startup order, signals, sd_notify, reload, watchdog, shutdown order.
  *
- * Startup: config -> store -> digest (its store hooks, before the first write) -> zmq
- * context -> fanout (publish socket) -> query (query socket) -> ingest (councils' socket;
- * its committed records go to fanout) -> READY=1 once all three are bound.
+ * Startup: config -> the server's secret key and the keys file (when [security] is set) ->
+ * store -> digest (its store hooks, before the first write) -> zmq context -> the ZAP
+ * handler (auth, before any socket binds) -> fanout (publish socket) -> query (query
+ * socket) -> ingest (councils' socket; its committed records go to fanout) -> connection
+ * caps -> READY=1 once all three are bound.
+ * SIGHUP: RELOADING=1, re-read the config and the keys file; either both are valid and
+ * replace the running ones in every module (keys that apply only at start keep their
+ * running value, with a warning each), or nothing changes (an error names the file and
+ * line); then READY=1. Counted in coordd_reloads_total.
+ * Watchdog: when systemd sets WATCHDOG_USEC, a loop timer sends WATCHDOG=1 every half
+ * interval, so a stuck loop misses it and gets restarted; another timer refreshes STATUS=.
  * Shutdown on SIGTERM or SIGINT: STOPPING=1, ingest stops reading and commits, acks and
  * publishes what it received, its socket closes; then the query and publish sockets and the
- * metrics server close;
+ * metrics server close; then the ZAP handler (after the sockets it guards);
  * the loop runs until idle; then the zmq context, digest, store and config go.
  * Exit status: 0 after a clean stop, 78 (EX_CONFIG) for a bad config, 1 for other startup
  * failures, 2 for bad arguments.
@@ -18,13 +26,18 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stddef.h>
+#include <sys/socket.h>
 #include <sys/statvfs.h>
+#include <sys/un.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <systemd/sd-daemon.h>
 #include <uv.h>
 #include <zmq.h>
 
+#include "auth.h"
 #include "config.h"
 #include "coordd-version.h"
 #include "digest.h"
@@ -36,6 +49,10 @@
 #include "store.h"
 
 #define EXIT_USAGE 2
+/* How often STATUS= is refreshed. */
+#define STATUS_INTERVAL_MS 5000
+/* Refused handshakes logged at warning, at most this many per second. */
+#define REFUSAL_LOGS_PER_S 10
 
 static const char *arg_config = "/etc/coordd/coordd.conf";
 static bool arg_check_only = false;
@@ -50,11 +67,21 @@ struct coordd {
 	struct query *query;
 	struct ingest *ingest;
 	struct metrics *metrics;
+	struct auth *auth;
+	struct auth_keys *keys; /* the allowlist in force (NULL without [security]) */
 	uv_signal_t sigterm;
 	uv_signal_t sigint;
 	uv_signal_t sighup;
+	uv_timer_t watchdog;
+	uv_timer_t status;
 	bool stopping;
-	unsigned closing;      /* sockets (query, fanout, metrics) still closing */
+	unsigned closing; /* sockets (query, fanout, metrics) still closing */
+	uint64_t reloads_ok, reloads_failed;
+	uint64_t status_batches; /* ingest batches at the last STATUS= */
+	int64_t last_commit_at;  /* Unix ms when a new batch was first seen, 0: none */
+	char status_text[192];   /* the last STATUS= sent */
+	uint64_t refusal_log_ms; /* start of the current second of refusal warnings */
+	unsigned refusal_log_count;
 	int64_t started_at;    /* Unix ms */
 	uint64_t started_mono; /* uv_now() at start */
 };
@@ -84,7 +111,8 @@ help(void)
 	       "  -h, --help               print this help and exit\n"
 	       "\n"
 	       "Signals: SIGTERM or SIGINT stop after committing and acknowledging what was\n"
-	       "received. Documentation: docs/OPERATIONS.md.\n",
+	       "received; SIGHUP reloads the configuration and the keys file.\n"
+	       "Documentation: docs/OPERATIONS.md, docs/SECURITY.md.\n",
 	       arg_config);
 }
 
@@ -129,6 +157,20 @@ parse_argv(int argc, char **argv)
 	return 1;
 }
 
+/* "FILE:LINE: message", "FILE: message" or "FILE: strerror" for a failed file. */
+static void
+format_file_error(char *buf, size_t size, const char *path, unsigned line, const char *message,
+                  int r)
+{
+	if (line > 0) {
+		(void) snprintf(buf, size, "%s:%u: %s", path, line, message);
+	} else if (message[0]) {
+		(void) snprintf(buf, size, "%s: %s", path, message);
+	} else {
+		(void) snprintf(buf, size, "%s: %s", path, strerror(-r));
+	}
+}
+
 static int
 load_config(struct config **ret)
 {
@@ -136,18 +178,72 @@ load_config(struct config **ret)
 	int r = config_load(arg_config, ret, &err);
 
 	if (r < 0) {
-		if (err.line > 0) {
-			fprintf(stderr, "%s:%u: %s\n", arg_config, err.line, err.message);
-		} else if (err.message[0]) {
-			fprintf(stderr, "%s: %s\n", arg_config, err.message);
-		} else {
-			fprintf(stderr, "%s: %s\n", arg_config, strerror(-r));
-		}
+		char text[512];
+		format_file_error(text, sizeof(text), arg_config, err.line, err.message, r);
+		fprintf(stderr, "%s\n", text);
 	}
 	return r;
 }
 
-/* The last of the sockets is closed: nothing is left but the signal handles. */
+/*
+ * Read the allowlist named by cfg's [security] keys_file (NULL without [security]).
+ * On failure fills `text` with "FILE:LINE: reason" and returns a negative errno.
+ */
+static int
+load_keys(const struct config *cfg, struct auth_keys **ret_keys, char *text, size_t size)
+{
+	struct auth_error err = {0};
+
+	if (!cfg->security.keys_file) {
+		*ret_keys = NULL;
+		return 0;
+	}
+	int r = auth_keys_load(cfg->security.keys_file, ret_keys, &err);
+	if (r < 0) {
+		format_file_error(text, size, cfg->security.keys_file, err.line, err.message, r);
+	}
+	return r;
+}
+
+/*
+ * Read the server's secret key (and check its file's mode) when [security] is set;
+ * `ret_secret` is "" without it. On failure fills `text` and returns a negative errno.
+ */
+static int
+load_secret(const struct config *cfg, char ret_secret[AUTH_KEY_Z85_LEN + 1], char *text,
+            size_t size)
+{
+	struct auth_error err = {0};
+	char public[AUTH_KEY_Z85_LEN + 1];
+
+	ret_secret[0] = '\0';
+	if (!cfg->security.secret_key_file) {
+		return 0;
+	}
+	int r = auth_read_secret_key(cfg->security.secret_key_file, ret_secret, public, &err);
+	if (r < 0) {
+		format_file_error(text, size, cfg->security.secret_key_file, err.line, err.message,
+		                  r);
+		return r;
+	}
+	log_info("Server public key: %s (give it to clients)", public);
+	return 0;
+}
+
+/* The ZAP handler is closed (or never was): nothing is left but signals and timers. */
+static void
+on_auth_closed(void *data)
+{
+	struct coordd *d = data;
+
+	uv_close((uv_handle_t *) &d->sigterm, NULL);
+	uv_close((uv_handle_t *) &d->sigint, NULL);
+	uv_close((uv_handle_t *) &d->sighup, NULL);
+	uv_close((uv_handle_t *) &d->watchdog, NULL);
+	uv_close((uv_handle_t *) &d->status, NULL);
+}
+
+/* The last of the sockets is closed: the ZAP handler that guarded them may go now. */
 static void
 on_socket_closed(void *data)
 {
@@ -156,9 +252,11 @@ on_socket_closed(void *data)
 	if (d->closing > 0 && --d->closing > 0) {
 		return;
 	}
-	uv_close((uv_handle_t *) &d->sigterm, NULL);
-	uv_close((uv_handle_t *) &d->sigint, NULL);
-	uv_close((uv_handle_t *) &d->sighup, NULL);
+	if (d->auth) {
+		auth_close(d->auth, on_auth_closed, d);
+	} else {
+		on_auth_closed(d);
+	}
 }
 
 /* Ingest is done (everything it received is committed, acked and published): close the
@@ -288,6 +386,19 @@ render_metrics(void *data, struct metrics_text *t)
 			                    (double) c.rejected_by_reason[i]);
 		}
 	}
+	metrics_text_family(t, "coordd_limit_hits_total", "counter",
+	                    "Messages refused because a limit bit, by the limit's config key.");
+	metrics_text_sample(t, "coordd_limit_hits_total", "limit=\"max_message_bytes\"",
+	                    (double) c.rejected_by_reason[COORD__V1__REASON__REASON_TOO_LARGE]);
+	metrics_text_sample(t, "coordd_limit_hits_total", "limit=\"max_inflight_per_council\"",
+	                    (double) c.limit_inflight);
+	metrics_text_sample(t, "coordd_limit_hits_total", "limit=\"rate_limit\"",
+	                    (double) c.limit_rate);
+	metrics_text_sample(t, "coordd_limit_hits_total", "limit=\"query_request_bytes\"",
+	                    (double) qc.too_large);
+	render_gauge(t, "coordd_limit_senders",
+	             "Ingest senders tracked by the per-sender limits (in flight or refilling).",
+	             (double) c.senders);
 	render_counter(t, "coordd_acks_dropped_total",
 	               "Acks libzmq refused to queue (peer gone or at its HWM).", c.acks_dropped);
 	render_counter(t, "coordd_batches_total", "Committed write transactions.", c.batches);
@@ -324,6 +435,36 @@ render_metrics(void *data, struct metrics_text *t)
 	                    d->fanout ? fanout_connections(d->fanout) : 0);
 	metrics_text_sample(t, "coordd_connections", "socket=\"query\"",
 	                    d->query ? query_connections(d->query) : 0);
+
+	/* Security: handshakes, connection caps, refused queries, reloads. */
+	if (d->auth) {
+		struct auth_counters ac;
+		auth_get_counters(d->auth, &ac);
+		metrics_text_family(t, "coordd_handshakes_total", "counter",
+		                    "Connection handshakes decided by the ZAP handler, by result.");
+		metrics_text_sample(t, "coordd_handshakes_total", "result=\"accepted\"",
+		                    (double) ac.accepted);
+		metrics_text_sample(t, "coordd_handshakes_total", "result=\"refused\"",
+		                    (double) ac.refused);
+		metrics_text_sample(t, "coordd_handshakes_total", "result=\"malformed\"",
+		                    (double) ac.malformed);
+		metrics_text_family(t, "coordd_connections_refused_total", "counter",
+		                    "Connections refused because the socket had max_connections.");
+		static const char *const domains[] = {AUTH_DOMAIN_INGEST, AUTH_DOMAIN_PUBLISH,
+		                                      AUTH_DOMAIN_QUERY};
+		for (size_t i = 0; i < 3; i++) {
+			(void) snprintf(labels, sizeof(labels), "socket=\"%s\"", domains[i]);
+			metrics_text_sample(t, "coordd_connections_refused_total", labels,
+			                    (double) auth_limit_refused(d->auth, domains[i]));
+		}
+	}
+	render_counter(t, "coordd_query_refused_total",
+	               "Query requests refused because of the sender's key or role.", qc.refused);
+	metrics_text_family(t, "coordd_reloads_total", "counter",
+	                    "Configuration reloads (SIGHUP), by result.");
+	metrics_text_sample(t, "coordd_reloads_total", "result=\"ok\"", (double) d->reloads_ok);
+	metrics_text_sample(t, "coordd_reloads_total", "result=\"failed\"",
+	                    (double) d->reloads_failed);
 
 	if (store_get_stats(d->store, &st) >= 0) {
 		render_gauge(t, "coordd_store_last_seq", "Highest seq stored.",
@@ -403,13 +544,254 @@ check_health(void *data, struct metrics_text *t)
 	return true;
 }
 
-/* SIGHUP must not stop the broker (its default action would). Reloading the config in
- * place is not built yet: say so, and keep serving with the config in force. */
+/*
+ * sd_notify() that never blocks. libsystemd's send blocks while the receiver's queue is
+ * full (net.unix.max_dgram_qlen, 10 by default): a notify socket nobody reads would stall
+ * the loop, and with it the broker. Here such a message is dropped instead. Returns 1 when
+ * sent, 0 without $NOTIFY_SOCKET, or a negative errno (dropped).
+ */
+static int
+notify(const char *text)
+{
+	const char *path = getenv("NOTIFY_SOCKET");
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+
+	if (!path || !*path) {
+		return 0;
+	}
+	size_t n = strlen(path);
+	if ((path[0] != '/' && path[0] != '@') || n >= sizeof(sa.sun_path)) {
+		return -EINVAL;
+	}
+	memcpy(sa.sun_path, path, n);
+	if (path[0] == '@') {
+		sa.sun_path[0] = '\0'; /* abstract namespace */
+	}
+	int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0) {
+		return -errno;
+	}
+	socklen_t len = (socklen_t) (offsetof(struct sockaddr_un, sun_path) + n);
+	ssize_t sent = sendto(fd, text, strlen(text), MSG_NOSIGNAL | MSG_DONTWAIT,
+	                      (const struct sockaddr *) &sa, len);
+	int r = sent < 0 ? -errno : 1;
+	(void) close(fd);
+	return r;
+}
+
+/*
+ * A one-line summary for systemd: connections, what is stored, the last commit. With
+ * `extra` "" (the periodic refresh) it is sent only when it changed, so that a slow reader
+ * is not flooded.
+ */
+static void
+notify_status(struct coordd *d, const char *extra)
+{
+	struct ingest_counters c = {0};
+	struct store_stats st = {0};
+	char last[64] = "no commit yet";
+	char status[sizeof(d->status_text)];
+	char text[sizeof(d->status_text) + 64];
+
+	if (d->ingest) {
+		ingest_get_counters(d->ingest, &c);
+	}
+	(void) store_get_stats(d->store, &st);
+	if (c.batches != d->status_batches) {
+		d->status_batches = c.batches;
+		d->last_commit_at = now_ms();
+	}
+	if (d->last_commit_at > 0) {
+		time_t t = (time_t) (d->last_commit_at / 1000);
+		struct tm tm;
+		(void) gmtime_r(&t, &tm);
+		(void) strftime(last, sizeof(last), "last commit %Y-%m-%dT%H:%M:%SZ", &tm);
+	}
+	(void) snprintf(status, sizeof(status),
+	                "Serving: %" PRIu32 " council connections, %" PRIu64
+	                " records stored (seq %" PRIu64 "), %s",
+	                d->ingest ? ingest_connections(d->ingest) : 0, st.records, st.last_seq,
+	                last);
+	if (!extra[0] && strcmp(status, d->status_text) == 0) {
+		return;
+	}
+	memcpy(d->status_text, status, sizeof(status));
+	(void) snprintf(text, sizeof(text), "%sSTATUS=%s", extra, status);
+	(void) notify(text);
+}
+
+static void
+on_status_timer(uv_timer_t *h)
+{
+	notify_status(h->data, "");
+}
+
+/* From the loop itself: a loop stuck elsewhere stops these, and systemd restarts us. */
+static void
+on_watchdog_timer(uv_timer_t *h)
+{
+	(void) notify("WATCHDOG=1");
+}
+
+/* config_restart_fn: a key the running daemon cannot change. */
+static void
+warn_restart_key(void *data, const char *section, const char *key)
+{
+	log_warning("Reload: [%s] %s changed, but it applies only at start: restart coordd to "
+	            "apply it; keeping the running value",
+	            section, key);
+}
+
+static int apply_limits(struct coordd *d);
+
+/*
+ * SIGHUP: re-read the config file and the keys file; apply both, or neither. Open
+ * connections stay; the new allowlist decides new handshakes and every later message.
+ */
 static void
 on_sighup(uv_signal_t *h, int signum)
 {
-	log_warning("Received SIGHUP: reloading the configuration is not supported yet; "
-	            "restart coordd to apply changes, ignoring");
+	struct coordd *d = h->data;
+	struct config *fresh = NULL;
+	struct auth_keys *keys = NULL;
+	struct config_error err = {0};
+	char text[512];
+	int r;
+
+	if (d->stopping) {
+		return;
+	}
+	char reloading[96];
+	struct timespec mono;
+	(void) clock_gettime(CLOCK_MONOTONIC, &mono);
+	(void) snprintf(reloading, sizeof(reloading),
+	                "RELOADING=1\nMONOTONIC_USEC=%" PRIu64 "\nSTATUS=Reloading",
+	                (uint64_t) mono.tv_sec * 1000000 + (uint64_t) mono.tv_nsec / 1000);
+	(void) notify(reloading);
+	log_notice("Received SIGHUP, reloading '%s'", arg_config);
+	r = config_load(arg_config, &fresh, &err);
+	if (r < 0) {
+		format_file_error(text, sizeof(text), arg_config, err.line, err.message, r);
+		log_error("Reload failed: %s; keeping the running configuration", text);
+		goto failed;
+	}
+	if (!fresh->security.keys_file && d->cfg->security.keys_file) {
+		/* [security] went away: the sockets stay CURVE until a restart, so the keys
+		 * they need stay too. */
+		log_warning("Reload: [security] was removed, but it applies only at start: "
+		            "restart coordd to apply it; keeping the running keys file");
+		fresh->security.keys_file = strdup(d->cfg->security.keys_file);
+		if (!fresh->security.keys_file) {
+			log_error(
+			        "Reload failed: out of memory; keeping the running configuration");
+			goto failed;
+		}
+	}
+	r = load_keys(fresh, &keys, text, sizeof(text));
+	if (r < 0) {
+		log_error("Reload failed: %s; keeping the running configuration and keys", text);
+		goto failed;
+	}
+	r = config_keep_restart_keys(fresh, d->cfg, warn_restart_key, d);
+	if (r < 0) {
+		log_error_errno(r, "Reload failed; keeping the running configuration");
+		goto failed;
+	}
+
+	/* Nothing can fail from here on but the timer restart, which keeps the old timer. */
+	log_set_level((enum log_level) fresh->log_level);
+	ingest_set_config(d->ingest, fresh);
+	query_set_config(d->query, fresh);
+	r = fanout_set_config(d->fanout, fresh);
+	if (r < 0) {
+		log_warning_errno(r, "Reload: failed to restart the digest timer, ignoring");
+	}
+	if (d->auth && d->cfg->security.keys_file) {
+		auth_set_keys(d->auth, keys);
+		(void) auth_keys_unref(d->keys);
+		d->keys = keys;
+		keys = NULL;
+	}
+	(void) auth_keys_unref(keys);
+	config_unref(d->cfg);
+	d->cfg = fresh;
+	(void) apply_limits(d);
+	d->reloads_ok++;
+	log_notice("Reloaded '%s': %zu councils, %zu keys", arg_config, d->cfg->n_councils,
+	           d->keys ? auth_keys_count(d->keys) : (size_t) 0);
+	notify_status(d, "READY=1\n");
+	return;
+
+failed:
+	(void) auth_keys_unref(keys);
+	config_unref(fresh);
+	d->reloads_failed++;
+	notify_status(d, "READY=1\n");
+}
+
+/* auth_event_fn: refused handshakes are warnings (rate-limited: peers may retry at will). */
+static void
+on_auth_event(const struct auth_event *ev, void *data)
+{
+	struct coordd *d = data;
+
+	if (ev->status == 200) {
+		log_debug("Accepted a connection: domain=%s user='%s' address='%s'", ev->domain,
+		          ev->user_id, ev->address);
+		return;
+	}
+	uint64_t now = uv_now(&d->loop);
+	if (now - d->refusal_log_ms >= 1000) {
+		d->refusal_log_ms = now;
+		d->refusal_log_count = 0;
+	}
+	if (d->refusal_log_count++ < REFUSAL_LOGS_PER_S) {
+		log_warning("Refused a connection: reason='%s' domain=%s mechanism=%s "
+		            "address='%s' key=%s",
+		            ev->reason, ev->domain, ev->mechanism, ev->address,
+		            ev->key_z85[0] ? ev->key_z85 : "-");
+	}
+}
+
+static uint32_t
+count_ingest(void *data)
+{
+	struct coordd *d = data;
+
+	return d->ingest ? ingest_connections(d->ingest) : 0;
+}
+
+static uint32_t
+count_publish(void *data)
+{
+	struct coordd *d = data;
+
+	return d->fanout ? fanout_connections(d->fanout) : 0;
+}
+
+static uint32_t
+count_query(void *data)
+{
+	struct coordd *d = data;
+
+	return d->query ? query_connections(d->query) : 0;
+}
+
+/* The connection caps of the three sockets, from the config in force. */
+static int
+apply_limits(struct coordd *d)
+{
+	int r = auth_set_limit(d->auth, AUTH_DOMAIN_INGEST, d->cfg->ingest.max_connections,
+	                       count_ingest, d);
+	if (r >= 0) {
+		r = auth_set_limit(d->auth, AUTH_DOMAIN_PUBLISH, d->cfg->publish.max_connections,
+		                   count_publish, d);
+	}
+	if (r >= 0) {
+		r = auth_set_limit(d->auth, AUTH_DOMAIN_QUERY, d->cfg->query.max_connections,
+		                   count_query, d);
+	}
+	return r;
 }
 
 static void
@@ -423,7 +805,7 @@ on_signal(uv_signal_t *h, int signum)
 	d->stopping = true;
 	log_notice("Received %s, stopping: committing and acknowledging what was received",
 	           strsignal(signum));
-	(void) sd_notify(0, "STOPPING=1\nSTATUS=Stopping");
+	(void) notify("STOPPING=1\nSTATUS=Stopping");
 	ingest_stop(d->ingest, on_ingest_stopped, d);
 }
 
@@ -460,9 +842,24 @@ run(struct coordd *d)
 
 	/* Initialised first so that every exit path can close them. */
 	d->sigterm.data = d->sigint.data = d->sighup.data = d;
+	d->watchdog.data = d->status.data = d;
 	(void) uv_signal_init(&d->loop, &d->sigterm);
 	(void) uv_signal_init(&d->loop, &d->sigint);
 	(void) uv_signal_init(&d->loop, &d->sighup);
+	(void) uv_timer_init(&d->loop, &d->watchdog);
+	(void) uv_timer_init(&d->loop, &d->status);
+
+	/* Keys before anything else opens: a bad key file is a config error (exit 78). */
+	char secret[AUTH_KEY_Z85_LEN + 1];
+	char text[512];
+	r = load_secret(d->cfg, secret, text, sizeof(text));
+	if (r >= 0) {
+		r = load_keys(d->cfg, &d->keys, text, sizeof(text));
+	}
+	if (r < 0) {
+		log_error("%s", text);
+		return -EKEYREJECTED;
+	}
 
 	const struct store_options so = {
 	        .dir = d->cfg->state_dir,
@@ -502,25 +899,45 @@ run(struct coordd *d)
 	}
 	d->started_at = now_ms();
 	d->started_mono = uv_now(&d->loop);
-	r = fanout_new(&d->loop, d->zctx, d->store, d->digest, d->cfg, &d->fanout);
+
+	/* The ZAP handler is bound before any socket, so no handshake goes unchecked. */
+	r = auth_new(&d->loop, d->zctx, d->keys, &d->auth);
+	if (r >= 0 && secret[0]) {
+		r = auth_set_server_key(d->auth, secret);
+	}
+	explicit_bzero(secret, sizeof(secret));
+	if (r < 0) {
+		return log_error_errno(r, "Failed to start the ZAP handler");
+	}
+	auth_set_event_cb(d->auth, on_auth_event, d);
+
+	r = fanout_new(&d->loop, d->zctx, d->auth, d->store, d->digest, d->cfg, &d->fanout);
 	if (r < 0) {
 		return log_error_errno(r, "Failed to set up the publish socket on '%s'",
 		                       d->cfg->publish.endpoint);
 	}
-	log_notice("Publishing digests and records on %s", d->cfg->publish.endpoint);
-	r = query_new(&d->loop, d->zctx, d->store, d->digest, d->cfg, fill_stats, d, &d->query);
+	log_notice("Publishing digests and records on %s (%s)", d->cfg->publish.endpoint,
+	           config_security_to_string(d->cfg->publish.security));
+	r = query_new(&d->loop, d->zctx, d->auth, d->store, d->digest, d->cfg, fill_stats, d,
+	              &d->query);
 	if (r < 0) {
 		return log_error_errno(r, "Failed to set up the query socket on '%s'",
 		                       d->cfg->query.endpoint);
 	}
-	log_notice("Answering queries on %s", d->cfg->query.endpoint);
-	r = ingest_new(&d->loop, d->zctx, d->store, d->cfg, on_accepted, d, &d->ingest);
+	log_notice("Answering queries on %s (%s)", d->cfg->query.endpoint,
+	           config_security_to_string(d->cfg->query.security));
+	r = ingest_new(&d->loop, d->zctx, d->auth, d->store, d->cfg, on_accepted, d, &d->ingest);
 	if (r < 0) {
 		return log_error_errno(r, "Failed to set up ingest on '%s'",
 		                       d->cfg->ingest.endpoint);
 	}
-	log_notice("Listening for councils on %s", d->cfg->ingest.endpoint);
+	log_notice("Listening for councils on %s (%s)", d->cfg->ingest.endpoint,
+	           config_security_to_string(d->cfg->ingest.security));
 	ingest_set_state_fn(d->ingest, on_store_state, d);
+	r = apply_limits(d);
+	if (r < 0) {
+		return log_error_errno(r, "Failed to set the connection limits");
+	}
 
 	if (d->cfg->metrics.listen) {
 		char host[64];
@@ -545,13 +962,29 @@ run(struct coordd *d)
 	if (r < 0) {
 		return log_error_errno(r, "Failed to install signal handlers");
 	}
+	uint64_t watchdog_usec = 0;
+	if (sd_watchdog_enabled(0, &watchdog_usec) > 0 && watchdog_usec > 0) {
+		uint64_t every = watchdog_usec / 2000;
+		r = uv_timer_start(&d->watchdog, on_watchdog_timer, every ? every : 1,
+		                   every ? every : 1);
+		if (r < 0) {
+			return log_error_errno(r, "Failed to start the watchdog timer");
+		}
+		log_info("Watchdog: pinging systemd every %" PRIu64 " ms", every);
+	}
+	r = uv_timer_start(&d->status, on_status_timer, STATUS_INTERVAL_MS, STATUS_INTERVAL_MS);
+	if (r < 0) {
+		return log_error_errno(r, "Failed to start the status timer");
+	}
 
 	struct store_stats st = {0};
 	(void) store_get_stats(d->store, &st);
 	log_notice("coordd %s ready: %zu councils, store '%s' at seq %" PRIu64, COORDD_VERSION,
 	           d->cfg->n_councils, d->cfg->state_dir, st.last_seq);
-	(void) sd_notifyf(0, "READY=1\nSTATUS=Serving %zu councils, store at seq %" PRIu64,
-	                  d->cfg->n_councils, st.last_seq);
+	notify_status(d, "READY=1\n");
+	if (watchdog_usec > 0) {
+		(void) notify("WATCHDOG=1");
+	}
 
 	(void) uv_run(&d->loop, UV_RUN_DEFAULT);
 	log_summary(d);
@@ -576,9 +1009,23 @@ main(int argc, char **argv)
 		return r == -EINVAL ? CONFIG_EXIT_INVALID : EXIT_FAILURE;
 	}
 	if (arg_check_only) {
-		printf("%s: OK (%zu councils)\n", arg_config, d.cfg->n_councils);
+		/* The key files are part of the configuration: check them too. */
+		char secret[AUTH_KEY_Z85_LEN + 1], text[512];
+		struct auth_keys *keys = NULL;
+		r = load_secret(d.cfg, secret, text, sizeof(text));
+		explicit_bzero(secret, sizeof(secret));
+		if (r >= 0) {
+			r = load_keys(d.cfg, &keys, text, sizeof(text));
+		}
+		if (r < 0) {
+			fprintf(stderr, "%s\n", text);
+		} else {
+			printf("%s: OK (%zu councils, %zu keys)\n", arg_config, d.cfg->n_councils,
+			       keys ? auth_keys_count(keys) : (size_t) 0);
+		}
+		(void) auth_keys_unref(keys);
 		config_unref(d.cfg);
-		return EXIT_SUCCESS;
+		return r < 0 ? CONFIG_EXIT_INVALID : EXIT_SUCCESS;
 	}
 
 	r = uv_loop_init(&d.loop);
@@ -600,6 +1047,8 @@ main(int argc, char **argv)
 	d.ingest = ingest_free(d.ingest);
 	d.query = query_free(d.query);
 	d.fanout = fanout_free(d.fanout);
+	d.auth = auth_free(d.auth);
+	d.keys = auth_keys_unref(d.keys);
 	if (d.zctx) {
 		(void) zmq_ctx_term(d.zctx);
 	}
@@ -610,5 +1059,8 @@ main(int argc, char **argv)
 		log_warning("Event loop still had open handles at exit");
 	}
 	config_unref(d.cfg);
+	if (r == -EKEYREJECTED) {
+		return CONFIG_EXIT_INVALID;
+	}
 	return r < 0 ? EXIT_FAILURE : EXIT_SUCCESS;
 }

@@ -23,6 +23,7 @@
 
 #include <zmq.h>
 
+#include "auth.h"
 #include "iso.h"
 #include "log.h"
 #include "query.h"
@@ -58,6 +59,8 @@ struct query {
 	struct store *store;
 	struct digest *digest;
 	struct config *cfg;
+	struct auth *auth;
+	bool curve; /* CURVE socket: requests are checked against the sender's role */
 	query_stats_fn *stats_fn;
 	void *stats_data;
 
@@ -245,13 +248,26 @@ council_id_valid(const char *id)
 	return true;
 }
 
+/* query_parse_request()'s refusal: the sentence for QueryError.message. Returns r. */
+static int refuse(char *err, int r, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
 static int
-do_digest(struct query *q, const Coord__V1__QueryRequest *req, struct answer *a)
+refuse(char *err, int r, const char *fmt, ...)
 {
-	const Coord__V1__DigestRequest *dr = req->digest;
+	va_list ap;
+
+	va_start(ap, fmt);
+	(void) vsnprintf(err, QUERY_ERROR_MAX, fmt, ap);
+	va_end(ap);
+	return r;
+}
+
+static int
+check_digest(struct query_request *qr, char *err)
+{
+	const Coord__V1__DigestRequest *dr = qr->msg->digest;
 	Coord__V1__ScopeKind kind = COORD__V1__SCOPE_KIND__SCOPE_KIND_ALL;
 	const char *id = "";
-	uint64_t rid = req->request_id;
 
 	if (dr->scope && dr->scope->kind != COORD__V1__SCOPE_KIND__SCOPE_KIND_UNSPECIFIED) {
 		kind = dr->scope->kind;
@@ -262,32 +278,30 @@ do_digest(struct query *q, const Coord__V1__QueryRequest *req, struct answer *a)
 	switch (kind) {
 	case COORD__V1__SCOPE_KIND__SCOPE_KIND_ALL:
 		if (id[0]) {
-			return answer_error(
-			        q, rid, a,
-			        "digest.scope.id must be empty for the whole campaign "
-			        "(SCOPE_KIND_ALL); set scope.kind to COUNCIL or COUNTRY");
+			return refuse(err, -EINVAL,
+			              "digest.scope.id must be empty for the whole campaign "
+			              "(SCOPE_KIND_ALL); set scope.kind to COUNCIL or COUNTRY");
 		}
 		break;
 	case COORD__V1__SCOPE_KIND__SCOPE_KIND_COUNCIL:
 		if (!council_id_valid(id)) {
-			return answer_error(q, rid, a,
-			                    "digest.scope.id '%s' is not a council id (1 to %d of "
-			                    "a-z, 0-9, '_', '-')",
-			                    quotable(id), WIRE_COUNCIL_MAX);
+			return refuse(err, -EINVAL,
+			              "digest.scope.id '%s' is not a council id (1 to %d of "
+			              "a-z, 0-9, '_', '-')",
+			              quotable(id), WIRE_COUNCIL_MAX);
 		}
 		break;
 	case COORD__V1__SCOPE_KIND__SCOPE_KIND_COUNTRY:
 		if (!iso_country_valid(id)) {
-			return answer_error(
-			        q, rid, a,
-			        "digest.scope.id '%s' is not an ISO 3166-1 alpha-2 country "
-			        "code (upper case, e.g. FR)",
-			        quotable(id));
+			return refuse(err, -EINVAL,
+			              "digest.scope.id '%s' is not an ISO 3166-1 alpha-2 country "
+			              "code (upper case, e.g. FR)",
+			              quotable(id));
 		}
 		break;
 	default:
-		return answer_error(q, rid, a, "digest.scope.kind %d is not a known ScopeKind",
-		                    (int) kind);
+		return refuse(err, -EINVAL, "digest.scope.kind %d is not a known ScopeKind",
+		              (int) kind);
 	}
 
 	Coord__V1__Window window = dr->window;
@@ -299,23 +313,118 @@ do_digest(struct query *q, const Coord__V1__QueryRequest *req, struct answer *a)
 	case COORD__V1__WINDOW__WINDOW_LAST_24H:
 	case COORD__V1__WINDOW__WINDOW_LAST_1H:
 		if (dr->start != 0 || dr->end != 0) {
-			return answer_error(
-			        q, rid, a, "digest.start and digest.end are only for WINDOW_RANGE");
+			return refuse(err, -EINVAL,
+			              "digest.start and digest.end are only for WINDOW_RANGE");
 		}
 		break;
 	case COORD__V1__WINDOW__WINDOW_RANGE:
 		if (dr->start < 0 || dr->end <= dr->start) {
-			return answer_error(
-			        q, rid, a,
-			        "digest: WINDOW_RANGE needs 0 <= start < end (Unix ms), "
-			        "got start %" PRId64 ", end %" PRId64,
-			        dr->start, dr->end);
+			return refuse(err, -EINVAL,
+			              "digest: WINDOW_RANGE needs 0 <= start < end (Unix ms), "
+			              "got start %" PRId64 ", end %" PRId64,
+			              dr->start, dr->end);
 		}
 		break;
 	default:
-		return answer_error(q, rid, a, "digest.window %d is not a known Window",
-		                    (int) window);
+		return refuse(err, -EINVAL, "digest.window %d is not a known Window", (int) window);
 	}
+	qr->scope_kind = kind;
+	qr->scope_id = id;
+	qr->window = window;
+	return 0;
+}
+
+static int
+check_history(struct query_request *qr, char *err)
+{
+	const Coord__V1__HistoryRequest *hr = qr->msg->history;
+
+	if (hr->council && hr->council[0] && !council_id_valid(hr->council)) {
+		return refuse(err, -EINVAL,
+		              "history.council '%s' is not a council id (1 to %d of a-z, "
+		              "0-9, '_', '-')",
+		              quotable(hr->council), WIRE_COUNCIL_MAX);
+	}
+	qr->council = hr->council && hr->council[0] ? hr->council : NULL;
+	return 0;
+}
+
+static int
+check_status(struct query_request *qr, char *err)
+{
+	const Coord__V1__StatusRequest *sr = qr->msg->status;
+	const char *council = sr->council ? sr->council : "";
+	const char *msg_id = sr->msg_id ? sr->msg_id : "";
+
+	if (!council_id_valid(council)) {
+		return refuse(err, -EINVAL,
+		              "status.council '%s' is not a council id (1 to %d of a-z, 0-9, "
+		              "'_', '-')",
+		              quotable(council), WIRE_COUNCIL_MAX);
+	}
+	size_t idlen = strlen(msg_id);
+	if (idlen == 0 || idlen > WIRE_MSG_ID_MAX) {
+		return refuse(err, -EINVAL, "status.msg_id must hold 1 to %d bytes",
+		              WIRE_MSG_ID_MAX);
+	}
+	qr->council = council;
+	qr->msg_id = msg_id;
+	return 0;
+}
+
+int
+query_parse_request(const uint8_t *buf, size_t len, struct query_request *ret,
+                    char err[QUERY_ERROR_MAX])
+{
+	*ret = (struct query_request){.msg = NULL};
+	err[0] = '\0';
+	if (len > QUERY_REQUEST_MAX) {
+		return refuse(err, -E2BIG,
+		              "request of %zu bytes exceeds the limit of %d bytes; a "
+		              "QueryRequest is one frame",
+		              len, QUERY_REQUEST_MAX);
+	}
+	ret->msg = coord__v1__query_request__unpack(NULL, len, buf);
+	if (!ret->msg) {
+		return refuse(err, -EBADMSG,
+		              "not a QueryRequest: the frame does not decode as "
+		              "coord.v1.QueryRequest");
+	}
+	ret->request_id = ret->msg->request_id;
+	ret->body = ret->msg->body_case;
+	switch (ret->body) {
+	case COORD__V1__QUERY_REQUEST__BODY_DIGEST:
+		return check_digest(ret, err);
+	case COORD__V1__QUERY_REQUEST__BODY_HISTORY:
+		return check_history(ret, err);
+	case COORD__V1__QUERY_REQUEST__BODY_STATUS:
+		return check_status(ret, err);
+	case COORD__V1__QUERY_REQUEST__BODY_STATS:
+		return 0;
+	default:
+		return refuse(err, -EINVAL,
+		              "empty or unknown request: set one of digest, history, status, "
+		              "stats");
+	}
+}
+
+void
+query_request_done(struct query_request *qr)
+{
+	if (qr->msg) {
+		coord__v1__query_request__free_unpacked(qr->msg, NULL);
+	}
+	*qr = (struct query_request){.msg = NULL};
+}
+
+static int
+do_digest(struct query *q, const struct query_request *qr, struct answer *a)
+{
+	const Coord__V1__DigestRequest *dr = qr->msg->digest;
+	Coord__V1__ScopeKind kind = qr->scope_kind;
+	const char *id = qr->scope_id;
+	Coord__V1__Window window = qr->window;
+	uint64_t rid = qr->request_id;
 
 	unsigned headlines = dr->headlines ? dr->headlines : q->cfg->digest.headlines;
 	Coord__V1__Digest *dg = NULL;
@@ -379,25 +488,19 @@ scan_history(void *data, uint64_t seq, const uint8_t *item, size_t len, bool liv
 }
 
 static int
-do_history(struct query *q, const Coord__V1__QueryRequest *req, struct answer *a)
+do_history(struct query *q, const struct query_request *qr, struct answer *a)
 {
-	const Coord__V1__HistoryRequest *hr = req->history;
+	const Coord__V1__HistoryRequest *hr = qr->msg->history;
 	const struct config *cfg = q->cfg;
-	uint64_t rid = req->request_id;
+	uint64_t rid = qr->request_id;
 	uint64_t last_seq = 0;
 
-	if (hr->council && hr->council[0] && !council_id_valid(hr->council)) {
-		return answer_error(q, rid, a,
-		                    "history.council '%s' is not a council id (1 to %d of a-z, "
-		                    "0-9, '_', '-')",
-		                    quotable(hr->council), WIRE_COUNCIL_MAX);
-	}
 	uint32_t limit = hr->limit ? hr->limit : cfg->query.history_limit;
 	if (limit > cfg->query.history_limit_max) {
 		limit = cfg->query.history_limit_max;
 	}
 	struct history_scan h = {
-	        .council = hr->council && hr->council[0] ? hr->council : NULL,
+	        .council = qr->council,
 	        .limit = limit,
 	        .bytes_max = cfg->query.history_bytes_max,
 	        .a = a,
@@ -470,29 +573,17 @@ scan_one_item(void *data, uint64_t seq, const uint8_t *item, size_t len, bool li
 }
 
 static int
-do_status(struct query *q, const Coord__V1__QueryRequest *req, struct answer *a)
+do_status(struct query *q, const struct query_request *qr, struct answer *a)
 {
-	const Coord__V1__StatusRequest *sr = req->status;
-	uint64_t rid = req->request_id;
-	const char *council = sr->council ? sr->council : "";
-	const char *msg_id = sr->msg_id ? sr->msg_id : "";
+	uint64_t rid = qr->request_id;
+	const char *council = qr->council;
+	const char *msg_id = qr->msg_id;
 	Coord__V1__RecordStatus st = COORD__V1__RECORD_STATUS__INIT;
 	Coord__V1__Item *item = NULL;
 	uint64_t seq = 0;
 	uint32_t revision = 0;
 	bool retracted = false;
 
-	if (!council_id_valid(council)) {
-		return answer_error(q, rid, a,
-		                    "status.council '%s' is not a council id (1 to %d of a-z, 0-9, "
-		                    "'_', '-')",
-		                    quotable(council), WIRE_COUNCIL_MAX);
-	}
-	size_t idlen = strlen(msg_id);
-	if (idlen == 0 || idlen > WIRE_MSG_ID_MAX) {
-		return answer_error(q, rid, a, "status.msg_id must hold 1 to %d bytes",
-		                    WIRE_MSG_ID_MAX);
-	}
 	int r = store_lookup(q->store, council, msg_id, &seq, &revision, &retracted);
 	if (r == 0 && seq > 0) {
 		r = store_scan_items(q->store, seq - 1, false, 1, scan_one_item, &item, NULL);
@@ -524,8 +615,9 @@ do_status(struct query *q, const Coord__V1__QueryRequest *req, struct answer *a)
 }
 
 static int
-do_stats(struct query *q, const Coord__V1__QueryRequest *req, struct answer *a)
+do_stats(struct query *q, const struct query_request *qr, struct answer *a)
 {
+	const Coord__V1__QueryRequest *req = qr->msg;
 	Coord__V1__Stats stats = COORD__V1__STATS__INIT;
 	struct store_stats st = {0};
 	int r = store_get_stats(q->store, &st);
@@ -551,43 +643,79 @@ do_stats(struct query *q, const Coord__V1__QueryRequest *req, struct answer *a)
 	return answer_pack(&resp, a);
 }
 
-/* Answer one request frame. Returns 0 with `a` filled, or -ENOMEM. */
+/*
+ * What a subscriber key may not ask (docs/SECURITY.md "Roles"): stats, and history that
+ * starts more than subscriber_history_window items below the store's last seq, which is
+ * what an export (coordctl export pages history from seq 0) does. Catching up a gap on the
+ * publish socket stays within the window. Returns 1 with `a` filled with the refusal, 0
+ * when allowed, or -ENOMEM.
+ */
 static int
-handle(struct query *q, const uint8_t *buf, size_t len, struct answer *a)
+refuse_subscriber(struct query *q, const Coord__V1__QueryRequest *req, struct answer *a)
 {
-	if (len > QUERY_REQUEST_MAX) {
-		return answer_error(q, 0, a,
-		                    "request of %zu bytes exceeds the limit of %d bytes; a "
-		                    "QueryRequest is one frame",
-		                    len, QUERY_REQUEST_MAX);
+	if (req->body_case == COORD__V1__QUERY_REQUEST__BODY_STATS) {
+		int r = answer_error(q, req->request_id, a,
+		                     "stats needs an admin key; this key has the subscriber role");
+		return r < 0 ? r : 1;
 	}
-	Coord__V1__QueryRequest *req = coord__v1__query_request__unpack(NULL, len, buf);
-	if (!req) {
-		return answer_error(q, 0, a,
-		                    "not a QueryRequest: the frame does not decode as "
-		                    "coord.v1.QueryRequest");
+	if (req->body_case != COORD__V1__QUERY_REQUEST__BODY_HISTORY) {
+		return 0;
 	}
-	int r;
-	switch (req->body_case) {
+	struct store_stats st = {0};
+	uint64_t window = q->cfg->query.subscriber_history_window;
+	if (store_get_stats(q->store, &st) < 0 || st.last_seq <= window ||
+	    req->history->after_seq >= st.last_seq - window) {
+		/* A failing store is reported by do_history() itself. */
+		return 0;
+	}
+	int r = answer_error(q, req->request_id, a,
+	                     "history from after_seq %" PRIu64 " reaches back more than %" PRIu64
+	                     " items (subscriber_history_window): exports need an admin key; "
+	                     "ask from after_seq %" PRIu64 " or later",
+	                     req->history->after_seq, window, st.last_seq - window);
+	return r < 0 ? r : 1;
+}
+
+/*
+ * Answer one request frame. `admin` is false for a subscriber key on a CURVE socket.
+ * Returns 0 with `a` filled, or -ENOMEM.
+ */
+static int
+handle(struct query *q, const uint8_t *buf, size_t len, bool admin, struct answer *a)
+{
+	struct query_request qr;
+	char err[QUERY_ERROR_MAX];
+	int r = query_parse_request(buf, len, &qr, err);
+
+	if (r == -E2BIG) {
+		q->counters.too_large++;
+	}
+	if (r < 0) {
+		r = answer_error(q, qr.request_id, a, "%s", err);
+		query_request_done(&qr);
+		return r;
+	}
+	r = admin ? 0 : refuse_subscriber(q, qr.msg, a);
+	if (r != 0) {
+		q->counters.refused += r > 0;
+		query_request_done(&qr);
+		return r < 0 ? r : 0;
+	}
+	switch (qr.body) {
 	case COORD__V1__QUERY_REQUEST__BODY_DIGEST:
-		r = do_digest(q, req, a);
+		r = do_digest(q, &qr, a);
 		break;
 	case COORD__V1__QUERY_REQUEST__BODY_HISTORY:
-		r = do_history(q, req, a);
+		r = do_history(q, &qr, a);
 		break;
 	case COORD__V1__QUERY_REQUEST__BODY_STATUS:
-		r = do_status(q, req, a);
-		break;
-	case COORD__V1__QUERY_REQUEST__BODY_STATS:
-		r = do_stats(q, req, a);
+		r = do_status(q, &qr, a);
 		break;
 	default:
-		r = answer_error(q, req->request_id, a,
-		                 "empty or unknown request: set one of digest, history, status, "
-		                 "stats");
+		r = do_stats(q, &qr, a);
 		break;
 	}
-	coord__v1__query_request__free_unpacked(req, NULL);
+	query_request_done(&qr);
 	return r;
 }
 
@@ -680,7 +808,18 @@ on_readable(struct zuv *z, void *zsock, unsigned budget, void *data)
 		}
 		struct answer a = {0};
 		zmq_msg_t *req = &frames[n - 1];
-		int r = handle(q, zmq_msg_data(req), zmq_msg_size(req), &a);
+		int r;
+		if (q->curve && auth_check_msg(q->auth, req, AUTH_ROLE_SUBSCRIBER, NULL) < 0) {
+			/* A key removed by a reload, on a connection opened before it. */
+			q->counters.refused++;
+			r = answer_error(
+			        q, 0, &a,
+			        "this key is not (or no longer) allowed to query the broker");
+		} else {
+			bool admin = !q->curve ||
+			             auth_check_msg(q->auth, req, AUTH_ROLE_ADMIN, NULL) >= 0;
+			r = handle(q, zmq_msg_data(req), zmq_msg_size(req), admin, &a);
+		}
 		(void) zmq_msg_close(req);
 		q->counters.requests++;
 		if (r < 0) {
@@ -693,8 +832,9 @@ on_readable(struct zuv *z, void *zsock, unsigned budget, void *data)
 }
 
 int
-query_new(uv_loop_t *loop, void *zctx, struct store *store, struct digest *digest,
-          struct config *cfg, query_stats_fn *stats, void *data, struct query **ret_query)
+query_new(uv_loop_t *loop, void *zctx, struct auth *auth, struct store *store,
+          struct digest *digest, struct config *cfg, query_stats_fn *stats, void *data,
+          struct query **ret_query)
 {
 	struct query *q = calloc(1, sizeof(*q));
 	int r;
@@ -706,11 +846,16 @@ query_new(uv_loop_t *loop, void *zctx, struct store *store, struct digest *diges
 	q->store = store;
 	q->digest = digest;
 	q->cfg = config_ref(cfg);
+	q->auth = auth;
+	q->curve = cfg->query.security == CONFIG_SECURITY_CURVE;
 	q->stats_fn = stats;
 	q->stats_data = data;
 
 	r = zuv_socket_new(zctx, ZMQ_ROUTER, QUERY_LINGER_MS, (int) cfg->query.hwm,
-	                   QUERY_MAXMSGSIZE, &q->sock);
+	                   cfg->query.max_request_bytes, &q->sock);
+	if (r >= 0) {
+		r = auth_socket_setup(auth, q->sock, AUTH_DOMAIN_QUERY, q->curve);
+	}
 	if (r >= 0) {
 		r = zmon_new(loop, zctx, q->sock, "query", &q->zmon);
 	}
@@ -730,6 +875,15 @@ query_new(uv_loop_t *loop, void *zctx, struct store *store, struct digest *diges
 fail:
 	query_free(q);
 	return r;
+}
+
+void
+query_set_config(struct query *q, struct config *cfg)
+{
+	struct config *old = q->cfg;
+
+	q->cfg = config_ref(cfg);
+	config_unref(old);
 }
 
 void

@@ -138,9 +138,18 @@ fail:
 }
 
 uint32_t
-zmon_connections(const struct zmon *m)
+zmon_connections(struct zmon *m)
 {
-	return m ? m->connections : 0;
+	if (!m) {
+		return 0;
+	}
+	/* Bounded: libzmq queues at most ZMON_RCVHWM events. */
+	for (unsigned i = 0; i < ZMON_RCVHWM && m->monitored; i++) {
+		if (read_event(m) == 0) {
+			break;
+		}
+	}
+	return m->connections;
 }
 
 static void

@@ -37,9 +37,11 @@ struct zmon;
 int zmon_new(uv_loop_t *loop, void *zctx, void *zsock, const char *name, struct zmon **ret_zmon);
 
 /*
- * Connections open now (accepted and not yet disconnected), as of the events read so far.
+ * Connections open now (accepted and not yet disconnected). Reads the events already
+ * waiting first, so that a connection libzmq accepted before the call is counted (the ZAP
+ * handler asks while the connection's handshake runs). 0 for NULL.
  */
-uint32_t zmon_connections(const struct zmon *m);
+uint32_t zmon_connections(struct zmon *m);
 
 /*
  * Stop monitoring and close the PAIR socket. `done(data)` (may be NULL) runs on a later loop

@@ -29,6 +29,10 @@
  * whole window. libzmq reconnects with exponential backoff between backoff_min_ms and
  * backoff_max_ms. Resending is safe: the broker answers a second copy with DUPLICATE.
  *
+ * A handshake the broker refuses (a CURVE key it does not know, keys on one side only) is
+ * seen in the monitor's events and kept as `handshake_error` for coord_connection_error();
+ * the thread goes on as for any lost connection, since the broker's keys file may change.
+ *
  * Shared state (counters, the fatal error) is under `mu`; flush waits on `cond`. Counts of
  * waiting and rejected records are re-read from the outbox under `mu` after every commit,
  * so the last reader always saw the last commit.
@@ -121,7 +125,8 @@ struct coord_client {
 	uint32_t n_used;
 	uint64_t scan_seq;
 	bool scan_more;
-	struct coord_stats local; /* the thread's counters, published under mu */
+	struct coord_stats local;  /* the thread's counters, published under mu */
+	int local_handshake_error; /* published under mu as handshake_error */
 
 	pthread_t thread;
 	bool thread_started;
@@ -132,6 +137,7 @@ struct coord_client {
 	pthread_cond_t cond;
 	struct coord_stats stats;
 	int fatal;
+	int handshake_error; /* coord_connection_error() */
 };
 
 static int64_t
@@ -193,9 +199,12 @@ static int
 copy_key(char dst[Z85_KEY_LEN + 1], const char *z85)
 {
 	uint8_t bin[32];
-	if (z85 == NULL || strlen(z85) != Z85_KEY_LEN || zmq_z85_decode(bin, z85) == NULL) {
+	/* zmq_z85_decode() writes strlen * 4 / 5 bytes: check the length first. */
+	if (z85 == NULL || strnlen(z85, Z85_KEY_LEN + 1) != Z85_KEY_LEN ||
+	    zmq_z85_decode(bin, z85) == NULL) {
 		return -EINVAL;
 	}
+	explicit_bzero(bin, sizeof(bin));
 	memcpy(dst, z85, Z85_KEY_LEN + 1);
 	return 0;
 }
@@ -219,6 +228,7 @@ publish_counts(struct coord_client *c, const struct coord_stats *local)
 		c->stats = *local;
 		c->stats.waiting = w;
 		c->stats.rejected = rj;
+		c->handshake_error = c->local_handshake_error;
 	}
 	(void) pthread_cond_broadcast(&c->cond);
 	(void) pthread_mutex_unlock(&c->mu);
@@ -406,9 +416,10 @@ open_socket(struct coord_client *c)
 	}
 	char mon_ep[64];
 	(void) snprintf(mon_ep, sizeof(mon_ep), "inproc://coord-monitor-%u", c->mon_serial++);
-	if (r == 0 &&
-	    zmq_socket_monitor(c->sock, mon_ep,
-	                       ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_DISCONNECTED) < 0) {
+	if (r == 0 && zmq_socket_monitor(c->sock, mon_ep,
+	                                 ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_DISCONNECTED |
+	                                         ZMQ_EVENT_HANDSHAKE_FAILED_AUTH |
+	                                         ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) < 0) {
 		r = -zmq_errno();
 	}
 	if (r == 0) {
@@ -456,8 +467,12 @@ read_monitor(struct coord_client *c)
 			return;
 		}
 		uint16_t event = 0;
-		if (zmq_msg_size(&ev) >= 2) {
+		uint32_t value = 0;
+		/* A 16-bit event and a 32-bit value (the ZAP status, the protocol error). */
+		if (zmq_msg_size(&ev) >= sizeof(event) + sizeof(value)) {
 			memcpy(&event, zmq_msg_data(&ev), sizeof(event));
+			memcpy(&value, (const uint8_t *) zmq_msg_data(&ev) + sizeof(event),
+			       sizeof(value));
 		}
 		/* The second frame (the endpoint) follows; drain the rest of the message. */
 		while (zmq_msg_more(&ev)) {
@@ -473,6 +488,12 @@ read_monitor(struct coord_client *c)
 			c->ever_connected = true;
 			c->connected = true;
 			c->can_send = true;
+			c->local_handshake_error = 0;
+		} else if (event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) {
+			c->local_handshake_error = -EACCES;
+		} else if (event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL &&
+		           value == ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH) {
+			c->local_handshake_error = -EPROTONOSUPPORT;
 		} else if (event == ZMQ_EVENT_DISCONNECTED) {
 			c->connected = false;
 			resend_all(c);
@@ -821,6 +842,7 @@ coord_client_free(struct coord_client *c)
 	free(c->buckets);
 	(void) coord__outbox_free(c->outbox);
 	free(c->endpoint);
+	explicit_bzero(c->curve_secret, sizeof(c->curve_secret));
 	(void) pthread_cond_destroy(&c->cond);
 	(void) pthread_mutex_destroy(&c->mu);
 	free(c);
@@ -1130,6 +1152,18 @@ coord_stats(struct coord_client *c, struct coord_stats *ret_stats)
 	*ret_stats = c->stats;
 	(void) pthread_mutex_unlock(&c->mu);
 	return 0;
+}
+
+int
+coord_connection_error(struct coord_client *c)
+{
+	if (c == NULL) {
+		return -EINVAL;
+	}
+	(void) pthread_mutex_lock(&c->mu);
+	int r = c->handshake_error;
+	(void) pthread_mutex_unlock(&c->mu);
+	return r;
 }
 
 int

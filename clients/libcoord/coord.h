@@ -122,7 +122,8 @@ struct coord_options {
 	uint32_t backoff_max_ms;   /* delays double up to this; default 30000 */
 	uint64_t outbox_max_bytes; /* LMDB map size of the outbox; default 1 GiB */
 
-	/* CURVE: all three Z85 keys (40 characters each) or none (a plain connection). */
+	/* CURVE: all three Z85 keys (40 characters each) or none (a plain connection); see
+	 * coord_keys_load(). */
 	const char *curve_server_key; /* the broker's public key */
 	const char *curve_public_key; /* this council's public key */
 	const char *curve_secret_key; /* this council's secret key */
@@ -217,6 +218,20 @@ struct coord_stats {
 
 /* Fill *ret_stats. Returns 0, or -EIO when the outbox cannot be read. */
 int coord_stats(struct coord_client *client, struct coord_stats *ret_stats);
+
+/*
+ * Why the connection to the broker is not up, when the broker said so in the handshake:
+ *   -EACCES           it refused this client: with CURVE keys, its keys file does not hold
+ *                     this client's public key (for this council); without keys, the socket
+ *                     requires them;
+ *   -EPROTONOSUPPORT  CURVE on one side only (keys given for a plain socket, or none for a
+ *                     CURVE one);
+ *   0                 connected, not tried yet, or nothing was said: a broker that is down
+ *                     and a wrong broker key (curve_server_key) look alike, no answer.
+ * The value is that of the last handshake; a successful one clears it. The sender thread
+ * keeps trying either way (the broker's keys may be changed). Any thread.
+ */
+int coord_connection_error(struct coord_client *client);
 
 /* Which outbox table an entry is in. */
 enum coord_outbox_state {
@@ -328,6 +343,71 @@ void coord_envelope_done(struct coord_envelope *env);
  * (field: the proto path such as "event.country") otherwise, -EMSGSIZE, or -ENOMEM.
  */
 int coord_envelope_check(const uint8_t *bytes, size_t len, int64_t now_ms, struct coord_error *err);
+
+/*
+ * CURVE keys
+ *
+ * A broker that requires CURVE (docs/SECURITY.md) admits a council only with a keypair whose
+ * public key is in its keys file under the council's id. Make the pair with coord_keygen()
+ * (or `coordctl keygen NAME`), send NAME.public to the broker's operator, keep NAME.secret.
+ * Then load the keys with coord_keys_load() and hand them to coord_client_new():
+ *
+ *     struct coord_keys keys;
+ *     struct coord_error err;
+ *     if (coord_keys_load("broker.public", "fr.secret", &keys, &err) < 0) {
+ *             fprintf(stderr, "%s: %s\n", err.field, err.message);
+ *             ...
+ *     }
+ *     opts.curve_server_key = keys.server_key;
+ *     opts.curve_public_key = keys.public_key;
+ *     opts.curve_secret_key = keys.secret_key;
+ *     r = coord_client_new(&opts, &client);  (copies the keys)
+ *     coord_keys_done(&keys);                (clears the secret)
+ *
+ * A wrong key is not an error libcoord can see: the broker refuses the handshake, the
+ * connection never comes up, records wait in the outbox and coord_flush() times out.
+ */
+
+/* Characters of a CURVE key in Z85 (32 bytes), without the NUL. */
+#define COORD_KEY_Z85_LEN 40
+
+/* A client's CURVE keys, NUL-terminated Z85. Clear with coord_keys_done(). */
+struct coord_keys {
+	char server_key[COORD_KEY_Z85_LEN + 1]; /* the broker's public key */
+	char public_key[COORD_KEY_Z85_LEN + 1]; /* this client's, derived from the secret */
+	char secret_key[COORD_KEY_Z85_LEN + 1]; /* this client's secret key */
+};
+
+/*
+ * Load a client's keys. `server_key` is the broker's public key: its 40 Z85 characters, or
+ * (anything else) the path of its NAME.public file. `key_file` is the path of this client's
+ * NAME.secret file (as coord_keygen() writes it: '#' comment lines and one Z85 line); it
+ * must be a regular file that neither group nor others may read (chmod 600), and the public
+ * key is derived from it. Both are required.
+ *
+ * Returns 0 and fills *ret_keys, or a negative errno and fills `err` (if not NULL; field is
+ * "server_key" or "key_file", message names the file and says what to do): -EINVAL (a
+ * missing argument, not a key, a .public file given as the secret one), -EPERM (the secret
+ * file is readable by group or others), -EFBIG, or the errno of open()/read() (-ENOENT,
+ * -EACCES, ...). *ret_keys is untouched on error; every copy of the secret made on the way
+ * is cleared.
+ */
+int coord_keys_load(const char *server_key, const char *key_file, struct coord_keys *ret_keys,
+                    struct coord_error *err);
+
+/* Clear `keys` (explicit_bzero, which the compiler cannot skip). Accepts NULL. */
+void coord_keys_done(struct coord_keys *keys);
+
+/*
+ * Make a new CURVE keypair and write it as PATH_BASE.secret (mode 0600) and PATH_BASE.public
+ * (0644), each a '#' comment line and the Z85 key, synced to disk. Never overwrites: when
+ * either file exists, nothing is written. The public key is copied to `ret_public` (may be
+ * NULL). Returns 0, or a negative errno (-EEXIST, -ENAMETOOLONG, -EINVAL for an empty
+ * PATH_BASE, -ENOTSUP for a libzmq without CURVE, or that of open()/write()/fsync()) with
+ * `err` (may be NULL) filled; then no file made by this call is left behind.
+ */
+int coord_keygen(const char *path_base, char ret_public[COORD_KEY_Z85_LEN + 1],
+                 struct coord_error *err);
 
 /*
  * Names

@@ -7,7 +7,9 @@
  *     cc -o example example.c $(pkg-config --cflags --libs libcoord)
  *
  * and run it as: example [ENDPOINT [COUNCIL [OUTBOX_DIR]]]
- * (defaults: tcp://127.0.0.1:7701, fr, ./outbox-fr). Exit status 0 when every record was
+ * (defaults: tcp://127.0.0.1:7701, fr, ./outbox-fr). With COORD_SERVER_KEY (the broker's
+ * public key, Z85 or its .public file) and COORD_KEY (this council's NAME.secret from
+ * `coordctl keygen NAME`) set, it connects with CURVE. Exit status 0 when every record was
  * ACCEPTED or DUPLICATE, 1 when one was REJECTED, 2 when the broker did not answer within
  * 30 seconds (the records stay in the outbox; run again to send them).
  */
@@ -73,8 +75,23 @@ main(int argc, char **argv)
 	opts.on_ack = on_ack;
 	opts.userdata = &rejected;
 
+	/* CURVE, for a broker that requires keys: both variables or neither. */
+	struct coord_keys keys = {.server_key = ""};
+	const char *server_key = getenv("COORD_SERVER_KEY"), *key_file = getenv("COORD_KEY");
+	if (server_key != NULL || key_file != NULL) {
+		struct coord_error err;
+		if (coord_keys_load(server_key, key_file, &keys, &err) < 0) {
+			fprintf(stderr, "%s: %s\n", err.field, err.message);
+			return 2;
+		}
+		opts.curve_server_key = keys.server_key;
+		opts.curve_public_key = keys.public_key;
+		opts.curve_secret_key = keys.secret_key;
+	}
+
 	struct coord_client *client;
 	int r = coord_client_new(&opts, &client);
+	coord_keys_done(&keys); /* the client keeps its own copy */
 	if (r < 0) {
 		fprintf(stderr, "cannot open the outbox %s: %s\n", outbox, coord_strerror(r));
 		return 2;

@@ -13,7 +13,8 @@ It uses the bindings that the build generates from proto/coord.proto (build/prot
 coord_pb2.py; set COORD_PB2_DIR to use another directory) and Debian's python3-zmq.
 
 Exit status: 0 for ACCEPTED or DUPLICATE, 1 for REJECTED, 2 for usage errors, 3 when the
-broker did not answer in time.
+broker did not answer in time (or refused the key: with CURVE, --server-key/$COORD_SERVER_KEY
+and --key/$COORD_KEY).
 """
 import argparse
 import os
@@ -37,6 +38,10 @@ def main():
     p.add_argument("--msg-id", help="idempotency key (default: derived from the record)")
     p.add_argument("--revision", type=int, help="default 1 (2 for retract)")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the ack")
+    p.add_argument("--server-key", default=os.environ.get("COORD_SERVER_KEY") or None,
+                   help="CURVE: the broker's public key, Z85 or its .public file")
+    p.add_argument("--key", default=os.environ.get("COORD_KEY") or None,
+                   help="CURVE: your council's NAME.secret")
     p.add_argument("category", choices=["event", "letter", "statement", "petition", "media",
                                         "retract"])
     p.add_argument("target", nargs="?", help="retract: the msg_id of the record")
@@ -64,7 +69,14 @@ def main():
     except ValueError as e:
         p.error(str(e))
 
-    with coordclient.Client(args.endpoint, args.council) as client:
+    if (args.server_key is None) != (args.key is None):
+        p.error("give both --server-key and --key, or neither")
+    try:
+        client = coordclient.Client(args.endpoint, args.council, server_key=args.server_key,
+                                    key_file=args.key)
+    except (OSError, ValueError) as e:
+        p.error(str(e))
+    with client:
         client.push(env)
         try:
             client.flush(timeout=args.timeout)

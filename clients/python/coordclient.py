@@ -22,6 +22,15 @@ when the process dies are lost to it (resend them, or use coord-push/libcoord, w
 outbox is on disk). msg_ids derived by record() are the same as libcoord's and
 coord-push's, so the same record pushed by either is stored once.
 
+CURVE: a broker that requires keys admits a client whose public key is in its keys file.
+Every client here takes `server_key=` (the broker's public key: 40 Z85 characters, or the
+path of its .public file) and `key_file=` (this client's NAME.secret from `coordctl keygen`,
+mode 0600): Client for a council, Query and watch_digests() for headquarters (a subscriber
+key; stats and export need an admin key). load_keys() reads them as the C tools do.
+
+    with coordclient.Client(endpoint, council="fr", server_key="broker.public",
+                            key_file="fr.secret") as client: ...
+
 The generated module coord_pb2 is found through $COORD_PB2_DIR, else the build directory
 next to this file (build/proto), else the normal import path. Use Debian's
 /usr/bin/python3 (python3-zmq, python3-protobuf).
@@ -32,6 +41,7 @@ import datetime
 import hashlib
 import os
 import random
+import stat
 import sys
 import time
 
@@ -47,6 +57,7 @@ def _import_pb2():
 
 pb = _import_pb2()
 import zmq  # noqa: E402  (after the path set-up, so both import errors read alike)
+import zmq.utils.z85  # noqa: E402
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:7701"
 ACCEPTED = pb.ACK_STATUS_ACCEPTED
@@ -204,7 +215,93 @@ def record(council, category, *, msg_id=None, revision=None, created_at=None, **
 
 
 class Timeout(Exception):
-    """flush() ran out of time with records unanswered."""
+    """flush() ran out of time with records unanswered (or a Query got no answer)."""
+
+
+class KeyFileError(ValueError):
+    """A key argument or key file that is not what it must be; the message says why."""
+
+
+KEY_Z85_LEN = 40
+
+
+def _is_z85_key(text):
+    if len(text) != KEY_Z85_LEN:
+        return False
+    try:
+        return len(zmq.utils.z85.decode(text)) == 32
+    except (ValueError, KeyError, IndexError):
+        return False
+
+
+def read_key_file(path, secret=False):
+    """The Z85 key (str) of a key file written by `coordctl keygen`: '#' comment lines and
+    exactly one line with the 40-character key. A secret file must be a regular file that
+    neither group nor others may access (else PermissionError saying to chmod 600 it)."""
+    what = "secret" if secret else "public"
+    with open(path, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise KeyFileError(f"{what} key file {path!r} is not a regular file")
+        if secret and st.st_mode & 0o077:
+            raise PermissionError(
+                f"secret key file {path!r} is accessible by group or others (mode "
+                f"{stat.S_IMODE(st.st_mode):04o}): run 'chmod 600 {path}', and make a new key "
+                f"if others may have read it")
+        data = f.read(4097)
+    if len(data) > 4096:
+        raise KeyFileError(f"{path!r} is larger than 4096 bytes: not a key file")
+    key = None
+    for number, raw in enumerate(data.split(b"\n"), 1):
+        line = raw.strip()
+        if not line or line.startswith(b"#"):
+            continue
+        text = line.decode("ascii", errors="replace")
+        if not _is_z85_key(text):
+            raise KeyFileError(f"{path!r} line {number}: expected a 40-character Z85 {what} "
+                               f"key or a '#' comment")
+        if key is not None:
+            raise KeyFileError(f"{path!r} line {number}: a second key: keep one")
+        key = text
+    if key is None:
+        raise KeyFileError(f"{path!r} holds no {what} key")
+    return key
+
+
+def load_keys(server_key, key_file):
+    """(server_public, client_public, client_secret) as Z85 bytes, for the CURVE socket
+    options. `server_key`: the broker's public key as 40 Z85 characters (str or bytes), or
+    the path (str or path-like) of its .public file; `key_file`: this client's NAME.secret
+    (the public key is derived from it). Raises KeyFileError, PermissionError or OSError."""
+    if not server_key or not key_file:
+        raise KeyFileError("CURVE needs both server_key (the broker's public key) and "
+                           "key_file (your NAME.secret)")
+    if isinstance(server_key, bytes):
+        server_key = server_key.decode("ascii", errors="replace")
+    server_key = os.fspath(server_key)
+    key_file = os.fspath(key_file)
+    if key_file.endswith(".public"):
+        raise KeyFileError(f"{key_file!r} is a public key file: key_file is your NAME.secret")
+    server = server_key if _is_z85_key(server_key) else read_key_file(server_key)
+    secret = read_key_file(key_file, secret=True).encode()
+    return server.encode(), zmq.curve_public(secret), secret
+
+
+def _curve_keys(server_key, key_file, curve):
+    """The (server, public, secret) triple from either form of the arguments, or None."""
+    if server_key is not None or key_file is not None:
+        if curve is not None:
+            raise ValueError("give server_key and key_file, or curve, not both")
+        return load_keys(server_key, key_file)
+    return curve
+
+
+def _apply_curve(sock, keys):
+    if keys:
+        server, public, secret = (k.encode() if isinstance(k, str) else k for k in keys)
+        sock.curve_serverkey = server
+        sock.curve_publickey = public
+        sock.curve_secretkey = secret
 
 
 class _Pending:
@@ -226,8 +323,11 @@ class Client:
 
     def __init__(self, endpoint=DEFAULT_ENDPOINT, council=None, *, max_in_flight=256,
                  ack_timeout=10.0, backoff_min=0.1, backoff_max=30.0, on_ack=None, ctx=None,
-                 curve=None):
-        """curve: None, or (server_public_z85, client_public_z85, client_secret_z85)."""
+                 server_key=None, key_file=None, curve=None):
+        """server_key, key_file: CURVE (see load_keys()); the council's key must be in the
+        broker's keys file under [council.<id>]. A wrong or unknown key is never an error
+        here: the broker refuses the handshake, nothing is answered, flush() raises Timeout.
+        curve: the keys as (server_public, client_public, client_secret) Z85 instead."""
         self.endpoint = endpoint
         self.council = council
         self.max_in_flight = max_in_flight
@@ -235,7 +335,7 @@ class Client:
         self.backoff_min = backoff_min
         self.backoff_max = backoff_max
         self.on_ack = on_ack
-        self.curve = curve
+        self.curve = _curve_keys(server_key, key_file, curve)
         self.ctx = ctx or zmq.Context.instance()
         self.results = {}
         self.reconnects = 0
@@ -254,11 +354,7 @@ class Client:
         s.setsockopt(zmq.RECONNECT_IVL, int(self.backoff_min * 1000))
         s.setsockopt(zmq.RECONNECT_IVL_MAX, int(self.backoff_max * 1000))
         s.setsockopt(zmq.MAXMSGSIZE, 4096)
-        if self.curve:
-            server, public, secret = self.curve
-            s.curve_serverkey = server.encode() if isinstance(server, str) else server
-            s.curve_publickey = public.encode() if isinstance(public, str) else public
-            s.curve_secretkey = secret.encode() if isinstance(secret, str) else secret
+        _apply_curve(s, self.curve)
         s.connect(self.endpoint)
         self.sock = s
 
@@ -407,12 +503,96 @@ class Client:
         return self.results
 
 
-def watch_digests(endpoint, topic="digest/all/", ctx=None):
+class QueryError(Exception):
+    """The broker answered a query with an error (its message is the exception's)."""
+
+
+DEFAULT_QUERY_ENDPOINT = "tcp://127.0.0.1:7703"
+
+
+class Query:
+    """Headquarters' questions on the query socket (what coordctl asks): one QueryRequest
+    frame on a DEALER, answers matched by request_id. With CURVE, `server_key`/`key_file`
+    as for Client: a subscriber key may ask for digests, history and status, an admin key
+    also for stats (and export)."""
+
+    def __init__(self, endpoint=DEFAULT_QUERY_ENDPOINT, *, timeout=5.0, ctx=None,
+                 server_key=None, key_file=None, curve=None):
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self.ctx = ctx or zmq.Context.instance()
+        self._next_id = (int(time.time()) << 20) ^ (os.getpid() << 4)
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        _apply_curve(self.sock, _curve_keys(server_key, key_file, curve))
+        self.sock.connect(endpoint)
+
+    def close(self):
+        if self.sock is not None:
+            self.sock.close(linger=0)
+            self.sock = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def ask(self, request):
+        """Send a pb.QueryRequest (its request_id is set here); return the pb.QueryResponse.
+        Raises QueryError for an error answer, Timeout when none comes within `timeout` s
+        (the broker is down, or it refused this client's key)."""
+        self._next_id += 1
+        request.request_id = self._next_id
+        self.sock.send(request.SerializeToString())
+        deadline = time.monotonic() + self.timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.sock.poll(int(left * 1000) + 1, zmq.POLLIN):
+                raise Timeout(f"no answer from {self.endpoint} within {self.timeout} s")
+            frames = self.sock.recv_multipart()
+            if len(frames) != 1:
+                continue
+            try:
+                resp = pb.QueryResponse.FromString(frames[0])
+            except Exception:  # noqa: BLE001 - a broken frame is not an answer
+                continue
+            if resp.request_id != request.request_id:
+                continue  # a late answer to an earlier request
+            if resp.WhichOneof("body") == "error":
+                raise QueryError(resp.error.message)
+            return resp
+
+    def digest(self, window=pb.WINDOW_ALL, council=None, country=None, headlines=0):
+        """The pb.Digest of the whole campaign, one council or one country."""
+        req = pb.QueryRequest()
+        req.digest.window = window
+        req.digest.headlines = headlines
+        if council is not None:
+            req.digest.scope.kind, req.digest.scope.id = pb.SCOPE_KIND_COUNCIL, council
+        elif country is not None:
+            req.digest.scope.kind, req.digest.scope.id = pb.SCOPE_KIND_COUNTRY, country
+        else:
+            req.digest.scope.kind = pb.SCOPE_KIND_ALL
+        return self.ask(req).digest
+
+    def stats(self):
+        """The broker's pb.Stats (an admin's question when CURVE is on)."""
+        req = pb.QueryRequest()
+        req.stats.SetInParent()
+        return self.ask(req).stats
+
+
+def watch_digests(endpoint, topic="digest/all/", ctx=None, *, server_key=None, key_file=None,
+                  curve=None):
     """Yield (topic, pb.Publication) from the broker's publish socket, forever. Topics:
-    "digest/all/", "digest/council/<id>/", "digest/country/<CC>/", "item/<council>/"."""
+    "digest/all/", "digest/council/<id>/", "digest/country/<CC>/", "item/<council>/".
+    server_key, key_file: CURVE, a subscriber (or admin) key, as for Client."""
     ctx = ctx or zmq.Context.instance()
+    keys = _curve_keys(server_key, key_file, curve)
     s = ctx.socket(zmq.SUB)
     s.setsockopt(zmq.LINGER, 0)
+    _apply_curve(s, keys)
     s.connect(endpoint)
     s.setsockopt(zmq.SUBSCRIBE, topic.encode())
     try:

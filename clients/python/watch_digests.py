@@ -1,15 +1,17 @@
 """Watch coordd's live digests and print each as it arrives (an example of coordclient).
 
     /usr/bin/python3 clients/python/watch_digests.py [--endpoint tcp://127.0.0.1:7702] \
-        [--topic digest/all/] [--count N]
+        [--topic digest/all/] [--count N] [--server-key KEY --key NAME.secret]
 
 Topics: digest/all/, digest/council/<id>/, digest/country/<CC>/ (see docs/PROTOCOL.md).
 Each publication carries the digests of one scope for the whole campaign, the last 24 hours
 and the last hour; this prints one line per digest line (category, kind, count, countries,
 languages, councils). The live feed may skip messages under load (prev_seq shows a gap);
-the query socket has the exact digest (coordctl digest).
+the query socket has the exact digest (coordctl digest). With a broker that requires CURVE,
+--server-key (or $COORD_SERVER_KEY) and --key (or $COORD_KEY) give a subscriber key.
 """
 import argparse
+import itertools
 import os
 import sys
 
@@ -31,10 +33,22 @@ def main():
     p.add_argument("--endpoint", default="tcp://127.0.0.1:7702", help="the publish socket")
     p.add_argument("--topic", default="digest/all/")
     p.add_argument("--count", type=int, default=0, help="stop after N publications")
+    p.add_argument("--server-key", default=os.environ.get("COORD_SERVER_KEY") or None,
+                   help="CURVE: the broker's public key, Z85 or its .public file")
+    p.add_argument("--key", default=os.environ.get("COORD_KEY") or None,
+                   help="CURVE: your NAME.secret (a subscriber key)")
     args = p.parse_args()
+    if (args.server_key is None) != (args.key is None):
+        p.error("give both --server-key and --key, or neither")
+    try:
+        feed = coordclient.watch_digests(args.endpoint, args.topic, server_key=args.server_key,
+                                         key_file=args.key)
+        first = next(feed)
+    except (OSError, ValueError) as e:
+        p.error(str(e))
     seen = 0
     last = 0
-    for topic, pub in coordclient.watch_digests(args.endpoint, args.topic):
+    for topic, pub in itertools.chain([first], feed):
         missed = seen > 0 and pub.prev_seq != last
         gap = " (gap: some publications were missed)" if missed else ""
         last = pub.last_seq

@@ -1,14 +1,18 @@
-"""Write the seed corpus of tests/fuzz/fuzz_envelope.c.
+"""Write the seed corpora of tests/fuzz/fuzz_envelope.c, fuzz_query.c and fuzz_import.c.
 
-Run from anywhere as: /usr/bin/python3 tests/fuzz/make_corpus.py [OUTDIR]
-(the Debian interpreter: it has python3-protobuf). OUTDIR defaults to
-tests/fuzz/corpus/envelope beside this script. coord_pb2 is generated from
-proto/coord.proto into a temporary directory with protoc, so nothing generated
-is committed. Output is deterministic: rerunning rewrites the same bytes.
+Run from anywhere as: /usr/bin/python3 tests/fuzz/make_corpus.py [CORPUS_DIR]
+(the Debian interpreter: it has python3-protobuf). CORPUS_DIR defaults to
+tests/fuzz/corpus beside this script; the seeds go to its envelope/, query/ and
+import/ subdirectories. coord_pb2 is generated from proto/coord.proto into a
+temporary directory with protoc, so nothing generated is committed. Output is
+deterministic: rerunning rewrites the same bytes.
 
-Seeds: one valid Envelope of each body kind, and a few broken ones (wrong case
-country, unknown language, NUL byte in a string, truncated frame). Dates match
-the fuzz target's fixed clock (FUZZ_NOW_MS, 2024-06-01T00:00:00Z).
+Envelope seeds: one valid Envelope of each body kind, and a few broken ones (wrong
+case country, unknown language, NUL byte in a string, truncated frame). Dates match
+the fuzz targets' fixed clock (FUZZ_NOW_MS, 2024-06-01T00:00:00Z).
+Query seeds: one QueryRequest of each body, each scope and window, and a few bad
+ones. Import seeds: small CSV and JSON Lines files behind the settings byte that
+fuzz_import.c reads first.
 """
 
 import importlib
@@ -84,16 +88,80 @@ def seeds(pb):
     return out
 
 
-def main():
-    outdir = sys.argv[1] if len(sys.argv) > 1 else os.path.join(
-        HERE, "corpus", "envelope")
+def query_seeds(pb):
+    Q = pb.QueryRequest
+    def digest(**kw):
+        return Q(request_id=7, digest=pb.DigestRequest(**kw))
+    out = {
+        "digest_all.bin": digest(),
+        "digest_council.bin": digest(scope=pb.Scope(kind=pb.SCOPE_KIND_COUNCIL,
+                                                    id="council-de"),
+                                     window=pb.WINDOW_LAST_24H, headlines=3),
+        "digest_country.bin": digest(scope=pb.Scope(kind=pb.SCOPE_KIND_COUNTRY, id="AM"),
+                                     window=pb.WINDOW_LAST_1H),
+        "digest_range.bin": digest(window=pb.WINDOW_RANGE, start=DATE_MS, end=NOW_MS),
+        "digest_bad_range.bin": digest(window=pb.WINDOW_RANGE, start=NOW_MS, end=DATE_MS),
+        "digest_bad_country.bin": digest(scope=pb.Scope(kind=pb.SCOPE_KIND_COUNTRY,
+                                                        id="XX")),
+        "history.bin": Q(request_id=8, history=pb.HistoryRequest(after_seq=5, limit=10,
+                                                                 council="council-de")),
+        "status.bin": Q(request_id=9, status=pb.StatusRequest(council="council-de",
+                                                             msg_id="event-1")),
+        "status_no_id.bin": Q(request_id=10, status=pb.StatusRequest(council="fr")),
+        "stats.bin": Q(request_id=11, stats=pb.StatsRequest()),
+        "empty.bin": Q(request_id=12),
+    }
+    return {name: m.SerializeToString() for name, m in out.items()}
+
+
+CSV_EVENTS = (
+    "category,msg_id,kind,country,city,date,title,languages\n"
+    "event,ev-1,rally,DE,Berlin,2024-05-31,\"Rally, at the gate\",hy;de\n"
+    "event,ev-2,gathering,fr,Paris,2024-05-31,Gathering,en\n"
+    "\n"
+    "letter,le-1,,DE,,2024-05-31,\"Two\nlines\",\n"
+)
+CSV_LETTERS = (
+    "\ufeffmsg_id;recipient_kind;recipient;recipient_country;language;subject;sent_at\n"
+    "le-2;parliament;Bundestag;DE;de;An appeal;2024-05-30\n"
+    "le-2;parliament;Bundestag;DE;de;Another appeal;2024-05-30\n"
+)
+JSONL = (
+    '{"council":"council-de","msgId":"ev-9","revision":1,"event":{"kind":"EVENT_KIND_RALLY",'
+    '"country":"DE","date":"1717113600000","title":"Rally","languages":["hy","de"]}}\n'
+    '{"msg_id":"me-1","media":{"kind":"MEDIA_KIND_BROADCAST","outlet":"TV","country":"US",'
+    '"language":"en-US","date":"1717113600000","url":"https://example.org/x"}}\n'
+    '{"msg_id":"ev-9","retraction":{"reason":"twice"},"revision":2}\n'
+    '{"event": {"kind": 99}}\n'
+    'not json\n'
+)
+
+
+def import_seeds():
+    # First byte: bit 0 CSV, bit 1 --category event, bit 2 ';' as the delimiter.
+    return {
+        "events.csv": b"\x01" + CSV_EVENTS.encode(),
+        "events_default_category.csv": b"\x03" + CSV_EVENTS.encode(),
+        "letters_semicolon.csv": b"\x07" + CSV_LETTERS.encode(),
+        "records.jsonl": b"\x00" + JSONL.encode(),
+    }
+
+
+def write(outdir, files):
     os.makedirs(outdir, exist_ok=True)
+    for name, data in sorted(files.items()):
+        with open(os.path.join(outdir, name), "wb") as f:
+            f.write(data)
+        print(f"{os.path.basename(outdir)}/{name}: {len(data)} bytes")
+
+
+def main():
+    corpus = sys.argv[1] if len(sys.argv) > 1 else os.path.join(HERE, "corpus")
     with tempfile.TemporaryDirectory() as tmp:
         pb = load_coord_pb2(tmp)
-        for name, data in sorted(seeds(pb).items()):
-            with open(os.path.join(outdir, name), "wb") as f:
-                f.write(data)
-            print(f"{name}: {len(data)} bytes")
+        write(os.path.join(corpus, "envelope"), seeds(pb))
+        write(os.path.join(corpus, "query"), query_seeds(pb))
+    write(os.path.join(corpus, "import"), import_seeds())
 
 
 if __name__ == "__main__":

@@ -197,6 +197,31 @@ class Daemon:
             # Short select slices so an early exit is noticed promptly.
             self._read_notify(min(0.1, remaining))
 
+    def wait_notification(self, pred, timeout=READY_TIMEOUT, start=0):
+        """Wait until a notification at index >= start satisfies pred(text); returns its
+        index. Fails if the daemon exits first or the timeout passes."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for i in range(start, len(self.notifications)):
+                if pred(self.notifications[i]):
+                    return i
+            if self.proc.poll() is not None:
+                raise DaemonError(f"coordd exited; notifications {self.notifications}; "
+                                  f"stderr:\n{self.stderr()}")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise DaemonError(f"no matching notification within {timeout} s; "
+                                  f"notifications {self.notifications}")
+            self._read_notify(min(0.1, remaining))
+
+    def reload(self, timeout=READY_TIMEOUT):
+        """SIGHUP, then wait for RELOADING=1 and the READY=1 after it (the reload is
+        done, whatever its result)."""
+        start = len(self.notifications)
+        self.proc.send_signal(signal.SIGHUP)
+        i = self.wait_notification(lambda m: "RELOADING=1" in m.split("\n"), timeout, start)
+        return self.wait_notification(lambda m: "READY=1" in m.split("\n"), timeout, i + 1)
+
     def _finished(self, status):
         self.runs[-1][2] = status
         if self.notify is not None:

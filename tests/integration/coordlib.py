@@ -259,6 +259,88 @@ class AckTimeout(AssertionError):
     pass
 
 
+# CURVE ----------------------------------------------------------------------------------
+class Keypair:
+    """A CURVE keypair as Z85 bytes (zmq.curve_keypair())."""
+
+    def __init__(self):
+        self.public, self.secret = zmq.curve_keypair()
+
+
+def apply_curve(sock, curve):
+    """Make `sock` a CURVE client before it connects. `curve` is (server_public, Keypair)."""
+    if curve is None:
+        return
+    server_public, keypair = curve
+    sock.setsockopt(zmq.CURVE_SERVERKEY, server_public)
+    sock.setsockopt(zmq.CURVE_PUBLICKEY, keypair.public)
+    sock.setsockopt(zmq.CURVE_SECRETKEY, keypair.secret)
+
+
+def write_key_file(path, z85, mode=0o600):
+    """Write a key file as auth_keygen does ("# comment" then the Z85 key), with `mode`."""
+    key = z85.decode() if isinstance(z85, bytes) else z85
+    text = f"# coordd CURVE key written by the tests\n{key}\n"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(path, mode)
+    return path
+
+
+def render_keys_file(entries):
+    """The allowlist text for entries [(role, id, Keypair or Z85 public key)]."""
+    lines = ["# written by the tests"]
+    for role, ident, key in entries:
+        public = key.public if isinstance(key, Keypair) else key
+        lines.append(f"[{role}.{ident}]")
+        lines.append(f"public_key = {public.decode() if isinstance(public, bytes) else public}")
+    return "\n".join(lines) + "\n"
+
+
+class CurveKeys:
+    """The server's keypair and one client keypair per role used in these tests, with the
+    files coordd reads."""
+
+    def __init__(self, directory):
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.server = Keypair()
+        self.c01 = Keypair()
+        self.c02 = Keypair()
+        self.desk = Keypair()   # subscriber.desk
+        self.ops = Keypair()    # admin.ops
+        self.secret_path = write_key_file(self.dir / "server.secret", self.server.secret)
+        self.keys_path = self.dir / "keys.ini"
+        self.entries = [("council", "c01", self.c01), ("council", "c02", self.c02),
+                        ("subscriber", "desk", self.desk), ("admin", "ops", self.ops)]
+        self.write()
+
+    def write(self, entries=None):
+        self.keys_path.write_text(render_keys_file(self.entries if entries is None
+                                                   else entries))
+
+    def section(self):
+        return {"secret_key_file": str(self.secret_path), "keys_file": str(self.keys_path)}
+
+    def curve(self, keypair):
+        return (self.server.public, keypair)
+
+
+def secure_daemon(factory, tmp_path, name="sec", extra=None, start=True):
+    """A daemon (from the coordd_factory fixture) whose sockets are all CURVE, with the
+    keys of a CurveKeys (d.keys) and /metrics on a free port (d.metrics_port)."""
+    keys = CurveKeys(tmp_path / f"{name}-keys")
+    port = free_tcp_port()
+    overrides = {"security": keys.section(), "metrics": {"listen": f"127.0.0.1:{port}"}}
+    for section, values in (extra or {}).items():
+        overrides.setdefault(section, {}).update(values)
+    d = factory(name, overrides=overrides, start=start)
+    d.keys = keys
+    d.metrics_port = port
+    return d
+
+
 class Council:
     """One council's client: a DEALER connected to the ingest endpoint.
 
@@ -267,7 +349,7 @@ class Council:
     (msg_id, revision).
     """
 
-    def __init__(self, endpoint, council="c01", ctx=None, timeout=20.0):
+    def __init__(self, endpoint, council="c01", ctx=None, timeout=20.0, curve=None):
         self.endpoint = endpoint
         self.council = council
         self.timeout = timeout
@@ -277,6 +359,7 @@ class Council:
         self.sock.setsockopt(zmq.SNDHWM, 200_000)
         self.sock.setsockopt(zmq.RCVHWM, 200_000)
         self.sock.setsockopt(zmq.SNDTIMEO, int(timeout * 1000))
+        apply_curve(self.sock, curve)
         self.sock.connect(endpoint)
         self.sent = {}
         self.acks = {}
@@ -591,12 +674,13 @@ class Query:
     """A query client: a DEALER (or REQ with req=True) on the query socket. Each request
     gets a fresh request_id and its answer must echo it."""
 
-    def __init__(self, endpoint, timeout=20.0, ctx=None, req=False):
+    def __init__(self, endpoint, timeout=20.0, ctx=None, req=False, curve=None):
         self.endpoint = endpoint
         self.timeout = timeout
         self.ctx = ctx or zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.REQ if req else zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        apply_curve(self.sock, curve)
         self.sock.connect(endpoint)
         self._ids = itertools.count(1)
 
@@ -692,7 +776,7 @@ class PublicationTimeout(AssertionError):
 class Subscriber:
     """A SUB socket on the publish socket. recv() returns (topic, Publication)."""
 
-    def __init__(self, endpoint, topics=(), ctx=None, rcvhwm=None, timeout=20.0):
+    def __init__(self, endpoint, topics=(), ctx=None, rcvhwm=None, timeout=20.0, curve=None):
         self.endpoint = endpoint
         self.timeout = timeout
         self.ctx = ctx or zmq.Context.instance()
@@ -700,6 +784,7 @@ class Subscriber:
         self.sock.setsockopt(zmq.LINGER, 0)
         if rcvhwm is not None:
             self.sock.setsockopt(zmq.RCVHWM, rcvhwm)
+        apply_curve(self.sock, curve)
         self.sock.connect(endpoint)
         for t in topics:
             self.subscribe(t)
@@ -990,3 +1075,18 @@ def push_parallel(daemon, sends, window=256, on_ack=None, stop=None, idle_timeou
     if errors:
         raise errors[0]
     return results
+
+
+def metric_samples(port, timeout=10):
+    """GET /metrics on 127.0.0.1:port; returns {'name{labels}': value} ('name' without
+    labels), parsed line by line from the Prometheus text format."""
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as r:
+        text = r.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name, _, value = line.rpartition(" ")
+        samples[name] = float(value)
+    return samples

@@ -81,7 +81,9 @@ def test_stop_signal_acks_everything_it_read(coordd, sig):
             if ack.status == ACCEPTED:
                 acked[ack.msg_id] = ack.seq
             else:
-                assert ack.reason == pb.REASON_SHUTTING_DOWN, ack
+                # OVERLOADED: a burst of 20,000 from one connection goes beyond
+                # [ingest] max_inflight_per_council; refused, nothing stored either way.
+                assert ack.reason in (pb.REASON_SHUTTING_DOWN, pb.REASON_OVERLOADED), ack
         assert len(c.arrivals) == len({a.msg_id for a in c.arrivals}), "two Acks for one message"
     assert len(acked) < n, "the daemon read everything sent after the signal: did it stop reading?"
     print(f"\n{sig.name}: {len(acked)} of {n} acked ACCEPTED before the exit")

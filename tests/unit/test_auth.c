@@ -773,6 +773,7 @@ struct world {
 	struct keypair server, fr, de, desk1, ops, stranger;
 	unsigned n_endpoints;
 	bool closed;
+	uint32_t connections; /* what count_connections() reports, for auth_set_limit() */
 	/* Open sockets and an extra context, closed by the teardown if a test fails. */
 	void *socks[16];
 	void *extra_zctx;
@@ -1406,6 +1407,105 @@ test_zap_missing_handler_fails_closed_only_with_enforce(void **state)
 	assert_int_equal(zmq_ctx_term(zctx), 0);
 }
 
+static uint32_t
+count_connections(void *data)
+{
+	struct world *w = data;
+
+	return w->connections;
+}
+
+/* A ROUTER secured by auth_socket_setup() and bound to a fresh ipc:// endpoint. */
+static void *
+setup_server(struct world *w, const char *domain, bool curve, char *endpoint, size_t size)
+{
+	void *s = track(w, zmq_socket(w->zctx, ZMQ_ROUTER));
+	char name[32], path[PATH_MAX];
+
+	set_int(s, ZMQ_LINGER, 0);
+	assert_int_equal(auth_socket_setup(w->auth, s, domain, curve), 0);
+	(void) snprintf(name, sizeof(name), "s%u", w->n_endpoints++);
+	tmp_path(&w->tmp, name, path, sizeof(path));
+	assert_true((size_t) snprintf(endpoint, size, "ipc://%s", path) < size);
+	assert_int_equal(zmq_bind(s, endpoint), 0);
+	return s;
+}
+
+static void
+test_socket_setup_uses_the_server_key(void **state)
+{
+	struct world *w = *state;
+	char endpoint[PATH_MAX + 8], id[AUTH_ID_MAX + 1] = "";
+	zmq_msg_t body;
+
+	void *s = track(w, zmq_socket(w->zctx, ZMQ_ROUTER));
+	assert_int_equal(auth_socket_setup(w->auth, s, AUTH_DOMAIN_INGEST, true), -ENOKEY);
+	close_socket(w, s);
+	assert_int_equal(auth_set_server_key(w->auth, "short"), -EINVAL);
+	assert_int_equal(auth_set_server_key(w->auth, NULL), -EINVAL);
+	assert_int_equal(auth_set_server_key(w->auth, w->server.sec), 0);
+
+	void *server = setup_server(w, AUTH_DOMAIN_INGEST, true, endpoint, sizeof(endpoint));
+	void *client = client_new(w, w->zctx, &w->fr, endpoint, NULL);
+	assert_true(recv_within(w, server, &body, 5000));
+	assert_int_equal(auth_check_msg(w->auth, &body, AUTH_ROLE_COUNCIL, id), 0);
+	assert_string_equal(id, "fr");
+	assert_int_equal(zmq_msg_close(&body), 0);
+	close_socket(w, client);
+
+	/* A plain client on a CURVE socket never gets through. */
+	client = client_new(w, w->zctx, NULL, endpoint, NULL);
+	assert_false(recv_within(w, server, &body, 300));
+	close_socket(w, client);
+	close_socket(w, server);
+}
+
+static void
+test_connection_limit_refuses_and_counts(void **state)
+{
+	struct world *w = *state;
+	char endpoint[PATH_MAX + 8];
+	zmq_msg_t body;
+	struct auth_counters c;
+
+	/* A plain socket still asks the handler, which applies the cap. */
+	void *server = setup_server(w, "capped", false, endpoint, sizeof(endpoint));
+	assert_int_equal(auth_set_limit(w->auth, "capped", 1, count_connections, w), 0);
+	assert_int_equal(auth_limit_refused(w->auth, "capped"), 0);
+	w->connections = 2; /* this connection and one more */
+	void *client = client_new(w, w->zctx, NULL, endpoint, NULL);
+	wait_decisions(w, 1, 5000);
+	assert_false(recv_within(w, server, &body, 300));
+	assert_int_equal(w->last.status, 400);
+	assert_string_equal(w->last.reason, "connection limit reached");
+	assert_int_equal(auth_limit_refused(w->auth, "capped"), 1);
+	close_socket(w, client);
+
+	/* Raised by a reload: the counter stays, the next connection gets through. */
+	assert_int_equal(auth_set_limit(w->auth, "capped", 2, count_connections, w), 0);
+	client = client_new(w, w->zctx, NULL, endpoint, NULL);
+	assert_true(recv_within(w, server, &body, 5000));
+	assert_int_equal(zmq_msg_close(&body), 0);
+	assert_int_equal(auth_limit_refused(w->auth, "capped"), 1);
+	auth_get_counters(w->auth, &c);
+	assert_int_equal(c.accepted, 1);
+	close_socket(w, client);
+	close_socket(w, server);
+
+	/* Arguments. */
+	assert_int_equal(auth_set_limit(w->auth, "x", 0, count_connections, w), -EINVAL);
+	assert_int_equal(auth_set_limit(w->auth, "x", 1, NULL, w), -EINVAL);
+	assert_int_equal(auth_set_limit(w->auth, "", 1, count_connections, w), -EINVAL);
+	assert_int_equal(auth_limit_refused(w->auth, "never-set"), 0);
+	int r = 0;
+	for (int i = 0; i < AUTH_LIMITS_MAX + 1 && r == 0; i++) {
+		char name[32];
+		(void) snprintf(name, sizeof(name), "limit%d", i);
+		r = auth_set_limit(w->auth, name, 1, count_connections, w);
+	}
+	assert_int_equal(r, -ENOSPC);
+}
+
 static void
 test_auth_new_refuses_a_second_handler(void **state)
 {
@@ -1849,6 +1949,8 @@ static const struct CMUnitTest tests[] = {
         world_test(test_zap_plain_peer_needs_allow_plain),
         world_test(test_zap_missing_handler_fails_closed_only_with_enforce),
         world_test(test_auth_new_refuses_a_second_handler),
+        world_test(test_socket_setup_uses_the_server_key),
+        world_test(test_connection_limit_refuses_and_counts),
         world_test(test_zap_decides_by_domain_and_role),
         world_test(test_zap_malformed_requests_get_500),
         world_test(test_zap_answers_bursts_beyond_one_budget),

@@ -605,6 +605,11 @@ test_shipped_config_loads(void **state)
 	assert_int_equal(c->query.hwm, 32);
 	assert_int_equal(c->digest.publish_interval_ms, 1000);
 	assert_int_equal(c->digest.headlines, 5);
+	assert_int_equal(c->ingest.max_inflight_per_council, 1024);
+	assert_int_equal(c->ingest.rate_limit, 100000);
+	assert_int_equal(c->ingest.rate_burst, 200000);
+	assert_int_equal(c->publish.max_subscription_bytes, 1024);
+	assert_int_equal(c->query.max_request_bytes, 64 * 1024);
 	assert_null(config_unref(c));
 }
 
@@ -764,8 +769,8 @@ ERROR_CASE(test_max_pending_below_max_batch_names_later_line,
 ERROR_CASE(test_max_batch_above_default_pending, BASE "[ingest]\nmax_batch = 8193\n", -EINVAL, 4,
            "max_pending (8192) is below max_batch (8193)");
 ERROR_CASE(test_unknown_section_lists_the_sections, BASE "[fanout]\n", -EINVAL, 3,
-           "use [coordd], [ingest], [publish], [query], [digest], [store], [metrics] or "
-           "[council.<id>]");
+           "use [coordd], [ingest], [publish], [query], [digest], [store], [metrics], "
+           "[security] or [council.<id>]");
 ERROR_CASE(test_publish_hwm_too_small, BASE "[publish]\nhwm = 99\n", -EINVAL, 4,
            "hwm = 99 is out of range in [publish]: use 100 to 1000000");
 ERROR_CASE(test_publish_bad_endpoint, BASE "[publish]\nendpoint = 7702\n", -EINVAL, 4,
@@ -798,6 +803,157 @@ ERROR_CASE(test_query_endpoint_equals_publish_names_later_line,
            BASE "[query]\nendpoint = ipc:///x\n[publish]\nendpoint = ipc:///x\n", -EINVAL, 6,
            "[publish] and [query] both use endpoint 'ipc:///x'");
 ERROR_CASE(test_missing_close_bracket, BASE "[ingest\n", -EINVAL, 3, "missing ']'");
+
+#define SECURITY "[security]\nsecret_key_file = /k/server.secret\nkeys_file = /k/keys.ini\n"
+ERROR_CASE(test_plain_wildcard_endpoint_is_refused, BASE "[ingest]\nendpoint = tcp://*:7701\n",
+           -EINVAL, 4,
+           "[ingest] endpoint 'tcp://*:7701' is not loopback or ipc:// and the socket is "
+           "plain (unauthenticated): configure [security] secret_key_file and keys_file "
+           "(security = curve), or bind 127.0.0.1, [::1], localhost or ipc://");
+ERROR_CASE(test_plain_any_address_is_refused, BASE "[publish]\nendpoint = tcp://0.0.0.0:7702\n",
+           -EINVAL, 4, "[publish] endpoint 'tcp://0.0.0.0:7702' is not loopback");
+ERROR_CASE(test_plain_interface_name_is_refused, BASE "[query]\nendpoint = tcp://lo:7703\n",
+           -EINVAL, 4, "[query] endpoint 'tcp://lo:7703' is not loopback");
+ERROR_CASE(test_explicit_plain_public_endpoint_is_refused_with_keys,
+           BASE SECURITY "[ingest]\nendpoint = tcp://192.0.2.1:7701\nsecurity = plain\n", -EINVAL,
+           8, "[ingest] endpoint 'tcp://192.0.2.1:7701' is not loopback");
+ERROR_CASE(test_curve_without_security_section, BASE "[ingest]\nsecurity = curve\n", -EINVAL, 4,
+           "security = curve in [ingest] needs the server's keys: add [security]");
+ERROR_CASE(test_security_needs_both_files, BASE "[security]\nkeys_file = /k/keys.ini\n", -EINVAL, 3,
+           "missing key 'secret_key_file' in [security]: set both");
+ERROR_CASE(test_security_needs_keys_file, BASE "[security]\nsecret_key_file = /k/s\n", -EINVAL, 3,
+           "missing key 'keys_file' in [security]");
+ERROR_CASE(test_bad_security_value, BASE "[publish]\nsecurity = tls\n", -EINVAL, 4,
+           "bad security 'tls' in [publish]: use curve or plain");
+ERROR_CASE(test_max_connections_zero, BASE "[ingest]\nmax_connections = 0\n", -EINVAL, 4,
+           "max_connections = 0 is out of range in [ingest]: use 1 to 1000000");
+ERROR_CASE(test_max_connections_too_big, BASE "[query]\nmax_connections = 1000001\n", -EINVAL, 4,
+           "max_connections = 1000001 is out of range in [query]");
+ERROR_CASE(test_security_unknown_key, BASE "[security]\nserver_key = x\n", -EINVAL, 4,
+           "unknown key 'server_key' in [security]");
+
+static void
+test_security_defaults(void **state)
+{
+	(void) state;
+	struct config *c = parse_ok(BASE);
+
+	assert_int_equal(c->ingest.security, CONFIG_SECURITY_PLAIN);
+	assert_int_equal(c->publish.security, CONFIG_SECURITY_PLAIN);
+	assert_int_equal(c->query.security, CONFIG_SECURITY_PLAIN);
+	assert_int_equal(c->ingest.max_connections, 2048);
+	assert_int_equal(c->publish.max_connections, 1024);
+	assert_int_equal(c->query.max_connections, 256);
+	assert_int_equal(c->query.subscriber_history_window, 100000);
+	assert_null(c->security.secret_key_file);
+	assert_null(c->security.keys_file);
+	assert_null(config_unref(c));
+
+	/* With keys, every socket defaults to curve and may bind any address. */
+	c = parse_ok(BASE SECURITY "[ingest]\nendpoint = tcp://*:7701\n"
+	                           "[publish]\nendpoint = tcp://0.0.0.0:7702\nsecurity = curve\n"
+	                           "[query]\nsecurity = plain\nmax_connections = 3\n");
+	assert_int_equal(c->ingest.security, CONFIG_SECURITY_CURVE);
+	assert_int_equal(c->publish.security, CONFIG_SECURITY_CURVE);
+	assert_int_equal(c->query.security, CONFIG_SECURITY_PLAIN);
+	assert_int_equal(c->query.max_connections, 3);
+	assert_string_equal(c->security.secret_key_file, "/k/server.secret");
+	assert_string_equal(c->security.keys_file, "/k/keys.ini");
+	assert_string_equal(config_security_to_string(c->ingest.security), "curve");
+	assert_string_equal(config_security_to_string(c->query.security), "plain");
+	assert_null(config_security_to_string(_CONFIG_SECURITY_MAX));
+	assert_null(config_unref(c));
+}
+
+static void
+test_local_endpoints(void **state)
+{
+	(void) state;
+	static const char *const local[] = {
+	        "ipc:///run/coordd/ingest", "inproc://x",       "tcp://127.0.0.1:7701",
+	        "tcp://127.255.0.9:1",      "tcp://[::1]:7701", "tcp://localhost:7701",
+	};
+	static const char *const remote[] = {
+	        "tcp://*:7701",
+	        "tcp://0.0.0.0:7701",
+	        "tcp://192.0.2.1:7701",
+	        "tcp://[::]:7701",
+	        "tcp://eth0:7701",
+	        "tcp://lo:7701",
+	        "tcp://127.1:7701",
+	        "tcp://128.0.0.1:1",
+	        "tcp://:7701",
+	        "tcp://127.0.0.1",
+	        "pgm://127.0.0.1:1",
+	        "ws://127.0.0.1:1",
+	        "tcp://localhost.example.com:1",
+	        "ipc:/x",
+	};
+	for (size_t i = 0; i < sizeof(local) / sizeof(local[0]); i++) {
+		if (!config_endpoint_is_local(local[i])) {
+			fail_msg("%s should be local", local[i]);
+		}
+	}
+	for (size_t i = 0; i < sizeof(remote) / sizeof(remote[0]); i++) {
+		if (config_endpoint_is_local(remote[i])) {
+			fail_msg("%s should not be local", remote[i]);
+		}
+	}
+	assert_false(config_endpoint_is_local(NULL));
+}
+
+struct restart_seen {
+	char keys[16][48];
+	size_t n;
+};
+
+static void
+note_restart(void *data, const char *section, const char *key)
+{
+	struct restart_seen *seen = data;
+
+	assert_true(seen->n < 16);
+	(void) snprintf(seen->keys[seen->n++], sizeof(seen->keys[0]), "%s.%s", section, key);
+}
+
+static void
+test_reload_keeps_restart_keys(void **state)
+{
+	(void) state;
+	struct config *old = parse_ok(BASE SECURITY "[ingest]\nendpoint = tcp://*:1\n"
+	                                            "max_batch = 10\nmax_pending = 100\n"
+	                                            "[digest]\nheadlines = 3\n");
+	struct config *fresh = parse_ok("[coordd]\nstate_dir = /elsewhere\nlog_level = debug\n"
+	                                "[security]\nsecret_key_file = /k/other.secret\n"
+	                                "keys_file = /k/new-keys.ini\n"
+	                                "[ingest]\nendpoint = tcp://*:2\nmax_batch = 20\n"
+	                                "max_pending = 100\nmax_connections = 5\n"
+	                                "[digest]\nheadlines = 7\n"
+	                                "[council.fr]\nname = France\ncountry = FR\n");
+	struct restart_seen seen = {.n = 0};
+
+	assert_int_equal(config_keep_restart_keys(fresh, old, note_restart, &seen), 4);
+	assert_int_equal(seen.n, 4);
+	assert_string_equal(seen.keys[0], "coordd.state_dir");
+	assert_string_equal(seen.keys[1], "ingest.endpoint");
+	assert_string_equal(seen.keys[2], "ingest.max_batch");
+	assert_string_equal(seen.keys[3], "security.secret_key_file");
+	/* Kept from the running config. */
+	assert_string_equal(fresh->state_dir, "/var/lib/coordd");
+	assert_string_equal(fresh->ingest.endpoint, "tcp://*:1");
+	assert_int_equal(fresh->ingest.max_batch, 10);
+	assert_string_equal(fresh->security.secret_key_file, "/k/server.secret");
+	/* Taken from the new file. */
+	assert_int_equal(fresh->log_level, LOG_LEVEL_DEBUG);
+	assert_string_equal(fresh->security.keys_file, "/k/new-keys.ini");
+	assert_int_equal(fresh->ingest.max_connections, 5);
+	assert_int_equal(fresh->digest.headlines, 7);
+	assert_non_null(config_find_council(fresh, "fr"));
+	/* Nothing left to differ. */
+	assert_int_equal(config_keep_restart_keys(fresh, old, NULL, NULL), 0);
+	assert_null(config_unref(fresh));
+	assert_null(config_unref(old));
+}
 ERROR_CASE(test_text_after_section, BASE "[ingest] hwm = 100\n", -EINVAL, 3,
            "unexpected text after ']'");
 ERROR_CASE(test_line_without_equals, BASE "[ingest]\nhwm 100\n", -EINVAL, 4,
@@ -840,8 +996,97 @@ test_parse_listen_addresses(void **state)
 	assert_int_equal(config_parse_listen(":80", host, &port), -EINVAL);
 }
 
+/* The limits against abuse: defaults, bounds, and rate_burst following rate_limit. */
+static void
+test_limit_keys_default(void **state)
+{
+	struct config *c = parse_ok(BASE);
+
+	assert_int_equal(c->ingest.max_inflight_per_council, 1024);
+	assert_int_equal(c->ingest.rate_limit, 100000);
+	assert_int_equal(c->ingest.rate_burst, 200000);
+	assert_int_equal(c->publish.max_subscription_bytes, 1024);
+	assert_int_equal(c->query.max_request_bytes, 64 * 1024);
+	config_unref(c);
+}
+
+static void
+test_limit_keys_bounds_are_inclusive(void **state)
+{
+	struct config *c = parse_ok(BASE "[ingest]\n"
+	                                 "max_inflight_per_council = 1\n"
+	                                 "rate_limit = 0\n"
+	                                 "rate_burst = 1\n"
+	                                 "[publish]\n"
+	                                 "max_subscription_bytes = 256\n"
+	                                 "[query]\n"
+	                                 "max_request_bytes = 4K\n");
+
+	assert_int_equal(c->ingest.max_inflight_per_council, 1);
+	assert_int_equal(c->ingest.rate_limit, 0);
+	assert_int_equal(c->ingest.rate_burst, 1);
+	assert_int_equal(c->publish.max_subscription_bytes, 256);
+	assert_int_equal(c->query.max_request_bytes, 4096);
+	config_unref(c);
+
+	c = parse_ok(BASE "[ingest]\n"
+	                  "max_inflight_per_council = 1000000\n"
+	                  "rate_limit = 10000000\n"
+	                  "rate_burst = 20000000\n"
+	                  "[publish]\n"
+	                  "max_subscription_bytes = 64K\n"
+	                  "[query]\n"
+	                  "max_request_bytes = 1M\n");
+	assert_int_equal(c->ingest.max_inflight_per_council, 1000000);
+	assert_int_equal(c->ingest.rate_limit, 10000000);
+	assert_int_equal(c->ingest.rate_burst, 20000000);
+	assert_int_equal(c->publish.max_subscription_bytes, 64 * 1024);
+	assert_int_equal(c->query.max_request_bytes, 1024 * 1024);
+	config_unref(c);
+}
+
+static void
+test_rate_burst_defaults_to_twice_rate_limit(void **state)
+{
+	struct config *c = parse_ok(BASE "[ingest]\nrate_limit = 7\n");
+
+	assert_int_equal(c->ingest.rate_burst, 14);
+	config_unref(c);
+	/* Set before rate_limit in the file: still its own value. */
+	c = parse_ok(BASE "[ingest]\nrate_burst = 3\nrate_limit = 7\n");
+	assert_int_equal(c->ingest.rate_burst, 3);
+	config_unref(c);
+	c = parse_ok(BASE "[ingest]\nrate_limit = 10000000\n");
+	assert_int_equal(c->ingest.rate_burst, 20000000);
+	config_unref(c);
+	c = parse_ok(BASE "[ingest]\nrate_limit = 0\n");
+	assert_int_equal(c->ingest.rate_limit, 0);
+	assert_int_equal(c->ingest.rate_burst, 0);
+	config_unref(c);
+}
+
+ERROR_CASE(test_max_inflight_zero, BASE "[ingest]\nmax_inflight_per_council = 0\n", -EINVAL, 4,
+           "max_inflight_per_council = 0 is out of range in [ingest]: use 1 to 1000000");
+ERROR_CASE(test_max_inflight_too_big, BASE "[ingest]\nmax_inflight_per_council = 1000001\n",
+           -EINVAL, 4, "max_inflight_per_council = 1000001 is out of range");
+ERROR_CASE(test_rate_limit_too_big, BASE "[ingest]\nrate_limit = 10000001\n", -EINVAL, 4,
+           "rate_limit = 10000001 is out of range in [ingest]: use 0 to 10000000");
+ERROR_CASE(test_rate_limit_negative, BASE "[ingest]\nrate_limit = -1\n", -EINVAL, 4,
+           "bad number '-1' for rate_limit");
+ERROR_CASE(test_rate_burst_zero, BASE "[ingest]\nrate_burst = 0\n", -EINVAL, 4,
+           "rate_burst = 0 is out of range in [ingest]: use 1 to 20000000");
+ERROR_CASE(test_max_subscription_bytes_too_small, BASE "[publish]\nmax_subscription_bytes = 255\n",
+           -EINVAL, 4, "max_subscription_bytes = 255 is out of range in [publish]: use 256 to 64K");
+ERROR_CASE(test_max_request_bytes_too_small, BASE "[query]\nmax_request_bytes = 4095\n", -EINVAL, 4,
+           "max_request_bytes = 4095 is out of range in [query]: use 4K to 1M");
+ERROR_CASE(test_max_request_bytes_too_big, BASE "[query]\nmax_request_bytes = 2M\n", -EINVAL, 4,
+           "max_request_bytes = 2M is out of range");
+
 static const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_minimal_config_uses_defaults),
+        cmocka_unit_test(test_security_defaults),
+        cmocka_unit_test(test_local_endpoints),
+        cmocka_unit_test(test_reload_keeps_restart_keys),
         cmocka_unit_test(test_every_key_is_set),
         cmocka_unit_test(test_log_levels_map_to_enum),
         cmocka_unit_test(test_range_limits_are_inclusive),
@@ -863,6 +1108,17 @@ static const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_shipped_config_loads),
         cmocka_unit_test(test_parse_listen_addresses),
         cmocka_unit_test(test_metrics_listen_default_and_off),
+        cmocka_unit_test(test_limit_keys_default),
+        cmocka_unit_test(test_limit_keys_bounds_are_inclusive),
+        cmocka_unit_test(test_rate_burst_defaults_to_twice_rate_limit),
+        error_test(test_max_inflight_zero),
+        error_test(test_max_inflight_too_big),
+        error_test(test_rate_limit_too_big),
+        error_test(test_rate_limit_negative),
+        error_test(test_rate_burst_zero),
+        error_test(test_max_subscription_bytes_too_small),
+        error_test(test_max_request_bytes_too_small),
+        error_test(test_max_request_bytes_too_big),
         error_test(test_metrics_listen_needs_numeric_address),
         error_test(test_empty_text_is_missing_coordd),
         error_test(test_missing_coordd_section),
@@ -944,6 +1200,17 @@ static const struct CMUnitTest tests[] = {
         error_test(test_text_after_section),
         error_test(test_line_without_equals),
         error_test(test_first_error_wins),
+        error_test(test_plain_wildcard_endpoint_is_refused),
+        error_test(test_plain_any_address_is_refused),
+        error_test(test_plain_interface_name_is_refused),
+        error_test(test_explicit_plain_public_endpoint_is_refused_with_keys),
+        error_test(test_curve_without_security_section),
+        error_test(test_security_needs_both_files),
+        error_test(test_security_needs_keys_file),
+        error_test(test_bad_security_value),
+        error_test(test_max_connections_zero),
+        error_test(test_max_connections_too_big),
+        error_test(test_security_unknown_key),
 };
 
 int
