@@ -35,9 +35,10 @@
  * than failing every later batch.
  *
  * In memory an aggregate is the Coord__V1__Aggregate that protobuf-c unpacked, edited in
- * place. Lines and codes added here are allocated the way protobuf-c's default allocator
- * does (malloc, strdup, arrays of exactly n pointers), so it packs as it is and
- * coord__v1__aggregate__free_unpacked() frees it whatever was edited.
+ * place. Lines and codes added here are allocated with fewer calls than protobuf-c's
+ * (a CodeCount holds its code in its own block; pointer arrays grow by half), so they are
+ * freed by agg_free(), line_free() and code_free(), which free either kind, never by
+ * protobuf-c's free_unpacked().
  *
  * Writer thread: `cache`, a hash table keyed by the key bytes, holds decoded aggregates
  * between folds: every whole-campaign one (one per scope, so bounded by the number of
@@ -57,6 +58,7 @@
 #include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stddef.h>
@@ -196,20 +198,75 @@ grow(void *v, size_t *cap, size_t need, size_t size)
 	return p;
 }
 
-/* Insert `p` at `pos` of a protobuf-c array of message pointers (exactly *n long). */
+/* Insert `p` at `pos` of a protobuf-c array of message pointers (*n long). The array is
+ * heap memory of at least *n pointers; it grows by half when full, which
+ * malloc_usable_size() tells (protobuf-c's arrays are exactly n long, ours may be longer;
+ * either frees with free()). */
 static int
 insert_at(void ***v, size_t *n, size_t pos, void *p)
 {
-	void **a = reallocarray(*v, *n + 1, sizeof(*a));
+	void **a = *v;
 
-	if (!a) {
-		return -ENOMEM;
+	if (!a || malloc_usable_size(a) < (*n + 1) * sizeof(*a)) {
+		a = reallocarray(a, *n + 1 + *n / 2, sizeof(*a));
+		if (!a) {
+			return -ENOMEM;
+		}
 	}
 	memmove(a + pos + 1, a + pos, (*n - pos) * sizeof(*a));
 	a[pos] = p;
 	*v = a;
 	(*n)++;
 	return 0;
+}
+
+/* A CodeCount made here holds its code in the same block (one allocation, not two);
+ * code_free() tells it from one protobuf-c unpacked, whose code is a block of its own. */
+static Coord__V1__CodeCount *
+code_new(const char *code)
+{
+	size_t len = strlen(code);
+	Coord__V1__CodeCount *c = malloc(sizeof(*c) + len + 1);
+
+	if (c) {
+		coord__v1__code_count__init(c);
+		c->code = memcpy(c + 1, code, len + 1);
+	}
+	return c;
+}
+
+static void
+free_unknown(ProtobufCMessage *m)
+{
+	for (size_t i = 0; i < m->n_unknown_fields; i++) {
+		free(m->unknown_fields[i].data);
+	}
+	free(m->unknown_fields);
+}
+
+static void
+code_free(Coord__V1__CodeCount *c)
+{
+	if (c->code != (char *) (c + 1) && c->code != protobuf_c_empty_string) {
+		free(c->code);
+	}
+	free_unknown(&c->base);
+	free(c);
+}
+
+/* What coord__v1__digest_line__free_unpacked() does, for codes of either kind. */
+static void
+line_free(Coord__V1__DigestLine *l)
+{
+	for (int k = 0; k < N_LISTS; k++) {
+		Coord__V1__CodeCount **v = *list_v(l, k);
+		for (size_t i = 0; i < *list_n(l, k); i++) {
+			code_free(v[i]);
+		}
+		free(v);
+	}
+	free_unknown(&l->base);
+	free(l);
 }
 
 /* Dates before 1970 cannot pass validation; clamping them keeps them off BUCKET_ALL. */
@@ -252,12 +309,19 @@ agg_new(void)
 	return a;
 }
 
+/* What coord__v1__aggregate__free_unpacked() does, for lines edited here. */
 static void
 agg_free(Coord__V1__Aggregate *a)
 {
-	if (a) {
-		coord__v1__aggregate__free_unpacked(a, NULL);
+	if (!a) {
+		return;
 	}
+	for (size_t i = 0; i < a->n_lines; i++) {
+		line_free(a->lines[i]);
+	}
+	free(a->lines);
+	free_unknown(&a->base);
+	free(a);
 }
 
 /* Lower bound of `s` in a sorted CodeCount list; *found tells whether it is there. */
@@ -293,19 +357,15 @@ codes_apply(Coord__V1__DigestLine *l, int k, Coord__V1__CodeCount *const *in, si
 			continue;
 		}
 		if (!found) {
-			Coord__V1__CodeCount *c = malloc(sizeof(*c));
-			char *code = strdup(in[i]->code);
-			if (!c || !code || insert_at((void ***) v, n, pos, c) < 0) {
+			Coord__V1__CodeCount *c = code_new(in[i]->code);
+			if (!c || insert_at((void ***) v, n, pos, c) < 0) {
 				free(c);
-				free(code);
 				return -ENOMEM;
 			}
-			coord__v1__code_count__init(c);
-			c->code = code;
 		}
 		(*v)[pos]->count = count_add((*v)[pos]->count, in[i]->count, sign);
 		if ((*v)[pos]->count == 0) {
-			coord__v1__code_count__free_unpacked((*v)[pos], NULL);
+			code_free((*v)[pos]);
 			memmove(*v + pos, *v + pos + 1, (*n - pos - 1) * sizeof(**v));
 			(*n)--;
 		}
@@ -367,7 +427,7 @@ agg_apply(Coord__V1__Aggregate *a, const Coord__V1__DigestLine *in, int sign)
 		}
 	}
 	if (l->count == 0) {
-		coord__v1__digest_line__free_unpacked(l, NULL);
+		line_free(l);
 		memmove(a->lines + pos, a->lines + pos + 1,
 		        (a->n_lines - pos - 1) * sizeof(*a->lines));
 		a->n_lines--;
