@@ -12,6 +12,12 @@
  * removes the superseded revision's contribution and adds the new one; a retraction only
  * removes; a restore only adds. So every figure is exact and nothing is ever rescanned.
  *
+ * A batch writes its contributions to the "digest_log" table (a few bytes each, appended),
+ * not to the aggregates; once the log holds more than the log limit, a batch folds the whole
+ * log into the "digest" table and empties it. A digest is the aggregates plus the log, read
+ * in one transaction, so it is exact after every commit; the folding only saves the
+ * rewriting of the same aggregates by every batch.
+ *
  * Threads: the store hooks run on the writer thread; everything else on the loop thread
  * (reads use their own read transaction). The dirty-scope set is handed between the two
  * under a mutex.
@@ -28,6 +34,8 @@
 #define DIGEST_HOUR_MS INT64_C(3600000)
 #define DIGEST_HEADLINES_DEFAULT 5
 #define DIGEST_HEADLINES_MAX 50
+/* Contributions the log holds before a batch folds it into the aggregates (digest.c). */
+#define DIGEST_LOG_LIMIT_DEFAULT 8192
 /* Headlines are looked for among this many newest items at most. */
 #define DIGEST_HEADLINE_SCAN_MAX 2000
 
@@ -41,7 +49,16 @@ struct digest;
 int digest_new(struct store *store, struct digest **ret_digest);
 
 /*
- * Remove the store hooks and free. Accepts NULL. Returns NULL.
+ * Set how many contributions the log may hold before a batch folds it into the aggregates
+ * (default DIGEST_LOG_LIMIT_DEFAULT; 0 folds in every batch, so the "digest" table alone is
+ * always complete: for tests of the table's layout). Writer thread, or before any write.
+ */
+void digest_set_log_limit(struct digest *d, size_t records);
+
+/*
+ * Fold the log into the aggregates when it holds anything (one write transaction of the
+ * store, so no batch may be in flight: call it after ingest has stopped, before
+ * store_free()), remove the store hooks and free. Accepts NULL. Returns NULL.
  */
 struct digest *digest_free(struct digest *d);
 
@@ -61,6 +78,31 @@ struct digest *digest_free(struct digest *d);
 int digest_compute(struct digest *d, Coord__V1__ScopeKind scope_kind, const char *scope_id,
                    Coord__V1__Window window, int64_t start, int64_t end, int64_t now_ms,
                    unsigned headlines, Coord__V1__Digest **ret_digest);
+
+/* One digest asked of digest_compute_many(): the inputs of digest_compute(), and its
+ * result. */
+struct digest_request {
+	/* inputs (scope_id is borrowed for the call) */
+	Coord__V1__ScopeKind scope_kind;
+	const char *scope_id;
+	Coord__V1__Window window;
+	int64_t start, end;
+	/* outputs */
+	int r;                     /* 0, or digest_compute()'s error for this request */
+	Coord__V1__Digest *digest; /* when r is 0: owned by the caller, digest_result_free() */
+};
+
+/*
+ * Compute several digests as digest_compute() would, each with `headlines` headlines, from
+ * ONE scan of the newest DIGEST_HEADLINE_SCAN_MAX items (the scan dominates the cost of a
+ * digest: one per request made a digest job of a few hundred scopes decode the same items
+ * a thousand times). Every digest reports the same last_seq.
+ * Returns 0 when the scan succeeded; then each request's `r` and `digest` are set (a bad
+ * scope or window fails that request alone, with -EINVAL). Returns -ENOMEM or -EIO when the
+ * scan failed: then no request has a digest. Any thread but the writer.
+ */
+int digest_compute_many(struct digest *d, struct digest_request *reqs, size_t n, int64_t now_ms,
+                        unsigned headlines);
 
 /* Free a digest from digest_compute(). Accepts NULL. */
 void digest_result_free(Coord__V1__Digest *digest);

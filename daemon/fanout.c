@@ -368,19 +368,37 @@ job_free_results(struct fanout *f)
 	f->n_job = 0;
 }
 
-/* Threadpool: compute the three windows of every scope of the job. */
+/* Threadpool: compute the three windows of every scope of the job, all from one scan of the
+ * newest items (digest_compute_many()). */
 static void
 job_work(uv_work_t *req)
 {
 	struct fanout *f = container_of(req, struct fanout, work);
+	size_t n = f->n_job * N_WINDOWS;
+	struct digest_request *reqs = calloc(n, sizeof(*reqs));
+	int r = reqs ? 0 : -ENOMEM;
 
+	for (size_t i = 0; i < n && r == 0; i++) {
+		const struct job_scope *js = &f->job[i / N_WINDOWS];
+		reqs[i] = (struct digest_request){.scope_kind = js->scope.kind,
+		                                  .scope_id = js->scope.id,
+		                                  .window = windows[i % N_WINDOWS]};
+	}
+	if (r == 0) {
+		r = digest_compute_many(f->digest, reqs, n, f->job_now, f->job_headlines);
+	}
 	for (size_t i = 0; i < f->n_job; i++) {
 		struct job_scope *js = &f->job[i];
-		for (int w = 0; w < N_WINDOWS && js->r == 0; w++) {
-			js->r = digest_compute(f->digest, js->scope.kind, js->scope.id, windows[w],
-			                       0, 0, f->job_now, f->job_headlines, &js->digests[w]);
+		for (int w = 0; w < N_WINDOWS; w++) {
+			struct digest_request *dr =
+			        r == 0 ? &reqs[i * N_WINDOWS + (size_t) w] : NULL;
+			js->digests[w] = dr ? dr->digest : NULL;
+			if (js->r == 0) {
+				js->r = dr ? dr->r : r;
+			}
 		}
 	}
+	free(reqs);
 }
 
 /* Publish one computed scope as the new value of its topic, if it is newer. */

@@ -189,9 +189,19 @@ init_tables(struct store *s)
 			r = -EBADMSG;
 			goto fail;
 		}
-		if (get_be32(val.mv_data) > STORE_SCHEMA_VERSION) {
+		uint32_t version = get_be32(val.mv_data);
+		if (version > STORE_SCHEMA_VERSION) {
 			r = -EPROTO;
 			goto fail;
+		}
+		/* Every older version is a subset of this one (store.h): only the number
+		 * changes, so that older builds refuse the store from now on. */
+		if (version < STORE_SCHEMA_VERSION && !s->read_only) {
+			uint8_t v[4];
+
+			put_be32(v, STORE_SCHEMA_VERSION);
+			val = (MDB_val){.mv_size = sizeof(v), .mv_data = v};
+			rc = mdb_put(txn, s->meta, &key, &val, 0);
 		}
 	}
 	if (rc != 0) {

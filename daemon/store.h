@@ -7,6 +7,12 @@
  *   index  council "\0" msg_id -> 13 bytes: u64 BE latest seq, u32 BE latest revision,
  *          u8 flags (STORE_FLAG_RETRACTED)
  *   meta   "schema_version" -> u32 BE (STORE_SCHEMA_VERSION)
+ * Other modules keep their own tables beside these (store_open_table(): digest, digest_log).
+ *
+ * Schema versions: 1 had no digest_log table; 2 adds it (digest.h). A store of version 1 is
+ * upgraded by the first read-write open (an absent log is an empty one, so nothing else
+ * changes); a version 2 store is refused by builds that know only version 1 (-EPROTO),
+ * since they would ignore the contributions in its log.
  *
  * Caveats:
  * - One process writes: store_open() takes an exclusive lock on <dir>/coordd.lock, so a
@@ -32,7 +38,7 @@
 
 #include "coord.pb-c.h"
 
-#define STORE_SCHEMA_VERSION 1
+#define STORE_SCHEMA_VERSION 2
 #define STORE_FLAG_RETRACTED 0x01
 
 struct store;

@@ -344,6 +344,60 @@ teardown(void **state)
 	return 0;
 }
 
+/* Entries (batches) in the digest_log table. */
+static size_t
+log_entries(struct fixture *f)
+{
+	MDB_dbi dbi;
+	MDB_txn *txn;
+	MDB_stat st;
+
+	assert_int_equal(store_open_table(f->store, "digest_log", &dbi), 0);
+	assert_int_equal(store_read_begin(f->store, &txn), 0);
+	assert_int_equal(mdb_stat(txn, dbi, &st), 0);
+	store_read_end(f->store, txn);
+	return st.ms_entries;
+}
+
+/* Entries in the digest table. */
+static size_t
+table_entries(struct fixture *f)
+{
+	MDB_dbi dbi;
+	MDB_txn *txn;
+	MDB_stat st;
+
+	assert_int_equal(store_open_table(f->store, "digest", &dbi), 0);
+	assert_int_equal(store_read_begin(f->store, &txn), 0);
+	assert_int_equal(mdb_stat(txn, dbi, &st), 0);
+	store_read_end(f->store, txn);
+	return st.ms_entries;
+}
+
+/* verify finds the table plus log intact; rebuild folds the log and changes nothing else. */
+static void
+assert_verify_and_rebuild_agree(struct fixture *f)
+{
+	struct digest_check_report rep;
+	MDB_txn *txn;
+
+	assert_int_equal(digest_verify(f->store, NULL, NULL, NULL, &rep), 0);
+	assert_int_equal(rep.problems, 0);
+	assert_true(rep.live > 0);
+	/* The repair tools run with the daemon stopped: here the digest's hooks are taken
+	 * away, so that rebuild meets the log (digest_free() would have folded it). */
+	store_set_hooks(f->store, NULL);
+	assert_int_equal(store_repair_begin(f->store, &txn), 0);
+	assert_int_equal(digest_rebuild(f->store, txn, NULL, NULL, &rep), 0);
+	assert_int_equal(store_repair_commit(f->store, txn), 0);
+	assert_int_equal(rep.problems, 0);
+	assert_int_equal(log_entries(f), 0);
+	assert_int_equal(digest_verify(f->store, NULL, NULL, NULL, &rep), 0);
+	/* A fresh digest object, hooked again, reads the rebuilt table. */
+	close_all(f);
+	assert_int_equal(open_all(f, 4 * MIB), 0);
+}
+
 static void
 test_accepts_count_sums_and_distinct_codes(void **state)
 {
@@ -675,6 +729,7 @@ test_table_keys_are_scope_and_bucket(void **state)
 	uint8_t key[64];
 	uint64_t bucket = (uint64_t) (T0 / H) + 0;
 
+	digest_set_log_limit(f->digest, 0);
 	push(f, event(&m, "c01", "a", 1, RALLY, "DE", T0 + H / 2, 7, "de", "Rally"));
 	assert_int_equal(store_open_table(f->store, "digest", &dbi), 0);
 	assert_int_equal(store_read_begin(f->store, &txn), 0);
@@ -710,6 +765,67 @@ test_table_keys_are_scope_and_bucket(void **state)
 	assert_int_equal(mdb_stat(txn, dbi, &st), 0);
 	assert_int_equal(st.ms_entries, 0);
 	store_read_end(f->store, txn);
+}
+
+/* Every stored aggregate is byte for byte what protobuf-c packs for it (digest.c packs by
+ * hand). */
+static void
+assert_table_is_protobuf_c(struct fixture *f)
+{
+	MDB_dbi dbi;
+	MDB_txn *txn;
+	MDB_cursor *cur;
+	MDB_val k, v;
+	size_t n = 0;
+
+	assert_int_equal(store_open_table(f->store, "digest", &dbi), 0);
+	assert_int_equal(store_read_begin(f->store, &txn), 0);
+	assert_int_equal(mdb_cursor_open(txn, dbi, &cur), 0);
+	for (int rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
+	     rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+		Coord__V1__Aggregate *agg =
+		        coord__v1__aggregate__unpack(NULL, v.mv_size, v.mv_data);
+		assert_non_null(agg);
+		size_t len = coord__v1__aggregate__get_packed_size(agg);
+		uint8_t *buf = malloc(len + 1);
+		assert_non_null(buf);
+		assert_int_equal(coord__v1__aggregate__pack(agg, buf), len);
+		assert_int_equal(v.mv_size, len);
+		assert_memory_equal(v.mv_data, buf, len);
+		free(buf);
+		coord__v1__aggregate__free_unpacked(agg, NULL);
+		n++;
+	}
+	mdb_cursor_close(cur);
+	store_read_end(f->store, txn);
+	assert_true(n > 0);
+}
+
+/* Large sums and counts (multi-byte varints), every category, several codes per list. */
+static void
+test_stored_aggregates_pack_as_protobuf_c(void **state)
+{
+	struct fixture *f = *state;
+	struct msg m[6];
+	struct msg *batch[] = {
+	        event(&m[0], "c01", "e1", 1, RALLY, "DE", T0, 4000000000u, "de,en,fr", "Rally"),
+	        letter(&m[1], "c02", "l1", 3, "FR", "fr", T0 + H, "Subject", "Mayor"),
+	        statement(&m[2], "c03", "s1", "AM", "hy,ru", T0 - 30 * H, "Statement", "Org"),
+	        petition(&m[3], "c01", "p1", 2, "US", T0, UINT64_C(1) << 40, "en", "Petition",
+	                 "Senate"),
+	        media(&m[4], "c02", "m1", BROADCAST, "US", "en", T0, 300, "Report", "TV"),
+	        event(&m[5], "c03", "e2", 1, ROUNDTABLE, "", T0, 0, "", "Roundtable"),
+	};
+
+	digest_set_log_limit(f->digest, 0);
+	assert_int_equal(write_batch(f, batch, 6, NULL), 0);
+	for (int i = 0; i < 200; i++) {
+		char id[16];
+		(void) snprintf(id, sizeof(id), "r%d", i);
+		push(f, event(&m[0], i % 2 ? "c01" : "c02", id, 1, RALLY, i % 3 ? "DE" : "GB", T0,
+		              (uint32_t) i * 1000, "de", "Rally"));
+	}
+	assert_table_is_protobuf_c(f);
 }
 
 static void
@@ -919,6 +1035,77 @@ test_aggregates_survive_reopen(void **state)
 }
 
 static void
+test_log_holds_contributions_until_the_limit(void **state)
+{
+	struct fixture *f = *state;
+	struct msg m;
+
+	digest_set_log_limit(f->digest, 4);
+	push(f, event(&m, "c01", "a", 1, RALLY, "DE", T0, 10, "de", "Rally"));
+	push(f, event(&m, "c01", "b", 1, RALLY, "FR", T0 + H, 20, "fr", "Rally"));
+	/* A correction logs two contributions: 4 in all, not above the limit. */
+	push(f, event(&m, "c01", "a", 2, RALLY, "AM", T0, 30, "hy", "Rally"));
+	assert_int_equal(log_entries(f), 3);
+	assert_int_equal(table_entries(f), 0);
+	assert_int_equal(line_count(f, ALL, "", C_EVENT, RALLY), 2);
+	assert_int_equal(line_count(f, COUNTRY, "DE", C_EVENT, RALLY), 0);
+	assert_int_equal(line_count(f, COUNTRY, "AM", C_EVENT, RALLY), 1);
+	Coord__V1__Digest *dg = compute(f, ALL, "", W_RANGE, T0 + H, T0 + 2 * H, T0, 0);
+	assert_int_equal(dg->n_lines, 1);
+	assert_int_equal(dg->lines[0]->count, 1);
+	assert_int_equal(dg->lines[0]->sum, 20);
+	digest_result_free(dg);
+
+	/* The fifth contribution folds everything, this batch's too. */
+	push(f, retraction(&m, "c01", "b", 2));
+	assert_int_equal(log_entries(f), 0);
+	assert_int_equal(table_entries(f), 6);
+	assert_int_equal(line_count(f, ALL, "", C_EVENT, RALLY), 1);
+	assert_int_equal(line_count(f, COUNTRY, "AM", C_EVENT, RALLY), 1);
+	assert_int_equal(line_count(f, COUNTRY, "FR", C_EVENT, RALLY), 0);
+}
+
+static void
+test_free_folds_the_log(void **state)
+{
+	struct fixture *f = *state;
+	struct msg m;
+
+	push(f, event(&m, "c01", "a", 1, RALLY, "DE", T0, 10, "de", "Rally"));
+	assert_int_equal(log_entries(f), 1);
+	close_all(f);
+	assert_int_equal(open_all(f, 4 * MIB), 0);
+	assert_int_equal(log_entries(f), 0);
+	assert_int_equal(table_entries(f), 6);
+	assert_int_equal(line_count(f, COUNTRY, "DE", C_EVENT, RALLY), 1);
+}
+
+/* A log left by a daemon that did not stop cleanly is counted after a restart, and folded
+ * when it reaches the limit. */
+static void
+test_log_left_by_a_crash_is_merged_and_folded(void **state)
+{
+	struct fixture *f = *state;
+	struct msg m;
+
+	push(f, event(&m, "c01", "a", 1, RALLY, "DE", T0, 10, "de", "Rally"));
+	push(f, event(&m, "c01", "b", 1, RALLY, "DE", T0, 10, "de", "Rally"));
+	/* As if killed: without its hooks, digest_free() cannot fold. */
+	store_set_hooks(f->store, NULL);
+	close_all(f);
+	assert_int_equal(open_all(f, 4 * MIB), 0);
+	assert_int_equal(log_entries(f), 2);
+	assert_int_equal(line_count(f, COUNTRY, "DE", C_EVENT, RALLY), 2);
+	assert_verify_and_rebuild_agree(f);
+	digest_set_log_limit(f->digest, 2);
+	push(f, event(&m, "c01", "c", 1, RALLY, "DE", T0, 10, "de", "Rally"));
+	push(f, event(&m, "c01", "d", 1, RALLY, "DE", T0, 10, "de", "Rally"));
+	push(f, event(&m, "c01", "e", 1, RALLY, "DE", T0, 10, "de", "Rally"));
+	assert_int_equal(log_entries(f), 0);
+	assert_int_equal(line_count(f, COUNTRY, "DE", C_EVENT, RALLY), 5);
+}
+
+static void
 test_bad_scope_or_window_is_einval(void **state)
 {
 	struct fixture *f = *state;
@@ -1115,6 +1302,8 @@ test_map_growth_replay_matches_recount(void **state)
 
 	assert_non_null(recs);
 	assert_non_null(ms);
+	/* Folds every few batches, and leaves a log at the end that the digests merge. */
+	digest_set_log_limit(f->digest, 3 * GROW_BATCH / 2);
 	/* Three passes: first revisions; corrections of every 3rd and retractions of every 7th;
 	 * restores of every 14th. */
 	for (int pass = 0; pass < 3; pass++) {
@@ -1164,7 +1353,10 @@ test_map_growth_replay_matches_recount(void **state)
 	assert_int_equal(store_get_stats(f->store, &st), 0);
 	assert_true(st.map_size > MIB);
 
+	assert_true(log_entries(f) > 0);
 	check_recount(f, recs, GROW_RECORDS, ALL, 0, W_ALL, 0, 0);
+	assert_table_is_protobuf_c(f);
+	assert_verify_and_rebuild_agree(f);
 	check_recount(f, recs, GROW_RECORDS, ALL, 0, W_RANGE, T0 - 10 * H, T0 + 3 * H + 1);
 	for (int c = 0; c < N_COUNCILS; c++) {
 		check_recount(f, recs, GROW_RECORDS, COUNCIL, c, W_ALL, 0, 0);
@@ -1201,6 +1393,8 @@ main(void)
 	        cmocka_unit_test(test_contribution_of_each_category),
 	        cmocka_unit_test_setup_teardown(test_hour_buckets_and_window_merging, setup,
 	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_stored_aggregates_pack_as_protobuf_c, setup,
+	                                        teardown),
 	        cmocka_unit_test_setup_teardown(test_table_keys_are_scope_and_bucket, setup,
 	                                        teardown),
 	        cmocka_unit_test_setup_teardown(
@@ -1212,6 +1406,11 @@ main(void)
 	        cmocka_unit_test_setup_teardown(test_undecodable_envelope_fails_the_batch, setup,
 	                                        teardown),
 	        cmocka_unit_test_setup_teardown(test_aggregates_survive_reopen, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_log_holds_contributions_until_the_limit, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_free_folds_the_log, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_log_left_by_a_crash_is_merged_and_folded,
+	                                        setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_bad_scope_or_window_is_einval, setup,
 	                                        teardown),
 	        cmocka_unit_test_setup_teardown(test_unknown_scope_id_is_empty, setup, teardown),

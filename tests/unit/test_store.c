@@ -326,9 +326,9 @@ test_newer_schema_is_refused(void **state)
 	MDB_env *env;
 	MDB_txn *txn;
 	MDB_dbi dbi;
-	uint8_t two[4] = {0, 0, 0, 2};
+	uint8_t newer[4] = {0, 0, 0, STORE_SCHEMA_VERSION + 1};
 	MDB_val k = {.mv_size = strlen("schema_version"), .mv_data = "schema_version"};
-	MDB_val v = {.mv_size = 4, .mv_data = two};
+	MDB_val v = {.mv_size = 4, .mv_data = newer};
 
 	f->store = store_free(f->store);
 	assert_int_equal(mdb_env_create(&env), 0);
@@ -512,6 +512,69 @@ test_verify_finds_an_index_entry_without_item(void **state)
 	assert_non_null(strstr(rep.first_problem, "point at a matching item"));
 }
 
+/* The schema version as stored, read with LMDB directly (the store must be closed). */
+static uint32_t
+stored_schema(struct fixture *f)
+{
+	MDB_env *env;
+	MDB_txn *txn;
+	MDB_dbi dbi;
+	MDB_val k = {.mv_size = strlen("schema_version"), .mv_data = "schema_version"};
+	MDB_val v;
+
+	assert_int_equal(mdb_env_create(&env), 0);
+	assert_int_equal(mdb_env_set_maxdbs(env, 8), 0);
+	assert_int_equal(mdb_env_open(env, f->dir, MDB_RDONLY, 0640), 0);
+	assert_int_equal(mdb_txn_begin(env, NULL, MDB_RDONLY, &txn), 0);
+	assert_int_equal(mdb_dbi_open(txn, "meta", 0, &dbi), 0);
+	assert_int_equal(mdb_get(txn, dbi, &k, &v), 0);
+	assert_int_equal(v.mv_size, 4);
+	const uint8_t *b = v.mv_data;
+	uint32_t version =
+	        (uint32_t) b[0] << 24 | (uint32_t) b[1] << 16 | (uint32_t) b[2] << 8 | b[3];
+	mdb_txn_abort(txn);
+	mdb_env_close(env);
+	return version;
+}
+
+/* A version 1 store (before digest_log) stays 1 for a read-only open, and becomes the
+ * current version at the first read-write open, its items intact. */
+static void
+test_older_schema_is_upgraded(void **state)
+{
+	struct fixture *f = *state;
+	struct store *ro = NULL;
+	struct store_stats st;
+	MDB_env *env;
+	MDB_txn *txn;
+	MDB_dbi dbi;
+	uint8_t one[4] = {0, 0, 0, 1};
+	MDB_val k = {.mv_size = strlen("schema_version"), .mv_data = "schema_version"};
+	MDB_val v = {.mv_size = 4, .mv_data = one};
+	const struct store_options o = {.dir = f->dir, .map_size = 4 * MIB, .read_only = true};
+
+	write_sample(f);
+	f->store = store_free(f->store);
+	assert_int_equal(mdb_env_create(&env), 0);
+	assert_int_equal(mdb_env_set_maxdbs(env, 8), 0);
+	assert_int_equal(mdb_env_open(env, f->dir, 0, 0640), 0);
+	assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+	assert_int_equal(mdb_dbi_open(txn, "meta", 0, &dbi), 0);
+	assert_int_equal(mdb_put(txn, dbi, &k, &v, 0), 0);
+	assert_int_equal(mdb_txn_commit(txn), 0);
+	mdb_env_close(env);
+
+	assert_int_equal(store_open(&o, &ro), 0);
+	store_free(ro);
+	assert_int_equal(stored_schema(f), 1);
+	assert_int_equal(open_store(f, 4 * MIB, 64 * MIB), 0);
+	assert_int_equal(store_get_stats(f->store, &st), 0);
+	assert_int_equal(st.last_seq, 5);
+	f->store = store_free(f->store);
+	assert_int_equal(stored_schema(f), STORE_SCHEMA_VERSION);
+	assert_int_equal(open_store(f, 4 * MIB, 64 * MIB), 0);
+}
+
 static void
 test_read_only_open_beside_the_writer(void **state)
 {
@@ -666,6 +729,7 @@ main(void)
 	        cmocka_unit_test_setup_teardown(test_map_at_maximum_is_enospc_and_writes_nothing,
 	                                        setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_newer_schema_is_refused, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_older_schema_is_upgraded, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_verify_accepts_a_consistent_store, setup,
 	                                        teardown),
 	        cmocka_unit_test_setup_teardown(test_verify_finds_a_missing_item, setup, teardown),
