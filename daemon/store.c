@@ -233,6 +233,104 @@ fail:
 	return r;
 }
 
+static int
+fsync_path(const char *path, int flags)
+{
+	int fd = open(path, flags | O_CLOEXEC);
+
+	if (fd < 0) {
+		return -errno;
+	}
+	int r = fsync(fd) < 0 ? -errno : 0;
+	(void) close(fd);
+	return r;
+}
+
+#define NEW_STORE_DIR ".new-store"
+
+/* Remove <dir>/.new-store, left by a start that crashed while creating the store. */
+static int
+remove_new_store_dir(const char *dir)
+{
+	static const char *const files[] = {"data.mdb", "lock.mdb"};
+	char path[PATH_MAX];
+
+	for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
+		if ((size_t) snprintf(path, sizeof(path), "%s/" NEW_STORE_DIR "/%s", dir,
+		                      files[i]) >= sizeof(path)) {
+			return -ENAMETOOLONG;
+		}
+		if (unlink(path) < 0 && errno != ENOENT) {
+			return -errno;
+		}
+	}
+	(void) snprintf(path, sizeof(path), "%s/" NEW_STORE_DIR, dir);
+	if (rmdir(path) < 0 && errno != ENOENT) {
+		return -errno;
+	}
+	return 0;
+}
+
+/*
+ * Make <dir>/data.mdb when there is none, so that it only ever appears complete: LMDB
+ * writes a new file's first meta pages without a flush, and a power cut before the first
+ * commit's flush can leave a file LMDB refuses to open. So the store is created and
+ * committed (flushed) in <dir>/.new-store, renamed into place, and the directory flushed.
+ * Called with the directory's lock held.
+ */
+static int
+create_store_file(struct store *s, const struct store_options *opts)
+{
+	char tmp[PATH_MAX], from[PATH_MAX], to[PATH_MAX];
+	struct stat st;
+	int r;
+
+	if ((size_t) snprintf(to, sizeof(to), "%s/data.mdb", opts->dir) >= sizeof(to) ||
+	    (size_t) snprintf(tmp, sizeof(tmp), "%s/" NEW_STORE_DIR, opts->dir) >= sizeof(tmp) ||
+	    (size_t) snprintf(from, sizeof(from), "%s/data.mdb", tmp) >= sizeof(from)) {
+		return -ENAMETOOLONG;
+	}
+	r = remove_new_store_dir(opts->dir);
+	if (r < 0 || stat(to, &st) == 0) {
+		return r;
+	}
+	if (errno != ENOENT) {
+		return -errno;
+	}
+	if (mkdir(tmp, 0750) < 0) {
+		return -errno;
+	}
+	int rc = mdb_env_create(&s->env);
+	if (rc == 0) {
+		rc = mdb_env_set_maxdbs(s->env, 8);
+	}
+	if (rc == 0) {
+		rc = mdb_env_set_mapsize(s->env, opts->map_size);
+	}
+	if (rc == 0) {
+		rc = mdb_env_open(s->env, tmp, MDB_NOTLS, 0640);
+	}
+	r = rc == 0 ? 0 : rc > 0 ? -rc : mdb_to_errno(rc);
+	if (r == 0) {
+		r = init_tables(s);
+	}
+	if (r == 0) {
+		r = mdb_to_errno(mdb_env_sync(s->env, 1));
+	}
+	if (s->env) {
+		mdb_env_close(s->env);
+		s->env = NULL;
+	}
+	if (r == 0 && rename(from, to) < 0) {
+		r = -errno;
+	}
+	if (r == 0) {
+		r = fsync_path(opts->dir, O_RDONLY | O_DIRECTORY);
+	}
+	int r2 = remove_new_store_dir(opts->dir);
+	return r < 0 ? r : r2;
+}
+
 int
 store_open(const struct store_options *opts, struct store **ret_store)
 {
@@ -253,6 +351,9 @@ store_open(const struct store_options *opts, struct store **ret_store)
 	s->read_only = opts->read_only;
 	if (!s->read_only) {
 		r = lock_dir(opts->dir, &s->lock_fd);
+		if (r == 0) {
+			r = create_store_file(s, opts);
+		}
 		if (r < 0) {
 			goto fail;
 		}
@@ -943,19 +1044,6 @@ check_dest(const char *dir)
 		return errno == ENOTEMPTY || errno == EEXIST ? -EEXIST : -errno;
 	}
 	return mkdir(dir, 0750) < 0 ? -errno : 0;
-}
-
-static int
-fsync_path(const char *path, int flags)
-{
-	int fd = open(path, flags | O_CLOEXEC);
-
-	if (fd < 0) {
-		return -errno;
-	}
-	int r = fsync(fd) < 0 ? -errno : 0;
-	(void) close(fd);
-	return r;
 }
 
 int

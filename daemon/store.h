@@ -54,8 +54,10 @@ struct store_options {
 
 /*
  * Open (or create) the store. Clears stale reader slots left by dead processes, checks the
- * schema version. On success returns 0 and *ret_store; on failure a negative errno and
- * *ret_store is untouched. `opts` is copied.
+ * schema version. A new store is made in <dir>/.new-store, committed and flushed there,
+ * and its data.mdb renamed into <dir> (then <dir> is flushed), so a power cut never
+ * leaves a half-made data.mdb; a .new-store left by a crash is removed. On success returns 0 and
+ * *ret_store; on failure a negative errno and *ret_store is untouched. `opts` is copied.
  */
 int store_open(const struct store_options *opts, struct store **ret_store);
 

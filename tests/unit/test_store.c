@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -342,6 +343,44 @@ test_newer_schema_is_refused(void **state)
 
 	assert_int_equal(open_store(f, 4 * MIB, 64 * MIB), -EPROTO);
 	assert_null(f->store);
+}
+
+/*
+ * A new store's data.mdb appears only complete: it is made in <dir>/.new-store and renamed;
+ * a .new-store left by a crashed start (here with a torn file) is removed, never used.
+ */
+static void
+test_new_store_is_created_aside_and_renamed(void **state)
+{
+	struct fixture *f = *state;
+	char path[160];
+	struct stat st;
+
+	/* The setup's open created the store: no .new-store is left behind. */
+	(void) snprintf(path, sizeof(path), "%s/.new-store", f->dir);
+	assert_int_equal(stat(path, &st), -1);
+	(void) snprintf(path, sizeof(path), "%s/data.mdb", f->dir);
+	assert_int_equal(stat(path, &st), 0);
+
+	/* Start over on an empty directory with a stale, torn .new-store/data.mdb. */
+	f->store = store_free(f->store);
+	remove_dir(f->dir);
+	assert_int_equal(mkdir(f->dir, 0750), 0);
+	(void) snprintf(path, sizeof(path), "%s/.new-store", f->dir);
+	assert_int_equal(mkdir(path, 0750), 0);
+	(void) snprintf(path, sizeof(path), "%s/.new-store/data.mdb", f->dir);
+	FILE *torn = fopen(path, "w");
+	assert_non_null(torn);
+	assert_int_equal(fputs("not an LMDB file", torn) >= 0, 1);
+	assert_int_equal(fclose(torn), 0);
+
+	assert_int_equal(open_store(f, 4 * MIB, 64 * MIB), 0);
+	assert_int_equal(stat(path, &st), -1);
+	(void) snprintf(path, sizeof(path), "%s/.new-store", f->dir);
+	assert_int_equal(stat(path, &st), -1);
+	struct store_stats stats;
+	assert_int_equal(store_get_stats(f->store, &stats), 0);
+	assert_int_equal(stats.last_seq, 0);
 }
 
 static void
@@ -712,6 +751,8 @@ main(void)
 {
 	const struct CMUnitTest tests[] = {
 	        cmocka_unit_test_setup_teardown(test_accept_assigns_gap_free_seqs, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_new_store_is_created_aside_and_renamed, setup,
+	                                        teardown),
 	        cmocka_unit_test_setup_teardown(test_duplicate_returns_original_seq, setup,
 	                                        teardown),
 	        cmocka_unit_test_setup_teardown(test_duplicate_within_one_batch, setup, teardown),
