@@ -167,24 +167,6 @@ auth_user_id_parse(const char *user_id, enum auth_role *ret_role, char ret_id[AU
 	return 0;
 }
 
-/* ---- Errors ---- */
-
-static void set_error(struct auth_error *e, unsigned line, const char *fmt, ...)
-        __attribute__((format(printf, 3, 4)));
-
-static void
-set_error(struct auth_error *e, unsigned line, const char *fmt, ...)
-{
-	if (!e) {
-		return;
-	}
-	e->line = line;
-	va_list ap;
-	va_start(ap, fmt);
-	(void) vsnprintf(e->message, sizeof(e->message), fmt, ap);
-	va_end(ap);
-}
-
 /* ---- The allowlist ---- */
 
 /* (The key files, auth_key_decode() to auth_read_public_key(), are in authkey.c.) */
@@ -538,7 +520,7 @@ auth_keys_load(const char *path, struct auth_keys **ret_keys, struct auth_error 
 	p.ini.file = fopen(path, "re");
 	if (!p.ini.file) {
 		int r = -errno;
-		set_error(ret_error, 0, "cannot open keys file '%s': %s", path, strerror(-r));
+		auth_error_set(ret_error, 0, "cannot open keys file '%s': %s", path, strerror(-r));
 		return r;
 	}
 	int r = parse(&p, path, ret_keys, ret_error);

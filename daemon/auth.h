@@ -99,6 +99,13 @@ struct auth_error {
 	char message[256];
 };
 
+/*
+ * Fill `e` (may be NULL: then nothing) with `line` and a printf-style message. Shared by
+ * auth.c and authkey.c.
+ */
+void auth_error_set(struct auth_error *e, unsigned line, const char *fmt, ...)
+        __attribute__((format(printf, 3, 4)));
+
 /* ---- Roles, ids and User-Ids (pure functions, any thread) ---- */
 
 /*

@@ -28,11 +28,8 @@
 /* Key files are two short lines; anything much bigger is not one. */
 #define AUTH_KEY_FILE_MAX 4096
 
-static void set_error(struct auth_error *e, unsigned line, const char *fmt, ...)
-        __attribute__((format(printf, 3, 4)));
-
-static void
-set_error(struct auth_error *e, unsigned line, const char *fmt, ...)
+void
+auth_error_set(struct auth_error *e, unsigned line, const char *fmt, ...)
 {
 	if (!e) {
 		return;
@@ -91,12 +88,12 @@ write_new_file(const char *path, mode_t mode, const char *text, struct auth_erro
 	if (fd < 0) {
 		r = -errno;
 		if (r == -EEXIST) {
-			set_error(ret_error, 0,
-			          "'%s' exists: keygen never overwrites a key; remove it or "
-			          "choose another name",
-			          path);
+			auth_error_set(ret_error, 0,
+			               "'%s' exists: keygen never overwrites a key; remove it or "
+			               "choose another name",
+			               path);
 		} else {
-			set_error(ret_error, 0, "cannot create '%s': %s", path, strerror(-r));
+			auth_error_set(ret_error, 0, "cannot create '%s': %s", path, strerror(-r));
 		}
 		return r;
 	}
@@ -120,7 +117,7 @@ write_new_file(const char *path, mode_t mode, const char *text, struct auth_erro
 		r = -errno;
 	}
 	if (r < 0) {
-		set_error(ret_error, 0, "cannot write '%s': %s", path, strerror(-r));
+		auth_error_set(ret_error, 0, "cannot write '%s': %s", path, strerror(-r));
 		(void) unlink(path);
 	}
 	return r;
@@ -137,14 +134,14 @@ auth_keygen(const char *path_base, char ret_public[AUTH_KEY_Z85_LEN + 1],
 	int r;
 
 	if (!path_base || *path_base == '\0') {
-		set_error(ret_error, 0, "empty key name");
+		auth_error_set(ret_error, 0, "empty key name");
 		return -EINVAL;
 	}
 	if ((size_t) snprintf(secret_path, sizeof(secret_path), "%s.secret", path_base) >=
 	            sizeof(secret_path) ||
 	    (size_t) snprintf(public_path, sizeof(public_path), "%s.public", path_base) >=
 	            sizeof(public_path)) {
-		set_error(ret_error, 0, "key path '%s' is too long", path_base);
+		auth_error_set(ret_error, 0, "key path '%s' is too long", path_base);
 		return -ENAMETOOLONG;
 	}
 	/* The name goes into a comment line: keep it printable and on one line. */
@@ -157,7 +154,7 @@ auth_keygen(const char *path_base, char ret_public[AUTH_KEY_Z85_LEN + 1],
 
 	if (zmq_curve_keypair(public_z85, secret_z85) < 0) {
 		r = -zmq_errno();
-		set_error(ret_error, 0, "cannot generate a CURVE keypair: %s", strerror(-r));
+		auth_error_set(ret_error, 0, "cannot generate a CURVE keypair: %s", strerror(-r));
 		return r;
 	}
 
@@ -205,26 +202,26 @@ read_key_file(const char *path, bool secret, char ret_key[AUTH_KEY_Z85_LEN + 1],
 	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
 	if (fd < 0) {
 		r = -errno;
-		set_error(ret_error, 0, "cannot open %s key file '%s': %s", what, path,
-		          strerror(-r));
+		auth_error_set(ret_error, 0, "cannot open %s key file '%s': %s", what, path,
+		               strerror(-r));
 		return r;
 	}
 	if (fstat(fd, &st) < 0) {
 		r = -errno;
-		set_error(ret_error, 0, "cannot stat '%s': %s", path, strerror(-r));
+		auth_error_set(ret_error, 0, "cannot stat '%s': %s", path, strerror(-r));
 		goto out;
 	}
 	if (!S_ISREG(st.st_mode)) {
 		r = -EINVAL;
-		set_error(ret_error, 0, "%s key file '%s' is not a regular file", what, path);
+		auth_error_set(ret_error, 0, "%s key file '%s' is not a regular file", what, path);
 		goto out;
 	}
 	if (secret && (st.st_mode & 077) != 0) {
 		r = -EPERM;
-		set_error(ret_error, 0,
-		          "secret key file '%s' is accessible by group or others (mode %04o): "
-		          "run 'chmod 600 %s', and make a new key if others may have read it",
-		          path, (unsigned) (st.st_mode & 07777), path);
+		auth_error_set(ret_error, 0,
+		               "secret key file '%s' is accessible by group or others (mode %04o): "
+		               "run 'chmod 600 %s', and make a new key if others may have read it",
+		               path, (unsigned) (st.st_mode & 07777), path);
 		goto out;
 	}
 	for (;;) {
@@ -234,7 +231,7 @@ read_key_file(const char *path, bool secret, char ret_key[AUTH_KEY_Z85_LEN + 1],
 		}
 		if (n < 0) {
 			r = -errno;
-			set_error(ret_error, 0, "cannot read '%s': %s", path, strerror(-r));
+			auth_error_set(ret_error, 0, "cannot read '%s': %s", path, strerror(-r));
 			goto out;
 		}
 		if (n == 0) {
@@ -243,8 +240,8 @@ read_key_file(const char *path, bool secret, char ret_key[AUTH_KEY_Z85_LEN + 1],
 		len += (size_t) n;
 		if (len == sizeof(buf)) {
 			r = -EFBIG;
-			set_error(ret_error, 0, "'%s' is larger than %d bytes: not a key file",
-			          path, AUTH_KEY_FILE_MAX);
+			auth_error_set(ret_error, 0, "'%s' is larger than %d bytes: not a key file",
+			               path, AUTH_KEY_FILE_MAX);
 			goto out;
 		}
 	}
@@ -256,7 +253,7 @@ read_key_file(const char *path, bool secret, char ret_key[AUTH_KEY_Z85_LEN + 1],
 			at += *c == '\n';
 		}
 		r = -EINVAL;
-		set_error(ret_error, at, "'%s' line %u: NUL byte: not a key file", path, at);
+		auth_error_set(ret_error, at, "'%s' line %u: NUL byte: not a key file", path, at);
 		goto out;
 	}
 
@@ -277,15 +274,16 @@ read_key_file(const char *path, bool secret, char ret_key[AUTH_KEY_Z85_LEN + 1],
 			/* A comment: a Z85 key cannot start with '#' (it would exceed 2^32). */
 		} else if (n != AUTH_KEY_Z85_LEN || auth_key_decode(s, (uint8_t[32]){0}) < 0) {
 			r = -EINVAL;
-			set_error(ret_error, line,
-			          "'%s' line %u: expected a 40-character Z85 %s key or a '#' "
-			          "comment",
-			          path, line, what);
+			auth_error_set(ret_error, line,
+			               "'%s' line %u: expected a 40-character Z85 %s key or a '#' "
+			               "comment",
+			               path, line, what);
 		} else if (key_line != 0) {
 			r = -EINVAL;
-			set_error(ret_error, line,
-			          "'%s' line %u: a second key (the first is at line %u): keep one",
-			          path, line, key_line);
+			auth_error_set(
+			        ret_error, line,
+			        "'%s' line %u: a second key (the first is at line %u): keep one",
+			        path, line, key_line);
 		} else {
 			key_line = line;
 			memcpy(key, s, AUTH_KEY_Z85_LEN + 1);
@@ -294,7 +292,7 @@ read_key_file(const char *path, bool secret, char ret_key[AUTH_KEY_Z85_LEN + 1],
 	}
 	if (r == 0 && key_line == 0) {
 		r = -EINVAL;
-		set_error(ret_error, 0, "'%s' holds no %s key", path, what);
+		auth_error_set(ret_error, 0, "'%s' holds no %s key", path, what);
 	}
 	if (r == 0) {
 		memcpy(ret_key, key, sizeof(key));
@@ -318,8 +316,8 @@ auth_read_secret_key(const char *path, char ret_secret[AUTH_KEY_Z85_LEN + 1],
 	}
 	if (zmq_curve_public(public, secret) < 0) {
 		r = -zmq_errno();
-		set_error(ret_error, 0, "cannot derive the public key of '%s': %s", path,
-		          strerror(-r));
+		auth_error_set(ret_error, 0, "cannot derive the public key of '%s': %s", path,
+		               strerror(-r));
 	} else {
 		memcpy(ret_secret, secret, sizeof(secret));
 		memcpy(ret_public, public, sizeof(public));
