@@ -1363,8 +1363,23 @@ out_put(struct folder *fo, const uint8_t *key, size_t klen, const Coord__V1__Agg
 	return 0;
 }
 
+/* LMDB's default order of keys: bytes, then the shorter first. */
+static int
+entry_key_cmp(const void *a, const void *b)
+{
+	const struct entry *x = *(const struct entry *const *) a;
+	const struct entry *y = *(const struct entry *const *) b;
+	int c = memcmp(x->key, y->key, x->klen < y->klen ? x->klen : y->klen);
+
+	if (c != 0) {
+		return c;
+	}
+	return x->klen < y->klen ? -1 : x->klen > y->klen;
+}
+
 /* Fold every entry of the committed log into the folder's cache and pack each aggregate
- * that changed into `out`. Folder thread, WORKING. Returns 0, an MDB_* code or -errno. */
+ * that changed into `out`, in key order (so the install walks the table in order). Folder
+ * thread, WORKING. Returns 0, an MDB_* code or -errno. */
 static int
 folder_fold(struct folder *fo)
 {
@@ -1416,6 +1431,9 @@ folder_fold(struct folder *fo)
 	}
 	if (r == -EBADMSG) {
 		r = MDB_CORRUPTED;
+	}
+	if (r == 0) {
+		qsort(c->touched, c->n_touched, sizeof(*c->touched), entry_key_cmp);
 	}
 	for (size_t i = 0; r == 0 && i < c->n_touched; i++) {
 		struct entry *e = c->touched[i];
