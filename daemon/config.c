@@ -170,7 +170,7 @@ static const struct key keys[_KEY_MAX] = {
         [KEY_MAX_REQUEST_BYTES] = {SECTION_QUERY, "max_request_bytes", KEY_SIZE32,
                                    offsetof(struct config, query.max_request_bytes), 4 * KIB, MIB},
         [KEY_PUBLISH_INTERVAL_MS] = {SECTION_DIGEST, "publish_interval_ms", KEY_U32,
-                                     offsetof(struct config, digest.publish_interval_ms), 100,
+                                     offsetof(struct config, digest.publish_interval_ms), 10,
                                      3600000},
         [KEY_HEADLINES] = {SECTION_DIGEST, "headlines", KEY_U32,
                            offsetof(struct config, digest.headlines), 1, CONFIG_HEADLINES_MAX},

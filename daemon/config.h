@@ -118,7 +118,7 @@ struct config {
 	/* [digest] */
 	struct {
 		uint32_t publish_interval_ms; /* how often changed digests are published,
-		                                 100 .. 3600000, default 1000 */
+		                                 10 .. 3600000, default 1000 */
 		uint32_t headlines; /* headlines per published digest, 1 .. CONFIG_HEADLINES_MAX,
 		                       default 5 */
 	} digest;

@@ -56,6 +56,19 @@ int digest_new(struct store *store, struct digest **ret_digest);
 void digest_set_log_limit(struct digest *d, size_t records);
 
 /*
+ * Fold in the folder thread (the default) or, with `on` false, in the batch that takes the
+ * log over the limit (the whole log, that batch's contributions too). Before any write.
+ */
+void digest_set_fold_background(struct digest *d, bool on);
+
+/*
+ * For tests: wait (at most ~10 s) until the folder thread is not folding. Returns 0 when a
+ * result waits for the next batch to install it, -EAGAIN when nothing waits (no folder, or
+ * the fold found nothing or failed), -ETIMEDOUT.
+ */
+int digest_fold_wait(struct digest *d);
+
+/*
  * Fold the log into the aggregates when it holds anything (one write transaction of the
  * store, so no batch may be in flight: call it after ingest has stopped, before
  * store_free()), remove the store hooks and free. Accepts NULL. Returns NULL.

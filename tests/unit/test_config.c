@@ -204,7 +204,7 @@ test_range_limits_are_inclusive(void **state)
 	                                 "history_bytes_max = 64K\n"
 	                                 "hwm = 1\n"
 	                                 "[digest]\n"
-	                                 "publish_interval_ms = 100\n"
+	                                 "publish_interval_ms = 10\n"
 	                                 "headlines = 1\n"
 	                                 "[store]\n"
 	                                 "map_size = 1048576\n"
@@ -219,7 +219,7 @@ test_range_limits_are_inclusive(void **state)
 	assert_int_equal(c->query.history_limit_max, 1);
 	assert_int_equal(c->query.history_bytes_max, 64 * 1024);
 	assert_int_equal(c->query.hwm, 1);
-	assert_int_equal(c->digest.publish_interval_ms, 100);
+	assert_int_equal(c->digest.publish_interval_ms, 10);
 	assert_int_equal(c->digest.headlines, 1);
 	assert_true(c->store.map_size == 1048576);
 	assert_true(c->store.map_size_max == 1048576);
@@ -788,8 +788,8 @@ ERROR_CASE(test_history_bytes_max_too_small, BASE "[query]\nhistory_bytes_max = 
            "history_bytes_max = 63K is out of range in [query]: use 64K to 64M");
 ERROR_CASE(test_query_hwm_zero, BASE "[query]\nhwm = 0\n", -EINVAL, 4,
            "hwm = 0 is out of range in [query]");
-ERROR_CASE(test_publish_interval_too_short, BASE "[digest]\npublish_interval_ms = 99\n", -EINVAL, 4,
-           "publish_interval_ms = 99 is out of range in [digest]: use 100 to 3600000");
+ERROR_CASE(test_publish_interval_too_short, BASE "[digest]\npublish_interval_ms = 9\n", -EINVAL, 4,
+           "publish_interval_ms = 9 is out of range in [digest]: use 10 to 3600000");
 ERROR_CASE(test_headlines_zero, BASE "[digest]\nheadlines = 0\n", -EINVAL, 4,
            "headlines = 0 is out of range in [digest]: use 1 to 50");
 ERROR_CASE(test_headlines_too_many, BASE "[digest]\nheadlines = 51\n", -EINVAL, 4,

@@ -1041,6 +1041,7 @@ test_log_holds_contributions_until_the_limit(void **state)
 	struct msg m;
 
 	digest_set_log_limit(f->digest, 4);
+	digest_set_fold_background(f->digest, false);
 	push(f, event(&m, "c01", "a", 1, RALLY, "DE", T0, 10, "de", "Rally"));
 	push(f, event(&m, "c01", "b", 1, RALLY, "FR", T0 + H, 20, "fr", "Rally"));
 	/* A correction logs two contributions: 4 in all, not above the limit. */
@@ -1063,6 +1064,51 @@ test_log_holds_contributions_until_the_limit(void **state)
 	assert_int_equal(line_count(f, ALL, "", C_EVENT, RALLY), 1);
 	assert_int_equal(line_count(f, COUNTRY, "AM", C_EVENT, RALLY), 1);
 	assert_int_equal(line_count(f, COUNTRY, "FR", C_EVENT, RALLY), 0);
+}
+
+/* The folder thread folds a snapshot of the log; the next batch installs it (and deletes
+ * the entries folded, not its own), and every digest stays exact on the way. */
+static void
+test_background_fold_is_installed_by_the_next_batch(void **state)
+{
+	struct fixture *f = *state;
+	struct msg m;
+
+	digest_set_log_limit(f->digest, 2);
+	assert_int_equal(digest_fold_wait(f->digest), -EAGAIN); /* no folder yet */
+	push(f, event(&m, "c01", "a", 1, RALLY, "DE", T0, 10, "de", "Rally"));
+	push(f, event(&m, "c01", "b", 1, RALLY, "FR", T0 + H, 20, "fr", "Rally"));
+	/* A correction: -1 and +1, 4 contributions in all, over the limit. */
+	push(f, event(&m, "c01", "a", 2, RALLY, "AM", T0, 30, "hy", "Rally"));
+	assert_int_equal(digest_fold_wait(f->digest), 0);
+	/* Folded, not yet installed: the table is as it was, the digests exact. */
+	assert_int_equal(log_entries(f), 3);
+	assert_int_equal(table_entries(f), 0);
+	assert_int_equal(line_count(f, ALL, "", C_EVENT, RALLY), 2);
+	assert_int_equal(line_count(f, COUNTRY, "DE", C_EVENT, RALLY), 0);
+
+	push(f, retraction(&m, "c01", "b", 2));
+	assert_int_equal(log_entries(f), 1);
+	/* The first three batches: all, c01, FR and AM, hour and whole campaign (DE emptied). */
+	assert_int_equal(table_entries(f), 10);
+	assert_int_equal(line_count(f, ALL, "", C_EVENT, RALLY), 1);
+	assert_int_equal(line_count(f, COUNTRY, "AM", C_EVENT, RALLY), 1);
+	assert_int_equal(line_count(f, COUNTRY, "FR", C_EVENT, RALLY), 0);
+
+	/* The retraction's entry alone is not over the limit: nothing more is folded. */
+	push(f, event(&m, "c01", "c", 1, RALLY, "DE", T0, 10, "de", "Rally"));
+	assert_int_equal(digest_fold_wait(f->digest), -EAGAIN);
+	assert_int_equal(log_entries(f), 2);
+	assert_int_equal(line_count(f, ALL, "", C_EVENT, RALLY), 2);
+	assert_verify_and_rebuild_agree(f);
+	assert_int_equal(log_entries(f), 0);
+	push(f, event(&m, "c01", "d", 1, RALLY, "DE", T0, 10, "de", "Rally"));
+	assert_int_equal(log_entries(f), 1);
+	close_all(f);
+	assert_int_equal(open_all(f, 4 * MIB), 0);
+	assert_int_equal(log_entries(f), 0);
+	assert_int_equal(line_count(f, ALL, "", C_EVENT, RALLY), 3);
+	assert_int_equal(line_count(f, COUNTRY, "DE", C_EVENT, RALLY), 2);
 }
 
 static void
@@ -1098,6 +1144,7 @@ test_log_left_by_a_crash_is_merged_and_folded(void **state)
 	assert_int_equal(line_count(f, COUNTRY, "DE", C_EVENT, RALLY), 2);
 	assert_verify_and_rebuild_agree(f);
 	digest_set_log_limit(f->digest, 2);
+	digest_set_fold_background(f->digest, false);
 	push(f, event(&m, "c01", "c", 1, RALLY, "DE", T0, 10, "de", "Rally"));
 	push(f, event(&m, "c01", "d", 1, RALLY, "DE", T0, 10, "de", "Rally"));
 	push(f, event(&m, "c01", "e", 1, RALLY, "DE", T0, 10, "de", "Rally"));
@@ -1408,6 +1455,8 @@ main(void)
 	        cmocka_unit_test_setup_teardown(test_aggregates_survive_reopen, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_log_holds_contributions_until_the_limit, setup,
 	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_background_fold_is_installed_by_the_next_batch,
+	                                        setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_free_folds_the_log, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_log_left_by_a_crash_is_merged_and_folded,
 	                                        setup, teardown),
