@@ -660,10 +660,21 @@ push_wait_answers(struct push_tracker *t, struct coord_client *client, bool prog
 			break;
 		}
 	}
+	(void) pthread_mutex_unlock(&t->mu);
+	if (r == 0) {
+		/* Every row is answered, but the outbox may still hold a copy: a row whose entry,
+		 * left by an earlier run, was answered and settled before this run queued it again
+		 * is sent once more (and answered DUPLICATE). Let those drain too, so that a run
+		 * that answered everything leaves an empty outbox; a timeout here changes nothing
+		 * (the rows are answered, and the copies wait for the next run). */
+		int f = coord_flush(client, (int) idle_ms);
+		if (f < 0 && f != -ETIMEDOUT) {
+			r = f;
+		}
+	}
 	if (tty && r < 0) {
 		fprintf(stderr, "\n");
 	}
-	(void) pthread_mutex_unlock(&t->mu);
 	return r;
 }
 
