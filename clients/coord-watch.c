@@ -241,88 +241,34 @@ ask_digest(struct watch *w, Coord__V1__Window window, Coord__V1__Digest **ret)
 {
 	Coord__V1__QueryRequest req = COORD__V1__QUERY_REQUEST__INIT;
 	Coord__V1__DigestRequest dr = COORD__V1__DIGEST_REQUEST__INIT;
-	uint8_t buf[512];
-
 	dr.scope = &w->scope;
 	dr.window = window;
 	dr.headlines = arg_headlines;
 	req.request_id = ++w->next_id;
 	req.body_case = COORD__V1__QUERY_REQUEST__BODY_DIGEST;
 	req.digest = &dr;
-	size_t size = coord__v1__query_request__pack(&req, buf);
-	if (zmq_send(w->query, buf, size, 0) < 0) {
-		fprintf(stderr, "coord-watch: cannot send to %s: %s\n", arg_query,
-		        zmq_strerror(zmq_errno()));
-		return EXIT_UNREACHABLE;
-	}
-	int64_t deadline = hq_mono_ms() + (int64_t) (arg_timeout * 1000);
-	for (;;) {
-		int64_t left = deadline - hq_mono_ms();
-		zmq_pollitem_t items[2] = {
-		        {.socket = w->query, .events = ZMQ_POLLIN},
-		        {.socket = w->query_mon, .events = ZMQ_POLLIN},
-		};
-		int n = left > 0 ? zmq_poll(items, 2, (long) left) : 0;
-		if (n < 0 && zmq_errno() == EINTR) {
-			if (stop_signal) {
-				return -EINTR;
-			}
-			continue;
-		}
-		if (n <= 0) {
-			fprintf(stderr,
-			        "coord-watch: no answer from the query socket %s within %g s: is "
-			        "coordd running, and are these its endpoints?%s\n",
-			        arg_query, arg_timeout,
-			        w->keys.curve ? " Is --server-key the broker's public key?" : "");
-			return EXIT_UNREACHABLE;
-		}
-		char why[KEYOPT_MESSAGE_MAX];
-		if ((items[1].revents & ZMQ_POLLIN) &&
-		    keyopt_handshake_failed(w->query_mon, w->keys.curve, arg_query, why,
-		                            sizeof(why))) {
-			fprintf(stderr, "coord-watch: %s\n", why);
-			return EXIT_UNREACHABLE;
-		}
-		if (!(items[0].revents & ZMQ_POLLIN)) {
-			continue;
-		}
-		zmq_msg_t msg;
-		(void) zmq_msg_init(&msg);
-		if (zmq_msg_recv(&msg, w->query, 0) < 0) {
-			(void) zmq_msg_close(&msg);
-			continue;
-		}
-		Coord__V1__QueryResponse *resp = NULL;
-		if (!zmq_msg_more(&msg) && zmq_msg_size(&msg) <= MESSAGE_MAX) {
-			resp = coord__v1__query_response__unpack(NULL, zmq_msg_size(&msg),
-			                                         zmq_msg_data(&msg));
-		}
-		while (zmq_msg_more(&msg)) {
-			if (zmq_msg_recv(&msg, w->query, 0) < 0) {
-				break;
-			}
-		}
-		(void) zmq_msg_close(&msg);
-		if (!resp || resp->request_id != req.request_id) {
-			if (resp) {
-				coord__v1__query_response__free_unpacked(resp, NULL);
-			}
-			continue; /* an answer to an earlier request that timed out */
-		}
-		int r = 0;
-		if (resp->body_case == COORD__V1__QUERY_RESPONSE__BODY_ERROR) {
-			fprintf(stderr, "coord-watch: coordd refused the request: %s\n",
-			        resp->error->message ? resp->error->message : "(no message)");
-			r = EXIT_BROKER;
-		} else if (resp->body_case != COORD__V1__QUERY_RESPONSE__BODY_DIGEST ||
-		           !(*ret = dup_digest(resp->digest))) {
-			fprintf(stderr, "coord-watch: unexpected answer from coordd\n");
-			r = EXIT_BROKER;
-		}
-		coord__v1__query_response__free_unpacked(resp, NULL);
+	const struct hq_query q = {
+	        .prog = "coord-watch",
+	        .sock = w->query,
+	        .mon = w->query_mon,
+	        .curve = w->keys.curve,
+	        .endpoint = arg_query,
+	        .timeout = arg_timeout,
+	        .answer_max = MESSAGE_MAX,
+	        .stop = &stop_signal,
+	};
+	Coord__V1__QueryResponse *resp = NULL;
+	int r = hq_ask(&q, &req, &resp);
+	if (r != 0) {
 		return r;
 	}
+	if (resp->body_case != COORD__V1__QUERY_RESPONSE__BODY_DIGEST ||
+	    !(*ret = dup_digest(resp->digest))) {
+		fprintf(stderr, "coord-watch: unexpected answer from coordd\n");
+		r = EXIT_BROKER;
+	}
+	coord__v1__query_response__free_unpacked(resp, NULL);
+	return r;
 }
 
 /* Fetch the three current digests and show them. Returns 0 or an exit status. */

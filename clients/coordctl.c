@@ -205,87 +205,17 @@ client_close(struct client *c)
 static int
 ask(struct client *c, Coord__V1__QueryRequest *req, Coord__V1__QueryResponse **ret_resp)
 {
+	const struct hq_query q = {
+	        .prog = "coordctl",
+	        .sock = c->sock,
+	        .mon = c->mon,
+	        .curve = c->keys.curve,
+	        .endpoint = arg_endpoint,
+	        .timeout = arg_timeout,
+	        .answer_max = ANSWER_MAX,
+	};
 	req->request_id = ++c->next_id;
-	size_t size = coord__v1__query_request__get_packed_size(req);
-	uint8_t *buf = malloc(size ? size : 1);
-
-	if (!buf) {
-		fprintf(stderr, "coordctl: out of memory\n");
-		return EXIT_BROKER;
-	}
-	(void) coord__v1__query_request__pack(req, buf);
-	int r = zmq_send(c->sock, buf, size, 0);
-	free(buf);
-	if (r < 0) {
-		fprintf(stderr, "coordctl: cannot send to %s: %s\n", arg_endpoint,
-		        zmq_strerror(zmq_errno()));
-		return EXIT_UNREACHABLE;
-	}
-
-	int64_t deadline = hq_mono_ms() + (int64_t) (arg_timeout * 1000);
-	for (;;) {
-		int64_t left = deadline - hq_mono_ms();
-		zmq_pollitem_t items[2] = {
-		        {.socket = c->sock, .events = ZMQ_POLLIN},
-		        {.socket = c->mon, .events = ZMQ_POLLIN},
-		};
-		if (left <= 0 || zmq_poll(items, 2, (long) left) <= 0) {
-			if (left > 0 && zmq_errno() == EINTR) {
-				continue;
-			}
-			fprintf(stderr,
-			        "coordctl: no answer from %s within %g s: is coordd running, and "
-			        "is this its query endpoint?%s\n",
-			        arg_endpoint, arg_timeout,
-			        c->keys.curve ? " Is --server-key the broker's public key?" : "");
-			return EXIT_UNREACHABLE;
-		}
-		char why[KEYOPT_MESSAGE_MAX];
-		if ((items[1].revents & ZMQ_POLLIN) &&
-		    keyopt_handshake_failed(c->mon, c->keys.curve, arg_endpoint, why,
-		                            sizeof(why))) {
-			fprintf(stderr, "coordctl: %s\n", why);
-			return EXIT_UNREACHABLE;
-		}
-		if (!(items[0].revents & ZMQ_POLLIN)) {
-			continue;
-		}
-		zmq_msg_t msg;
-		(void) zmq_msg_init(&msg);
-		if (zmq_msg_recv(&msg, c->sock, 0) < 0) {
-			(void) zmq_msg_close(&msg);
-			continue;
-		}
-		bool more = zmq_msg_more(&msg);
-		Coord__V1__QueryResponse *resp = NULL;
-		if (!more && zmq_msg_size(&msg) <= ANSWER_MAX) {
-			resp = coord__v1__query_response__unpack(NULL, zmq_msg_size(&msg),
-			                                         zmq_msg_data(&msg));
-		}
-		while (more) {
-			/* Not an answer of ours (one frame): skip the rest of it. */
-			if (zmq_msg_recv(&msg, c->sock, 0) < 0) {
-				break;
-			}
-			more = zmq_msg_more(&msg);
-		}
-		(void) zmq_msg_close(&msg);
-		if (!resp) {
-			continue;
-		}
-		if (resp->request_id != req->request_id) {
-			coord__v1__query_response__free_unpacked(resp, NULL);
-			continue;
-		}
-		if (resp->body_case == COORD__V1__QUERY_RESPONSE__BODY_ERROR) {
-			fprintf(stderr, "coordctl: the broker refused the request: %s\n",
-			        resp->error->message ? resp->error->message : "(no message)");
-			coord__v1__query_response__free_unpacked(resp, NULL);
-			return EXIT_BROKER;
-		}
-		*ret_resp = resp;
-		return 0;
-	}
+	return hq_ask(&q, req, ret_resp);
 }
 
 static int
