@@ -229,24 +229,8 @@ quotable(const char *s)
 	return s;
 }
 
-static bool
-council_id_valid(const char *id)
-{
-	size_t n = strlen(id);
-
-	if (n == 0 || n > WIRE_COUNCIL_MAX) {
-		return false;
-	}
-	for (size_t i = 0; i < n; i++) {
-		char c = id[i];
-		bool ok = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-		          (i > 0 && (c == '_' || c == '-'));
-		if (!ok) {
-			return false;
-		}
-	}
-	return true;
-}
+/* A council id in a request follows the rule of every id (auth_id_valid()). */
+_Static_assert(AUTH_ID_MAX == WIRE_COUNCIL_MAX, "council ids are auth ids");
 
 /* query_parse_request()'s refusal: the sentence for QueryError.message. Returns r. */
 static int refuse(char *err, int r, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -284,7 +268,7 @@ check_digest(struct query_request *qr, char *err)
 		}
 		break;
 	case COORD__V1__SCOPE_KIND__SCOPE_KIND_COUNCIL:
-		if (!council_id_valid(id)) {
+		if (!auth_id_valid(id)) {
 			return refuse(err, -EINVAL,
 			              "digest.scope.id '%s' is not a council id (1 to %d of "
 			              "a-z, 0-9, '_', '-')",
@@ -339,7 +323,7 @@ check_history(struct query_request *qr, char *err)
 {
 	const Coord__V1__HistoryRequest *hr = qr->msg->history;
 
-	if (hr->council && hr->council[0] && !council_id_valid(hr->council)) {
+	if (hr->council && hr->council[0] && !auth_id_valid(hr->council)) {
 		return refuse(err, -EINVAL,
 		              "history.council '%s' is not a council id (1 to %d of a-z, "
 		              "0-9, '_', '-')",
@@ -356,7 +340,7 @@ check_status(struct query_request *qr, char *err)
 	const char *council = sr->council ? sr->council : "";
 	const char *msg_id = sr->msg_id ? sr->msg_id : "";
 
-	if (!council_id_valid(council)) {
+	if (!auth_id_valid(council)) {
 		return refuse(err, -EINVAL,
 		              "status.council '%s' is not a council id (1 to %d of a-z, 0-9, "
 		              "'_', '-')",
