@@ -15,7 +15,7 @@ command share (docs/RELIABILITY.md).
 - Records: gen_records() builds a council's records (bodies, countries, languages,
   corrections, retractions, restores) with coordlib's campaign generator.
 - scale(): the size factor the tests use ($COORD_REL_SCALE; the ASan build sets 0.5);
-  slowdown(): the factor for ack timeouts ($COORD_REL_SANITIZED).
+  slowdown(): the factor for ack timeouts ($COORD_SANITIZED).
 """
 
 import base64
@@ -57,9 +57,9 @@ def scale():
 
 def slowdown():
     """How much slower the broker runs here: 2 under the sanitizers
-    ($COORD_REL_SANITIZED=1), else 1. Ack timeouts are multiplied by it, so that a slow
+    ($COORD_SANITIZED=1), else 1. Ack timeouts are multiplied by it, so that a slow
     broker does not make the clients resend everything they have in flight."""
-    return 2.0 if os.environ.get("COORD_REL_SANITIZED") == "1" else 1.0
+    return 2.0 if os.environ.get("COORD_SANITIZED") == "1" else 1.0
 
 
 def scaled(n, minimum=1):

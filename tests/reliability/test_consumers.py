@@ -19,7 +19,7 @@ from subs import ExactItems, churn
 pytestmark = pytest.mark.local_only
 
 PUBLISH_HWM = 100
-SANITIZED = os.environ.get("COORD_REL_SANITIZED") == "1"
+SANITIZED = os.environ.get("COORD_SANITIZED") == "1"
 RSS_BOUND_MIB = 600 if SANITIZED else 200
 
 

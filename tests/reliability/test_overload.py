@@ -22,7 +22,7 @@ pytestmark = pytest.mark.local_only
 
 CONNECTIONS = 1000
 PROCESSES = 4
-SANITIZED = os.environ.get("COORD_REL_SANITIZED") == "1"
+SANITIZED = os.environ.get("COORD_SANITIZED") == "1"
 ANSWER_BOUND_S = 5.0 if SANITIZED else 2.0
 RSS_BOUND_MIB = 600 if SANITIZED else 200
 
