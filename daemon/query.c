@@ -717,31 +717,33 @@ close_frames(zmq_msg_t *frames, size_t n)
 	}
 }
 
-/* Send the envelope frames (consumed) and the answer (handed to libzmq). */
+/*
+ * Send the envelope frames (consumed) and the answer (handed to libzmq). The answer's
+ * message is made before the first frame goes out, so that nothing but a send can fail
+ * once a multipart message has begun: a ROUTER without ZMQ_ROUTER_MANDATORY drops a
+ * message for a peer that is gone or full rather than failing, so a send fails only in a
+ * bad socket state, and then the rest of the message is dropped with it.
+ */
 static void
 send_answer(struct query *q, zmq_msg_t *env, size_t n_env, struct answer *a)
 {
 	zmq_msg_t body;
 	size_t i = 0;
 
+	if (zmq_msg_init_data(&body, a->buf + a->off, a->len, free_answer, a->buf) < 0) {
+		free(a->buf);
+		close_frames(env, n_env);
+		q->counters.dropped++;
+		return;
+	}
 	for (; i < n_env; i++) {
 		if (zmq_msg_send(&env[i], q->sock, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
 			break;
 		}
 	}
-	if (i < n_env) {
-		/* A ROUTER refuses nothing but a bad state: the peer asks again on timeout. */
+	if (i < n_env || zmq_msg_send(&body, q->sock, ZMQ_DONTWAIT) < 0) {
+		/* The peer asks again on timeout. */
 		close_frames(env + i, n_env - i);
-		free(a->buf);
-		q->counters.dropped++;
-		return;
-	}
-	if (zmq_msg_init_data(&body, a->buf + a->off, a->len, free_answer, a->buf) < 0) {
-		free(a->buf);
-		q->counters.dropped++;
-		return;
-	}
-	if (zmq_msg_send(&body, q->sock, ZMQ_DONTWAIT) < 0) {
 		(void) zmq_msg_close(&body);
 		q->counters.dropped++;
 	}
