@@ -120,6 +120,7 @@
 #define N_LISTS 3 /* countries, languages, councils */
 #define LANGS_MAX (sizeof(((struct digest_contribution *) 0)->languages) / 4)
 #define CACHE_SLOTS_MIN 64
+#define OUT_KEEP_BYTES ((size_t) 1 << 20)     /* the folder's result buffer kept after install */
 #define CODE_ID_MAX ((UINT32_C(1) << 24) - 1) /* ids of interned codes are below this */
 
 _Static_assert(sizeof(((struct digest_scope *) 0)->id) == ID_MAX + 1, "scope id size");
@@ -174,18 +175,20 @@ struct cagg {
 	struct cline lines[];
 };
 
-/* What a fold adds to one figure of an aggregate: the line's own count and sum (code 0),
- * or the count of code id in list k (code (k + 1) << 24 | (id + 1)). Counts and sums wrap:
+/* What a fold adds to one line of an aggregate: its count and sum, and the counts of its
+ * codes (sorted by list, then by rank; the lists one after another). Counts and sums wrap:
  * a negative delta is -n modulo 2^64. */
-struct dtuple {
+struct dline {
 	int32_t category, kind;
-	uint32_t code;
 	uint64_t count, sum;
+	uint32_t n[N_LISTS];
+	uint32_t cap;
+	struct ccode *c;
 };
 
-/* The deltas of one aggregate, sorted as the aggregate's figures are. */
+/* The deltas of one aggregate, its lines sorted by (category, kind). */
 struct dentry {
-	struct dtuple *t;
+	struct dline *lines;
 	uint32_t n, cap;
 	uint8_t klen;
 	uint8_t key[KEY_MAX];
@@ -1762,47 +1765,27 @@ count_delta(uint64_t v, uint64_t delta)
 	return v > -delta ? v + delta : 0;
 }
 
-/* Order of a delta tuple in an aggregate: line (category, kind), then the line's own
- * figures (code 0), then its codes by list and byte order. */
 static int
-tuple_cmp(const struct interner *in, int32_t category, int32_t kind, uint32_t code,
-          const struct dtuple *t)
+line_order(int32_t cat_a, int32_t kind_a, int32_t cat_b, int32_t kind_b)
 {
-	if (category != t->category) {
-		return category < t->category ? -1 : 1;
+	if (cat_a != cat_b) {
+		return cat_a < cat_b ? -1 : 1;
 	}
-	if (kind != t->kind) {
-		return kind < t->kind ? -1 : 1;
-	}
-	if (code == t->code) {
-		return 0;
-	}
-	if (code == 0 || t->code == 0 || code >> 24 != t->code >> 24) {
-		return code < t->code ? -1 : 1;
-	}
-	return in->rank[(code & CODE_ID_MAX) - 1] < in->rank[(t->code & CODE_ID_MAX) - 1] ? -1 : 1;
-}
-
-static int
-line_cmp(const struct cline *l, const struct dtuple *t)
-{
-	if (l->category != t->category) {
-		return l->category < t->category ? -1 : 1;
-	}
-	return l->kind < t->kind ? -1 : l->kind > t->kind;
+	return kind_a < kind_b ? -1 : kind_a > kind_b;
 }
 
 /*
  * The aggregate `a` (NULL: none) with the deltas of `de` applied, as a new block (NULL when
- * no line is left). Exactly what agg_apply() makes of the same contributions one by one:
- * the deltas are their sums, and with a table that counts every live record no count is
- * ever asked to go below zero along the way, so the order does not matter.
+ * no line is left): one merge of two sorted sequences. Exactly what agg_apply() makes of
+ * the same contributions one by one: the deltas are their sums, and with a table that
+ * counts every live record no count is ever asked to go below zero along the way, so the
+ * order does not matter (a line or code not stored takes only a positive delta, as
+ * agg_apply() adds nothing on a removal there).
  */
 static int
 cagg_apply(struct digest *d, const struct cagg *a, const struct dentry *de, struct cagg **ret)
 {
-	const struct interner *in = &d->codes;
-	const struct dtuple *t = de->t;
+	const uint32_t *rank = d->codes.rank;
 	const struct ccode *ac = a ? cagg_codes(a) : NULL;
 	uint32_t nl = a ? a->n_lines : 0;
 	uint32_t i = 0, j = 0;
@@ -1810,11 +1793,15 @@ cagg_apply(struct digest *d, const struct cagg *a, const struct dentry *de, stru
 
 	d->sl_n = d->sc_n = 0;
 	while (r == 0 && (i < nl || j < de->n)) {
-		int c = i == nl ? 1 : j == de->n ? -1 : line_cmp(&a->lines[i], &t[j]);
+		const struct cline *al = i < nl ? &a->lines[i] : NULL;
+		const struct dline *dl = j < de->n ? &de->lines[j] : NULL;
+		int c = !dl   ? -1
+		        : !al ? 1
+		              : line_order(al->category, al->kind, dl->category, dl->kind);
 		if (c < 0) {
 			/* Untouched: copied. */
-			uint32_t nc = cline_codes(&a->lines[i]);
-			r = scratch_line(d, &a->lines[i]);
+			uint32_t nc = cline_codes(al);
+			r = scratch_line(d, al);
 			for (uint32_t x = 0; r == 0 && x < nc; x++) {
 				r = scratch_code(d, ac[x].id, ac[x].count);
 			}
@@ -1822,61 +1809,49 @@ cagg_apply(struct digest *d, const struct cagg *a, const struct dentry *de, stru
 			i++;
 			continue;
 		}
-		uint32_t j2 = j;
-		while (j2 < de->n && t[j2].category == t[j].category && t[j2].kind == t[j].kind) {
-			j2++;
+		j++;
+		if (c > 0 && (int64_t) dl->count <= 0) {
+			continue; /* nothing to remove from (see count_add()) */
 		}
-		uint64_t dcount = t[j].code == 0 ? t[j].count : 0;
-		uint64_t dsum = t[j].code == 0 ? t[j].sum : 0;
-		uint32_t jc = t[j].code == 0 ? j + 1 : j;
-		struct cline l = {.category = t[j].category, .kind = t[j].kind};
-		const struct ccode *lc = ac;
+		struct cline l = {.category = dl->category, .kind = dl->kind};
 		if (c == 0) {
-			l = a->lines[i];
-			l.n[0] = l.n[1] = l.n[2] = 0;
-		} else if ((int64_t) dcount <= 0) {
-			j = j2; /* nothing to remove from (see count_add()) */
-			continue;
+			l.count = al->count;
+			l.sum = al->sum;
 		}
-		l.count = count_delta(l.count, dcount);
-		l.sum += dsum;
+		l.count = count_delta(l.count, dl->count);
+		l.sum += dl->sum;
 		size_t mark = d->sc_n;
+		const struct ccode *x = ac;
+		const struct ccode *y = dl->c;
 		for (unsigned k = 0; r == 0 && k < N_LISTS; k++) {
-			uint32_t na = c == 0 ? a->lines[i].n[k] : 0;
-			uint32_t x = 0;
-			while (r == 0 && (x < na || (jc < j2 && t[jc].code >> 24 == k + 1))) {
-				int o = -1; /* <0: the stored code, >0: the delta's, 0: both */
-				if (jc < j2 && t[jc].code >> 24 == k + 1) {
-					o = 1;
-					if (x < na) {
-						uint32_t code = ((k + 1) << 24) | (lc[x].id + 1);
-						o = tuple_cmp(in, l.category, l.kind, code, &t[jc]);
-					}
-				}
+			uint32_t na = c == 0 ? al->n[k] : 0;
+			uint32_t nd = dl->n[k];
+			uint32_t xi = 0, yi = 0;
+			while (r == 0 && (xi < na || yi < nd)) {
 				uint64_t v;
 				uint32_t id;
-				if (o < 0) {
-					v = lc[x].count;
-					id = lc[x++].id;
-				} else if (o > 0) {
-					v = (int64_t) t[jc].count > 0 ? t[jc].count : 0;
-					id = (t[jc++].code & CODE_ID_MAX) - 1;
+				if (yi == nd || (xi < na && rank[x[xi].id] < rank[y[yi].id])) {
+					v = x[xi].count;
+					id = x[xi++].id;
+				} else if (xi == na || rank[y[yi].id] < rank[x[xi].id]) {
+					v = (int64_t) y[yi].count > 0 ? y[yi].count : 0;
+					id = y[yi++].id;
 				} else {
-					v = count_delta(lc[x].count, t[jc++].count);
-					id = lc[x++].id;
+					v = count_delta(x[xi].count, y[yi++].count);
+					id = x[xi++].id;
 				}
 				if (v != 0) {
 					r = scratch_code(d, id, v);
 					l.n[k]++;
 				}
 			}
-			lc += na;
+			x += na;
+			y += nd;
 		}
 		if (c == 0) {
-			ac += cline_codes(&a->lines[i]);
+			ac += cline_codes(al);
 			i++;
 		}
-		j = j2;
 		if (r == 0 && l.count == 0) {
 			d->sc_n = mark; /* the line goes, with its codes */
 		} else if (r == 0) {
@@ -1984,40 +1959,98 @@ deltas_entry(struct deltas *t, const uint8_t *key, size_t klen, struct dentry **
 	return 0;
 }
 
-/* Add the tuple `x` to the entry's sorted tuples (summing with an equal one). */
+/* One contribution as a fold adds it: count +-1, the sum, and its codes (list, id). */
+struct dcontrib {
+	int32_t category, kind;
+	uint64_t one, sum;
+	size_t n;
+	unsigned list[2 + LANGS_MAX];
+	uint32_t id[2 + LANGS_MAX];
+};
+
+/* Make room for one more code in `l` (its array comes from the arena). */
 static int
-dentry_add(struct deltas *t, const struct interner *in, struct dentry *e, const struct dtuple *x)
+dline_reserve(struct deltas *t, struct dline *l)
+{
+	uint32_t n = l->n[0] + l->n[1] + l->n[2];
+
+	if (n < l->cap) {
+		return 0;
+	}
+	uint32_t cap = l->cap ? l->cap * 2 : 4;
+	struct ccode *c = arena_alloc(&t->arena, cap * sizeof(*c));
+	if (!c) {
+		return -ENOMEM;
+	}
+	if (n > 0) {
+		memcpy(c, l->c, n * sizeof(*c));
+	}
+	l->c = c;
+	l->cap = cap;
+	return 0;
+}
+
+/* Add the contribution `x` to the deltas of one aggregate. */
+static int
+dentry_add(struct deltas *t, const uint32_t *rank, struct dentry *e, const struct dcontrib *x)
 {
 	size_t lo = 0, hi = e->n;
 
 	while (lo < hi) {
 		size_t mid = lo + (hi - lo) / 2;
-		if (tuple_cmp(in, e->t[mid].category, e->t[mid].kind, e->t[mid].code, x) < 0) {
+		if (line_order(e->lines[mid].category, e->lines[mid].kind, x->category, x->kind) <
+		    0) {
 			lo = mid + 1;
 		} else {
 			hi = mid;
 		}
 	}
-	if (lo < e->n && tuple_cmp(in, e->t[lo].category, e->t[lo].kind, e->t[lo].code, x) == 0) {
-		e->t[lo].count += x->count;
-		e->t[lo].sum += x->sum;
-		return 0;
+	if (lo == e->n || e->lines[lo].category != x->category || e->lines[lo].kind != x->kind) {
+		if (e->n == e->cap) {
+			uint32_t cap = e->cap ? e->cap * 2 : 2;
+			struct dline *v = arena_alloc(&t->arena, cap * sizeof(*v));
+			if (!v) {
+				return -ENOMEM;
+			}
+			if (e->n > 0) {
+				memcpy(v, e->lines, e->n * sizeof(*v));
+			}
+			e->lines = v;
+			e->cap = cap;
+		}
+		memmove(e->lines + lo + 1, e->lines + lo, (e->n - lo) * sizeof(*e->lines));
+		e->lines[lo] = (struct dline){.category = x->category, .kind = x->kind};
+		e->n++;
 	}
-	if (e->n == e->cap) {
-		uint32_t cap = e->cap ? e->cap * 2 : 8;
-		struct dtuple *v = arena_alloc(&t->arena, cap * sizeof(*v));
-		if (!v) {
+
+	struct dline *l = &e->lines[lo];
+	l->count += x->one;
+	l->sum += x->sum;
+	for (size_t i = 0; i < x->n; i++) {
+		unsigned k = x->list[i];
+		uint32_t off = k == 0 ? 0 : k == 1 ? l->n[0] : l->n[0] + l->n[1];
+		uint32_t r = rank[x->id[i]];
+		size_t a = 0, b = l->n[k];
+		while (a < b) {
+			size_t mid = a + (b - a) / 2;
+			if (rank[l->c[off + mid].id] < r) {
+				a = mid + 1;
+			} else {
+				b = mid;
+			}
+		}
+		if (a < l->n[k] && l->c[off + a].id == x->id[i]) {
+			l->c[off + a].count += x->one;
+			continue;
+		}
+		if (dline_reserve(t, l) < 0) {
 			return -ENOMEM;
 		}
-		if (e->n > 0) {
-			memcpy(v, e->t, e->n * sizeof(*v));
-		}
-		e->t = v;
-		e->cap = cap;
+		uint32_t total = l->n[0] + l->n[1] + l->n[2];
+		memmove(l->c + off + a + 1, l->c + off + a, (total - off - a) * sizeof(*l->c));
+		l->c[off + a] = (struct ccode){.id = x->id[i], .count = x->one};
+		l->n[k]++;
 	}
-	memmove(e->t + lo + 1, e->t + lo, (e->n - lo) * sizeof(*e->t));
-	e->t[lo] = *x;
-	e->n++;
 	return 0;
 }
 
@@ -2025,56 +2058,37 @@ dentry_add(struct deltas *t, const struct interner *in, struct dentry *e, const 
 static int
 deltas_add(struct digest *d, const struct logged *l)
 {
-	struct dtuple x[3 + LANGS_MAX];
-	size_t nx = 0;
-	uint64_t one = l->sign > 0 ? 1 : (uint64_t) -1;
-	uint32_t id;
-	int r;
+	struct dcontrib x = {.category = (int32_t) l->c.category,
+	                     .kind = l->c.kind,
+	                     .one = l->sign > 0 ? 1 : (uint64_t) -1,
+	                     .sum = l->sign > 0 ? l->c.sum : -l->c.sum};
+	int r = 0;
 
-	x[nx++] = (struct dtuple){.category = (int32_t) l->c.category,
-	                          .kind = l->c.kind,
-	                          .count = one,
-	                          .sum = l->sign > 0 ? l->c.sum : -l->c.sum};
 	if (l->c.country[0]) {
-		r = intern(&d->codes, l->c.country, strlen(l->c.country), &id);
-		if (r < 0) {
-			return r;
-		}
-		x[nx++] = (struct dtuple){.code = (1u << 24) | (id + 1)};
+		x.list[x.n] = 0;
+		r = intern(&d->codes, l->c.country, strlen(l->c.country), &x.id[x.n++]);
 	}
-	for (size_t i = 0; i < l->c.n_languages; i++) {
-		r = intern(&d->codes, l->c.languages[i], strlen(l->c.languages[i]), &id);
-		if (r < 0) {
-			return r;
-		}
-		x[nx++] = (struct dtuple){.code = (2u << 24) | (id + 1)};
+	for (size_t i = 0; r == 0 && i < l->c.n_languages; i++) {
+		x.list[x.n] = 1;
+		r = intern(&d->codes, l->c.languages[i], strlen(l->c.languages[i]), &x.id[x.n++]);
 	}
-	r = intern(&d->codes, l->council, strlen(l->council), &id);
-	if (r < 0) {
-		return r;
-	}
-	x[nx++] = (struct dtuple){.code = (3u << 24) | (id + 1)};
-	for (size_t i = 1; i < nx; i++) {
-		x[i].category = x[0].category;
-		x[i].kind = x[0].kind;
-		x[i].count = one;
+	if (r == 0) {
+		x.list[x.n] = 2;
+		r = intern(&d->codes, l->council, strlen(l->council), &x.id[x.n++]);
 	}
 
 	struct targets tg;
 	targets_of(l->council, &l->c, &tg);
-	for (size_t i = 0; i < tg.n; i++) {
+	for (size_t i = 0; r == 0 && i < tg.n; i++) {
 		uint8_t key[KEY_MAX];
 		size_t klen = make_key(key, tg.kind[i], tg.id[i], tg.bucket[i]);
 		struct dentry *e;
 		r = deltas_entry(&d->deltas, key, klen, &e);
-		for (size_t k = 0; r == 0 && k < nx; k++) {
-			r = dentry_add(&d->deltas, &d->codes, e, &x[k]);
-		}
-		if (r < 0) {
-			return r;
+		if (r == 0) {
+			r = dentry_add(&d->deltas, d->codes.rank, e, &x);
 		}
 	}
-	return 0;
+	return r;
 }
 
 static int
@@ -2591,6 +2605,12 @@ folder_installed(struct folder *fo)
 	(void) pthread_mutex_lock(&fo->mu);
 	fo->state = FOLDER_IDLE;
 	fo->out_len = 0;
+	if (fo->out_cap > OUT_KEEP_BYTES) {
+		/* A large result (a fold of a big store rewrites most of the table) is not kept. */
+		free(fo->out);
+		fo->out = NULL;
+		fo->out_cap = 0;
+	}
 	(void) pthread_mutex_unlock(&fo->mu);
 }
 
