@@ -120,7 +120,7 @@
 #define N_LISTS 3 /* countries, languages, councils */
 #define LANGS_MAX (sizeof(((struct digest_contribution *) 0)->languages) / 4)
 #define CACHE_SLOTS_MIN 64
-#define OUT_KEEP_BYTES ((size_t) 1 << 20)     /* the folder's result buffer kept after install */
+#define OUT_KEEP_BYTES ((size_t) 8 << 20)     /* the folder's result buffer kept after install */
 #define CODE_ID_MAX ((UINT32_C(1) << 24) - 1) /* ids of interned codes are below this */
 
 _Static_assert(sizeof(((struct digest_scope *) 0)->id) == ID_MAX + 1, "scope id size");
@@ -196,13 +196,24 @@ struct dentry {
 
 struct arena_chunk;
 
+/* A logged contribution in the folder's snapshot: its hour bucket, and its bytes. */
+struct pending {
+	uint64_t bucket;
+	const uint8_t *at;
+	size_t len;
+};
+
 /* The deltas of one fold, by key (open addressing over `slots`, at most half full). */
 struct deltas {
 	struct dentry **slots;
 	size_t nslots;
 	struct dentry **list;
 	size_t n, cap;
-	struct arena_chunk *arena; /* the entries and their tuples */
+	struct arena_chunk *arena; /* the entries, their lines and codes */
+	struct arena_chunk *spare; /* chunks kept for the next fold (no page faults) */
+	size_t spare_bytes;
+	struct pending *order; /* the folder's snapshot, to be added in hour order */
+	size_t n_order, cap_order;
 };
 
 struct centry {
@@ -1863,30 +1874,38 @@ cagg_apply(struct digest *d, const struct cagg *a, const struct dentry *de, stru
 
 /* Bump allocation for the deltas of one fold, in mapped chunks returned to the system
  * when the fold ends. */
-#define ARENA_CHUNK (1u << 20)
+#define ARENA_CHUNK ((size_t) 1 << 20)
+#define ARENA_KEEP ((size_t) 16 << 20)
+#define ORDER_KEEP ((size_t) 1 << 16) /* entries of `order` kept between folds */
 struct arena_chunk {
 	struct arena_chunk *next;
 	size_t used, cap;
 };
 
 static void *
-arena_alloc(struct arena_chunk **head, size_t n)
+arena_alloc(struct deltas *t, size_t n)
 {
-	struct arena_chunk *c = *head;
+	struct arena_chunk *c = t->arena;
 
 	n = (n + 15) & ~(size_t) 15;
 	if (!c || c->cap - c->used < n) {
 		size_t cap = n + 64 > ARENA_CHUNK ? n + 64 : ARENA_CHUNK;
-		void *m =
-		        mmap(NULL, cap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-		if (m == MAP_FAILED) {
-			return NULL;
+		if (cap == ARENA_CHUNK && t->spare) {
+			c = t->spare;
+			t->spare = c->next;
+			t->spare_bytes -= c->cap;
+		} else {
+			void *m = mmap(NULL, cap, PROT_READ | PROT_WRITE,
+			               MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+			if (m == MAP_FAILED) {
+				return NULL;
+			}
+			c = m;
+			c->cap = cap;
 		}
-		c = m;
-		c->next = *head;
-		c->cap = cap;
+		c->next = t->arena;
 		c->used = 64;
-		*head = c;
+		t->arena = c;
 	}
 	void *p = (uint8_t *) c + c->used;
 	c->used += n;
@@ -1903,13 +1922,37 @@ arena_free(struct arena_chunk **head)
 	}
 }
 
+/* Forget the deltas of a fold; keep up to ARENA_KEEP bytes of chunks for the next one, or
+ * none with `all`. */
 static void
-deltas_reset(struct deltas *t)
+deltas_reset(struct deltas *t, bool all)
 {
-	arena_free(&t->arena);
+	while (t->arena) {
+		struct arena_chunk *c = t->arena;
+		t->arena = c->next;
+		if (!all && c->cap == ARENA_CHUNK && t->spare_bytes < ARENA_KEEP) {
+			c->next = t->spare;
+			t->spare = c;
+			t->spare_bytes += c->cap;
+		} else {
+			(void) munmap(c, c->cap);
+		}
+	}
+	if (all) {
+		arena_free(&t->spare);
+		t->spare_bytes = 0;
+	}
 	free(t->slots);
 	free(t->list);
-	*t = (struct deltas){0};
+	t->slots = NULL;
+	t->list = NULL;
+	t->nslots = t->n = t->cap = 0;
+	if (all || t->cap_order > ORDER_KEEP) {
+		free(t->order);
+		t->order = NULL;
+		t->cap_order = 0;
+	}
+	t->n_order = 0;
 }
 
 /* The delta entry of `key`, made on first use. */
@@ -1947,7 +1990,7 @@ deltas_entry(struct deltas *t, const uint8_t *key, size_t klen, struct dentry **
 		return -ENOMEM;
 	}
 	t->list = list;
-	struct dentry *e = arena_alloc(&t->arena, sizeof(*e));
+	struct dentry *e = arena_alloc(t, sizeof(*e));
 	if (!e) {
 		return -ENOMEM;
 	}
@@ -1978,7 +2021,7 @@ dline_reserve(struct deltas *t, struct dline *l)
 		return 0;
 	}
 	uint32_t cap = l->cap ? l->cap * 2 : 4;
-	struct ccode *c = arena_alloc(&t->arena, cap * sizeof(*c));
+	struct ccode *c = arena_alloc(t, cap * sizeof(*c));
 	if (!c) {
 		return -ENOMEM;
 	}
@@ -2008,7 +2051,7 @@ dentry_add(struct deltas *t, const uint32_t *rank, struct dentry *e, const struc
 	if (lo == e->n || e->lines[lo].category != x->category || e->lines[lo].kind != x->kind) {
 		if (e->n == e->cap) {
 			uint32_t cap = e->cap ? e->cap * 2 : 2;
-			struct dline *v = arena_alloc(&t->arena, cap * sizeof(*v));
+			struct dline *v = arena_alloc(t, cap * sizeof(*v));
 			if (!v) {
 				return -ENOMEM;
 			}
@@ -2092,9 +2135,94 @@ deltas_add(struct digest *d, const struct logged *l)
 }
 
 static int
-delta_one(void *data, const struct logged *l)
+pending_add(struct deltas *t, uint64_t bucket, const uint8_t *at, const uint8_t *end)
 {
-	return deltas_add(data, l);
+	struct pending *v = grow(t->order, &t->cap_order, t->n_order + 1, sizeof(*v));
+
+	if (!v) {
+		return -ENOMEM;
+	}
+	t->order = v;
+	v[t->n_order++] = (struct pending){.bucket = bucket, .at = at, .len = (size_t) (end - at)};
+	return 0;
+}
+
+static int
+pending_cmp(const void *a, const void *b)
+{
+	const struct pending *x = a;
+	const struct pending *y = b;
+
+	return x->bucket < y->bucket ? -1 : x->bucket > y->bucket;
+}
+
+/* Add the snapshot's contributions hour by hour: the hour aggregates of one hour (all, each
+ * council, each country) are then used one after another while in the CPU's caches, which
+ * the log's arrival order (dates spread over weeks) never gives. The sums do not depend on
+ * the order. */
+static int
+deltas_add_pending(struct digest *d)
+{
+	struct deltas *t = &d->deltas;
+	int r = 0;
+
+	qsort(t->order, t->n_order, sizeof(*t->order), pending_cmp);
+	for (size_t i = 0; r == 0 && i < t->n_order; i++) {
+		const uint8_t *p = t->order[i].at;
+		struct logged l;
+		r = log_decode(&p, p + t->order[i].len, &l);
+		if (r == 0) {
+			r = deltas_add(d, &l);
+		}
+	}
+	return r;
+}
+
+/*
+ * The deltas of every contribution in the log table (in `txn`, which must not write until
+ * they are made: they are read in place), their number and the key of the newest entry.
+ * Returns 0, MDB_CORRUPTED for a log that does not decode, -ENOMEM or -EIO.
+ */
+static int
+deltas_of_log(struct digest *d, MDB_txn *txn, size_t *ret_folded, uint64_t *ret_last_key)
+{
+	MDB_cursor *cur;
+	MDB_val k, v;
+	int r = 0;
+
+	*ret_folded = 0;
+	*ret_last_key = 0;
+	if (mdb_cursor_open(txn, d->log_dbi, &cur) != 0) {
+		return -EIO;
+	}
+	int rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+	for (; rc == 0 && r == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+		const uint8_t *p = v.mv_data;
+		const uint8_t *end = p + v.mv_size;
+
+		if (k.mv_size != 8) {
+			r = -EBADMSG;
+			break;
+		}
+		while (r == 0 && p < end) {
+			const uint8_t *at = p;
+			struct logged l;
+			r = log_decode(&p, end, &l);
+			if (r == 0) {
+				r = pending_add(&d->deltas, bucket_of(l.c.date), at, p);
+				(*ret_folded)++;
+			}
+		}
+		*ret_last_key = get_be64(k.mv_data);
+	}
+	mdb_cursor_close(cur);
+	if (r == 0 && rc != MDB_NOTFOUND) {
+		r = -EIO;
+	}
+	if (r == 0) {
+		r = deltas_add_pending(d);
+	}
+	return r == -EBADMSG ? MDB_CORRUPTED : r;
 }
 
 /* LMDB's default order of keys: bytes, then the shorter first. */
@@ -2329,15 +2457,14 @@ static int
 fold_log(struct digest *d, MDB_txn *txn)
 {
 	struct fold f = {.d = d, .txn = txn};
-	int r = log_each(txn, d->log_dbi, false, delta_one, d);
+	size_t folded;
+	uint64_t last_key;
+	int r = deltas_of_log(d, txn, &folded, &last_key);
 
-	if (r == -EBADMSG) {
-		r = MDB_CORRUPTED;
-	}
 	if (r == 0) {
 		r = deltas_fold(d, txn, emit_txn, &f);
 	}
-	deltas_reset(&d->deltas);
+	deltas_reset(&d->deltas, true);
 	if (r != 0) {
 		return r;
 	}
@@ -2349,7 +2476,7 @@ static void
 write_side_free(struct digest *d)
 {
 	ccache_clear(&d->ccache);
-	deltas_reset(&d->deltas);
+	deltas_reset(&d->deltas, true);
 	interner_free(&d->codes);
 	free(d->sl);
 	free(d->sc);
@@ -2424,8 +2551,6 @@ folder_fold(struct folder *fo)
 {
 	struct digest *bg = &fo->bg;
 	MDB_txn *txn;
-	MDB_cursor *cur;
-	MDB_val k, v;
 	int r;
 
 	if (fo->stale) {
@@ -2439,41 +2564,12 @@ folder_fold(struct folder *fo)
 	if (r < 0) {
 		return r;
 	}
-	if (mdb_cursor_open(txn, bg->log_dbi, &cur) != 0) {
-		store_read_end(fo->d->store, txn);
-		return -EIO;
-	}
-	int rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
-	for (; rc == 0 && r == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-		const uint8_t *p = v.mv_data;
-		const uint8_t *end = p + v.mv_size;
-
-		if (k.mv_size != 8) {
-			r = MDB_CORRUPTED;
-			break;
-		}
-		while (r == 0 && p < end) {
-			struct logged l;
-			r = log_decode(&p, end, &l);
-			if (r == 0) {
-				r = deltas_add(bg, &l);
-				fo->folded++;
-			}
-		}
-		fo->last_key = get_be64(k.mv_data);
-	}
-	mdb_cursor_close(cur);
-	if (r == 0 && rc != MDB_NOTFOUND) {
-		r = -EIO;
-	}
-	if (r == -EBADMSG) {
-		r = MDB_CORRUPTED;
-	}
+	r = deltas_of_log(bg, txn, &fo->folded, &fo->last_key);
 	if (r == 0) {
 		r = deltas_fold(bg, txn, emit_out, fo);
 	}
 	store_read_end(fo->d->store, txn);
-	deltas_reset(&bg->deltas);
+	deltas_reset(&bg->deltas, false);
 	if (r != 0) {
 		ccache_clear(&bg->ccache); /* partly folded: read again from the table next time */
 	}
@@ -2693,7 +2789,7 @@ on_batch_abort(void *data)
 	struct digest *d = data;
 
 	ccache_clear(&d->ccache);
-	deltas_reset(&d->deltas);
+	deltas_reset(&d->deltas, true);
 	batch_reset(d);
 }
 
