@@ -58,23 +58,29 @@
  * `struct cagg`: one block of lines (category, kind, count, sum, codes per list) followed
  * by their codes as (id, count), the codes interned to small ids (`struct interner`, whose
  * `rank` orders ids as the strings' bytes, the order of the CodeCount lists). A fold first
- * sums the log per target aggregate (`struct deltas`: per key, sorted (line, code, delta)
- * tuples in an arena), then visits the targets in key order: each aggregate is read (from
- * the cache or the table), merged with its deltas in one linear pass into a new block, and
- * packed by cagg_pack() into exactly the bytes agg_pack() makes of the same aggregate (so
- * the table's format is unchanged; test_digest.c checks the table against protobuf-c and a
- * recount). Applying the sum of a log's contributions gives what applying them one by one
- * with agg_apply() gives: no count of a table that counts every live record goes below
- * zero along the way, so the order of additions and removals does not matter.
+ * lists the log's contributions with their hour (read in place in its transaction), sorts
+ * them by hour so that the hour aggregates of one hour are summed while in the CPU's
+ * caches, and sums them per target aggregate (`struct deltas`: per key, the lines sorted by
+ * (category, kind), per line its codes sorted by list and rank, in mapped arena chunks of
+ * which ARENA_KEEP bytes are kept for the next fold). Then it visits the targets in key
+ * order: each aggregate is read (from the cache or the table), merged with its sums in one
+ * linear pass into a new block (cagg_apply()), and packed by cagg_pack() into exactly the
+ * bytes agg_pack() makes of the same aggregate (so the table's format is unchanged;
+ * test_digest.c checks the table against protobuf-c and a recount). Applying the sum of a
+ * log's contributions gives what applying them one by one with agg_apply() gives: no count
+ * of a table that counts every live record goes below zero along the way, so neither the
+ * order of additions and removals nor the hour order matters.
  *
  * Cache: `ccache`, a hash table keyed by the key bytes, keeps decoded aggregates between
  * folds up to `limit` bytes (DIGEST_CACHE_LIMIT_DEFAULT, digest_set_cache_limit()):
  * beyond it hour buckets go first, least recently folded first, then whole-campaign ones;
- * a miss decodes the stored value (cagg_decode(): lines and codes must be in this module's
- * order, anything else is MDB_CORRUPTED, as a value protobuf-c cannot decode). Any entry
+ * a miss decodes the stored value (cagg_decode(); one whose lines or codes are not in this
+ * module's order is first put in order by the protobuf-c path, one that does not decode is
+ * MDB_CORRUPTED). Any entry
  * may be dropped in the middle of a fold, because what the fold made of it is already
  * packed and the next fold starts only after this one's install, so it reads the table as
- * installed. The folder's deltas are bounded by the log it folds, its cache by the limit;
+ * installed. The folder's deltas are bounded by the log it folds, its cache by the limit,
+ * its result buffer by what the fold changed (kept after the install up to OUT_KEEP_BYTES);
  * the writer's cache serves only a fold inside a batch and is emptied after every batch,
  * and when the writer folds it first empties the idle folder's cache, so the two never
  * hold more than the limit together. batch_abort drops the writer's cache and the batch's
@@ -1595,9 +1601,9 @@ code_before(const struct interner *in, unsigned la, uint32_t a, unsigned lb, uin
 
 /*
  * Decode a packed Aggregate (a stored value) into a block. Known fields must have their
- * wire type and lines and codes the order this module writes (what verify checks);
- * unknown fields are skipped, as protobuf-c would keep and agg_pack() drop them.
- * Returns 0, -EBADMSG or -ENOMEM.
+ * wire type; unknown fields are skipped, as protobuf-c would keep and agg_pack() drop them.
+ * Returns 0, -EBADMSG, -ENOMEM, or -EDOM when lines or codes are not in the order this
+ * module writes (see cagg_decode_unordered()).
  */
 static int
 cagg_decode(struct digest *d, const uint8_t *p, size_t n, struct cagg **ret)
@@ -1675,7 +1681,7 @@ cagg_decode(struct digest *d, const uint8_t *p, size_t n, struct cagg **ret)
 			}
 			if (r == 0 && d->sc_n > first &&
 			    !code_before(&d->codes, last_list, d->sc[d->sc_n - 1].id, k, id)) {
-				r = -EBADMSG; /* not in this module's order */
+				r = -EDOM; /* not in this module's order */
 			}
 			if (r == 0) {
 				r = scratch_code(d, id, count);
@@ -1687,7 +1693,7 @@ cagg_decode(struct digest *d, const uint8_t *p, size_t n, struct cagg **ret)
 			const struct cline *prev = &d->sl[d->sl_n - 1];
 			if (prev->category > l.category ||
 			    (prev->category == l.category && prev->kind >= l.kind)) {
-				r = -EBADMSG;
+				r = -EDOM;
 			}
 		}
 		if (r == 0) {
@@ -1695,6 +1701,30 @@ cagg_decode(struct digest *d, const uint8_t *p, size_t n, struct cagg **ret)
 		}
 	}
 	return r == 0 ? scratch_agg(d, ret) : r;
+}
+
+/* A stored value that decodes but is not in this module's order (not written by it): what
+ * the protobuf-c path makes of it, its lines added one by one (sorted, duplicates summed,
+ * zero counts dropped), decoded again. Returns 0, -EBADMSG or -ENOMEM. */
+static int
+cagg_decode_unordered(struct digest *d, const MDB_val *v, struct cagg **ret)
+{
+	Coord__V1__Aggregate *a = agg_new();
+	int r = a ? agg_merge_packed(a, v) : -ENOMEM;
+	uint8_t *buf = NULL;
+
+	if (r == 0) {
+		buf = malloc(agg_packed_size(a) + 1);
+		r = buf ? 0 : -ENOMEM;
+	}
+	if (r == 0) {
+		size_t len = agg_pack(a, buf);
+		r = cagg_decode(d, buf, len, ret);
+		r = r == -EDOM ? -EBADMSG : r;
+	}
+	free(buf);
+	agg_free(a);
+	return r;
 }
 
 static size_t
@@ -2372,6 +2402,9 @@ ccache_get(struct digest *d, MDB_txn *txn, const uint8_t *key, size_t klen, stru
 	if (rc == 0) {
 		/* One that does not decode is corruption (or, indistinguishably, no memory). */
 		rc = cagg_decode(d, v.mv_data, v.mv_size, &e->agg);
+		if (rc == -EDOM) {
+			rc = cagg_decode_unordered(d, &v, &e->agg);
+		}
 		rc = rc == -EBADMSG ? MDB_CORRUPTED : rc;
 	} else if (rc == MDB_NOTFOUND) {
 		rc = 0;

@@ -1420,6 +1420,58 @@ model_check(struct fixture *f, const struct model *recs)
 	}
 }
 
+/* A stored aggregate whose codes are not in byte order (not written by this module, but
+ * decodable): a fold puts it in order as the protobuf-c path would, and goes on. */
+static void
+test_fold_accepts_an_unordered_stored_aggregate(void **state)
+{
+	struct fixture *f = *state;
+	struct digest_check_report rep;
+	struct msg m;
+	MDB_dbi dbi;
+	MDB_txn *txn;
+	MDB_val v;
+	uint8_t key[] = {ALL, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+	MDB_val k = {.mv_size = sizeof(key), .mv_data = key};
+
+	digest_set_log_limit(f->digest, 0);
+	digest_set_fold_background(f->digest, false);
+	push(f, event(&m, "c01", "a", 1, RALLY, "DE", T0, 10, "de,fr", "Rally"));
+	push(f, event(&m, "c02", "b", 1, RALLY, "FR", T0, 20, "fr", "Rally"));
+
+	/* Reverse every code list of the whole-campaign aggregate of ALL. */
+	assert_int_equal(store_open_table(f->store, "digest", &dbi), 0);
+	assert_int_equal(store_repair_begin(f->store, &txn), 0);
+	assert_int_equal(mdb_get(txn, dbi, &k, &v), 0);
+	Coord__V1__Aggregate *a = coord__v1__aggregate__unpack(NULL, v.mv_size, v.mv_data);
+	assert_non_null(a);
+	assert_int_equal(a->n_lines, 1);
+	Coord__V1__DigestLine *l = a->lines[0];
+	assert_int_equal(l->n_countries, 2);
+	Coord__V1__CodeCount *c = l->countries[0];
+	l->countries[0] = l->countries[1];
+	l->countries[1] = c;
+	c = l->councils[0];
+	l->councils[0] = l->councils[1];
+	l->councils[1] = c;
+	uint8_t buf[512];
+	size_t len = coord__v1__aggregate__get_packed_size(a);
+	assert_true(len <= sizeof(buf));
+	v = (MDB_val){.mv_size = coord__v1__aggregate__pack(a, buf), .mv_data = buf};
+	coord__v1__aggregate__free_unpacked(a, NULL);
+	assert_int_equal(mdb_put(txn, dbi, &k, &v, 0), 0);
+	assert_int_equal(store_repair_commit(f->store, txn), 0);
+	/* verify sees the bytes differ from what this module writes. */
+	assert_int_equal(digest_verify(f->store, NULL, NULL, NULL, &rep), -EBADMSG);
+	assert_int_equal(rep.problems, 1);
+
+	/* The next fold reads it, puts it in order and writes it back. */
+	push(f, event(&m, "c01", "c", 1, RALLY, "AM", T0, 5, "hy", "Rally"));
+	assert_int_equal(line_count(f, ALL, "", C_EVENT, RALLY), 3);
+	assert_int_equal(digest_verify(f->store, NULL, NULL, NULL, &rep), 0);
+	assert_table_is_protobuf_c(f);
+}
+
 static void
 test_map_growth_replay_matches_recount(void **state)
 {
@@ -1532,6 +1584,8 @@ main(void)
 	                                        teardown),
 	        cmocka_unit_test_setup_teardown(test_map_growth_replay_matches_recount,
 	                                        setup_small_map, teardown),
+	        cmocka_unit_test_setup_teardown(test_fold_accepts_an_unordered_stored_aggregate,
+	                                        setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_small_cache_folds_match_recount,
 	                                        setup_small_map, teardown),
 	        cmocka_unit_test_setup_teardown(test_writer_fold_without_cache_matches_recount,
