@@ -1472,15 +1472,6 @@ interner_free(struct interner *in)
 	*in = (struct interner){0};
 }
 
-/* Bytes an aggregate of `a` holds (0 for NULL). */
-static size_t
-cagg_bytes(const struct cagg *a)
-{
-	return a ? sizeof(*a) + a->n_lines * sizeof(struct cline) +
-	                       a->n_codes * sizeof(struct ccode)
-	         : 0;
-}
-
 static struct ccode *
 cagg_codes(const struct cagg *a)
 {
@@ -1521,16 +1512,20 @@ scratch_code(struct digest *d, uint32_t id, uint64_t count)
 	return 0;
 }
 
-/* The aggregate in the scratch arrays as one block, or NULL for none (no lines). */
+/* The aggregate in the scratch arrays as one block, or NULL for none (no lines). The block
+ * is `reuse` (whose content has been read) when it is large enough and not twice too
+ * large, else a new one. */
 static int
-scratch_agg(struct digest *d, struct cagg **ret)
+scratch_agg(struct digest *d, struct cagg *reuse, struct cagg **ret)
 {
 	*ret = NULL;
 	if (d->sl_n == 0) {
 		return 0;
 	}
-	struct cagg *a = malloc(sizeof(*a) + d->sl_n * sizeof(struct cline) +
-	                        d->sc_n * sizeof(struct ccode));
+	size_t size = sizeof(struct cagg) + d->sl_n * sizeof(struct cline) +
+	              d->sc_n * sizeof(struct ccode);
+	size_t have = reuse ? malloc_usable_size(reuse) : 0;
+	struct cagg *a = have >= size && have / 2 <= size ? reuse : malloc(size);
 	if (!a) {
 		return -ENOMEM;
 	}
@@ -1700,7 +1695,7 @@ cagg_decode(struct digest *d, const uint8_t *p, size_t n, struct cagg **ret)
 			r = scratch_line(d, &l);
 		}
 	}
-	return r == 0 ? scratch_agg(d, ret) : r;
+	return r == 0 ? scratch_agg(d, NULL, ret) : r;
 }
 
 /* A stored value that decodes but is not in this module's order (not written by it): what
@@ -1816,15 +1811,16 @@ line_order(int32_t cat_a, int32_t kind_a, int32_t cat_b, int32_t kind_b)
 }
 
 /*
- * The aggregate `a` (NULL: none) with the deltas of `de` applied, as a new block (NULL when
- * no line is left): one merge of two sorted sequences. Exactly what agg_apply() makes of
+ * The aggregate `a` (NULL: none) with the deltas of `de` applied, as a block (NULL when no
+ * line is left; `a` itself when it fits, else a new one): one merge of two sorted
+ * sequences. Exactly what agg_apply() makes of
  * the same contributions one by one: the deltas are their sums, and with a table that
  * counts every live record no count is ever asked to go below zero along the way, so the
  * order does not matter (a line or code not stored takes only a positive delta, as
  * agg_apply() adds nothing on a removal there).
  */
 static int
-cagg_apply(struct digest *d, const struct cagg *a, const struct dentry *de, struct cagg **ret)
+cagg_apply(struct digest *d, struct cagg *a, const struct dentry *de, struct cagg **ret)
 {
 	const uint32_t *rank = d->codes.rank;
 	const struct ccode *ac = a ? cagg_codes(a) : NULL;
@@ -1899,7 +1895,7 @@ cagg_apply(struct digest *d, const struct cagg *a, const struct dentry *de, stru
 			r = scratch_line(d, &l);
 		}
 	}
-	return r == 0 ? scratch_agg(d, ret) : r;
+	return r == 0 ? scratch_agg(d, a, ret) : r;
 }
 
 /* Bump allocation for the deltas of one fold, in mapped chunks returned to the system
@@ -2285,7 +2281,7 @@ key_is_whole_campaign(const uint8_t *key, size_t klen)
 static size_t
 centry_bytes(const struct centry *e)
 {
-	return sizeof(*e) + 2 * sizeof(e) + cagg_bytes(e->agg);
+	return sizeof(*e) + 2 * sizeof(e) + (e->agg ? malloc_usable_size(e->agg) : 0);
 }
 
 static void
@@ -2438,25 +2434,32 @@ deltas_fold(struct digest *d, MDB_txn *txn, emit_fn *emit, void *data)
 	c->fold++;
 	for (size_t i = 0; r == 0 && i < t->n; i++) {
 		const struct dentry *de = t->list[i];
-		struct centry *e;
+		struct centry *e = NULL;
 		struct cagg *a = NULL;
+		size_t before = 0;
 
 		r = ccache_get(d, txn, de->key, de->klen, &e);
 		if (r == 0) {
+			before = centry_bytes(e);
 			r = cagg_apply(d, e->agg, de, &a);
 		}
 		if (r == 0) {
 			r = emit(data, de->key, de->klen, &d->codes, a);
 		}
 		if (r != 0) {
-			free(a);
+			/* A reused block holds what was not written: the callers then empty the
+			 * cache (folder_fold(), and batch_abort for the writer). */
+			if (!e || a != e->agg) {
+				free(a);
+			}
 			break;
 		}
-		c->bytes -= centry_bytes(e);
-		free(e->agg);
+		if (a != e->agg) {
+			free(e->agg);
+		}
 		e->agg = a;
 		e->used = c->fold;
-		c->bytes += centry_bytes(e);
+		c->bytes = c->bytes - before + centry_bytes(e);
 		if (c->bytes > c->limit) {
 			ccache_evict(c);
 		}
