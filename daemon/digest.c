@@ -42,7 +42,7 @@
  * The writer folds in the batch itself (the whole log, that batch's entry too) with a
  * limit of 0 (tests), when the folder is off (digest_set_fold_background()) or could not
  * start, and as a safety net when the log reaches FOLD_HERE_FACTOR times the limit while
- * the folder is idle (its folds failing); the folder's cache is then marked stale.
+ * the folder is idle (its folds failing); the folder's cache is then emptied.
  * digest_free() stops the folder, drops a result not installed, and folds the whole log.
  *
  * Invariants of a stored Aggregate: lines are unique and sorted by (category, kind); each
@@ -54,22 +54,47 @@
  * missed records (a store filled before this module existed); it then stops at zero rather
  * than failing every later batch.
  *
- * In memory an aggregate is the Coord__V1__Aggregate that protobuf-c unpacked, edited in
- * place. Lines and codes added here are allocated with fewer calls than protobuf-c's
- * (a CodeCount holds its code in its own block; pointer arrays grow by half), so they are
- * freed by agg_free(), line_free() and code_free(), which free either kind, never by
- * protobuf-c's free_unpacked().
+ * The write side (the folder, the writer's own folds) keeps aggregates in a compact form,
+ * `struct cagg`: one block of lines (category, kind, count, sum, codes per list) followed
+ * by their codes as (id, count), the codes interned to small ids (`struct interner`, whose
+ * `rank` orders ids as the strings' bytes, the order of the CodeCount lists). A fold first
+ * lists the log's contributions with their hour (read in place in its transaction), sorts
+ * them by hour so that the hour aggregates of one hour are summed while in the CPU's
+ * caches, and sums them per target aggregate (`struct deltas`: per key, the lines sorted by
+ * (category, kind), per line its codes sorted by list and rank, in mapped arena chunks of
+ * which ARENA_KEEP bytes are kept for the next fold). Then it visits the targets in key
+ * order: each aggregate is read (from the cache or the table), merged with its sums in one
+ * linear pass into a new block (cagg_apply()), and packed by cagg_pack() into exactly the
+ * bytes agg_pack() makes of the same aggregate (so the table's format is unchanged;
+ * test_digest.c checks the table against protobuf-c and a recount). Applying the sum of a
+ * log's contributions gives what applying them one by one with agg_apply() gives: no count
+ * of a table that counts every live record goes below zero along the way, so neither the
+ * order of additions and removals nor the hour order matters.
  *
- * Folder thread: `cache` of its `bg` object, a hash table keyed by the key bytes, holds
- * decoded aggregates between folds: every whole-campaign one (one per scope, so bounded by
- * the number of councils and countries; they are the large ones) and hour buckets up to
- * CACHE_KEEP_BYTES. A fold decodes each aggregate it touches at most once and packs only
- * the touched ones, so once its result is installed the cache equals the table. The
- * writer's own `cache` serves only a fold inside a batch and is emptied after every batch;
- * batch_abort drops it and the batch's log, so the replay after a map growth starts again
- * from the committed state. The scopes a batch touched (for the old and the new revision alike) are
- * listed in `pending` as it logs; batch_end reserves room for them in `dirty`, so that
- * batch_committed, which cannot fail, only copies them in under `lock`.
+ * Cache: `ccache`, a hash table keyed by the key bytes, keeps decoded aggregates between
+ * folds up to `limit` bytes (DIGEST_CACHE_LIMIT_DEFAULT, digest_set_cache_limit()):
+ * beyond it hour buckets go first, least recently folded first, then whole-campaign ones;
+ * a miss decodes the stored value (cagg_decode(); one whose lines or codes are not in this
+ * module's order is first put in order by the protobuf-c path, one that does not decode is
+ * MDB_CORRUPTED). Any entry
+ * may be dropped in the middle of a fold, because what the fold made of it is already
+ * packed and the next fold starts only after this one's install, so it reads the table as
+ * installed. The folder's deltas are bounded by the log it folds, its cache by the limit,
+ * its result buffer by what the fold changed (kept after the install up to OUT_KEEP_BYTES);
+ * the writer's cache serves only a fold inside a batch and is emptied after every batch,
+ * and when the writer folds it first empties the idle folder's cache, so the two never
+ * hold more than the limit together. batch_abort drops the writer's cache and the batch's
+ * log, so the replay after a map growth starts again from the committed state. The scopes
+ * a batch touched (for the old and the new revision alike) are listed in `pending` as it
+ * logs; batch_end reserves room for them in `dirty`, so that batch_committed, which cannot
+ * fail, only copies them in under `lock`.
+ *
+ * Read side and recount: an aggregate is the Coord__V1__Aggregate that protobuf-c unpacked,
+ * edited in place by agg_apply(). Lines and codes added there are allocated with fewer
+ * calls than protobuf-c's (a CodeCount holds its code in its own block; pointer arrays
+ * grow by half), so they are freed by agg_free(), line_free() and code_free(), which free
+ * either kind, never by protobuf-c's free_unpacked(). verify and repair recount with it,
+ * so they check the compact fold against an independent implementation.
  *
  * Loop thread: digest_compute() merges stored aggregates with agg_apply() too, builds the
  * Digest on the stack around the merged lines, packs it and hands out a fresh unpacked copy,
@@ -87,6 +112,8 @@
 #include <string.h>
 #include <time.h>
 
+#include <sys/mman.h>
+
 #include <lmdb.h>
 
 #include "digest.h"
@@ -99,9 +126,8 @@
 #define N_LISTS 3 /* countries, languages, councils */
 #define LANGS_MAX (sizeof(((struct digest_contribution *) 0)->languages) / 4)
 #define CACHE_SLOTS_MIN 64
-/* Packed bytes of hour-bucket aggregates kept between batches (some 3 times that in
- * memory); whole-campaign aggregates are always kept. */
-#define CACHE_KEEP_BYTES (16u << 20)
+#define OUT_KEEP_BYTES ((size_t) 8 << 20)     /* the folder's result buffer kept after install */
+#define CODE_ID_MAX ((UINT32_C(1) << 24) - 1) /* ids of interned codes are below this */
 
 _Static_assert(sizeof(((struct digest_scope *) 0)->id) == ID_MAX + 1, "scope id size");
 
@@ -124,6 +150,95 @@ struct cache {
 	size_t bytes; /* packed bytes of the hour-bucket entries */
 };
 
+/* The write side's form of the aggregates (see the top of this file). */
+
+/* Codes interned to ids; `rank` orders ids as their strings' bytes (strcmp). */
+struct interner {
+	char (*str)[ID_MAX + 1]; /* by id */
+	uint8_t *len;            /* by id */
+	uint32_t *rank;          /* by id */
+	uint32_t *order;         /* ids by rank */
+	uint32_t n, cap;
+	uint32_t *slots; /* open addressing over the strings: id + 1, or 0 */
+	size_t nslots;
+};
+
+/* A DigestLine; its codes follow those of the lines before it, list by list. */
+struct cline {
+	int32_t category, kind;
+	uint64_t count, sum;
+	uint32_t n[N_LISTS];
+};
+
+struct ccode {
+	uint32_t id;
+	uint64_t count;
+};
+
+/* An aggregate in one block: n_lines lines, then n_codes codes. */
+struct cagg {
+	uint32_t n_lines, n_codes;
+	struct cline lines[];
+};
+
+/* What a fold adds to one line of an aggregate: its count and sum, and the counts of its
+ * codes (sorted by list, then by rank; the lists one after another). Counts and sums wrap:
+ * a negative delta is -n modulo 2^64. */
+struct dline {
+	int32_t category, kind;
+	uint64_t count, sum;
+	uint32_t n[N_LISTS];
+	uint32_t cap;
+	struct ccode *c;
+};
+
+/* The deltas of one aggregate, its lines sorted by (category, kind). */
+struct dentry {
+	struct dline *lines;
+	uint32_t n, cap;
+	uint8_t klen;
+	uint8_t key[KEY_MAX];
+};
+
+struct arena_chunk;
+
+/* A logged contribution in the folder's snapshot: its hour bucket, and its bytes. */
+struct pending {
+	uint64_t bucket;
+	const uint8_t *at;
+	size_t len;
+};
+
+/* The deltas of one fold, by key (open addressing over `slots`, at most half full). */
+struct deltas {
+	struct dentry **slots;
+	size_t nslots;
+	struct dentry **list;
+	size_t n, cap;
+	struct arena_chunk *arena; /* the entries, their lines and codes */
+	struct arena_chunk *spare; /* chunks kept for the next fold (no page faults) */
+	size_t spare_bytes;
+	struct pending *order; /* the folder's snapshot, to be added in hour order */
+	size_t n_order, cap_order;
+};
+
+struct centry {
+	struct cagg *agg; /* NULL: not in the table */
+	uint64_t used;    /* the fold that last used it */
+	uint8_t klen;
+	uint8_t key[KEY_MAX];
+};
+
+/* Decoded aggregates kept between folds, at most `limit` bytes of them. */
+struct ccache {
+	struct centry **slots;
+	size_t nslots;
+	struct centry **list;
+	size_t n, cap;
+	size_t bytes, limit;
+	uint64_t fold, misses, evicted;
+};
+
 struct scope_set {
 	struct digest_scope *v;
 	size_t n, cap;
@@ -134,7 +249,15 @@ struct digest {
 	MDB_dbi dbi;
 	bool hooked;
 	bool recount;       /* a recount's private object: the cache starts empty, reads nothing */
-	struct cache cache; /* writer thread */
+	struct cache cache; /* a recount's, and digest_rebuild()'s fold */
+	/* Writer thread (the folder's in its `bg`): the compact aggregates and the fold. */
+	struct interner codes;
+	struct ccache ccache; /* emptied after every batch (the folder's: kept) */
+	struct deltas deltas;
+	struct cline *sl; /* scratch: the aggregate being made */
+	size_t sl_n, sl_cap;
+	struct ccode *sc;
+	size_t sc_n, sc_cap;
 	struct scope_set pending; /* writer thread: scopes of the batch being committed */
 	/* Writer thread: the log (see the top of this file). */
 	MDB_dbi log_dbi;
@@ -800,40 +923,6 @@ cache_clear(struct cache *c)
 	*c = (struct cache){0};
 }
 
-static bool
-is_whole_campaign(const struct entry *e)
-{
-	return get_be64(e->key + e->klen - 8) == BUCKET_ALL;
-}
-
-/* After a batch was written: nothing is touched any more, and when the hour buckets kept
- * exceed CACHE_KEEP_BYTES they are all dropped (rare: live records keep touching the same
- * recent hours, and a bulk import of old records is what crosses the limit). */
-static void
-cache_trim(struct cache *c)
-{
-	for (size_t i = 0; i < c->n_touched; i++) {
-		c->touched[i]->touched = false;
-	}
-	c->n_touched = 0;
-	if (c->bytes <= CACHE_KEEP_BYTES) {
-		return;
-	}
-	size_t n = 0;
-	for (size_t i = 0; i < c->n; i++) {
-		struct entry *e = c->list[i];
-		if (is_whole_campaign(e)) {
-			c->list[n++] = e;
-		} else {
-			agg_free(e->agg);
-			free(e);
-		}
-	}
-	c->n = n;
-	c->bytes = 0;
-	cache_rehash(c);
-}
-
 /* The aggregate under `key`, read from the table on first use, and marked touched. Returns
  * 0, an MDB_* code, or a negative errno. */
 static int
@@ -1279,34 +1368,1157 @@ fold_one(void *data, const struct logged *l)
 	return apply_contribution(f->d, f->txn, l->council, &c, l->sign);
 }
 
-/* Fold the whole log into the aggregates (through the cache), write back every aggregate
- * that changed, and empty the log. Inside the batch's transaction. */
+/* ----------------------------------------------------------------------------------------- */
+/* Compact aggregates and the fold (writer and folder thread; see the top of this file) */
+
+/* Intern a code of `len` bytes: *ret_id is its id. Returns 0 or -ENOMEM. */
+static int
+intern(struct interner *in, const char *s, size_t len, uint32_t *ret_id)
+{
+	if (len > ID_MAX) {
+		return -EBADMSG;
+	}
+	uint64_t h = hash_key((const uint8_t *) s, len);
+	size_t mask = in->nslots - 1;
+	size_t i = 0;
+
+	if (in->nslots > 0) {
+		for (i = h & mask; in->slots[i]; i = (i + 1) & mask) {
+			uint32_t id = in->slots[i] - 1;
+			if (in->len[id] == len && memcmp(in->str[id], s, len) == 0) {
+				*ret_id = id;
+				return 0;
+			}
+		}
+	}
+	if (in->n >= CODE_ID_MAX) {
+		return -ENOMEM;
+	}
+	if ((in->n + 1) * 2 > in->nslots) {
+		size_t nslots = in->nslots ? in->nslots * 2 : 64;
+		uint32_t *slots = calloc(nslots, sizeof(*slots));
+		if (!slots) {
+			return -ENOMEM;
+		}
+		for (uint32_t id = 0; id < in->n; id++) {
+			size_t j =
+			        hash_key((const uint8_t *) in->str[id], in->len[id]) & (nslots - 1);
+			while (slots[j]) {
+				j = (j + 1) & (nslots - 1);
+			}
+			slots[j] = id + 1;
+		}
+		free(in->slots);
+		in->slots = slots;
+		in->nslots = nslots;
+		mask = nslots - 1;
+		for (i = h & mask; in->slots[i]; i = (i + 1) & mask) {
+		}
+	}
+	if (in->n == in->cap) {
+		size_t cap = in->cap ? in->cap * 2 : 64;
+		char(*str)[ID_MAX + 1] = reallocarray(in->str, cap, sizeof(*str));
+		if (str) {
+			in->str = str;
+		}
+		uint8_t *l = str ? reallocarray(in->len, cap, 1) : NULL;
+		if (l) {
+			in->len = l;
+		}
+		uint32_t *rank = l ? reallocarray(in->rank, cap, sizeof(*rank)) : NULL;
+		if (rank) {
+			in->rank = rank;
+		}
+		uint32_t *order = rank ? reallocarray(in->order, cap, sizeof(*order)) : NULL;
+		if (!order) {
+			return -ENOMEM;
+		}
+		in->order = order;
+		in->cap = (uint32_t) cap;
+	}
+	uint32_t id = in->n;
+	memcpy(in->str[id], s, len);
+	in->str[id][len] = '\0';
+	in->len[id] = (uint8_t) len;
+	/* Its place among the others, in byte order (strcmp's, the CodeCount lists' order). */
+	size_t lo = 0, hi = in->n;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (strcmp(in->str[in->order[mid]], in->str[id]) < 0) {
+			lo = mid + 1;
+		} else {
+			hi = mid;
+		}
+	}
+	memmove(in->order + lo + 1, in->order + lo, (in->n - lo) * sizeof(*in->order));
+	in->order[lo] = id;
+	in->n++;
+	for (size_t r = lo; r < in->n; r++) {
+		in->rank[in->order[r]] = (uint32_t) r;
+	}
+	in->slots[i] = id + 1;
+	*ret_id = id;
+	return 0;
+}
+
+static void
+interner_free(struct interner *in)
+{
+	free(in->str);
+	free(in->len);
+	free(in->rank);
+	free(in->order);
+	free(in->slots);
+	*in = (struct interner){0};
+}
+
+static struct ccode *
+cagg_codes(const struct cagg *a)
+{
+	return (struct ccode *) (void *) ((uint8_t *) (uintptr_t) a + sizeof(*a) +
+	                                  a->n_lines * sizeof(struct cline));
+}
+
+static uint32_t
+cline_codes(const struct cline *l)
+{
+	return l->n[0] + l->n[1] + l->n[2];
+}
+
+/* The line being built in the scratch arrays of `d`, and its codes. */
+static int
+scratch_line(struct digest *d, const struct cline *l)
+{
+	struct cline *v = grow(d->sl, &d->sl_cap, d->sl_n + 1, sizeof(*v));
+
+	if (!v) {
+		return -ENOMEM;
+	}
+	d->sl = v;
+	v[d->sl_n++] = *l;
+	return 0;
+}
+
+static int
+scratch_code(struct digest *d, uint32_t id, uint64_t count)
+{
+	struct ccode *v = grow(d->sc, &d->sc_cap, d->sc_n + 1, sizeof(*v));
+
+	if (!v) {
+		return -ENOMEM;
+	}
+	d->sc = v;
+	v[d->sc_n++] = (struct ccode){.id = id, .count = count};
+	return 0;
+}
+
+/* The aggregate in the scratch arrays as one block, or NULL for none (no lines). The block
+ * is `reuse` (whose content has been read) when it is large enough and not twice too
+ * large, else a new one. */
+static int
+scratch_agg(struct digest *d, struct cagg *reuse, struct cagg **ret)
+{
+	*ret = NULL;
+	if (d->sl_n == 0) {
+		return 0;
+	}
+	size_t size = sizeof(struct cagg) + d->sl_n * sizeof(struct cline) +
+	              d->sc_n * sizeof(struct ccode);
+	size_t have = reuse ? malloc_usable_size(reuse) : 0;
+	struct cagg *a = have >= size && have / 2 <= size ? reuse : malloc(size);
+	if (!a) {
+		return -ENOMEM;
+	}
+	a->n_lines = (uint32_t) d->sl_n;
+	a->n_codes = (uint32_t) d->sc_n;
+	memcpy(a->lines, d->sl, d->sl_n * sizeof(struct cline));
+	memcpy(cagg_codes(a), d->sc, d->sc_n * sizeof(struct ccode));
+	*ret = a;
+	return 0;
+}
+
+/* A field of a packed message: its number, wire type, and value (a varint, or bytes). */
+struct pb_field {
+	uint32_t number, type;
+	uint64_t v;
+	const uint8_t *p;
+	size_t len;
+};
+
+/* Read the field at *pp. Returns 0, or -EBADMSG for what protobuf-c would reject. */
+static int
+pb_next(const uint8_t **pp, const uint8_t *end, struct pb_field *f)
+{
+	uint64_t tag;
+	const uint8_t *p = get_varint(*pp, end, &tag);
+
+	if (!p || tag >> 3 == 0 || tag >> 3 > UINT32_MAX) {
+		return -EBADMSG;
+	}
+	f->number = (uint32_t) (tag >> 3);
+	f->type = tag & 7;
+	switch (f->type) {
+	case 0:
+		p = get_varint(p, end, &f->v);
+		break;
+	case 1:
+	case 5: {
+		size_t n = f->type == 1 ? 8 : 4;
+		p = end - p >= (ptrdiff_t) n ? p + n : NULL;
+		break;
+	}
+	case 2:
+		p = get_varint(p, end, &f->v);
+		if (p && f->v <= (uint64_t) (end - p)) {
+			f->p = p;
+			f->len = (size_t) f->v;
+			p += f->len;
+		} else {
+			p = NULL;
+		}
+		break;
+	default:
+		p = NULL;
+	}
+	if (!p) {
+		return -EBADMSG;
+	}
+	*pp = p;
+	return 0;
+}
+
+/* Whether code `a` of list `la` comes before code `b` of list `lb` in a line. */
+static bool
+code_before(const struct interner *in, unsigned la, uint32_t a, unsigned lb, uint32_t b)
+{
+	return la != lb ? la < lb : in->rank[a] < in->rank[b];
+}
+
+/*
+ * Decode a packed Aggregate (a stored value) into a block. Known fields must have their
+ * wire type; unknown fields are skipped, as protobuf-c would keep and agg_pack() drop them.
+ * Returns 0, -EBADMSG, -ENOMEM, or -EDOM when lines or codes are not in the order this
+ * module writes (see cagg_decode_unordered()).
+ */
+static int
+cagg_decode(struct digest *d, const uint8_t *p, size_t n, struct cagg **ret)
+{
+	const uint8_t *end = p + n;
+	struct pb_field f;
+	int r = 0;
+
+	d->sl_n = d->sc_n = 0;
+	while (r == 0 && p < end) {
+		r = pb_next(&p, end, &f);
+		if (r < 0 || f.number != 1) {
+			continue;
+		}
+		if (f.type != 2) {
+			return -EBADMSG;
+		}
+		struct cline l = {0};
+		const uint8_t *q = f.p;
+		const uint8_t *qend = f.p + f.len;
+		size_t first = d->sc_n;
+		unsigned last_list = 0;
+		while (r == 0 && q < qend) {
+			struct pb_field g;
+			r = pb_next(&q, qend, &g);
+			if (r < 0 || g.number > 7) {
+				continue;
+			}
+			if ((g.number <= 4) != (g.type == 0) || (g.number > 4 && g.type != 2)) {
+				return -EBADMSG;
+			}
+			switch (g.number) {
+			case 1:
+				l.category = (int32_t) (uint32_t) g.v;
+				continue;
+			case 2:
+				l.kind = (int32_t) (uint32_t) g.v;
+				continue;
+			case 3:
+				l.count = g.v;
+				continue;
+			case 4:
+				l.sum = g.v;
+				continue;
+			default:
+				break;
+			}
+			/* A CodeCount of list number - 5. */
+			unsigned k = g.number - 5;
+			const uint8_t *c = g.p;
+			const uint8_t *cend = g.p + g.len;
+			const uint8_t *code = (const uint8_t *) "";
+			size_t code_len = 0;
+			uint64_t count = 0;
+			while (r == 0 && c < cend) {
+				struct pb_field h;
+				r = pb_next(&c, cend, &h);
+				if (r < 0 || h.number > 2) {
+					continue;
+				}
+				if ((h.number == 1) != (h.type == 2) ||
+				    (h.number == 2 && h.type != 0)) {
+					return -EBADMSG;
+				}
+				if (h.number == 1) {
+					code = h.p;
+					code_len = h.len;
+				} else {
+					count = h.v;
+				}
+			}
+			uint32_t id;
+			if (r == 0) {
+				r = intern(&d->codes, (const char *) code, code_len, &id);
+			}
+			if (r == 0 && d->sc_n > first &&
+			    !code_before(&d->codes, last_list, d->sc[d->sc_n - 1].id, k, id)) {
+				r = -EDOM; /* not in this module's order */
+			}
+			if (r == 0) {
+				r = scratch_code(d, id, count);
+				l.n[k]++;
+				last_list = k;
+			}
+		}
+		if (r == 0 && d->sl_n > 0) {
+			const struct cline *prev = &d->sl[d->sl_n - 1];
+			if (prev->category > l.category ||
+			    (prev->category == l.category && prev->kind >= l.kind)) {
+				r = -EDOM;
+			}
+		}
+		if (r == 0) {
+			r = scratch_line(d, &l);
+		}
+	}
+	return r == 0 ? scratch_agg(d, NULL, ret) : r;
+}
+
+/* A stored value that decodes but is not in this module's order (not written by it): what
+ * the protobuf-c path makes of it, its lines added one by one (sorted, duplicates summed,
+ * zero counts dropped), decoded again. Returns 0, -EBADMSG or -ENOMEM. */
+static int
+cagg_decode_unordered(struct digest *d, const MDB_val *v, struct cagg **ret)
+{
+	Coord__V1__Aggregate *a = agg_new();
+	int r = a ? agg_merge_packed(a, v) : -ENOMEM;
+	uint8_t *buf = NULL;
+
+	if (r == 0) {
+		buf = malloc(agg_packed_size(a) + 1);
+		r = buf ? 0 : -ENOMEM;
+	}
+	if (r == 0) {
+		size_t len = agg_pack(a, buf);
+		r = cagg_decode(d, buf, len, ret);
+		r = r == -EDOM ? -EBADMSG : r;
+	}
+	free(buf);
+	agg_free(a);
+	return r;
+}
+
+static size_t
+ccode_size(const struct interner *in, const struct ccode *c)
+{
+	size_t len = in->len[c->id];
+
+	return (len ? 1 + varint_size(len) + len : 0) + varint_field_size(c->count);
+}
+
+static size_t
+cline_size(const struct interner *in, const struct cline *l, const struct ccode *c)
+{
+	size_t n = varint_field_size((uint64_t) (int64_t) l->category) +
+	           varint_field_size((uint64_t) (int64_t) l->kind) + varint_field_size(l->count) +
+	           varint_field_size(l->sum);
+
+	for (uint32_t i = 0; i < cline_codes(l); i++) {
+		size_t cs = ccode_size(in, &c[i]);
+		n += 1 + varint_size(cs) + cs;
+	}
+	return n;
+}
+
+/* What agg_packed_size() and agg_pack() make of the same aggregate, byte for byte. */
+static size_t
+cagg_packed_size(const struct interner *in, const struct cagg *a)
+{
+	const struct ccode *c = cagg_codes(a);
+	size_t n = 0;
+
+	for (uint32_t i = 0; i < a->n_lines; i++) {
+		size_t ls = cline_size(in, &a->lines[i], c);
+		n += 1 + varint_size(ls) + ls;
+		c += cline_codes(&a->lines[i]);
+	}
+	return n;
+}
+
+static size_t
+cagg_pack(const struct interner *in, const struct cagg *a, uint8_t *out)
+{
+	const struct ccode *c = cagg_codes(a);
+	uint8_t *p = out;
+
+	for (uint32_t i = 0; i < a->n_lines; i++) {
+		const struct cline *l = &a->lines[i];
+		*p++ = (1 << 3) | 2;
+		p = put_varint(p, cline_size(in, l, c));
+		p = put_varint_field(p, 1, (uint64_t) (int64_t) l->category);
+		p = put_varint_field(p, 2, (uint64_t) (int64_t) l->kind);
+		p = put_varint_field(p, 3, l->count);
+		p = put_varint_field(p, 4, l->sum);
+		for (unsigned k = 0; k < N_LISTS; k++) {
+			for (uint32_t j = 0; j < l->n[k]; j++, c++) {
+				size_t len = in->len[c->id];
+				*p++ = (uint8_t) (((5 + k) << 3) | 2);
+				p = put_varint(p, ccode_size(in, c));
+				if (len) {
+					*p++ = (1 << 3) | 2;
+					p = put_varint(p, len);
+					memcpy(p, in->str[c->id], len);
+					p += len;
+				}
+				p = put_varint_field(p, 2, c->count);
+			}
+		}
+	}
+	return (size_t) (p - out);
+}
+
+/* A count changed by a delta (a negative one is -n modulo 2^64): count_add()'s rule. */
+static uint64_t
+count_delta(uint64_t v, uint64_t delta)
+{
+	if ((int64_t) delta >= 0) {
+		return v + delta;
+	}
+	return v > -delta ? v + delta : 0;
+}
+
+static int
+line_order(int32_t cat_a, int32_t kind_a, int32_t cat_b, int32_t kind_b)
+{
+	if (cat_a != cat_b) {
+		return cat_a < cat_b ? -1 : 1;
+	}
+	return kind_a < kind_b ? -1 : kind_a > kind_b;
+}
+
+/*
+ * The aggregate `a` (NULL: none) with the deltas of `de` applied, as a block (NULL when no
+ * line is left; `a` itself when it fits, else a new one): one merge of two sorted
+ * sequences. Exactly what agg_apply() makes of
+ * the same contributions one by one: the deltas are their sums, and with a table that
+ * counts every live record no count is ever asked to go below zero along the way, so the
+ * order does not matter (a line or code not stored takes only a positive delta, as
+ * agg_apply() adds nothing on a removal there).
+ */
+static int
+cagg_apply(struct digest *d, struct cagg *a, const struct dentry *de, struct cagg **ret)
+{
+	const uint32_t *rank = d->codes.rank;
+	const struct ccode *ac = a ? cagg_codes(a) : NULL;
+	uint32_t nl = a ? a->n_lines : 0;
+	uint32_t i = 0, j = 0;
+	int r = 0;
+
+	d->sl_n = d->sc_n = 0;
+	while (r == 0 && (i < nl || j < de->n)) {
+		const struct cline *al = i < nl ? &a->lines[i] : NULL;
+		const struct dline *dl = j < de->n ? &de->lines[j] : NULL;
+		int c = !dl   ? -1
+		        : !al ? 1
+		              : line_order(al->category, al->kind, dl->category, dl->kind);
+		if (c < 0) {
+			/* Untouched: copied. */
+			uint32_t nc = cline_codes(al);
+			r = scratch_line(d, al);
+			for (uint32_t x = 0; r == 0 && x < nc; x++) {
+				r = scratch_code(d, ac[x].id, ac[x].count);
+			}
+			ac += nc;
+			i++;
+			continue;
+		}
+		j++;
+		if (c > 0 && (int64_t) dl->count <= 0) {
+			continue; /* nothing to remove from (see count_add()) */
+		}
+		struct cline l = {.category = dl->category, .kind = dl->kind};
+		if (c == 0) {
+			l.count = al->count;
+			l.sum = al->sum;
+		}
+		l.count = count_delta(l.count, dl->count);
+		l.sum += dl->sum;
+		size_t mark = d->sc_n;
+		const struct ccode *x = ac;
+		const struct ccode *y = dl->c;
+		for (unsigned k = 0; r == 0 && k < N_LISTS; k++) {
+			uint32_t na = c == 0 ? al->n[k] : 0;
+			uint32_t nd = dl->n[k];
+			uint32_t xi = 0, yi = 0;
+			while (r == 0 && (xi < na || yi < nd)) {
+				uint64_t v;
+				uint32_t id;
+				if (yi == nd || (xi < na && rank[x[xi].id] < rank[y[yi].id])) {
+					v = x[xi].count;
+					id = x[xi++].id;
+				} else if (xi == na || rank[y[yi].id] < rank[x[xi].id]) {
+					v = (int64_t) y[yi].count > 0 ? y[yi].count : 0;
+					id = y[yi++].id;
+				} else {
+					v = count_delta(x[xi].count, y[yi++].count);
+					id = x[xi++].id;
+				}
+				if (v != 0) {
+					r = scratch_code(d, id, v);
+					l.n[k]++;
+				}
+			}
+			x += na;
+			y += nd;
+		}
+		if (c == 0) {
+			ac += cline_codes(al);
+			i++;
+		}
+		if (r == 0 && l.count == 0) {
+			d->sc_n = mark; /* the line goes, with its codes */
+		} else if (r == 0) {
+			r = scratch_line(d, &l);
+		}
+	}
+	return r == 0 ? scratch_agg(d, a, ret) : r;
+}
+
+/* Bump allocation for the deltas of one fold, in mapped chunks returned to the system
+ * when the fold ends. */
+#define ARENA_CHUNK ((size_t) 1 << 20)
+#define ARENA_KEEP ((size_t) 16 << 20)
+#define ORDER_KEEP ((size_t) 1 << 16) /* entries of `order` kept between folds */
+struct arena_chunk {
+	struct arena_chunk *next;
+	size_t used, cap;
+};
+
+static void *
+arena_alloc(struct deltas *t, size_t n)
+{
+	struct arena_chunk *c = t->arena;
+
+	n = (n + 15) & ~(size_t) 15;
+	if (!c || c->cap - c->used < n) {
+		size_t cap = n + 64 > ARENA_CHUNK ? n + 64 : ARENA_CHUNK;
+		if (cap == ARENA_CHUNK && t->spare) {
+			c = t->spare;
+			t->spare = c->next;
+			t->spare_bytes -= c->cap;
+		} else {
+			void *m = mmap(NULL, cap, PROT_READ | PROT_WRITE,
+			               MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+			if (m == MAP_FAILED) {
+				return NULL;
+			}
+			c = m;
+			c->cap = cap;
+		}
+		c->next = t->arena;
+		c->used = 64;
+		t->arena = c;
+	}
+	void *p = (uint8_t *) c + c->used;
+	c->used += n;
+	return p;
+}
+
+static void
+arena_free(struct arena_chunk **head)
+{
+	while (*head) {
+		struct arena_chunk *c = *head;
+		*head = c->next;
+		(void) munmap(c, c->cap);
+	}
+}
+
+/* Forget the deltas of a fold; keep up to ARENA_KEEP bytes of chunks for the next one, or
+ * none with `all`. */
+static void
+deltas_reset(struct deltas *t, bool all)
+{
+	while (t->arena) {
+		struct arena_chunk *c = t->arena;
+		t->arena = c->next;
+		if (!all && c->cap == ARENA_CHUNK && t->spare_bytes < ARENA_KEEP) {
+			c->next = t->spare;
+			t->spare = c;
+			t->spare_bytes += c->cap;
+		} else {
+			(void) munmap(c, c->cap);
+		}
+	}
+	if (all) {
+		arena_free(&t->spare);
+		t->spare_bytes = 0;
+	}
+	free(t->slots);
+	free(t->list);
+	t->slots = NULL;
+	t->list = NULL;
+	t->nslots = t->n = t->cap = 0;
+	if (all || t->cap_order > ORDER_KEEP) {
+		free(t->order);
+		t->order = NULL;
+		t->cap_order = 0;
+	}
+	t->n_order = 0;
+}
+
+/* The delta entry of `key`, made on first use. */
+static int
+deltas_entry(struct deltas *t, const uint8_t *key, size_t klen, struct dentry **ret)
+{
+	if ((t->n + 1) * 2 > t->nslots) {
+		size_t nslots = t->nslots ? t->nslots * 2 : 1024;
+		struct dentry **slots = calloc(nslots, sizeof(*slots));
+		if (!slots) {
+			return -ENOMEM;
+		}
+		for (size_t i = 0; i < t->n; i++) {
+			size_t j = hash_key(t->list[i]->key, t->list[i]->klen) & (nslots - 1);
+			while (slots[j]) {
+				j = (j + 1) & (nslots - 1);
+			}
+			slots[j] = t->list[i];
+		}
+		free(t->slots);
+		t->slots = slots;
+		t->nslots = nslots;
+	}
+	size_t mask = t->nslots - 1;
+	size_t i = hash_key(key, klen) & mask;
+	for (; t->slots[i]; i = (i + 1) & mask) {
+		struct dentry *e = t->slots[i];
+		if (e->klen == klen && memcmp(e->key, key, klen) == 0) {
+			*ret = e;
+			return 0;
+		}
+	}
+	struct dentry **list = grow(t->list, &t->cap, t->n + 1, sizeof(*list));
+	if (!list) {
+		return -ENOMEM;
+	}
+	t->list = list;
+	struct dentry *e = arena_alloc(t, sizeof(*e));
+	if (!e) {
+		return -ENOMEM;
+	}
+	*e = (struct dentry){.klen = (uint8_t) klen};
+	memcpy(e->key, key, klen);
+	t->list[t->n++] = e;
+	t->slots[i] = e;
+	*ret = e;
+	return 0;
+}
+
+/* One contribution as a fold adds it: count +-1, the sum, and its codes (list, id). */
+struct dcontrib {
+	int32_t category, kind;
+	uint64_t one, sum;
+	size_t n;
+	unsigned list[2 + LANGS_MAX];
+	uint32_t id[2 + LANGS_MAX];
+};
+
+/* Make room for one more code in `l` (its array comes from the arena). */
+static int
+dline_reserve(struct deltas *t, struct dline *l)
+{
+	uint32_t n = l->n[0] + l->n[1] + l->n[2];
+
+	if (n < l->cap) {
+		return 0;
+	}
+	uint32_t cap = l->cap ? l->cap * 2 : 4;
+	struct ccode *c = arena_alloc(t, cap * sizeof(*c));
+	if (!c) {
+		return -ENOMEM;
+	}
+	if (n > 0) {
+		memcpy(c, l->c, n * sizeof(*c));
+	}
+	l->c = c;
+	l->cap = cap;
+	return 0;
+}
+
+/* Add the contribution `x` to the deltas of one aggregate. */
+static int
+dentry_add(struct deltas *t, const uint32_t *rank, struct dentry *e, const struct dcontrib *x)
+{
+	size_t lo = 0, hi = e->n;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (line_order(e->lines[mid].category, e->lines[mid].kind, x->category, x->kind) <
+		    0) {
+			lo = mid + 1;
+		} else {
+			hi = mid;
+		}
+	}
+	if (lo == e->n || e->lines[lo].category != x->category || e->lines[lo].kind != x->kind) {
+		if (e->n == e->cap) {
+			uint32_t cap = e->cap ? e->cap * 2 : 2;
+			struct dline *v = arena_alloc(t, cap * sizeof(*v));
+			if (!v) {
+				return -ENOMEM;
+			}
+			if (e->n > 0) {
+				memcpy(v, e->lines, e->n * sizeof(*v));
+			}
+			e->lines = v;
+			e->cap = cap;
+		}
+		memmove(e->lines + lo + 1, e->lines + lo, (e->n - lo) * sizeof(*e->lines));
+		e->lines[lo] = (struct dline){.category = x->category, .kind = x->kind};
+		e->n++;
+	}
+
+	struct dline *l = &e->lines[lo];
+	l->count += x->one;
+	l->sum += x->sum;
+	for (size_t i = 0; i < x->n; i++) {
+		unsigned k = x->list[i];
+		uint32_t off = k == 0 ? 0 : k == 1 ? l->n[0] : l->n[0] + l->n[1];
+		uint32_t r = rank[x->id[i]];
+		size_t a = 0, b = l->n[k];
+		while (a < b) {
+			size_t mid = a + (b - a) / 2;
+			if (rank[l->c[off + mid].id] < r) {
+				a = mid + 1;
+			} else {
+				b = mid;
+			}
+		}
+		if (a < l->n[k] && l->c[off + a].id == x->id[i]) {
+			l->c[off + a].count += x->one;
+			continue;
+		}
+		if (dline_reserve(t, l) < 0) {
+			return -ENOMEM;
+		}
+		uint32_t total = l->n[0] + l->n[1] + l->n[2];
+		memmove(l->c + off + a + 1, l->c + off + a, (total - off - a) * sizeof(*l->c));
+		l->c[off + a] = (struct ccode){.id = x->id[i], .count = x->one};
+		l->n[k]++;
+	}
+	return 0;
+}
+
+/* Add a logged contribution to the deltas of its six aggregates. */
+static int
+deltas_add(struct digest *d, const struct logged *l)
+{
+	struct dcontrib x = {.category = (int32_t) l->c.category,
+	                     .kind = l->c.kind,
+	                     .one = l->sign > 0 ? 1 : (uint64_t) -1,
+	                     .sum = l->sign > 0 ? l->c.sum : -l->c.sum};
+	int r = 0;
+
+	if (l->c.country[0]) {
+		x.list[x.n] = 0;
+		r = intern(&d->codes, l->c.country, strlen(l->c.country), &x.id[x.n++]);
+	}
+	for (size_t i = 0; r == 0 && i < l->c.n_languages; i++) {
+		x.list[x.n] = 1;
+		r = intern(&d->codes, l->c.languages[i], strlen(l->c.languages[i]), &x.id[x.n++]);
+	}
+	if (r == 0) {
+		x.list[x.n] = 2;
+		r = intern(&d->codes, l->council, strlen(l->council), &x.id[x.n++]);
+	}
+
+	struct targets tg;
+	targets_of(l->council, &l->c, &tg);
+	for (size_t i = 0; r == 0 && i < tg.n; i++) {
+		uint8_t key[KEY_MAX];
+		size_t klen = make_key(key, tg.kind[i], tg.id[i], tg.bucket[i]);
+		struct dentry *e;
+		r = deltas_entry(&d->deltas, key, klen, &e);
+		if (r == 0) {
+			r = dentry_add(&d->deltas, d->codes.rank, e, &x);
+		}
+	}
+	return r;
+}
+
+static int
+pending_add(struct deltas *t, uint64_t bucket, const uint8_t *at, const uint8_t *end)
+{
+	struct pending *v = grow(t->order, &t->cap_order, t->n_order + 1, sizeof(*v));
+
+	if (!v) {
+		return -ENOMEM;
+	}
+	t->order = v;
+	v[t->n_order++] = (struct pending){.bucket = bucket, .at = at, .len = (size_t) (end - at)};
+	return 0;
+}
+
+static int
+pending_cmp(const void *a, const void *b)
+{
+	const struct pending *x = a;
+	const struct pending *y = b;
+
+	return x->bucket < y->bucket ? -1 : x->bucket > y->bucket;
+}
+
+/* Add the snapshot's contributions hour by hour: the hour aggregates of one hour (all, each
+ * council, each country) are then used one after another while in the CPU's caches, which
+ * the log's arrival order (dates spread over weeks) never gives. The sums do not depend on
+ * the order. */
+static int
+deltas_add_pending(struct digest *d)
+{
+	struct deltas *t = &d->deltas;
+	int r = 0;
+
+	qsort(t->order, t->n_order, sizeof(*t->order), pending_cmp);
+	for (size_t i = 0; r == 0 && i < t->n_order; i++) {
+		const uint8_t *p = t->order[i].at;
+		struct logged l;
+		r = log_decode(&p, p + t->order[i].len, &l);
+		if (r == 0) {
+			r = deltas_add(d, &l);
+		}
+	}
+	return r;
+}
+
+/*
+ * The deltas of every contribution in the log table (in `txn`, which must not write until
+ * they are made: they are read in place), their number and the key of the newest entry.
+ * Returns 0, MDB_CORRUPTED for a log that does not decode, -ENOMEM or -EIO.
+ */
+static int
+deltas_of_log(struct digest *d, MDB_txn *txn, size_t *ret_folded, uint64_t *ret_last_key)
+{
+	MDB_cursor *cur;
+	MDB_val k, v;
+	int r = 0;
+
+	*ret_folded = 0;
+	*ret_last_key = 0;
+	if (mdb_cursor_open(txn, d->log_dbi, &cur) != 0) {
+		return -EIO;
+	}
+	int rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+	for (; rc == 0 && r == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+		const uint8_t *p = v.mv_data;
+		const uint8_t *end = p + v.mv_size;
+
+		if (k.mv_size != 8) {
+			r = -EBADMSG;
+			break;
+		}
+		while (r == 0 && p < end) {
+			const uint8_t *at = p;
+			struct logged l;
+			r = log_decode(&p, end, &l);
+			if (r == 0) {
+				r = pending_add(&d->deltas, bucket_of(l.c.date), at, p);
+				(*ret_folded)++;
+			}
+		}
+		*ret_last_key = get_be64(k.mv_data);
+	}
+	mdb_cursor_close(cur);
+	if (r == 0 && rc != MDB_NOTFOUND) {
+		r = -EIO;
+	}
+	if (r == 0) {
+		r = deltas_add_pending(d);
+	}
+	return r == -EBADMSG ? MDB_CORRUPTED : r;
+}
+
+/* LMDB's default order of keys: bytes, then the shorter first. */
+static int
+key_cmp(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen)
+{
+	int c = memcmp(a, b, alen < blen ? alen : blen);
+
+	if (c != 0) {
+		return c;
+	}
+	return alen < blen ? -1 : alen > blen;
+}
+
+static int
+dentry_key_cmp(const void *a, const void *b)
+{
+	const struct dentry *x = *(const struct dentry *const *) a;
+	const struct dentry *y = *(const struct dentry *const *) b;
+
+	return key_cmp(x->key, x->klen, y->key, y->klen);
+}
+
+static bool
+key_is_whole_campaign(const uint8_t *key, size_t klen)
+{
+	return get_be64(key + klen - 8) == BUCKET_ALL;
+}
+
+static size_t
+centry_bytes(const struct centry *e)
+{
+	return sizeof(*e) + 2 * sizeof(e) + (e->agg ? malloc_usable_size(e->agg) : 0);
+}
+
+static void
+ccache_clear(struct ccache *c)
+{
+	for (size_t i = 0; i < c->n; i++) {
+		free(c->list[i]->agg);
+		free(c->list[i]);
+	}
+	free(c->list);
+	free(c->slots);
+	c->list = NULL;
+	c->slots = NULL;
+	c->n = c->cap = c->nslots = 0;
+	c->bytes = 0;
+}
+
+static struct centry **
+ccache_slot(struct ccache *c, const uint8_t *key, size_t klen)
+{
+	size_t mask = c->nslots - 1;
+
+	for (size_t i = hash_key(key, klen) & mask;; i = (i + 1) & mask) {
+		struct centry *e = c->slots[i];
+		if (!e || (e->klen == klen && memcmp(e->key, key, klen) == 0)) {
+			return &c->slots[i];
+		}
+	}
+}
+
+static void
+ccache_rehash(struct ccache *c)
+{
+	memset(c->slots, 0, c->nslots * sizeof(*c->slots));
+	for (size_t i = 0; i < c->n; i++) {
+		*ccache_slot(c, c->list[i]->key, c->list[i]->klen) = c->list[i];
+	}
+}
+
+/* Eviction order: hour buckets before whole-campaign aggregates, then least recently
+ * used (by fold) first. */
+static int
+evict_order(const void *a, const void *b)
+{
+	const struct centry *x = *(const struct centry *const *) a;
+	const struct centry *y = *(const struct centry *const *) b;
+	bool wx = key_is_whole_campaign(x->key, x->klen);
+	bool wy = key_is_whole_campaign(y->key, y->klen);
+
+	if (wx != wy) {
+		return wx ? 1 : -1;
+	}
+	return x->used < y->used ? -1 : x->used > y->used;
+}
+
+/* Over the limit: drop aggregates (each is read again from the table when next needed)
+ * until the cache holds three quarters of it. Any entry may go: what the fold made of it
+ * is packed already, and the next fold reads the table after this one's install. */
+static void
+ccache_evict(struct ccache *c)
+{
+	size_t keep = c->limit / 4 * 3;
+
+	qsort(c->list, c->n, sizeof(*c->list), evict_order);
+	size_t i = 0;
+	for (; i < c->n && c->bytes > keep; i++) {
+		c->bytes -= centry_bytes(c->list[i]);
+		free(c->list[i]->agg);
+		free(c->list[i]);
+	}
+	memmove(c->list, c->list + i, (c->n - i) * sizeof(*c->list));
+	c->n -= i;
+	c->evicted += i;
+	ccache_rehash(c);
+}
+
+/* The cached aggregate of `key`, read from the table (in `txn`) on a miss. Returns 0, an
+ * MDB_* code or a negative errno. */
+static int
+ccache_get(struct digest *d, MDB_txn *txn, const uint8_t *key, size_t klen, struct centry **ret)
+{
+	struct ccache *c = &d->ccache;
+
+	if ((c->n + 1) * 2 > c->nslots) {
+		size_t nslots = c->nslots ? c->nslots * 2 : CACHE_SLOTS_MIN;
+		struct centry **slots = calloc(nslots, sizeof(*slots));
+		if (!slots) {
+			return -ENOMEM;
+		}
+		free(c->slots);
+		c->slots = slots;
+		c->nslots = nslots;
+		ccache_rehash(c);
+	}
+	struct centry **slot = ccache_slot(c, key, klen);
+	if (*slot) {
+		*ret = *slot;
+		return 0;
+	}
+	struct centry **list = grow(c->list, &c->cap, c->n + 1, sizeof(*list));
+	if (!list) {
+		return -ENOMEM;
+	}
+	c->list = list;
+	struct centry *e = calloc(1, sizeof(*e));
+	if (!e) {
+		return -ENOMEM;
+	}
+	e->klen = (uint8_t) klen;
+	memcpy(e->key, key, klen);
+	MDB_val k = {.mv_size = klen, .mv_data = e->key};
+	MDB_val v;
+	int rc = mdb_get(txn, d->dbi, &k, &v);
+	if (rc == 0) {
+		/* One that does not decode is corruption (or, indistinguishably, no memory). */
+		rc = cagg_decode(d, v.mv_data, v.mv_size, &e->agg);
+		if (rc == -EDOM) {
+			rc = cagg_decode_unordered(d, &v, &e->agg);
+		}
+		rc = rc == -EBADMSG ? MDB_CORRUPTED : rc;
+	} else if (rc == MDB_NOTFOUND) {
+		rc = 0;
+	}
+	if (rc != 0) {
+		free(e);
+		return rc;
+	}
+	c->misses++;
+	c->list[c->n++] = e;
+	c->bytes += centry_bytes(e);
+	*slot = e;
+	*ret = e;
+	return 0;
+}
+
+/* Where a fold's results go: the key, and the new aggregate (NULL: delete it). */
+typedef int emit_fn(void *data, const uint8_t *key, size_t klen, const struct interner *in,
+                    const struct cagg *a);
+
+/* Apply the deltas to the aggregates (through the cache), in key order, and emit each
+ * result. The deltas are left for deltas_reset(). Returns 0, an MDB_* code or -errno. */
+static int
+deltas_fold(struct digest *d, MDB_txn *txn, emit_fn *emit, void *data)
+{
+	struct deltas *t = &d->deltas;
+	struct ccache *c = &d->ccache;
+	int r = 0;
+
+	qsort(t->list, t->n, sizeof(*t->list), dentry_key_cmp);
+	c->fold++;
+	for (size_t i = 0; r == 0 && i < t->n; i++) {
+		const struct dentry *de = t->list[i];
+		struct centry *e = NULL;
+		struct cagg *a = NULL;
+		size_t before = 0;
+
+		r = ccache_get(d, txn, de->key, de->klen, &e);
+		if (r == 0) {
+			before = centry_bytes(e);
+			r = cagg_apply(d, e->agg, de, &a);
+		}
+		if (r == 0) {
+			r = emit(data, de->key, de->klen, &d->codes, a);
+		}
+		if (r != 0) {
+			/* A reused block holds what was not written: the callers then empty the
+			 * cache (folder_fold(), and batch_abort for the writer). */
+			if (!e || a != e->agg) {
+				free(a);
+			}
+			break;
+		}
+		if (a != e->agg) {
+			free(e->agg);
+		}
+		e->agg = a;
+		e->used = c->fold;
+		c->bytes = c->bytes - before + centry_bytes(e);
+		if (c->bytes > c->limit) {
+			ccache_evict(c);
+		}
+	}
+	return r;
+}
+
+/* emit_fn writing into the transaction `data`. */
+static int
+emit_txn(void *data, const uint8_t *key, size_t klen, const struct interner *in,
+         const struct cagg *a)
+{
+	struct fold *f = data;
+	MDB_val k = {.mv_size = klen, .mv_data = (void *) key};
+
+	if (!a) {
+		int rc = mdb_del(f->txn, f->d->dbi, &k, NULL);
+		return rc == MDB_NOTFOUND ? 0 : rc;
+	}
+	MDB_val v = {.mv_size = cagg_packed_size(in, a)};
+	int rc = mdb_put(f->txn, f->d->dbi, &k, &v, MDB_RESERVE);
+	if (rc == 0) {
+		(void) cagg_pack(in, a, v.mv_data);
+	}
+	return rc;
+}
+
+/* Fold the whole log into the aggregates, write back every aggregate that changed, and
+ * empty the log. Inside the batch's transaction. */
 static int
 fold_log(struct digest *d, MDB_txn *txn)
 {
-	struct cache *c = &d->cache;
 	struct fold f = {.d = d, .txn = txn};
-	int r = log_each(txn, d->log_dbi, false, fold_one, &f);
+	size_t folded;
+	uint64_t last_key;
+	int r = deltas_of_log(d, txn, &folded, &last_key);
 
-	if (r == -EBADMSG) {
-		r = MDB_CORRUPTED;
+	if (r == 0) {
+		r = deltas_fold(d, txn, emit_txn, &f);
 	}
+	deltas_reset(&d->deltas, true);
 	if (r != 0) {
 		return r;
 	}
-	for (size_t i = 0; i < c->n_touched; i++) {
-		struct entry *e = c->touched[i];
-		size_t before = e->packed;
-		int rc = write_entry(d, txn, e);
-
-		if (rc != 0) {
-			return rc;
-		}
-		if (!is_whole_campaign(e)) {
-			c->bytes = c->bytes - before + e->packed;
-		}
-	}
 	return mdb_drop(txn, d->log_dbi, 0);
+}
+
+/* Free what the write side of `d` holds. */
+static void
+write_side_free(struct digest *d)
+{
+	ccache_clear(&d->ccache);
+	deltas_reset(&d->deltas, true);
+	interner_free(&d->codes);
+	free(d->sl);
+	free(d->sc);
+	d->sl = NULL;
+	d->sc = NULL;
+	d->sl_n = d->sl_cap = d->sc_n = d->sc_cap = 0;
 }
 
 /* ----------------------------------------------------------------------------------------- */
@@ -1341,11 +2553,13 @@ fold_here(struct digest *d, size_t total)
 	return !d->folder || folder_state(d->folder) == FOLDER_IDLE;
 }
 
+/* emit_fn appending to the folder's result `out`. */
 static int
-out_put(struct folder *fo, const uint8_t *key, size_t klen, const Coord__V1__Aggregate *agg,
-        size_t *ret_packed)
+emit_out(void *data, const uint8_t *key, size_t klen, const struct interner *in,
+         const struct cagg *a)
 {
-	size_t vlen = agg->n_lines > 0 ? agg_packed_size(agg) : 0;
+	struct folder *fo = data;
+	size_t vlen = a ? cagg_packed_size(in, a) : 0;
 	uint8_t *b = grow(fo->out, &fo->out_cap, fo->out_len + 1 + klen + 4 + vlen, 1);
 
 	if (!b) {
@@ -1358,98 +2572,44 @@ out_put(struct folder *fo, const uint8_t *key, size_t klen, const Coord__V1__Agg
 	b += klen;
 	memcpy(b, &(uint32_t){(uint32_t) vlen}, 4);
 	b += 4;
-	*ret_packed = vlen > 0 ? agg_pack(agg, b) : 0;
+	if (vlen > 0) {
+		(void) cagg_pack(in, a, b);
+	}
 	fo->out_len += 1 + klen + 4 + vlen;
 	return 0;
 }
 
-/* LMDB's default order of keys: bytes, then the shorter first. */
-static int
-entry_key_cmp(const void *a, const void *b)
-{
-	const struct entry *x = *(const struct entry *const *) a;
-	const struct entry *y = *(const struct entry *const *) b;
-	int c = memcmp(x->key, y->key, x->klen < y->klen ? x->klen : y->klen);
-
-	if (c != 0) {
-		return c;
-	}
-	return x->klen < y->klen ? -1 : x->klen > y->klen;
-}
-
-/* Fold every entry of the committed log into the folder's cache and pack each aggregate
- * that changed into `out`, in key order (so the install walks the table in order). Folder
- * thread, WORKING. Returns 0, an MDB_* code or -errno. */
+/* Fold every entry of the committed log into the aggregates (through the folder's cache)
+ * and pack each aggregate that changed into `out`, in key order (so the install walks the
+ * table in order). Folder thread, WORKING. Returns 0, an MDB_* code or -errno. */
 static int
 folder_fold(struct folder *fo)
 {
 	struct digest *bg = &fo->bg;
-	struct cache *c = &bg->cache;
-	struct fold f = {.d = bg};
-	MDB_cursor *cur;
-	MDB_val k, v;
+	MDB_txn *txn;
 	int r;
 
 	if (fo->stale) {
-		cache_clear(c);
+		ccache_clear(&bg->ccache);
 		fo->stale = false;
 	}
 	fo->out_len = 0;
 	fo->folded = 0;
 	fo->last_key = 0;
-	r = store_read_begin(fo->d->store, &f.txn);
+	r = store_read_begin(fo->d->store, &txn);
 	if (r < 0) {
 		return r;
 	}
-	if (mdb_cursor_open(f.txn, bg->log_dbi, &cur) != 0) {
-		store_read_end(fo->d->store, f.txn);
-		return -EIO;
-	}
-	int rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
-	for (; rc == 0 && r == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-		const uint8_t *p = v.mv_data;
-		const uint8_t *end = p + v.mv_size;
-
-		if (k.mv_size != 8) {
-			r = MDB_CORRUPTED;
-			break;
-		}
-		while (r == 0 && p < end) {
-			struct logged l;
-			r = log_decode(&p, end, &l);
-			if (r == 0) {
-				r = fold_one(&f, &l);
-				fo->folded++;
-			}
-		}
-		fo->last_key = get_be64(k.mv_data);
-	}
-	mdb_cursor_close(cur);
-	store_read_end(fo->d->store, f.txn);
-	if (r == 0 && rc != MDB_NOTFOUND) {
-		r = -EIO;
-	}
-	if (r == -EBADMSG) {
-		r = MDB_CORRUPTED;
-	}
+	r = deltas_of_log(bg, txn, &fo->folded, &fo->last_key);
 	if (r == 0) {
-		qsort(c->touched, c->n_touched, sizeof(*c->touched), entry_key_cmp);
+		r = deltas_fold(bg, txn, emit_out, fo);
 	}
-	for (size_t i = 0; r == 0 && i < c->n_touched; i++) {
-		struct entry *e = c->touched[i];
-		size_t before = e->packed;
-
-		r = out_put(fo, e->key, e->klen, e->agg, &e->packed);
-		if (r == 0 && !is_whole_campaign(e)) {
-			c->bytes = c->bytes - before + e->packed;
-		}
-	}
+	store_read_end(fo->d->store, txn);
+	deltas_reset(&bg->deltas, false);
 	if (r != 0) {
-		cache_clear(c); /* partly folded: read again from the table next time */
-		return r;
+		ccache_clear(&bg->ccache); /* partly folded: read again from the table next time */
 	}
-	cache_trim(c);
-	return 0;
+	return r;
 }
 
 static void *
@@ -1497,6 +2657,7 @@ folder_ask(struct digest *d)
 		fo->bg.store = d->store;
 		fo->bg.dbi = d->dbi;
 		fo->bg.log_dbi = d->log_dbi;
+		fo->bg.ccache.limit = d->ccache.limit;
 		if (pthread_mutex_init(&fo->mu, NULL) != 0) {
 			free(fo);
 			return;
@@ -1576,6 +2737,12 @@ folder_installed(struct folder *fo)
 	(void) pthread_mutex_lock(&fo->mu);
 	fo->state = FOLDER_IDLE;
 	fo->out_len = 0;
+	if (fo->out_cap > OUT_KEEP_BYTES) {
+		/* A large result (a fold of a big store rewrites most of the table) is not kept. */
+		free(fo->out);
+		fo->out = NULL;
+		fo->out_cap = 0;
+	}
 	(void) pthread_mutex_unlock(&fo->mu);
 }
 
@@ -1592,7 +2759,7 @@ folder_free(struct folder *fo)
 	(void) pthread_cond_signal(&fo->cv);
 	(void) pthread_mutex_unlock(&fo->mu);
 	(void) pthread_join(fo->thread, NULL);
-	cache_clear(&fo->bg.cache);
+	write_side_free(&fo->bg);
 	free(fo->out);
 	(void) pthread_cond_destroy(&fo->cv);
 	(void) pthread_mutex_destroy(&fo->mu);
@@ -1617,8 +2784,14 @@ on_batch_end(void *data, MDB_txn *txn)
 		rc = folder_install(d, txn);
 		d->batch_installs = rc == 0;
 	} else if (rc == 0 && fold_here(d, d->logged + d->batch_logged)) {
+		if (d->folder && folder_state(d->folder) == FOLDER_IDLE) {
+			/* The folder does not use its cache while IDLE, and the writer alone makes
+			 * it WORKING: its aggregates are freed here, so that the two caches never
+			 * hold more than the limit together. */
+			ccache_clear(&d->folder->bg.ccache);
+		}
 		if (d->folder) {
-			d->folder->stale = true; /* IDLE: the folder does not use its cache */
+			d->folder->stale = true;
 		}
 		rc = fold_log(d, txn);
 		d->batch_folded = d->logged + d->batch_logged;
@@ -1631,7 +2804,7 @@ on_batch_end(void *data, MDB_txn *txn)
 		return r;
 	}
 	/* The writer keeps no aggregates between batches: the folder changes the table. */
-	cache_clear(&d->cache);
+	ccache_clear(&d->ccache);
 	return 0;
 }
 
@@ -1651,7 +2824,8 @@ on_batch_abort(void *data)
 {
 	struct digest *d = data;
 
-	cache_clear(&d->cache);
+	ccache_clear(&d->ccache);
+	deltas_reset(&d->deltas, true);
 	batch_reset(d);
 }
 
@@ -1704,6 +2878,7 @@ digest_new(struct store *store, struct digest **ret_digest)
 	}
 	d->store = store;
 	d->log_limit = DIGEST_LOG_LIMIT_DEFAULT;
+	d->ccache.limit = DIGEST_CACHE_LIMIT_DEFAULT;
 	d->background = true;
 	r = store_open_table(store, "digest", &d->dbi);
 	if (r == 0) {
@@ -1738,6 +2913,12 @@ void
 digest_set_log_limit(struct digest *d, size_t records)
 {
 	d->log_limit = records;
+}
+
+void
+digest_set_cache_limit(struct digest *d, size_t bytes)
+{
+	d->ccache.limit = bytes;
 }
 
 void
@@ -1787,6 +2968,7 @@ digest_free(struct digest *d)
 		store_set_hooks(d->store, NULL);
 	}
 	cache_clear(&d->cache);
+	write_side_free(d);
 	free(d->pending.v);
 	free(d->dirty.v);
 	free(d->log_buf);

@@ -36,6 +36,8 @@
 #define DIGEST_HEADLINES_MAX 50
 /* Contributions the log holds before a batch folds it into the aggregates (digest.c). */
 #define DIGEST_LOG_LIMIT_DEFAULT 8192
+/* Bytes of decoded aggregates the write side keeps between folds (digest.c). */
+#define DIGEST_CACHE_LIMIT_DEFAULT ((size_t) 32 << 20)
 /* Headlines are looked for among this many newest items at most. */
 #define DIGEST_HEADLINE_SCAN_MAX 2000
 
@@ -54,6 +56,14 @@ int digest_new(struct store *store, struct digest **ret_digest);
  * always complete: for tests of the table's layout). Writer thread, or before any write.
  */
 void digest_set_log_limit(struct digest *d, size_t records);
+
+/*
+ * Set how many bytes of decoded aggregates the folder thread keeps between folds (default
+ * DIGEST_CACHE_LIMIT_DEFAULT), and so the most the writer's and the folder's caches hold
+ * together: aggregates beyond it are dropped, least recently folded first, and read again
+ * from the table when next needed. 0 keeps none (for tests). Before any write.
+ */
+void digest_set_cache_limit(struct digest *d, size_t bytes);
 
 /*
  * Fold in the folder thread (the default) or, with `on` false, in the batch that takes the

@@ -1338,21 +1338,26 @@ check_recount(struct fixture *f, const struct model *recs, size_t n, Coord__V1__
 }
 
 static void
-test_map_growth_replay_matches_recount(void **state)
+model_write(struct fixture *f, struct msg *const *batch, size_t n, bool wait_folds)
 {
-	struct fixture *f = *state;
-	struct model *recs = calloc(GROW_RECORDS, sizeof(*recs));
+	assert_int_equal(write_batch(f, batch, n, NULL), 0);
+	if (wait_folds) {
+		int r = digest_fold_wait(f->digest);
+		assert_true(r == 0 || r == -EAGAIN);
+	}
+}
+
+/* Ingest the model's three passes in batches of GROW_BATCH: first revisions; corrections of
+ * every 3rd and retractions of every 7th; restores of every 14th. With `wait_folds`, each
+ * batch waits for a background fold it asked for, so that the next batch installs it. */
+static void
+model_ingest(struct fixture *f, struct model *recs, bool wait_folds)
+{
 	struct msg *ms = calloc(GROW_BATCH, sizeof(*ms));
 	struct msg *batch[GROW_BATCH];
 	char ids[GROW_BATCH][16];
-	struct store_stats st;
 
-	assert_non_null(recs);
 	assert_non_null(ms);
-	/* Folds every few batches, and leaves a log at the end that the digests merge. */
-	digest_set_log_limit(f->digest, 3 * GROW_BATCH / 2);
-	/* Three passes: first revisions; corrections of every 3rd and retractions of every 7th;
-	 * restores of every 14th. */
 	for (int pass = 0; pass < 3; pass++) {
 		size_t nb = 0;
 
@@ -1389,21 +1394,22 @@ test_map_growth_replay_matches_recount(void **state)
 			model_msg(r, i, &ms[nb], ids[nb], sizeof(ids[nb]));
 			batch[nb] = &ms[nb];
 			if (++nb == GROW_BATCH) {
-				assert_int_equal(write_batch(f, batch, nb, NULL), 0);
+				model_write(f, batch, nb, wait_folds);
 				nb = 0;
 			}
 		}
 		if (nb > 0) {
-			assert_int_equal(write_batch(f, batch, nb, NULL), 0);
+			model_write(f, batch, nb, wait_folds);
 		}
 	}
-	assert_int_equal(store_get_stats(f->store, &st), 0);
-	assert_true(st.map_size > MIB);
+	free(ms);
+}
 
-	assert_true(log_entries(f) > 0);
+/* Every digest of the model's scopes equals a recount from the model. */
+static void
+model_check(struct fixture *f, const struct model *recs)
+{
 	check_recount(f, recs, GROW_RECORDS, ALL, 0, W_ALL, 0, 0);
-	assert_table_is_protobuf_c(f);
-	assert_verify_and_rebuild_agree(f);
 	check_recount(f, recs, GROW_RECORDS, ALL, 0, W_RANGE, T0 - 10 * H, T0 + 3 * H + 1);
 	for (int c = 0; c < N_COUNCILS; c++) {
 		check_recount(f, recs, GROW_RECORDS, COUNCIL, c, W_ALL, 0, 0);
@@ -1412,7 +1418,118 @@ test_map_growth_replay_matches_recount(void **state)
 		check_recount(f, recs, GROW_RECORDS, COUNTRY, c, W_ALL, 0, 0);
 		check_recount(f, recs, GROW_RECORDS, COUNTRY, c, W_RANGE, T0 - 3 * H, T0 + H / 2);
 	}
-	free(ms);
+}
+
+/* A stored aggregate whose codes are not in byte order (not written by this module, but
+ * decodable): a fold puts it in order as the protobuf-c path would, and goes on. */
+static void
+test_fold_accepts_an_unordered_stored_aggregate(void **state)
+{
+	struct fixture *f = *state;
+	struct digest_check_report rep;
+	struct msg m;
+	MDB_dbi dbi;
+	MDB_txn *txn;
+	MDB_val v;
+	uint8_t key[] = {ALL, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+	MDB_val k = {.mv_size = sizeof(key), .mv_data = key};
+
+	digest_set_log_limit(f->digest, 0);
+	digest_set_fold_background(f->digest, false);
+	push(f, event(&m, "c01", "a", 1, RALLY, "DE", T0, 10, "de,fr", "Rally"));
+	push(f, event(&m, "c02", "b", 1, RALLY, "FR", T0, 20, "fr", "Rally"));
+
+	/* Reverse every code list of the whole-campaign aggregate of ALL. */
+	assert_int_equal(store_open_table(f->store, "digest", &dbi), 0);
+	assert_int_equal(store_repair_begin(f->store, &txn), 0);
+	assert_int_equal(mdb_get(txn, dbi, &k, &v), 0);
+	Coord__V1__Aggregate *a = coord__v1__aggregate__unpack(NULL, v.mv_size, v.mv_data);
+	assert_non_null(a);
+	assert_int_equal(a->n_lines, 1);
+	Coord__V1__DigestLine *l = a->lines[0];
+	assert_int_equal(l->n_countries, 2);
+	Coord__V1__CodeCount *c = l->countries[0];
+	l->countries[0] = l->countries[1];
+	l->countries[1] = c;
+	c = l->councils[0];
+	l->councils[0] = l->councils[1];
+	l->councils[1] = c;
+	uint8_t buf[512];
+	size_t len = coord__v1__aggregate__get_packed_size(a);
+	assert_true(len <= sizeof(buf));
+	v = (MDB_val){.mv_size = coord__v1__aggregate__pack(a, buf), .mv_data = buf};
+	coord__v1__aggregate__free_unpacked(a, NULL);
+	assert_int_equal(mdb_put(txn, dbi, &k, &v, 0), 0);
+	assert_int_equal(store_repair_commit(f->store, txn), 0);
+	/* verify sees the bytes differ from what this module writes. */
+	assert_int_equal(digest_verify(f->store, NULL, NULL, NULL, &rep), -EBADMSG);
+	assert_int_equal(rep.problems, 1);
+
+	/* The next fold reads it, puts it in order and writes it back. */
+	push(f, event(&m, "c01", "c", 1, RALLY, "AM", T0, 5, "hy", "Rally"));
+	assert_int_equal(line_count(f, ALL, "", C_EVENT, RALLY), 3);
+	assert_int_equal(digest_verify(f->store, NULL, NULL, NULL, &rep), 0);
+	assert_table_is_protobuf_c(f);
+}
+
+static void
+test_map_growth_replay_matches_recount(void **state)
+{
+	struct fixture *f = *state;
+	struct model *recs = calloc(GROW_RECORDS, sizeof(*recs));
+	struct store_stats st;
+
+	assert_non_null(recs);
+	/* Folds every few batches, and leaves a log at the end that the digests merge. */
+	digest_set_log_limit(f->digest, 3 * GROW_BATCH / 2);
+	model_ingest(f, recs, false);
+	assert_int_equal(store_get_stats(f->store, &st), 0);
+	assert_true(st.map_size > MIB);
+
+	assert_true(log_entries(f) > 0);
+	check_recount(f, recs, GROW_RECORDS, ALL, 0, W_ALL, 0, 0);
+	assert_table_is_protobuf_c(f);
+	assert_verify_and_rebuild_agree(f);
+	model_check(f, recs);
+	free(recs);
+}
+
+/* A cache far smaller than the aggregates: every fold drops aggregates and reads them
+ * again from the table, in the folder thread and in the writer; the table stays exactly
+ * what protobuf-c packs and what a recount gives. */
+static void
+test_small_cache_folds_match_recount(void **state)
+{
+	struct fixture *f = *state;
+	struct model *recs = calloc(GROW_RECORDS, sizeof(*recs));
+
+	assert_non_null(recs);
+	digest_set_cache_limit(f->digest, 4096);
+	digest_set_log_limit(f->digest, GROW_BATCH / 2);
+	model_ingest(f, recs, true);
+	model_check(f, recs);
+	assert_table_is_protobuf_c(f);
+	assert_verify_and_rebuild_agree(f);
+	model_check(f, recs);
+	free(recs);
+}
+
+/* The writer folding the whole log in every batch, keeping no aggregate. */
+static void
+test_writer_fold_without_cache_matches_recount(void **state)
+{
+	struct fixture *f = *state;
+	struct model *recs = calloc(GROW_RECORDS, sizeof(*recs));
+
+	assert_non_null(recs);
+	digest_set_cache_limit(f->digest, 0);
+	digest_set_log_limit(f->digest, 0);
+	digest_set_fold_background(f->digest, false);
+	model_ingest(f, recs, false);
+	assert_int_equal(log_entries(f), 0);
+	assert_table_is_protobuf_c(f);
+	model_check(f, recs);
+	assert_verify_and_rebuild_agree(f);
 	free(recs);
 }
 
@@ -1466,6 +1583,12 @@ main(void)
 	        cmocka_unit_test_setup_teardown(test_empty_store_gives_empty_digest, setup,
 	                                        teardown),
 	        cmocka_unit_test_setup_teardown(test_map_growth_replay_matches_recount,
+	                                        setup_small_map, teardown),
+	        cmocka_unit_test_setup_teardown(test_fold_accepts_an_unordered_stored_aggregate,
+	                                        setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_small_cache_folds_match_recount,
+	                                        setup_small_map, teardown),
+	        cmocka_unit_test_setup_teardown(test_writer_fold_without_cache_matches_recount,
 	                                        setup_small_map, teardown),
 	        cmocka_unit_test(test_free_accepts_null),
 	};
