@@ -42,6 +42,7 @@ struct store {
 	uint64_t last_seq;
 	uint64_t map_size;
 	uint64_t map_size_max;
+	uint64_t page_size;
 	bool read_only;
 	pthread_rwlock_t resize_lock;
 	struct store_hooks hooks;
@@ -389,6 +390,8 @@ store_open(const struct store_options *opts, struct store **ret_store)
 	MDB_envinfo info;
 	(void) mdb_env_info(s->env, &info);
 	s->map_size = info.me_mapsize;
+	MDB_stat st;
+	s->page_size = mdb_env_stat(s->env, &st) == 0 ? st.ms_psize : 4096;
 
 	r = init_tables(s);
 	if (r < 0) {
@@ -420,9 +423,12 @@ store_free(struct store *s)
 	return NULL;
 }
 
-/* Double the map (bounded by the maximum). Caller has no transaction open. */
+/*
+ * Double the map (bounded by the maximum). Caller has no transaction open. With `wait`, wait
+ * until no read transaction is open; without, give up (-EBUSY) when one is.
+ */
 static int
-grow_map(struct store *s)
+grow_map(struct store *s, bool wait)
 {
 	if (s->map_size >= s->map_size_max) {
 		return -ENOSPC;
@@ -431,7 +437,11 @@ grow_map(struct store *s)
 	if (size > s->map_size_max || size < s->map_size) {
 		size = s->map_size_max;
 	}
-	(void) pthread_rwlock_wrlock(&s->resize_lock);
+	if (wait) {
+		(void) pthread_rwlock_wrlock(&s->resize_lock);
+	} else if (pthread_rwlock_trywrlock(&s->resize_lock) != 0) {
+		return -EBUSY;
+	}
 	int rc = mdb_env_set_mapsize(s->env, size);
 	(void) pthread_rwlock_unlock(&s->resize_lock);
 	if (rc != 0) {
@@ -439,6 +449,27 @@ grow_map(struct store *s)
 	}
 	s->map_size = size;
 	return 0;
+}
+
+/*
+ * After a commit: once more than half the map is in use, double it if no read transaction is
+ * open right now. Growing on MDB_MAP_FULL has to wait for every reader, and a reader can be
+ * long (the digest's folder holds one for a whole fold: seconds on a big store), stalling
+ * every commit meanwhile; growing ahead, at the first commit that finds no reader, almost
+ * never has to wait.
+ */
+static void
+grow_ahead(struct store *s)
+{
+	MDB_envinfo info;
+
+	if (s->map_size >= s->map_size_max || mdb_env_info(s->env, &info) != 0) {
+		return;
+	}
+	uint64_t used = ((uint64_t) info.me_last_pgno + 1) * s->page_size;
+	if (used > s->map_size / STORE_GROW_AHEAD_DIV) {
+		(void) grow_map(s, false);
+	}
 }
 
 /* Tell the hook about an accepted record, with the revision it supersedes (if any). */
@@ -597,6 +628,8 @@ store_write_batch(struct store *s, struct store_record *recs, size_t n)
 		}
 		if (rc == 0) {
 			s->last_seq = seq;
+			/* Before the hook, which may start a reader (the digest's folder). */
+			grow_ahead(s);
 			if (s->hooks.batch_committed) {
 				s->hooks.batch_committed(s->hooks.data);
 			}
@@ -611,7 +644,7 @@ store_write_batch(struct store *s, struct store_record *recs, size_t n)
 		if (rc != MDB_MAP_FULL) {
 			return mdb_to_errno(rc);
 		}
-		int r = grow_map(s);
+		int r = grow_map(s, true);
 		if (r < 0) {
 			return r;
 		}
