@@ -448,9 +448,13 @@ admit(struct ingest *in, struct msg *m, struct store_record *rec, int64_t now)
 		return r;
 	}
 
-	/* Lengths were validated, so these copies fit. */
-	(void) snprintf(m->council, sizeof(m->council), "%s", env->council);
-	(void) snprintf(m->msg_id, sizeof(m->msg_id), "%s", env->msg_id);
+	/* Lengths were validated; the bounds only keep the copies safe regardless. */
+	size_t lc = strnlen(env->council, WIRE_COUNCIL_MAX);
+	size_t lm = strnlen(env->msg_id, WIRE_MSG_ID_MAX);
+	memcpy(m->council, env->council, lc);
+	m->council[lc] = '\0';
+	memcpy(m->msg_id, env->msg_id, lm);
+	m->msg_id[lm] = '\0';
 	m->body_case = env->body_case;
 	*rec = (struct store_record){
 	        .council = m->council,

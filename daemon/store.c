@@ -505,7 +505,13 @@ run_record_hook(struct store *s, MDB_txn *txn, const struct store_record *rec, u
 	return rc;
 }
 
-/* Apply one record inside `txn`. Returns an MDB_* code, or a hook's negative errno. */
+/*
+ * Apply one record inside `txn`. Returns an MDB_* code, or a hook's negative errno.
+ *
+ * A new record, the common case, has its index entry put with MDB_NOOVERWRITE: one descent
+ * of the index both looks for it and inserts it. When the key exists, LMDB answers
+ * MDB_KEYEXIST with the stored value, and the record goes on as a revision or a duplicate.
+ */
 static int
 apply_record(struct store *s, MDB_txn *txn, struct store_record *rec, uint64_t *seq)
 {
@@ -513,19 +519,35 @@ apply_record(struct store *s, MDB_txn *txn, struct store_record *rec, uint64_t *
 	uint8_t vbuf[INDEX_VALUE_SIZE];
 	int klen = index_key(rec->council, rec->msg_id, kbuf);
 	MDB_val ikey = {.mv_size = (size_t) klen, .mv_data = kbuf};
-	MDB_val ival;
+	MDB_val ival = {.mv_size = sizeof(vbuf), .mv_data = vbuf};
+	uint64_t next = *seq + 1;
+	bool found, indexed = false;
 	int rc;
 
 	if (klen < 0) {
 		/* Ids are validated long before; this is a programming error upstream. */
 		return EINVAL;
 	}
+	put_be64(vbuf, next);
+	put_be32(vbuf + 8, rec->revision);
+	vbuf[12] = rec->retraction ? STORE_FLAG_RETRACTED : 0;
+
+	if (rec->retraction) {
+		rc = mdb_get(txn, s->index, &ikey, &ival);
+		found = rc == 0;
+	} else {
+		rc = mdb_put(txn, s->index, &ikey, &ival, MDB_NOOVERWRITE);
+		indexed = rc == 0;
+		found = rc == MDB_KEYEXIST; /* ival is the stored value */
+	}
+	if (rc != 0 && rc != MDB_NOTFOUND && rc != MDB_KEYEXIST) {
+		return rc;
+	}
 
 	uint64_t stored_seq = 0;
 	bool stored_retracted = false;
 
-	rc = mdb_get(txn, s->index, &ikey, &ival);
-	if (rc == 0) {
+	if (found) {
 		if (ival.mv_size != INDEX_VALUE_SIZE) {
 			return MDB_CORRUPTED;
 		}
@@ -539,17 +561,12 @@ apply_record(struct store *s, MDB_txn *txn, struct store_record *rec, uint64_t *
 			rec->seq = stored_seq;
 			return 0;
 		}
-	} else if (rc == MDB_NOTFOUND) {
-		if (rec->retraction) {
-			rec->status = COORD__V1__ACK_STATUS__ACK_STATUS_REJECTED;
-			rec->reason = COORD__V1__REASON__REASON_UNKNOWN_RECORD;
-			return 0;
-		}
-	} else {
-		return rc;
+	} else if (rec->retraction) {
+		rec->status = COORD__V1__ACK_STATUS__ACK_STATUS_REJECTED;
+		rec->reason = COORD__V1__REASON__REASON_UNKNOWN_RECORD;
+		return 0;
 	}
 
-	uint64_t next = *seq + 1;
 	uint8_t seqkey[8];
 	Coord__V1__Item item = COORD__V1__ITEM__INIT;
 
@@ -568,13 +585,12 @@ apply_record(struct store *s, MDB_txn *txn, struct store_record *rec, uint64_t *
 	}
 	(void) coord__v1__item__pack(&item, val.mv_data);
 
-	put_be64(vbuf, next);
-	put_be32(vbuf + 8, rec->revision);
-	vbuf[12] = rec->retraction ? STORE_FLAG_RETRACTED : 0;
-	ival = (MDB_val){.mv_size = sizeof(vbuf), .mv_data = vbuf};
-	rc = mdb_put(txn, s->index, &ikey, &ival, 0);
-	if (rc != 0) {
-		return rc;
+	if (!indexed) {
+		ival = (MDB_val){.mv_size = sizeof(vbuf), .mv_data = vbuf};
+		rc = mdb_put(txn, s->index, &ikey, &ival, 0);
+		if (rc != 0) {
+			return rc;
+		}
 	}
 
 	rec->status = COORD__V1__ACK_STATUS__ACK_STATUS_ACCEPTED;
