@@ -3,9 +3,9 @@
  *
  * Messages that pass validation are appended to the `filling` batch; a full batch moves to a
  * FIFO queue. Exactly one batch at a time is `committing` on the libuv threadpool (so LMDB
- * sees one writer); when its commit returns, after_commit() acks every message of it on the
- * loop thread and submits the next batch. A message that fails validation is answered at
- * once: it changes nothing, so it needs no commit.
+ * sees one writer); when its commit returns, after_commit() submits the next batch and then,
+ * while that one commits, acks every message of it on the loop thread. A message that fails
+ * validation is answered at once: it changes nothing, so it needs no commit.
  *
  * A batch keeps the received zmq_msg_t frames themselves (routing id and body) until its
  * acks are sent, so the envelope bytes are written to LMDB without an extra copy. The
@@ -790,9 +790,11 @@ after_commit(uv_work_t *req, int status)
 	struct batch *b = in->committing;
 
 	in->committing = NULL;
+	/* Hand the writer the next batch before answering this one: it commits while the loop
+	 * sends these acks and publishes these records, instead of waiting for them. */
+	maybe_submit(in);
 	ack_batch(in, b);
 	batch_recycle(in, b);
-	maybe_submit(in);
 	maybe_resume(in);
 	maybe_finish(in);
 }
