@@ -3,9 +3,9 @@
  *
  * Messages that pass validation are appended to the `filling` batch; a full batch moves to a
  * FIFO queue. Exactly one batch at a time is `committing` on the libuv threadpool (so LMDB
- * sees one writer); when its commit returns, after_commit() acks every message of it on the
- * loop thread and submits the next batch. A message that fails validation is answered at
- * once: it changes nothing, so it needs no commit.
+ * sees one writer); when its commit returns, after_commit() submits the next batch and then,
+ * while that one commits, acks every message of it on the loop thread. A message that fails
+ * validation is answered at once: it changes nothing, so it needs no commit.
  *
  * A batch keeps the received zmq_msg_t frames themselves (routing id and body) until its
  * acks are sent, so the envelope bytes are written to LMDB without an extra copy. The
@@ -448,9 +448,13 @@ admit(struct ingest *in, struct msg *m, struct store_record *rec, int64_t now)
 		return r;
 	}
 
-	/* Lengths were validated, so these copies fit. */
-	(void) snprintf(m->council, sizeof(m->council), "%s", env->council);
-	(void) snprintf(m->msg_id, sizeof(m->msg_id), "%s", env->msg_id);
+	/* Lengths were validated; the bounds only keep the copies safe regardless. */
+	size_t lc = strnlen(env->council, WIRE_COUNCIL_MAX);
+	size_t lm = strnlen(env->msg_id, WIRE_MSG_ID_MAX);
+	memcpy(m->council, env->council, lc);
+	m->council[lc] = '\0';
+	memcpy(m->msg_id, env->msg_id, lm);
+	m->msg_id[lm] = '\0';
 	m->body_case = env->body_case;
 	*rec = (struct store_record){
 	        .council = m->council,
@@ -786,9 +790,11 @@ after_commit(uv_work_t *req, int status)
 	struct batch *b = in->committing;
 
 	in->committing = NULL;
+	/* Hand the writer the next batch before answering this one: it commits while the loop
+	 * sends these acks and publishes these records, instead of waiting for them. */
+	maybe_submit(in);
 	ack_batch(in, b);
 	batch_recycle(in, b);
-	maybe_submit(in);
 	maybe_resume(in);
 	maybe_finish(in);
 }

@@ -42,6 +42,7 @@ struct store {
 	uint64_t last_seq;
 	uint64_t map_size;
 	uint64_t map_size_max;
+	uint64_t page_size;
 	bool read_only;
 	pthread_rwlock_t resize_lock;
 	struct store_hooks hooks;
@@ -389,6 +390,8 @@ store_open(const struct store_options *opts, struct store **ret_store)
 	MDB_envinfo info;
 	(void) mdb_env_info(s->env, &info);
 	s->map_size = info.me_mapsize;
+	MDB_stat st;
+	s->page_size = mdb_env_stat(s->env, &st) == 0 ? st.ms_psize : 4096;
 
 	r = init_tables(s);
 	if (r < 0) {
@@ -420,9 +423,12 @@ store_free(struct store *s)
 	return NULL;
 }
 
-/* Double the map (bounded by the maximum). Caller has no transaction open. */
+/*
+ * Double the map (bounded by the maximum). Caller has no transaction open. With `wait`, wait
+ * until no read transaction is open; without, give up (-EBUSY) when one is.
+ */
 static int
-grow_map(struct store *s)
+grow_map(struct store *s, bool wait)
 {
 	if (s->map_size >= s->map_size_max) {
 		return -ENOSPC;
@@ -431,7 +437,11 @@ grow_map(struct store *s)
 	if (size > s->map_size_max || size < s->map_size) {
 		size = s->map_size_max;
 	}
-	(void) pthread_rwlock_wrlock(&s->resize_lock);
+	if (wait) {
+		(void) pthread_rwlock_wrlock(&s->resize_lock);
+	} else if (pthread_rwlock_trywrlock(&s->resize_lock) != 0) {
+		return -EBUSY;
+	}
 	int rc = mdb_env_set_mapsize(s->env, size);
 	(void) pthread_rwlock_unlock(&s->resize_lock);
 	if (rc != 0) {
@@ -439,6 +449,27 @@ grow_map(struct store *s)
 	}
 	s->map_size = size;
 	return 0;
+}
+
+/*
+ * After a commit: once more than half the map is in use, double it if no read transaction is
+ * open right now. Growing on MDB_MAP_FULL has to wait for every reader, and a reader can be
+ * long (the digest's folder holds one for a whole fold: seconds on a big store), stalling
+ * every commit meanwhile; growing ahead, at the first commit that finds no reader, almost
+ * never has to wait.
+ */
+static void
+grow_ahead(struct store *s)
+{
+	MDB_envinfo info;
+
+	if (s->map_size >= s->map_size_max || mdb_env_info(s->env, &info) != 0) {
+		return;
+	}
+	uint64_t used = ((uint64_t) info.me_last_pgno + 1) * s->page_size;
+	if (used > s->map_size / STORE_GROW_AHEAD_DIV) {
+		(void) grow_map(s, false);
+	}
 }
 
 /* Tell the hook about an accepted record, with the revision it supersedes (if any). */
@@ -474,7 +505,13 @@ run_record_hook(struct store *s, MDB_txn *txn, const struct store_record *rec, u
 	return rc;
 }
 
-/* Apply one record inside `txn`. Returns an MDB_* code, or a hook's negative errno. */
+/*
+ * Apply one record inside `txn`. Returns an MDB_* code, or a hook's negative errno.
+ *
+ * A new record, the common case, has its index entry put with MDB_NOOVERWRITE: one descent
+ * of the index both looks for it and inserts it. When the key exists, LMDB answers
+ * MDB_KEYEXIST with the stored value, and the record goes on as a revision or a duplicate.
+ */
 static int
 apply_record(struct store *s, MDB_txn *txn, struct store_record *rec, uint64_t *seq)
 {
@@ -482,19 +519,35 @@ apply_record(struct store *s, MDB_txn *txn, struct store_record *rec, uint64_t *
 	uint8_t vbuf[INDEX_VALUE_SIZE];
 	int klen = index_key(rec->council, rec->msg_id, kbuf);
 	MDB_val ikey = {.mv_size = (size_t) klen, .mv_data = kbuf};
-	MDB_val ival;
+	MDB_val ival = {.mv_size = sizeof(vbuf), .mv_data = vbuf};
+	uint64_t next = *seq + 1;
+	bool found, indexed = false;
 	int rc;
 
 	if (klen < 0) {
 		/* Ids are validated long before; this is a programming error upstream. */
 		return EINVAL;
 	}
+	put_be64(vbuf, next);
+	put_be32(vbuf + 8, rec->revision);
+	vbuf[12] = rec->retraction ? STORE_FLAG_RETRACTED : 0;
+
+	if (rec->retraction) {
+		rc = mdb_get(txn, s->index, &ikey, &ival);
+		found = rc == 0;
+	} else {
+		rc = mdb_put(txn, s->index, &ikey, &ival, MDB_NOOVERWRITE);
+		indexed = rc == 0;
+		found = rc == MDB_KEYEXIST; /* ival is the stored value */
+	}
+	if (rc != 0 && rc != MDB_NOTFOUND && rc != MDB_KEYEXIST) {
+		return rc;
+	}
 
 	uint64_t stored_seq = 0;
 	bool stored_retracted = false;
 
-	rc = mdb_get(txn, s->index, &ikey, &ival);
-	if (rc == 0) {
+	if (found) {
 		if (ival.mv_size != INDEX_VALUE_SIZE) {
 			return MDB_CORRUPTED;
 		}
@@ -508,17 +561,12 @@ apply_record(struct store *s, MDB_txn *txn, struct store_record *rec, uint64_t *
 			rec->seq = stored_seq;
 			return 0;
 		}
-	} else if (rc == MDB_NOTFOUND) {
-		if (rec->retraction) {
-			rec->status = COORD__V1__ACK_STATUS__ACK_STATUS_REJECTED;
-			rec->reason = COORD__V1__REASON__REASON_UNKNOWN_RECORD;
-			return 0;
-		}
-	} else {
-		return rc;
+	} else if (rec->retraction) {
+		rec->status = COORD__V1__ACK_STATUS__ACK_STATUS_REJECTED;
+		rec->reason = COORD__V1__REASON__REASON_UNKNOWN_RECORD;
+		return 0;
 	}
 
-	uint64_t next = *seq + 1;
 	uint8_t seqkey[8];
 	Coord__V1__Item item = COORD__V1__ITEM__INIT;
 
@@ -537,13 +585,12 @@ apply_record(struct store *s, MDB_txn *txn, struct store_record *rec, uint64_t *
 	}
 	(void) coord__v1__item__pack(&item, val.mv_data);
 
-	put_be64(vbuf, next);
-	put_be32(vbuf + 8, rec->revision);
-	vbuf[12] = rec->retraction ? STORE_FLAG_RETRACTED : 0;
-	ival = (MDB_val){.mv_size = sizeof(vbuf), .mv_data = vbuf};
-	rc = mdb_put(txn, s->index, &ikey, &ival, 0);
-	if (rc != 0) {
-		return rc;
+	if (!indexed) {
+		ival = (MDB_val){.mv_size = sizeof(vbuf), .mv_data = vbuf};
+		rc = mdb_put(txn, s->index, &ikey, &ival, 0);
+		if (rc != 0) {
+			return rc;
+		}
 	}
 
 	rec->status = COORD__V1__ACK_STATUS__ACK_STATUS_ACCEPTED;
@@ -597,6 +644,8 @@ store_write_batch(struct store *s, struct store_record *recs, size_t n)
 		}
 		if (rc == 0) {
 			s->last_seq = seq;
+			/* Before the hook, which may start a reader (the digest's folder). */
+			grow_ahead(s);
 			if (s->hooks.batch_committed) {
 				s->hooks.batch_committed(s->hooks.data);
 			}
@@ -611,7 +660,7 @@ store_write_batch(struct store *s, struct store_record *recs, size_t n)
 		if (rc != MDB_MAP_FULL) {
 			return mdb_to_errno(rc);
 		}
-		int r = grow_map(s);
+		int r = grow_map(s, true);
 		if (r < 0) {
 			return r;
 		}

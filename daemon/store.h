@@ -20,8 +20,10 @@
  *   opening with read_only (no lock taken).
  * - Write functions run on one thread at a time (the writer); each call is one LMDB write
  *   transaction. Read functions may run on any thread concurrently with the writer.
- * - The map grows on MDB_MAP_FULL (doubling, up to map_size_max) and the batch is replayed;
- *   growing waits until no read transaction of this process is open.
+ * - The map doubles (up to map_size_max) ahead of need: after a commit that leaves more than
+ *   1/STORE_GROW_AHEAD_DIV of it in use, when no read transaction of this process is open at
+ *   that moment. A batch that still meets MDB_MAP_FULL grows it and is replayed; that growth
+ *   waits until no read transaction of this process is open.
  * - Never use a store across fork().
  *
  * Non-logging module: errors are negative errno values. MDB_NOTFOUND -> -ENOENT, map at its
@@ -40,6 +42,8 @@
 
 #define STORE_SCHEMA_VERSION 2
 #define STORE_FLAG_RETRACTED 0x01
+/* The map grows ahead once more than 1/this of it is in use (see Caveats). */
+#define STORE_GROW_AHEAD_DIV 2
 
 struct store;
 

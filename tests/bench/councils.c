@@ -256,12 +256,18 @@ out:
 	return NULL;
 }
 
-/* A progress line on stderr about once a second until every council thread is done. */
+/*
+ * A progress line on stderr about once a second until every council thread is done: acked
+ * so far, the rate since the phase began and the time left at that rate. The preload, which
+ * runs for minutes on a big store, still shows one every 10 s with --quiet.
+ */
 static void
 progress(const struct bench_options *o, const struct bench_phase *ph, struct council *cs)
 {
 	uint64_t total = (uint64_t) o->councils * ph->messages;
 	bool tty = isatty(STDERR_FILENO);
+	int every = !o->quiet ? 10 : ph->on_the_fly ? 100 : 0; /* ticks of 100 ms */
+	int64_t start = now_ns();
 
 	for (int tick = 0;; tick++) {
 		uint64_t acked = 0;
@@ -274,16 +280,23 @@ progress(const struct bench_options *o, const struct bench_phase *ph, struct cou
 		if (!running) {
 			break;
 		}
-		if (!o->quiet && tick % 10 == 0) {
-			fprintf(stderr, "%s%s: acked %" PRIu64 " of %" PRIu64 " (%.0f%%)%s",
+		if (every && tick % every == 0) {
+			double s = (double) (now_ns() - start) / 1e9;
+			double rate = s > 0 ? (double) acked / s : 0;
+			fprintf(stderr, "%s%s: acked %" PRIu64 " of %" PRIu64 " (%.0f%%)",
 			        tty ? "\r" : "", ph->name, acked, total,
-			        100.0 * (double) acked / (double) total, tty ? "" : "\n");
+			        100.0 * (double) acked / (double) total);
+			if (rate > 0) {
+				fprintf(stderr, ", %.0f msgs/s, %.0f s gone, ~%.0f s left", rate, s,
+				        (double) (total - acked) / rate);
+			}
+			fprintf(stderr, "%s", tty ? "   " : "\n");
 		}
 		struct timespec ts = {.tv_nsec = 100000000};
 		(void) nanosleep(&ts, NULL);
 	}
-	if (!o->quiet && tty) {
-		fprintf(stderr, "\r%*s\r", 60, "");
+	if (every && tty) {
+		fprintf(stderr, "\r%*s\r", 78, "");
 	}
 }
 

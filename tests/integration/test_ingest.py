@@ -237,3 +237,32 @@ def test_message_without_optional_body_fields_of_each_kind(coordd, council):
     for body, fields in minimal.items():
         env = council.env(body, **fields)
         expect_ack(council.request(env), ACCEPTED, msg_id=env.msg_id)
+
+
+def test_small_map_grows_while_11_councils_push(coordd_factory):
+    """A 1 MiB map grows (several doublings) to hold 8,000 records pushed by 11 councils at
+    once, while the digest folds read beside the writer: every record is ACCEPTED (none
+    refused for a full map), the map ends larger than what is in use, and the store checks
+    out after a restart."""
+    d = coordd_factory("grow", overrides={"store": {"map_size": "1M", "map_size_max": "1G"}})
+    plans = _plan(8000, COUNCIL_IDS)
+    clients, _, errors = _push_concurrently(d.endpoint, plans)
+    try:
+        assert not errors, f"client errors: {errors}"
+        for c, client in clients.items():
+            for key, _ in plans[c]:
+                (ack,) = client.acks_for(key)
+                expect_ack(ack, ACCEPTED)
+    finally:
+        for client in clients.values():
+            client.close()
+    with d.query() as q:
+        st = q.stats()
+    assert st.last_seq == 8000
+    assert 4 << 20 <= st.map_size <= 1 << 30
+    assert 0 < st.store_bytes < st.map_size
+    assert "Store full" not in d.stderr()
+    d.restart()
+    with d.store() as store:
+        assert store.item_count() == 8000
+        check_store_invariants(store)

@@ -304,6 +304,67 @@ test_map_grows_when_full(void **state)
 	assert_true(st.map_size <= 64 * MIB);
 }
 
+/* One batch of `count` ~8 KiB records with ids "ahead-<first>.." (new each call). */
+static void
+write_ahead_batch(struct fixture *f, size_t first, size_t count)
+{
+	static uint8_t payload[8192];
+	struct store_record recs[16];
+	char ids[16][32];
+
+	assert_true(count <= 16);
+	for (size_t i = 0; i < count; i++) {
+		(void) snprintf(ids[i], sizeof(ids[i]), "ahead-%zu", first + i);
+		recs[i] = record("c01", ids[i], 1, false);
+		recs[i].envelope = payload;
+		recs[i].envelope_len = sizeof(payload);
+	}
+	assert_int_equal(store_write_batch(f->store, recs, count), 0);
+	for (size_t i = 0; i < count; i++) {
+		assert_int_equal(recs[i].status, COORD__V1__ACK_STATUS__ACK_STATUS_ACCEPTED);
+	}
+}
+
+static void
+test_map_grows_ahead_unless_a_reader_is_open(void **state)
+{
+	struct fixture *f = *state;
+	struct store_stats st;
+	size_t next = 0;
+
+	f->store = store_free(f->store);
+	assert_int_equal(open_store(f, 1 * MIB, 64 * MIB), 0);
+	/* No reader: after every commit at most half the map is in use. */
+	for (int b = 0; b < 24; b++, next += 4) {
+		write_ahead_batch(f, next, 4); /* ~32 KiB */
+		assert_int_equal(store_get_stats(f->store, &st), 0);
+		assert_true(st.used_bytes * STORE_GROW_AHEAD_DIV <= st.map_size);
+	}
+	assert_true(st.map_size >= 2 * MIB);
+
+	/* A reader open: the map stays as it is, past half full (each batch is well under a
+	 * tenth of the map, so it never meets MDB_MAP_FULL, which would wait for the reader). */
+	uint64_t before = st.map_size;
+	MDB_txn *txn;
+	assert_int_equal(store_read_begin(f->store, &txn), 0);
+	for (int b = 0; st.used_bytes * STORE_GROW_AHEAD_DIV <= before; b++, next += 4) {
+		assert_true(b < 1000);
+		write_ahead_batch(f, next, 4);
+		assert_int_equal(store_get_stats(f->store, &st), 0);
+		assert_int_equal(st.map_size, before);
+	}
+	store_read_end(f->store, txn);
+	assert_int_equal(store_get_stats(f->store, &st), 0);
+	assert_int_equal(st.map_size, before);
+	assert_true(st.used_bytes * STORE_GROW_AHEAD_DIV > st.map_size);
+	/* The next commit finds no reader and grows. */
+	write_ahead_batch(f, next, 1);
+	assert_int_equal(store_get_stats(f->store, &st), 0);
+	assert_true(st.map_size > before);
+	assert_true(st.used_bytes * STORE_GROW_AHEAD_DIV <= st.map_size);
+	assert_int_equal(st.items, next + 1);
+}
+
 static void
 test_map_at_maximum_is_enospc_and_writes_nothing(void **state)
 {
@@ -767,6 +828,8 @@ main(void)
 	        cmocka_unit_test_setup_teardown(test_reopen_continues_seq, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_second_open_is_busy, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_map_grows_when_full, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_map_grows_ahead_unless_a_reader_is_open, setup,
+	                                        teardown),
 	        cmocka_unit_test_setup_teardown(test_map_at_maximum_is_enospc_and_writes_nothing,
 	                                        setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_newer_schema_is_refused, setup, teardown),
