@@ -8,6 +8,8 @@
  *   preload      --preload P: P records pushed as fast as the broker takes them (built on
  *                the fly, not timed per message), so the measured phases run on a big store
  *   echo, lmdb   --ceiling: the same load against the two ceiling servers of ceiling.c
+ *   redis, nats  --peer KIND=HOST:PORT: the same load against Redis Streams (XADD) and
+ *                NATS JetStream (publish, PubAck) through their client libraries (peers.c)
  *   coordd       the broker itself
  *   subscribed   --subscribers S: the broker again with S SUB sockets on its publish
  *                endpoint, timing each digest from the ack of the records it covers
@@ -119,6 +121,13 @@ help(void)
 	       "      --fanout-wait=SEC after the load, wait at most SEC seconds for every\n"
 	       "                        subscriber to get the digest of the last record (default "
 	       "10)\n"
+	       "      --peer=KIND=HOST:PORT[,pid=PID]\n"
+	       "                        also run the load against a peer broker, KIND redis\n"
+	       "                        (XADD coord * m ENVELOPE, pipelined up to the window;\n"
+	       "                        run it with appendfsync always) or nats (JetStream\n"
+	       "                        publish to coord.bench, each waiting for its PubAck;\n"
+	       "                        the stream COORD is created); repeatable; PID: the\n"
+	       "                        server's, for its CPU time (built in:%s%s)\n"
 	       "\n"
 	       "Broker figures:\n"
 	       "  -p, --pid=PID         the broker's pid: CPU time, peak RSS, private RSS\n"
@@ -131,9 +140,13 @@ help(void)
 	       "\n"
 	       "Exit status: 0 when every message of every phase was acked ACCEPTED or DUPLICATE;\n"
 	       "1 when any was refused or lost; 3 when an ack did not come within %d s (broker\n"
-	       "down?); 2 for usage or setup errors (not enough disk for --preload).\n"
+	       "down?); 2 for usage or setup errors (not enough disk for --preload, a --peer\n"
+	       "not reachable or not built: its phase is left out, the others run).\n"
 	       "tests/bench/run-bench starts a throw-away broker and runs this against it.\n",
-	       BENCH_SIZE_MIN, BENCH_SIZE_MAX, BENCH_MIX_DEFAULT, BENCH_ACK_TIMEOUT_MS / 1000);
+	       BENCH_SIZE_MIN, BENCH_SIZE_MAX, BENCH_MIX_DEFAULT,
+	       bench_peer_built(BENCH_PEER_REDIS) ? " redis" : " no redis",
+	       bench_peer_built(BENCH_PEER_NATS) ? " nats" : " no nats",
+	       BENCH_ACK_TIMEOUT_MS / 1000);
 }
 
 static int
@@ -175,6 +188,7 @@ enum {
 	OPT_FANOUT_WAIT,
 	OPT_QUERY,
 	OPT_METRICS,
+	OPT_PEER,
 };
 
 /* Returns 1 to run, 0 to exit successfully (--help), or -EINVAL. */
@@ -200,6 +214,7 @@ parse_args(int argc, char **argv, struct bench_options *o, const char **ret_publ
 	        {"pid", required_argument, NULL, 'p'},
 	        {"query", required_argument, NULL, OPT_QUERY},
 	        {"metrics", required_argument, NULL, OPT_METRICS},
+	        {"peer", required_argument, NULL, OPT_PEER},
 	        {"json", no_argument, NULL, 'j'},
 	        {"quiet", no_argument, NULL, 'q'},
 	        {"help", no_argument, NULL, 'h'},
@@ -266,6 +281,12 @@ parse_args(int argc, char **argv, struct bench_options *o, const char **ret_publ
 			break;
 		case OPT_METRICS:
 			o->metrics = optarg;
+			break;
+		case OPT_PEER:
+			r = o->n_peers < BENCH_PEER_MAX
+			            ? bench_peer_parse(optarg, &o->peers[o->n_peers])
+			            : -EINVAL;
+			o->n_peers += r == 0;
 			break;
 		case 'j':
 			o->json = true;
@@ -355,7 +376,7 @@ result_ok(const struct bench_result *r)
 
 /* ------------------------------------------------------------------------------------------ */
 
-#define MAX_PHASES 5
+#define MAX_PHASES (5 + BENCH_PEER_MAX)
 
 struct run {
 	struct bench_options o;
@@ -367,6 +388,7 @@ struct run {
 	struct bench_snapshot end;
 	struct bench_fanout fan;
 	bool have_fan;
+	bool used_nats;
 	int setup_error;
 };
 
@@ -395,6 +417,7 @@ run_ceiling(struct run *run, enum bench_server_kind kind)
 	};
 	struct bench_result *res = &run->res[run->n_res++];
 	r = bench_phase_run(o, run->zctx, &ph, run->nonce, res);
+	res->reference = true;
 	bench_server_stop(srv, &st);
 	res->server_cpu = st.cpu_seconds;
 	if (st.batches) {
@@ -406,6 +429,47 @@ run_ceiling(struct run *run, enum bench_server_kind kind)
 	if (st.error && !res->error) {
 		res->error = st.error;
 	}
+	return r;
+}
+
+/* A phase against a peer broker; one that is not built or not reachable is left out, and
+ * said so, and the run goes on. */
+static int
+run_peer(struct run *run, const struct bench_peer *peer, char tag)
+{
+	const struct bench_options *o = &run->o;
+	const char *name = bench_peer_name(peer->kind);
+	struct bench_usage a, b;
+	char err[256];
+	int r = bench_peer_prepare(peer, err, sizeof(err));
+
+	if (err[0]) {
+		fprintf(stderr, "coord-bench: %s%s\n", err, r < 0 ? "; phase left out" : "");
+	}
+	if (r < 0) {
+		run->setup_error = r;
+		return 0;
+	}
+	struct bench_phase ph = {
+	        .name = name,
+	        .peer = peer,
+	        .tag = tag,
+	        .messages = o->messages,
+	        .window = o->window,
+	};
+	if (peer->pid) {
+		bench_usage_read(peer->pid, false, &a);
+	}
+	struct bench_result *res = &run->res[run->n_res++];
+	r = bench_phase_run(o, run->zctx, &ph, run->nonce, res);
+	res->reference = true;
+	if (peer->pid) {
+		bench_usage_read(peer->pid, false, &b);
+		if (a.cpu_seconds >= 0 && b.cpu_seconds >= 0) {
+			res->server_cpu = b.cpu_seconds - a.cpu_seconds;
+		}
+	}
+	run->used_nats |= peer->kind == BENCH_PEER_NATS;
 	return r;
 }
 
@@ -524,6 +588,12 @@ run_all(struct run *run)
 			return r;
 		}
 	}
+	for (unsigned i = 0; i < o->n_peers; i++) {
+		r = run_peer(run, &o->peers[i], (char) ('1' + i));
+		if (r < 0) {
+			return r;
+		}
+	}
 	r = run_coordd(run, "coordd", 'c', true);
 	if (r < 0 || !o->subscribers) {
 		return r;
@@ -600,8 +670,14 @@ main(int argc, char **argv)
 		                  run.have_fan ? &run.fan : NULL);
 	}
 	(void) zmq_ctx_term(run.zctx);
+	if (run.used_nats) {
+		bench_peers_cleanup();
+	}
 	if (error == -ETIMEDOUT) {
 		return 3;
+	}
+	if (ok && run.setup_error) {
+		return 2; /* a --peer phase could not run */
 	}
 	return ok ? 0 : 1;
 }
