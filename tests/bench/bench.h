@@ -8,7 +8,7 @@
  *                  commit loop, each one thread inside coord-bench
  *   broker.c       what the broker tells about itself: /proc, the stats query, /metrics
  *   subscribers.c  SUB sockets on the publish endpoint that time digest delivery
- *   peers.c        the same load against Redis Streams and NATS JetStream
+ *   peers.c        the same load against Redis Streams, NATS JetStream and RabbitMQ
  *   councils.c     the council threads of one phase
  *   report.c       the report, text or JSON, and the fan-out latencies
  *   coord-bench.c  options and the phases of a run
@@ -223,8 +223,9 @@ enum {
 
 enum bench_peer_kind {
 	BENCH_PEER_NONE,
-	BENCH_PEER_REDIS, /* Redis Streams, XADD (hiredis) */
-	BENCH_PEER_NATS,  /* NATS JetStream, publish and PubAck (nats.c) */
+	BENCH_PEER_REDIS,    /* Redis Streams, XADD (hiredis) */
+	BENCH_PEER_NATS,     /* NATS JetStream, publish and PubAck (nats.c) */
+	BENCH_PEER_RABBITMQ, /* RabbitMQ quorum queue, publisher confirms (rabbitmq-c) */
 	BENCH_PEER_MAX,
 };
 
@@ -248,8 +249,8 @@ int bench_peer_parse(const char *s, struct bench_peer *ret_peer);
 
 /*
  * Before the phase: Redis is asked whether it runs with appendonly yes and appendfsync
- * always; NATS gets its stream. Returns 0 (err may still say something worth printing,
- * such as a Redis that does not fsync), or a negative errno with the reason in err
+ * always; NATS gets its stream, RabbitMQ its quorum queue. Returns 0 (err may still say something
+ * worth printing, such as a Redis that does not fsync), or a negative errno with the reason in err
  * (-ENOTSUP: the phase is not built).
  */
 int bench_peer_prepare(const struct bench_peer *p, char *err, size_t errlen);
@@ -268,7 +269,8 @@ struct bench_link {
 int bench_link_open(const struct bench_peer *p, const char *name, unsigned window, int timeout_ms,
                     struct bench_link *l);
 
-/* Queue message `index` (data borrowed for the call only). Returns 0 or a negative errno. */
+/* Queue message `index` (data borrowed for the call only); messages go in index order from
+ * 0 (RabbitMQ maps its delivery tags to them). Returns 0 or a negative errno. */
 int bench_link_send(struct bench_link *l, unsigned index, const uint8_t *data, size_t len);
 
 /* Write out what bench_link_send() queued (Redis; NATS's library writes on its own). */

@@ -82,6 +82,18 @@ broker_delta(const struct bench_snapshot *a, const struct bench_snapshot *b,
 static void
 help(void)
 {
+	char built[64] = "";
+
+	for (int k = BENCH_PEER_NONE + 1; k < BENCH_PEER_MAX; k++) {
+		if (bench_peer_built((enum bench_peer_kind) k)) {
+			size_t n = strlen(built);
+			(void) snprintf(built + n, sizeof(built) - n, " %s",
+			                bench_peer_name((enum bench_peer_kind) k));
+		}
+	}
+	if (!built[0]) {
+		(void) snprintf(built, sizeof(built), " none");
+	}
 	printf("Usage: coord-bench [OPTION]...\n"
 	       "Push Envelopes to a coordd ingest endpoint from several council connections and\n"
 	       "measure acknowledged messages per second and ack latency; optionally the same\n"
@@ -122,12 +134,17 @@ help(void)
 	       "                        subscriber to get the digest of the last record (default "
 	       "10)\n"
 	       "      --peer=KIND=HOST:PORT[,pid=PID]\n"
-	       "                        also run the load against a peer broker, KIND redis\n"
-	       "                        (XADD coord * m ENVELOPE, pipelined up to the window;\n"
-	       "                        run it with appendfsync always) or nats (JetStream\n"
-	       "                        publish to coord.bench, each waiting for its PubAck;\n"
-	       "                        the stream COORD is created); repeatable; PID: the\n"
-	       "                        server's, for its CPU time (built in:%s%s)\n"
+	       "                        also run the load against a peer broker, KIND:\n"
+	       "                          redis     XADD coord * m ENVELOPE, pipelined up to\n"
+	       "                                    the window (run it with appendfsync always)\n"
+	       "                          nats      JetStream publish to coord.bench, each\n"
+	       "                                    waiting for its PubAck (stream COORD is\n"
+	       "                                    created)\n"
+	       "                          rabbitmq  persistent publish to the quorum queue\n"
+	       "                                    coord.bench (declared) with publisher\n"
+	       "                                    confirms, as guest\n"
+	       "                        repeatable; PID: the server's, for its CPU time\n"
+	       "                        (built in:%s)\n"
 	       "\n"
 	       "Broker figures:\n"
 	       "  -p, --pid=PID         the broker's pid: CPU time, peak RSS, private RSS\n"
@@ -143,9 +160,7 @@ help(void)
 	       "down?); 2 for usage or setup errors (not enough disk for --preload, a --peer\n"
 	       "not reachable or not built: its phase is left out, the others run).\n"
 	       "tests/bench/run-bench starts a throw-away broker and runs this against it.\n",
-	       BENCH_SIZE_MIN, BENCH_SIZE_MAX, BENCH_MIX_DEFAULT,
-	       bench_peer_built(BENCH_PEER_REDIS) ? " redis" : " no redis",
-	       bench_peer_built(BENCH_PEER_NATS) ? " nats" : " no nats",
+	       BENCH_SIZE_MIN, BENCH_SIZE_MAX, BENCH_MIX_DEFAULT, built,
 	       BENCH_ACK_TIMEOUT_MS / 1000);
 }
 

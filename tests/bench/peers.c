@@ -11,6 +11,14 @@
  *          `{"stream":..,"seq":N}` (accepted), with `"duplicate":true`, or with an
  *          `"error"` (refused). bench_peer_prepare() creates the stream COORD (file
  *          storage, one replica) on subjects coord.> when it does not exist.
+ *   rabbitmq  a RabbitMQ quorum queue with publisher confirms (rabbitmq-c): basic.publish
+ *          of each Envelope, persistent, to the queue coord.bench through the default
+ *          exchange on a channel in confirm mode; the broker's basic.ack (possibly
+ *          `multiple`, covering every earlier delivery tag) counts it as accepted, a
+ *          basic.nack as refused. Delivery tags number the publishes 1, 2, ... so the
+ *          messages must be sent in index order from 0 (the councils do).
+ *          bench_peer_prepare() declares the queue (durable, x-queue-type quorum) and
+ *          purges it: a quorum queue holds its messages in memory.
  *
  * A peer whose library was missing at build time is still parsed; bench_peer_built() says
  * it is not there and opening a link to it gives -ENOTSUP.
@@ -28,6 +36,10 @@
 #ifdef HAVE_NATS
 #include <nats/nats.h>
 #endif
+#ifdef HAVE_RABBITMQ
+#include <amqp.h>
+#include <amqp_tcp_socket.h>
+#endif
 
 #include "bench.h"
 
@@ -36,6 +48,7 @@
 static const char *const peer_names[BENCH_PEER_MAX] = {
         [BENCH_PEER_REDIS] = "redis",
         [BENCH_PEER_NATS] = "nats",
+        [BENCH_PEER_RABBITMQ] = "rabbitmq",
 };
 
 const char *
@@ -47,7 +60,13 @@ bench_peer_name(enum bench_peer_kind kind)
 const char *
 bench_peer_package(enum bench_peer_kind kind)
 {
-	return kind == BENCH_PEER_REDIS ? "libhiredis-dev" : "libnats-dev";
+	static const char *const packages[BENCH_PEER_MAX] = {
+	        [BENCH_PEER_REDIS] = "libhiredis-dev",
+	        [BENCH_PEER_NATS] = "libnats-dev",
+	        [BENCH_PEER_RABBITMQ] = "librabbitmq-dev",
+	};
+
+	return kind > BENCH_PEER_NONE && kind < BENCH_PEER_MAX ? packages[kind] : "?";
 }
 
 bool
@@ -60,6 +79,10 @@ bench_peer_built(enum bench_peer_kind kind)
 #endif
 #ifdef HAVE_NATS
 	case BENCH_PEER_NATS:
+		return true;
+#endif
+#ifdef HAVE_RABBITMQ
+	case BENCH_PEER_RABBITMQ:
 		return true;
 #endif
 	default:
@@ -477,6 +500,232 @@ nats_close(struct nats_link *nl)
 }
 #endif /* HAVE_NATS */
 
+/* ------------------------------------------------------------------------------------------
+ * RabbitMQ */
+
+#ifdef HAVE_RABBITMQ
+#define RABBIT_QUEUE "coord.bench"
+#define RABBIT_CHANNEL 1
+
+struct rabbit_link {
+	amqp_connection_state_t conn;
+	int timeout_ms;
+	uint64_t next_tag; /* the delivery tag of the next publish */
+	uint64_t floor;    /* every tag below it is known to be answered */
+	uint64_t from, to; /* tags of a `multiple` answer still to hand out */
+	unsigned status;   /* theirs */
+};
+
+static bool
+rabbit_ok(amqp_connection_state_t conn, const char *what, char *err, size_t errlen)
+{
+	amqp_rpc_reply_t r = amqp_get_rpc_reply(conn);
+
+	if (r.reply_type == AMQP_RESPONSE_NORMAL) {
+		return true;
+	}
+	(void) snprintf(err, errlen, "rabbitmq: %s: %s", what,
+	                r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION
+	                        ? amqp_error_string2(r.library_error)
+	                        : "refused by the server");
+	return false;
+}
+
+/* Connect as guest (allowed from the loopback only) and open the channel. */
+static int
+rabbit_connect(const struct bench_peer *p, amqp_connection_state_t *ret_conn, char *err,
+               size_t errlen)
+{
+	struct timeval tv = {.tv_sec = CONNECT_TIMEOUT_MS / 1000};
+	amqp_connection_state_t conn = amqp_new_connection();
+	amqp_socket_t *sock = conn ? amqp_tcp_socket_new(conn) : NULL;
+
+	if (!sock) {
+		if (conn) {
+			(void) amqp_destroy_connection(conn);
+		}
+		return -ENOMEM;
+	}
+	int s = amqp_socket_open_noblock(sock, p->host, p->port, &tv);
+	if (s != AMQP_STATUS_OK) {
+		(void) snprintf(err, errlen, "cannot connect to rabbitmq at %s:%d: %s", p->host,
+		                p->port, amqp_error_string2(s));
+		(void) amqp_destroy_connection(conn);
+		return -ECONNREFUSED;
+	}
+	amqp_rpc_reply_t r = amqp_login(conn, "/", 0, AMQP_DEFAULT_FRAME_SIZE, 0,
+	                                AMQP_SASL_METHOD_PLAIN, "guest", "guest");
+	if (r.reply_type != AMQP_RESPONSE_NORMAL) {
+		(void) snprintf(err, errlen, "rabbitmq at %s:%d: login as guest refused", p->host,
+		                p->port);
+		(void) amqp_destroy_connection(conn);
+		return -EACCES;
+	}
+	(void) amqp_channel_open(conn, RABBIT_CHANNEL);
+	if (!rabbit_ok(conn, "channel.open", err, errlen)) {
+		(void) amqp_connection_close(conn, AMQP_REPLY_SUCCESS);
+		(void) amqp_destroy_connection(conn);
+		return -EIO;
+	}
+	*ret_conn = conn;
+	return 0;
+}
+
+static void
+rabbit_disconnect(amqp_connection_state_t conn)
+{
+	(void) amqp_channel_close(conn, RABBIT_CHANNEL, AMQP_REPLY_SUCCESS);
+	(void) amqp_connection_close(conn, AMQP_REPLY_SUCCESS);
+	(void) amqp_destroy_connection(conn);
+}
+
+static int
+rabbit_prepare(const struct bench_peer *p, char *err, size_t errlen)
+{
+	amqp_connection_state_t conn;
+	amqp_table_entry_t type = {
+	        .key = amqp_cstring_bytes("x-queue-type"),
+	        .value = {.kind = AMQP_FIELD_KIND_UTF8,
+	                  .value.bytes = amqp_cstring_bytes("quorum")},
+	};
+	amqp_table_t args = {.num_entries = 1, .entries = &type};
+	int r = rabbit_connect(p, &conn, err, errlen);
+
+	if (r < 0) {
+		return r;
+	}
+	(void) amqp_queue_declare(conn, RABBIT_CHANNEL, amqp_cstring_bytes(RABBIT_QUEUE), 0, 1, 0,
+	                          0, args);
+	r = rabbit_ok(conn, "cannot declare the quorum queue " RABBIT_QUEUE, err, errlen) ? 0
+	                                                                                  : -EIO;
+	if (r == 0) {
+		/* A quorum queue keeps its messages in memory: start each phase empty. */
+		(void) amqp_queue_purge(conn, RABBIT_CHANNEL, amqp_cstring_bytes(RABBIT_QUEUE));
+		r = rabbit_ok(conn, "cannot purge " RABBIT_QUEUE, err, errlen) ? 0 : -EIO;
+	}
+	rabbit_disconnect(conn);
+	return r;
+}
+
+static int
+rabbit_open(const struct bench_peer *p, int timeout_ms, struct bench_link *l)
+{
+	struct rabbit_link *rl = calloc(1, sizeof(*rl));
+	char err[256];
+	int r;
+
+	if (!rl) {
+		return -ENOMEM;
+	}
+	r = rabbit_connect(p, &rl->conn, err, sizeof(err));
+	if (r < 0) {
+		free(rl);
+		return r;
+	}
+	(void) amqp_confirm_select(rl->conn, RABBIT_CHANNEL);
+	if (!rabbit_ok(rl->conn, "confirm.select", err, sizeof(err))) {
+		rabbit_disconnect(rl->conn);
+		free(rl);
+		return -EIO;
+	}
+	rl->timeout_ms = timeout_ms;
+	rl->next_tag = rl->floor = rl->from = 1;
+	l->impl = rl;
+	return 0;
+}
+
+static int
+rabbit_send(struct rabbit_link *rl, unsigned index, const uint8_t *data, size_t len)
+{
+	amqp_basic_properties_t props = {
+	        ._flags = AMQP_BASIC_DELIVERY_MODE_FLAG, .delivery_mode = 2, /* persistent */
+	};
+	amqp_bytes_t body = {.len = len, .bytes = (void *) data};
+
+	if (index != rl->next_tag - 1) {
+		return -EINVAL; /* tags would not map to indexes */
+	}
+	int s = amqp_basic_publish(rl->conn, RABBIT_CHANNEL, amqp_empty_bytes,
+	                           amqp_cstring_bytes(RABBIT_QUEUE), 0, 0, &props, body);
+	if (s != AMQP_STATUS_OK) {
+		return -EIO;
+	}
+	rl->next_tag++;
+	return 0;
+}
+
+static int
+rabbit_recv(struct rabbit_link *rl, bool wait, unsigned *ret_index, unsigned *ret_status)
+{
+	/* Each pass takes one frame; a frame that is not an answer (a heartbeat) is skipped,
+	 * and the window bounds how many answers there can be. */
+	for (;;) {
+		if (rl->from <= rl->to) {
+			*ret_index = (unsigned) (rl->from++ - 1);
+			*ret_status = rl->status;
+			return 1;
+		}
+		struct timeval tv = {.tv_sec = wait ? rl->timeout_ms / 1000 : 0,
+		                     .tv_usec = wait ? rl->timeout_ms % 1000 * 1000 : 0};
+		amqp_frame_t f;
+		int s = amqp_simple_wait_frame_noblock(rl->conn, &f, &tv);
+		if (s == AMQP_STATUS_TIMEOUT) {
+			return wait ? -ETIMEDOUT : 0;
+		}
+		if (s != AMQP_STATUS_OK) {
+			return -EIO;
+		}
+		if (f.frame_type != AMQP_FRAME_METHOD) {
+			continue;
+		}
+		uint64_t tag;
+		bool multiple;
+		switch (f.payload.method.id) {
+		case AMQP_BASIC_ACK_METHOD: {
+			const amqp_basic_ack_t *a = f.payload.method.decoded;
+			tag = a->delivery_tag;
+			multiple = a->multiple;
+			rl->status = BENCH_STATUS_ACCEPTED;
+			break;
+		}
+		case AMQP_BASIC_NACK_METHOD: {
+			const amqp_basic_nack_t *a = f.payload.method.decoded;
+			tag = a->delivery_tag;
+			multiple = a->multiple;
+			rl->status = BENCH_STATUS_REJECTED;
+			break;
+		}
+		case AMQP_CHANNEL_CLOSE_METHOD:
+		case AMQP_CONNECTION_CLOSE_METHOD:
+			return -ECONNRESET;
+		default:
+			continue;
+		}
+		if (tag == 0 || tag >= rl->next_tag) {
+			return -EBADMSG;
+		}
+		/* Hand out the tags from the floor to this one (some may have been answered
+		 * one by one already: the council ignores a second answer). */
+		rl->from = multiple ? rl->floor : tag;
+		rl->to = tag;
+		if (multiple && tag >= rl->floor) {
+			rl->floor = tag + 1;
+		} else if (tag == rl->floor) {
+			rl->floor++;
+		}
+	}
+}
+
+static void
+rabbit_close(struct rabbit_link *rl)
+{
+	if (rl) {
+		rabbit_disconnect(rl->conn);
+		free(rl);
+	}
+}
+#endif /* HAVE_RABBITMQ */
+
 /* ------------------------------------------------------------------------------------------ */
 
 int
@@ -491,6 +740,10 @@ bench_peer_prepare(const struct bench_peer *p, char *err, size_t errlen)
 #ifdef HAVE_NATS
 	case BENCH_PEER_NATS:
 		return nats_prepare(p, err, errlen);
+#endif
+#ifdef HAVE_RABBITMQ
+	case BENCH_PEER_RABBITMQ:
+		return rabbit_prepare(p, err, errlen);
 #endif
 	default:
 		(void) snprintf(err, errlen, "the %s phase is not built (install %s and rebuild)",
@@ -513,6 +766,10 @@ bench_link_open(const struct bench_peer *p, const char *name, unsigned window, i
 	case BENCH_PEER_NATS:
 		return nats_open(p, name, window, timeout_ms, l);
 #endif
+#ifdef HAVE_RABBITMQ
+	case BENCH_PEER_RABBITMQ:
+		return rabbit_open(p, timeout_ms, l);
+#endif
 	default:
 		return -ENOTSUP;
 	}
@@ -530,6 +787,10 @@ bench_link_send(struct bench_link *l, unsigned index, const uint8_t *data, size_
 	case BENCH_PEER_NATS:
 		return nats_send(l->impl, index, data, len);
 #endif
+#ifdef HAVE_RABBITMQ
+	case BENCH_PEER_RABBITMQ:
+		return rabbit_send(l->impl, index, data, len);
+#endif
 	default:
 		return -ENOTSUP;
 	}
@@ -543,7 +804,7 @@ bench_link_flush(struct bench_link *l)
 		return redis_flush(l->impl);
 	}
 #endif
-	return 0; /* nats.c's flusher thread writes what was published */
+	return 0; /* nats.c's flusher thread writes what was published, rabbitmq-c at once */
 }
 
 int
@@ -557,6 +818,10 @@ bench_link_recv(struct bench_link *l, bool wait, unsigned *ret_index, unsigned *
 #ifdef HAVE_NATS
 	case BENCH_PEER_NATS:
 		return nats_recv(l->impl, wait, ret_index, ret_status);
+#endif
+#ifdef HAVE_RABBITMQ
+	case BENCH_PEER_RABBITMQ:
+		return rabbit_recv(l->impl, wait, ret_index, ret_status);
 #endif
 	default:
 		return -ENOTSUP;
@@ -575,6 +840,11 @@ bench_link_close(struct bench_link *l)
 #ifdef HAVE_NATS
 	case BENCH_PEER_NATS:
 		nats_close(l->impl);
+		break;
+#endif
+#ifdef HAVE_RABBITMQ
+	case BENCH_PEER_RABBITMQ:
+		rabbit_close(l->impl);
 		break;
 #endif
 	default:

@@ -1,5 +1,6 @@
 #!/bin/sh
-# peers.sh: coordd beside Redis Streams and NATS JetStream, the same load in one run.
+# peers.sh: coordd beside Redis Streams, NATS JetStream and a RabbitMQ quorum queue, the
+# same load in one run.
 # See usage() below, and docs/BENCHMARKS.md.
 set -u
 
@@ -10,22 +11,30 @@ bench=$repo/build/tests/bench/coord-bench
 transport=--tcp
 smoke=0
 json=0
+no_rabbitmq=0
+runs=1
 READY_TRIES=300 # x 0.1 s: how long a peer may take to come up
+RABBIT_READY_TRIES=1800 # RabbitMQ boots Erlang: 10 to 30 s on two busy cores
+RABBIT=/usr/lib/rabbitmq/bin/rabbitmq-server # not /usr/sbin's, which runs as user rabbitmq
 STOP_TRIES=100  # x 0.1 s: how long it may take to stop before it is killed
 SMOKE_ARGS="--councils 4 --messages 300 --window 16 --ceiling --json --quiet"
 
 usage() {
 	cat <<EOF
 Usage: tests/bench/peers.sh [OPTION]... [-- COORD-BENCH ARGS...]
-Run coord-bench's load against coordd, both ceilings, Redis Streams and NATS JetStream in
-ONE run, so the ratios are within a run, and print the table of docs/BENCHMARKS.md.
+Run coord-bench's load against coordd, both ceilings, Redis Streams, NATS JetStream and a
+RabbitMQ quorum queue in ONE run, so the ratios are within a run, and print the table of
+docs/BENCHMARKS.md.
 
 Each peer that is installed is started on a free loopback port with a fresh directory
 under /tmp (never the system service) and stopped at the end:
   redis-server --appendonly yes --appendfsync always   (apt-get install redis-server)
   nats-server -js -sd DIR                               (apt-get install nats-server)
+  rabbitmq-server, its own node name, ports, epmd and   (apt-get install rabbitmq-server)
+    directories; a quorum queue, publisher confirms
 A peer that is not installed, or that coord-bench was built without (libhiredis-dev,
-libnats-dev, then reconfigure the build), is skipped with a message. coordd is started by
+libnats-dev, librabbitmq-dev, then reconfigure the build), is skipped with a message;
+--no-rabbitmq skips RabbitMQ (it takes 10 to 30 s to start). coordd is started by
 run-bench. The arguments after -- go to coord-bench (default: --ceiling, 11 councils,
 10,000 messages each, 64 in flight, 300 bytes); e.g. -- --ceiling -w 1 -m 1000.
 
@@ -33,6 +42,8 @@ run-bench. The arguments after -- go to coord-bench (default: --ceiling, 11 coun
   --bench BIN     coord-bench (default build/tests/bench/coord-bench)
   --ipc           coordd and the ceilings on ipc:// (default: tcp://127.0.0.1, like the peers)
   --json          print coord-bench's JSON report instead of the table
+  --no-rabbitmq   do not start RabbitMQ
+  --runs N        N runs (each a fresh coordd) against the same peers, 1 to 99 (default 1)
   --smoke         a few hundred messages per phase, checked: every message acked and
                   sane figures (the meson test bench-peers); exit 77 (skipped) when no
                   peer can run
@@ -50,6 +61,15 @@ while [ $# -gt 0 ]; do
 	--ipc) transport= ;;
 	--json) json=1 ;;
 	--smoke) smoke=1 ;;
+	--no-rabbitmq) no_rabbitmq=1 ;;
+	--runs)
+		runs=${2:?--runs needs a count}
+		case $runs in
+		[1-9] | [1-9][0-9]) ;;
+		*) echo "peers.sh: --runs takes 1 to 99" >&2; exit 2 ;;
+		esac
+		shift
+		;;
 	-h | --help) usage; exit 0 ;;
 	--) shift; break ;;
 	*) echo "peers.sh: unknown option '$1'. Try 'tests/bench/peers.sh --help'." >&2; exit 2 ;;
@@ -68,26 +88,31 @@ free_port() {
 
 tmp=$(mktemp -d /tmp/coord-peers-XXXXXX) || exit 2
 pids=""
+epmd_port=""
+# shellcheck disable=SC2317 # called by the trap
 cleanup() {
 	for pid in $pids; do
 		kill -TERM "$pid" 2>/dev/null
 		n=0
-		while kill -0 "$pid" 2>/dev/null && [ $n -lt $STOP_TRIES ]; do
+		while kill -0 "$pid" 2>/dev/null && [ "$n" -lt "$STOP_TRIES" ]; do
 			sleep 0.1
 			n=$((n + 1))
 		done
 		kill -KILL "$pid" 2>/dev/null
 		wait "$pid" 2>/dev/null
 	done
+	# RabbitMQ's Erlang started an epmd of its own, on its own port.
+	[ -n "$epmd_port" ] && ERL_EPMD_PORT=$epmd_port epmd -kill >/dev/null 2>&1
 	rm -rf "$tmp"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# wait_for PID LOGFILE TEXT: until the log says TEXT; 1 when the server died or took too long.
+# wait_for PID LOGFILE TEXT [TRIES]: until the log says TEXT; 1 when the server died or took
+# too long.
 wait_for() {
 	n=0
-	while [ $n -lt $READY_TRIES ]; do
+	while [ $n -lt "${4:-$READY_TRIES}" ]; do
 		kill -0 "$1" 2>/dev/null || return 1
 		grep -q "$3" "$2" 2>/dev/null && return 0
 		sleep 0.1
@@ -146,6 +171,33 @@ if have nats nats-server nats-server libnats-dev; then
 	peers="$peers nats"
 fi
 
+if [ $no_rabbitmq = 0 ] && have rabbitmq "$RABBIT" rabbitmq-server librabbitmq-dev; then
+	port=$(free_port)
+	epmd_port=$(free_port)
+	r=$tmp/rabbitmq
+	mkdir -p "$r"
+	echo '[].' >"$r/enabled_plugins"
+	env HOME="$r" RABBITMQ_NODENAME="coordbench$port@localhost" \
+		RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_NODE_PORT="$port" \
+		RABBITMQ_DIST_PORT="$(free_port)" ERL_EPMD_PORT="$epmd_port" \
+		RABBITMQ_MNESIA_BASE="$r/mnesia" RABBITMQ_LOG_BASE="$r/log" \
+		RABBITMQ_ENABLED_PLUGINS_FILE="$r/enabled_plugins" \
+		RABBITMQ_CONFIG_FILE="$r/rabbitmq" RABBITMQ_ADVANCED_CONFIG_FILE="$r/advanced.config" \
+		RABBITMQ_CONF_ENV_FILE="$r/rabbitmq-env.conf" \
+		"$RABBIT" </dev/null >"$tmp/rabbitmq.log" 2>&1 &
+	pid=$!
+	pids="$pids $pid"
+	if ! wait_for "$pid" "$tmp/rabbitmq.log" "Starting broker... completed" $RABBIT_READY_TRIES; then
+		echo "peers.sh: rabbitmq-server did not start:" >&2
+		tail -5 "$tmp/rabbitmq.log" >&2
+		exit 4
+	fi
+	# The script waits for the Erlang VM, its child: that one's CPU time is the broker's.
+	beam=$(pgrep -P "$pid" -x beam.smp | head -1)
+	peer_args="$peer_args --peer rabbitmq=127.0.0.1:$port${beam:+,pid=$beam}"
+	peers="$peers rabbitmq"
+fi
+
 if [ $smoke = 1 ]; then
 	if [ -z "$peers" ]; then
 		echo "peers.sh: --smoke: no peer can run; skipped" >&2
@@ -157,16 +209,8 @@ elif [ $# -eq 0 ]; then
 	set -- --ceiling
 fi
 
-load=$(cut -d' ' -f1-3 /proc/loadavg)
-# shellcheck disable=SC2086
-"$repo/tests/bench/run-bench" --coordd "$coordd" --bench "$bench" $transport -- \
-	"$@" $peer_args --json >"$tmp/report.json"
-rc=$?
-if [ $json = 1 ]; then
-	cat "$tmp/report.json"
-	exit $rc
-fi
-/usr/bin/python3 - "$tmp/report.json" "$smoke" "$load" "$peers" <<'EOF' || { [ $rc -ne 0 ] || rc=5; }
+# report.py REPORT SMOKE LOAD PEERS: the table of one run, and the --smoke checks.
+cat >"$tmp/report.py" <<'EOF'
 import json, sys
 
 path, smoke, load, peers = sys.argv[1], sys.argv[2] == "1", sys.argv[3], sys.argv[4].split()
@@ -179,11 +223,13 @@ except (OSError, ValueError):
 
 FSYNC = {"ceiling-echo": "— (no storage)", "ceiling-lmdb": "yes", "coordd": "yes (sync = full)",
          "redis": "yes (appendfsync always)",
-         "nats": "no (JetStream syncs its files every 2 min)"}
+         "nats": "no (JetStream syncs its files every 2 min)",
+         "rabbitmq": "yes (quorum queue: fsync before the confirm)"}
 SYSTEM = {"ceiling-echo": "raw ZeroMQ DEALER→ROUTER echo",
           "ceiling-lmdb": "bare ROUTER + LMDB group commit + ack",
           "coordd": "coordd", "redis": "Redis 7 Streams XADD",
-          "nats": "NATS 2.9 JetStream, file store"}
+          "nats": "NATS 2.9 JetStream, file store",
+          "rabbitmq": "RabbitMQ 3.10 quorum queue, publisher confirms"}
 phases = report.get("phases", {})
 w = report["window"]
 print(f"{report['councils']} councils x {report['messages']} messages, {w} in flight, "
@@ -220,4 +266,23 @@ if smoke:
         print(f"peers.sh: --smoke: {b}", file=sys.stderr)
     sys.exit(1 if bad else 0)
 EOF
-exit $rc
+
+status=0
+i=0
+while [ $i -lt "$runs" ]; do
+	i=$((i + 1))
+	load=$(cut -d' ' -f1-3 /proc/loadavg)
+	# shellcheck disable=SC2086
+	"$repo/tests/bench/run-bench" --coordd "$coordd" --bench "$bench" $transport -- \
+		"$@" $peer_args --json >"$tmp/report.json"
+	rc=$?
+	if [ $json = 1 ]; then
+		cat "$tmp/report.json"
+	else
+		[ $i -gt 1 ] && echo
+		/usr/bin/python3 "$tmp/report.py" "$tmp/report.json" "$smoke" "$load" "$peers" ||
+			{ [ $rc -ne 0 ] || rc=5; }
+	fi
+	[ $status -ne 0 ] || status=$rc
+done
+exit $status
