@@ -8,11 +8,13 @@
  *   preload      --preload P: P records pushed as fast as the broker takes them (built on
  *                the fly, not timed per message), so the measured phases run on a big store
  *   echo, lmdb   --ceiling: the same load against the two ceiling servers of ceiling.c
- *   redis, nats  --peer KIND=HOST:PORT: the same load against Redis Streams (XADD) and
- *                NATS JetStream (publish, PubAck) through their client libraries (peers.c)
  *   coordd       the broker itself
  *   subscribed   --subscribers S: the broker again with S SUB sockets on its publish
  *                endpoint, timing each digest from the ack of the records it covers
+ *   redis, nats, rabbitmq
+ *                --peer KIND=HOST:PORT: the same load against Redis Streams (XADD), NATS
+ *                JetStream (publish, PubAck) and a RabbitMQ quorum queue (publisher
+ *                confirms) through their client libraries (peers.c), in the order given
  *
  * Envelopes of timed phases are built before the clock starts, so the meter measures the
  * broker (and the loopback), not protobuf packing. msg_ids carry a per-run nonce and a
@@ -603,17 +605,17 @@ run_all(struct run *run)
 			return r;
 		}
 	}
-	for (unsigned i = 0; i < o->n_peers; i++) {
-		r = run_peer(run, &o->peers[i], (char) ('1' + i));
-		if (r < 0) {
-			return r;
-		}
-	}
 	r = run_coordd(run, "coordd", 'c', true);
-	if (r < 0 || !o->subscribers) {
-		return r;
+	if (r >= 0 && o->subscribers) {
+		r = run_subscribed(run);
 	}
-	return run_subscribed(run);
+	/* The peers last: a server keeps working after its phase (RabbitMQ's quorum queue
+	 * moves its log to segment files, holds what it took in memory), and that must not
+	 * fall on coordd's phase. */
+	for (unsigned i = 0; r >= 0 && i < o->n_peers; i++) {
+		r = run_peer(run, &o->peers[i], (char) ('1' + i));
+	}
+	return r;
 }
 
 int

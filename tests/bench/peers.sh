@@ -31,7 +31,8 @@ under /tmp (never the system service) and stopped at the end:
   redis-server --appendonly yes --appendfsync always   (apt-get install redis-server)
   nats-server -js -sd DIR                               (apt-get install nats-server)
   rabbitmq-server, its own node name, ports, epmd and   (apt-get install rabbitmq-server)
-    directories; a quorum queue, publisher confirms
+    directories, schedulers that do not busy-wait;
+    a quorum queue, publisher confirms
 A peer that is not installed, or that coord-bench was built without (libhiredis-dev,
 libnats-dev, librabbitmq-dev, then reconfigure the build), is skipped with a message;
 --no-rabbitmq skips RabbitMQ (it takes 10 to 30 s to start). coordd is started by
@@ -184,6 +185,7 @@ if [ $no_rabbitmq = 0 ] && have rabbitmq "$RABBIT" rabbitmq-server librabbitmq-d
 		RABBITMQ_ENABLED_PLUGINS_FILE="$r/enabled_plugins" \
 		RABBITMQ_CONFIG_FILE="$r/rabbitmq" RABBITMQ_ADVANCED_CONFIG_FILE="$r/advanced.config" \
 		RABBITMQ_CONF_ENV_FILE="$r/rabbitmq-env.conf" \
+		RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="+sbwt none +sbwtdcpu none +sbwtdio none" \
 		"$RABBIT" </dev/null >"$tmp/rabbitmq.log" 2>&1 &
 	pid=$!
 	pids="$pids $pid"
