@@ -243,8 +243,8 @@ const char *bench_peer_name(enum bench_peer_kind kind);
 const char *bench_peer_package(enum bench_peer_kind kind);
 bool bench_peer_built(enum bench_peer_kind kind);
 
-/* Parse "redis=127.0.0.1:6379" or "nats=127.0.0.1:4222,pid=1234" (numeric host, as the
- * libraries connect to it). Returns 0 and fills *ret_peer, or -EINVAL. */
+/* Parse "redis=127.0.0.1:6379" or "nats=127.0.0.1:4222,pid=1234" (an IPv4 address or a
+ * host name, at most 63 bytes). Returns 0 and fills *ret_peer, or -EINVAL and leaves it. */
 int bench_peer_parse(const char *s, struct bench_peer *ret_peer);
 
 /*
