@@ -8,6 +8,7 @@
  *                  commit loop, each one thread inside coord-bench
  *   broker.c       what the broker tells about itself: /proc, the stats query, /metrics
  *   subscribers.c  SUB sockets on the publish endpoint that time digest delivery
+ *   peers.c        the same load against Redis Streams, NATS JetStream and RabbitMQ
  *   councils.c     the council threads of one phase
  *   report.c       the report, text or JSON, and the fan-out latencies
  *   coord-bench.c  options and the phases of a run
@@ -211,6 +212,83 @@ const struct bench_sub_sample *bench_subs_samples(struct bench_subs *subs, size_
 struct bench_subs *bench_subs_free(struct bench_subs *subs);
 
 /* ------------------------------------------------------------------------------------------
+ * peers.c */
+
+/* The Ack statuses of proto/coord.proto, which every phase counts in bench_result.status. */
+enum {
+	BENCH_STATUS_ACCEPTED = 1,
+	BENCH_STATUS_DUPLICATE = 2,
+	BENCH_STATUS_REJECTED = 3,
+};
+
+enum bench_peer_kind {
+	BENCH_PEER_NONE,
+	BENCH_PEER_REDIS,    /* Redis Streams, XADD (hiredis) */
+	BENCH_PEER_NATS,     /* NATS JetStream, publish and PubAck (nats.c) */
+	BENCH_PEER_RABBITMQ, /* RabbitMQ quorum queue, publisher confirms (rabbitmq-c) */
+	BENCH_PEER_MAX,
+};
+
+/* One --peer KIND=HOST:PORT[,pid=PID]. */
+struct bench_peer {
+	enum bench_peer_kind kind;
+	char host[64];
+	int port;
+	pid_t pid; /* the server's, for its CPU time and peak RSS; 0 unknown */
+};
+
+/* "redis", "nats"; the Debian package of its client library; whether this coord-bench was
+ * built with that library. */
+const char *bench_peer_name(enum bench_peer_kind kind);
+const char *bench_peer_package(enum bench_peer_kind kind);
+bool bench_peer_built(enum bench_peer_kind kind);
+
+/* Parse "redis=127.0.0.1:6379" or "nats=127.0.0.1:4222,pid=1234" (an IPv4 address or a
+ * host name, at most 63 bytes). Returns 0 and fills *ret_peer, or -EINVAL and leaves it. */
+int bench_peer_parse(const char *s, struct bench_peer *ret_peer);
+
+/*
+ * Before the phase: Redis is asked whether it runs with appendonly yes and appendfsync
+ * always; NATS gets its stream, RabbitMQ its quorum queue. Returns 0 (err may still say something
+ * worth printing, such as a Redis that does not fsync), or a negative errno with the reason in err
+ * (-ENOTSUP: the phase is not built).
+ */
+int bench_peer_prepare(const struct bench_peer *p, char *err, size_t errlen);
+
+/* One council's connection to a peer. */
+struct bench_link {
+	enum bench_peer_kind kind;
+	void *impl;
+};
+
+/*
+ * Connect to the peer for one council named `name` (unique in the run: NATS uses it in the
+ * reply subjects) that keeps at most `window` messages in flight; a receive that waits gives
+ * up after timeout_ms. Returns 0, -ECONNREFUSED, -ENOMEM or -ENOTSUP.
+ */
+int bench_link_open(const struct bench_peer *p, const char *name, unsigned window, int timeout_ms,
+                    struct bench_link *l);
+
+/* Queue message `index` (data borrowed for the call only); messages go in index order from
+ * 0 (RabbitMQ maps its delivery tags to them). Returns 0 or a negative errno. */
+int bench_link_send(struct bench_link *l, unsigned index, const uint8_t *data, size_t len);
+
+/* Write out what bench_link_send() queued (Redis; NATS's library writes on its own). */
+int bench_link_flush(struct bench_link *l);
+
+/*
+ * Take one answer: with `wait`, block for it (at most the timeout: -ETIMEDOUT); without,
+ * only one already received (0 when none). Returns 1 with the answered message's index and
+ * its BENCH_STATUS_*, or a negative errno (-EBADMSG for an answer it does not understand).
+ */
+int bench_link_recv(struct bench_link *l, bool wait, unsigned *ret_index, unsigned *ret_status);
+
+void bench_link_close(struct bench_link *l);
+
+/* At exit: let the NATS library's threads end. */
+void bench_peers_cleanup(void);
+
+/* ------------------------------------------------------------------------------------------
  * councils.c, report.c: one phase of a run and what it measured */
 
 /* coord-bench's command line. */
@@ -230,6 +308,8 @@ struct bench_options {
 	uint64_t preload;
 	uint64_t seed;
 	struct bench_mix mix;
+	struct bench_peer peers[BENCH_PEER_MAX];
+	unsigned n_peers;
 	pid_t pid;
 	bool ceiling;
 	bool json;
@@ -240,8 +320,9 @@ struct bench_options {
 struct bench_phase {
 	const char *name;
 	const char *endpoint;
-	char tag;          /* in every msg_id of the phase */
-	unsigned messages; /* per council */
+	const struct bench_peer *peer; /* not coordd nor a ceiling: this peer (endpoint unused) */
+	char tag;                      /* in every msg_id of the phase */
+	unsigned messages;             /* per council */
 	unsigned window;
 	bool on_the_fly;     /* build each Envelope just before sending it; no latencies */
 	int64_t *ack_by_seq; /* subscribed phase: ack time of seq base + 1 + i, or NULL */
@@ -253,6 +334,7 @@ struct bench_phase {
 struct bench_result {
 	const char *name;
 	bool ran;
+	bool reference; /* a ceiling or a peer: coordd's throughput is reported as a ratio to it */
 	uint64_t total, acked, status[5];
 	double seconds, rate;
 	double p50, p99, p999, max; /* ms */

@@ -11,6 +11,10 @@
  *   coordd       the broker itself
  *   subscribed   --subscribers S: the broker again with S SUB sockets on its publish
  *                endpoint, timing each digest from the ack of the records it covers
+ *   redis, nats, rabbitmq
+ *                --peer KIND=HOST:PORT: the same load against Redis Streams (XADD), NATS
+ *                JetStream (publish, PubAck) and a RabbitMQ quorum queue (publisher
+ *                confirms) through their client libraries (peers.c), in the order given
  *
  * Envelopes of timed phases are built before the clock starts, so the meter measures the
  * broker (and the loopback), not protobuf packing. msg_ids carry a per-run nonce and a
@@ -80,6 +84,18 @@ broker_delta(const struct bench_snapshot *a, const struct bench_snapshot *b,
 static void
 help(void)
 {
+	char built[64] = "";
+
+	for (int k = BENCH_PEER_NONE + 1; k < BENCH_PEER_MAX; k++) {
+		if (bench_peer_built((enum bench_peer_kind) k)) {
+			size_t n = strlen(built);
+			(void) snprintf(built + n, sizeof(built) - n, " %s",
+			                bench_peer_name((enum bench_peer_kind) k));
+		}
+	}
+	if (!built[0]) {
+		(void) snprintf(built, sizeof(built), " none");
+	}
 	printf("Usage: coord-bench [OPTION]...\n"
 	       "Push Envelopes to a coordd ingest endpoint from several council connections and\n"
 	       "measure acknowledged messages per second and ack latency; optionally the same\n"
@@ -119,6 +135,18 @@ help(void)
 	       "      --fanout-wait=SEC after the load, wait at most SEC seconds for every\n"
 	       "                        subscriber to get the digest of the last record (default "
 	       "10)\n"
+	       "      --peer=KIND=HOST:PORT[,pid=PID]\n"
+	       "                        also run the load against a peer broker, KIND:\n"
+	       "                          redis     XADD coord * m ENVELOPE, pipelined up to\n"
+	       "                                    the window (run it with appendfsync always)\n"
+	       "                          nats      JetStream publish to coord.bench, each\n"
+	       "                                    waiting for its PubAck (stream COORD is\n"
+	       "                                    created)\n"
+	       "                          rabbitmq  persistent publish to the quorum queue\n"
+	       "                                    coord.bench (declared) with publisher\n"
+	       "                                    confirms, as guest\n"
+	       "                        repeatable; PID: the server's, for its CPU time\n"
+	       "                        (built in:%s)\n"
 	       "\n"
 	       "Broker figures:\n"
 	       "  -p, --pid=PID         the broker's pid: CPU time, peak RSS, private RSS\n"
@@ -132,9 +160,11 @@ help(void)
 	       "\n"
 	       "Exit status: 0 when every message of every phase was acked ACCEPTED or DUPLICATE;\n"
 	       "1 when any was refused or lost; 3 when an ack did not come within %d s (broker\n"
-	       "down?); 2 for usage or setup errors (not enough disk for --preload).\n"
+	       "down?); 2 for usage or setup errors (not enough disk for --preload, a --peer\n"
+	       "not reachable or not built: its phase is left out, the others run).\n"
 	       "tests/bench/run-bench starts a throw-away broker and runs this against it.\n",
-	       BENCH_SIZE_MIN, BENCH_SIZE_MAX, BENCH_MIX_DEFAULT, BENCH_ACK_TIMEOUT_MS / 1000);
+	       BENCH_SIZE_MIN, BENCH_SIZE_MAX, BENCH_MIX_DEFAULT, built,
+	       BENCH_ACK_TIMEOUT_MS / 1000);
 }
 
 static int
@@ -176,6 +206,7 @@ enum {
 	OPT_FANOUT_WAIT,
 	OPT_QUERY,
 	OPT_METRICS,
+	OPT_PEER,
 };
 
 /* Returns 1 to run, 0 to exit successfully (--help), or -EINVAL. */
@@ -201,6 +232,7 @@ parse_args(int argc, char **argv, struct bench_options *o, const char **ret_publ
 	        {"pid", required_argument, NULL, 'p'},
 	        {"query", required_argument, NULL, OPT_QUERY},
 	        {"metrics", required_argument, NULL, OPT_METRICS},
+	        {"peer", required_argument, NULL, OPT_PEER},
 	        {"json", no_argument, NULL, 'j'},
 	        {"quiet", no_argument, NULL, 'q'},
 	        {"help", no_argument, NULL, 'h'},
@@ -267,6 +299,12 @@ parse_args(int argc, char **argv, struct bench_options *o, const char **ret_publ
 			break;
 		case OPT_METRICS:
 			o->metrics = optarg;
+			break;
+		case OPT_PEER:
+			r = o->n_peers < BENCH_PEER_MAX
+			            ? bench_peer_parse(optarg, &o->peers[o->n_peers])
+			            : -EINVAL;
+			o->n_peers += r == 0;
 			break;
 		case 'j':
 			o->json = true;
@@ -356,7 +394,7 @@ result_ok(const struct bench_result *r)
 
 /* ------------------------------------------------------------------------------------------ */
 
-#define MAX_PHASES 5
+#define MAX_PHASES (5 + BENCH_PEER_MAX)
 
 struct run {
 	struct bench_options o;
@@ -368,6 +406,7 @@ struct run {
 	struct bench_snapshot end;
 	struct bench_fanout fan;
 	bool have_fan;
+	bool used_nats;
 	int setup_error;
 };
 
@@ -396,6 +435,7 @@ run_ceiling(struct run *run, enum bench_server_kind kind)
 	};
 	struct bench_result *res = &run->res[run->n_res++];
 	r = bench_phase_run(o, run->zctx, &ph, run->nonce, res);
+	res->reference = true;
 	bench_server_stop(srv, &st);
 	res->server_cpu = st.cpu_seconds;
 	if (st.batches) {
@@ -407,6 +447,47 @@ run_ceiling(struct run *run, enum bench_server_kind kind)
 	if (st.error && !res->error) {
 		res->error = st.error;
 	}
+	return r;
+}
+
+/* A phase against a peer broker; one that is not built or not reachable is left out, and
+ * said so, and the run goes on. */
+static int
+run_peer(struct run *run, const struct bench_peer *peer, char tag)
+{
+	const struct bench_options *o = &run->o;
+	const char *name = bench_peer_name(peer->kind);
+	struct bench_usage a, b;
+	char err[256];
+	int r = bench_peer_prepare(peer, err, sizeof(err));
+
+	if (err[0]) {
+		fprintf(stderr, "coord-bench: %s%s\n", err, r < 0 ? "; phase left out" : "");
+	}
+	if (r < 0) {
+		run->setup_error = r;
+		return 0;
+	}
+	struct bench_phase ph = {
+	        .name = name,
+	        .peer = peer,
+	        .tag = tag,
+	        .messages = o->messages,
+	        .window = o->window,
+	};
+	if (peer->pid) {
+		bench_usage_read(peer->pid, false, &a);
+	}
+	struct bench_result *res = &run->res[run->n_res++];
+	r = bench_phase_run(o, run->zctx, &ph, run->nonce, res);
+	res->reference = true;
+	if (peer->pid) {
+		bench_usage_read(peer->pid, false, &b);
+		if (a.cpu_seconds >= 0 && b.cpu_seconds >= 0) {
+			res->server_cpu = b.cpu_seconds - a.cpu_seconds;
+		}
+	}
+	run->used_nats |= peer->kind == BENCH_PEER_NATS;
 	return r;
 }
 
@@ -526,10 +607,16 @@ run_all(struct run *run)
 		}
 	}
 	r = run_coordd(run, "coordd", 'c', true);
-	if (r < 0 || !o->subscribers) {
-		return r;
+	if (r >= 0 && o->subscribers) {
+		r = run_subscribed(run);
 	}
-	return run_subscribed(run);
+	/* The peers last: a server keeps working after its phase (RabbitMQ's quorum queue
+	 * moves its log to segment files, holds what it took in memory), and that must not
+	 * fall on coordd's phase. */
+	for (unsigned i = 0; r >= 0 && i < o->n_peers; i++) {
+		r = run_peer(run, &o->peers[i], (char) ('1' + i));
+	}
+	return r;
 }
 
 int
@@ -601,8 +688,14 @@ main(int argc, char **argv)
 		                  run.have_fan ? &run.fan : NULL);
 	}
 	(void) zmq_ctx_term(run.zctx);
+	if (run.used_nats) {
+		bench_peers_cleanup();
+	}
 	if (error == -ETIMEDOUT) {
 		return 3;
+	}
+	if (ok && run.setup_error) {
+		return 2; /* a --peer phase could not run */
 	}
 	return ok ? 0 : 1;
 }

@@ -5,7 +5,8 @@
  * `window` unacknowledged, draining every Ack that is ready before sending more. Timed
  * phases build every Envelope before the clock starts and time each message from its send
  * to its Ack (matched by msg_id, whose last field is the message's index); the preload
- * builds each one just before sending it and times nothing but the whole.
+ * builds each one just before sending it and times nothing but the whole. A phase against a
+ * peer broker runs the same loop over a bench_link (peers.c) instead of the DEALER.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -163,34 +164,87 @@ send_next(struct council *c, void *sock, unsigned i, int64_t now_wall)
 	return zmq_send(sock, c->frames[i], c->frame_len[i], 0) < 0 ? -zmq_errno() : 0;
 }
 
+/* Count the answer to message i (once). Returns 1 when it was one of ours not yet
+ * answered, else 0. */
+static int
+note_ack(struct council *c, long i, unsigned status, uint64_t seq, int64_t t)
+{
+	const struct bench_phase *ph = c->ph;
+
+	if (i < 0 || (unsigned long) i >= ph->messages || (!ph->on_the_fly && c->latency_ns[i])) {
+		return 0;
+	}
+	if (!ph->on_the_fly) {
+		c->latency_ns[i] = t - c->sent_ns[i] > 0 ? t - c->sent_ns[i] : 1;
+	}
+	if (ph->ack_by_seq && status == BENCH_STATUS_ACCEPTED && seq > ph->seq_base &&
+	    seq - ph->seq_base <= ph->seq_n) {
+		__atomic_store_n(&ph->ack_by_seq[seq - ph->seq_base - 1], t, __ATOMIC_RELAXED);
+	}
+	c->status[status < 5 ? status : 0]++;
+	__atomic_add_fetch(&c->acked, 1, __ATOMIC_RELAXED);
+	c->last_ack_ns = t;
+	return 1;
+}
+
 /* Take one Ack. Returns 1 when it answered one of ours, 0 when not, or a negative errno. */
 static int
 take_ack(struct council *c, const uint8_t *buf, size_t len, int64_t t)
 {
-	const struct bench_phase *ph = c->ph;
 	Coord__V1__Ack *ack = coord__v1__ack__unpack(NULL, len, buf);
-	int r = 0;
 
 	if (!ack) {
 		return -EBADMSG;
 	}
-	long i = index_of(ack->msg_id, ph->messages);
-	if (i >= 0 && (ph->on_the_fly || c->latency_ns[i] == 0)) {
-		if (!ph->on_the_fly) {
-			c->latency_ns[i] = t - c->sent_ns[i] > 0 ? t - c->sent_ns[i] : 1;
-		}
-		if (ph->ack_by_seq && ack->status == COORD__V1__ACK_STATUS__ACK_STATUS_ACCEPTED &&
-		    ack->seq > ph->seq_base && ack->seq - ph->seq_base <= ph->seq_n) {
-			__atomic_store_n(&ph->ack_by_seq[ack->seq - ph->seq_base - 1], t,
-			                 __ATOMIC_RELAXED);
-		}
-		c->status[ack->status < 5 ? ack->status : 0]++;
-		__atomic_add_fetch(&c->acked, 1, __ATOMIC_RELAXED);
-		c->last_ack_ns = t;
-		r = 1;
-	}
+	int r = note_ack(c, index_of(ack->msg_id, c->ph->messages), (unsigned) ack->status,
+	                 ack->seq, t);
 	coord__v1__ack__free_unpacked(ack, NULL);
 	return r;
+}
+
+/* The same loop as run_council() against a peer broker (peers.c): send up to the window,
+ * wait for one answer, take every answer already there. */
+static void
+run_council_peer(struct council *c)
+{
+	const struct bench_phase *ph = c->ph;
+	struct bench_link link;
+	char name[64];
+	unsigned next = 0, in_flight = 0;
+
+	(void) snprintf(name, sizeof(name), "b%" PRIx64 "%c%s", c->nonce, ph->tag, c->id);
+	c->error = bench_link_open(ph->peer, name, ph->window, BENCH_ACK_TIMEOUT_MS, &link);
+	if (c->error < 0) {
+		return;
+	}
+	c->first_send_ns = now_ns();
+	while (c->acked < ph->messages) {
+		while (next < ph->messages && in_flight < ph->window) {
+			c->sent_ns[next] = now_ns();
+			c->error =
+			        bench_link_send(&link, next, c->frames[next], c->frame_len[next]);
+			if (c->error < 0) {
+				goto out;
+			}
+			next++;
+			in_flight++;
+		}
+		c->error = bench_link_flush(&link);
+		for (bool wait = true; c->error == 0; wait = false) {
+			unsigned index, status;
+			int r = bench_link_recv(&link, wait, &index, &status);
+			if (r <= 0) {
+				c->error = r;
+				break;
+			}
+			in_flight -= (unsigned) note_ack(c, index, status, 0, now_ns());
+		}
+		if (c->error < 0) {
+			goto out;
+		}
+	}
+out:
+	bench_link_close(&link);
 }
 
 static void *
@@ -198,12 +252,17 @@ run_council(void *arg)
 {
 	struct council *c = arg;
 	const struct bench_phase *ph = c->ph;
-	void *sock = zmq_socket(c->zctx, ZMQ_DEALER);
 	int linger = 0, hwm = 0;
 	unsigned next = 0, in_flight = 0;
 	uint8_t buf[1024];
 	int64_t wall = wall_ms();
 
+	if (ph->peer) {
+		run_council_peer(c);
+		__atomic_store_n(&c->done, true, __ATOMIC_RELEASE);
+		return NULL;
+	}
+	void *sock = zmq_socket(c->zctx, ZMQ_DEALER);
 	if (!sock) {
 		c->error = -zmq_errno();
 		__atomic_store_n(&c->done, true, __ATOMIC_RELEASE);

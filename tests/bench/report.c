@@ -9,6 +9,13 @@
 
 #include "bench.h"
 
+/* "echo" for ceiling-echo, "redis" for redis. */
+static const char *
+short_name(const struct bench_result *r)
+{
+	return strncmp(r->name, "ceiling-", 8) == 0 ? r->name + 8 : r->name;
+}
+
 static void
 print_result_json(const struct bench_result *r)
 {
@@ -106,8 +113,8 @@ bench_report_json(const struct bench_options *o, const struct bench_result *res,
 	}
 	printf("}");
 	for (size_t i = 0; i < n_res; i++) {
-		if (strncmp(res[i].name, "ceiling-", 8) == 0 && res[i].rate > 0) {
-			printf(",\"ratio_to_%s\":%.3f", res[i].name + 8,
+		if (res[i].reference && res[i].rate > 0) {
+			printf(",\"ratio_to_%s\":%.3f", short_name(&res[i]),
 			       coordd->rate / res[i].rate);
 		}
 	}
@@ -159,8 +166,9 @@ bench_report_text(const struct bench_options *o, const struct bench_result *res,
 		print_result_text(&res[i]);
 	}
 	for (size_t i = 0; i < n_res; i++) {
-		if (strncmp(res[i].name, "ceiling-", 8) == 0 && res[i].rate > 0) {
-			printf("coordd / %-5s %.3f\n", res[i].name + 8, coordd->rate / res[i].rate);
+		if (res[i].reference && res[i].rate > 0) {
+			printf("coordd / %-5s %.3f\n", short_name(&res[i]),
+			       coordd->rate / res[i].rate);
 		}
 	}
 	const struct bench_usage *u = &end->usage;
