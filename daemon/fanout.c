@@ -38,15 +38,21 @@
 
 _Static_assert(CONFIG_HEADLINES_MAX == DIGEST_HEADLINES_MAX, "headline limits differ");
 
+/* Bytes of committed items queued for one digest job at most; beyond, the live digests are
+ * seeded again from the store. */
+#define FANOUT_FEED_MAX (64u << 20)
+/* Queued bytes that start a job at once (it only feeds them) rather than at the next tick,
+ * so that a long publish interval does not hold a second's worth of Envelopes. */
+#define FANOUT_FEED_KICK (2u << 20)
+/* A feed buffer above this size is not kept for reuse. */
+#define FANOUT_FEED_KEEP (4u << 20)
+/* Field number of Publication.digests (proto/coord.proto). */
+#define COORD_PUBLICATION_DIGESTS_FIELD 10
+_Static_assert(COORD__V1__PUBLICATION__BODY_DIGESTS == COORD_PUBLICATION_DIGESTS_FIELD,
+               "Publication.digests field number");
+
 /* Subscription messages handled per callback before other handles get a turn. */
 #define FANOUT_RECV_BUDGET 256
-#define N_WINDOWS 3
-
-static const Coord__V1__Window windows[N_WINDOWS] = {
-        COORD__V1__WINDOW__WINDOW_ALL,
-        COORD__V1__WINDOW__WINDOW_LAST_24H,
-        COORD__V1__WINDOW__WINDOW_LAST_1H,
-};
 
 struct topic {
 	char name[FANOUT_TOPIC_MAX + 1];
@@ -60,8 +66,18 @@ struct topic {
 /* One scope of the digest job, with what the worker computed for it. */
 struct job_scope {
 	struct digest_scope scope;
-	int r;
-	Coord__V1__Digest *digests[N_WINDOWS];
+	int r;        /* -EAGAIN: not caught up with its seeding yet, tried at the next tick */
+	uint8_t *set; /* the packed DigestSet */
+	size_t set_len;
+	uint64_t last_seq;
+};
+
+/* Committed items queued for the live digests: each u64 seq, u8 council length, the
+ * council, u32 Envelope length, the Envelope (host byte order, unaligned). */
+struct feed {
+	uint8_t *buf;
+	size_t len, cap;
+	bool lost; /* an item could not be queued: the live state is seeded again */
 };
 
 struct fanout {
@@ -82,6 +98,10 @@ struct fanout {
 	bool timer_started;
 	struct digest_scope *todo;
 	size_t n_todo, cap_todo;
+
+	struct digest_live *live; /* the digest job's: one job at a time */
+	struct feed feed;         /* loop: items committed since the last job started */
+	struct feed job_feed;     /* the running job's */
 
 	uv_work_t work;
 	bool job_running;
@@ -287,13 +307,60 @@ pack_publication(const Coord__V1__Publication *pub, zmq_msg_t *ret_msg)
 	return 0;
 }
 
+static void start_job(struct fanout *f, bool feed_only);
+
+/* Queue a committed item for the next digest job. */
+static void
+feed_add(struct feed *fd, const struct fanout_item *item)
+{
+	size_t clen = strlen(item->council);
+	size_t need = 8 + 1 + clen + 4 + item->envelope_len;
+
+	if (fd->lost) {
+		return;
+	}
+	if (clen > UINT8_MAX || item->envelope_len > UINT32_MAX ||
+	    fd->len + need > FANOUT_FEED_MAX) {
+		fd->lost = true;
+		return;
+	}
+	if (fd->len + need > fd->cap) {
+		size_t cap = fd->cap ? fd->cap : 65536;
+		while (cap < fd->len + need) {
+			cap *= 2;
+		}
+		uint8_t *b = realloc(fd->buf, cap);
+		if (!b) {
+			fd->lost = true;
+			return;
+		}
+		fd->buf = b;
+		fd->cap = cap;
+	}
+	uint8_t *p = fd->buf + fd->len;
+	uint32_t elen = (uint32_t) item->envelope_len;
+	memcpy(p, &item->seq, 8);
+	p[8] = (uint8_t) clen;
+	memcpy(p + 9, item->council, clen);
+	memcpy(p + 9 + clen, &elen, 4);
+	memcpy(p + 13 + clen, item->envelope, item->envelope_len);
+	fd->len += need;
+}
+
 void
 fanout_publish_item(struct fanout *f, const struct fanout_item *item)
 {
 	char name[FANOUT_TOPIC_MAX + 1];
 	const char *category = category_name(item->body);
 
-	if (f->closing || !category) {
+	if (f->closing) {
+		return;
+	}
+	feed_add(&f->feed, item);
+	if (f->feed.len > FANOUT_FEED_KICK) {
+		start_job(f, true);
+	}
+	if (!category) {
 		return;
 	}
 	int n = snprintf(name, sizeof(name), "item/%s/%s/", item->council, category);
@@ -359,46 +426,62 @@ static void
 job_free_results(struct fanout *f)
 {
 	for (size_t i = 0; i < f->n_job; i++) {
-		for (int w = 0; w < N_WINDOWS; w++) {
-			digest_result_free(f->job[i].digests[w]);
-		}
+		free(f->job[i].set);
 	}
 	free(f->job);
 	f->job = NULL;
 	f->n_job = 0;
 }
 
-/* Threadpool: compute the three windows of every scope of the job, all from one scan of the
- * newest items (digest_compute_many()). */
+/* Threadpool: feed the committed items to the live digests, (re)seeding them from the store
+ * when needed, then render the three windows of every scope of the job from memory. */
 static void
 job_work(uv_work_t *req)
 {
 	struct fanout *f = container_of(req, struct fanout, work);
-	size_t n = f->n_job * N_WINDOWS;
-	struct digest_request *reqs = calloc(n, sizeof(*reqs));
-	int r = reqs ? 0 : -ENOMEM;
+	struct digest_scope *scopes = malloc(f->n_job * sizeof(*scopes) + 1);
+	int r = scopes ? 0 : -ENOMEM;
 
-	for (size_t i = 0; i < n && r == 0; i++) {
-		const struct job_scope *js = &f->job[i / N_WINDOWS];
-		reqs[i] = (struct digest_request){.scope_kind = js->scope.kind,
-		                                  .scope_id = js->scope.id,
-		                                  .window = windows[i % N_WINDOWS]};
+	for (size_t i = 0; r == 0 && i < f->n_job; i++) {
+		scopes[i] = f->job[i].scope;
+	}
+	if (r == 0 && f->job_feed.lost) {
+		digest_live_reset(f->live);
 	}
 	if (r == 0) {
-		r = digest_compute_many(f->digest, reqs, n, f->job_now, f->job_headlines);
+		r = digest_live_prepare(f->live, scopes, f->n_job, f->job_now);
+	}
+	/* After a seeding every queued item is older than what it read, so this seeds again
+	 * at most once per job but for failures. */
+	const uint8_t *p = f->job_feed.buf;
+	const uint8_t *end = p + f->job_feed.len;
+	unsigned reseeds = 0;
+	while (r == 0 && p < end) {
+		char council[256];
+		uint64_t seq;
+		uint32_t elen;
+
+		memcpy(&seq, p, 8);
+		memcpy(council, p + 9, p[8]);
+		council[p[8]] = '\0';
+		memcpy(&elen, p + 9 + p[8], 4);
+		const uint8_t *env = p + 13 + p[8];
+		p = env + elen;
+		int fr = digest_live_feed(f->live, seq, council, env, elen);
+		if (fr < 0) {
+			r = ++reseeds > 2
+			            ? fr
+			            : digest_live_prepare(f->live, scopes, f->n_job, f->job_now);
+		}
 	}
 	for (size_t i = 0; i < f->n_job; i++) {
 		struct job_scope *js = &f->job[i];
-		for (int w = 0; w < N_WINDOWS; w++) {
-			struct digest_request *dr =
-			        r == 0 ? &reqs[i * N_WINDOWS + (size_t) w] : NULL;
-			js->digests[w] = dr ? dr->digest : NULL;
-			if (js->r == 0) {
-				js->r = dr ? dr->r : r;
-			}
-		}
+		js->r = r < 0 ? r
+		              : digest_live_render(f->live, &js->scope, f->job_now,
+		                                   f->job_headlines, &js->set, &js->set_len,
+		                                   &js->last_seq);
 	}
-	free(reqs);
+	free(scopes);
 }
 
 /* Publish one computed scope as the new value of its topic, if it is newer. */
@@ -407,7 +490,7 @@ publish_digest(struct fanout *f, struct job_scope *js)
 {
 	char name[FANOUT_TOPIC_MAX + 1];
 	size_t len = digest_topic(&js->scope, name);
-	uint64_t last_seq = UINT64_MAX;
+	uint64_t last_seq = js->last_seq;
 
 	if (len == 0) {
 		return;
@@ -417,32 +500,38 @@ publish_digest(struct fanout *f, struct job_scope *js)
 		f->counters.digest_errors++;
 		return;
 	}
-	for (int w = 0; w < N_WINDOWS; w++) {
-		if (js->digests[w]->last_seq < last_seq) {
-			last_seq = js->digests[w]->last_seq;
-		}
-	}
 	/* A value no newer than the kept one changes nothing for a subscriber. */
 	if (t->has_value && last_seq <= t->last_seq) {
 		return;
 	}
 
-	Coord__V1__DigestSet set = COORD__V1__DIGEST_SET__INIT;
-	set.n_digests = N_WINDOWS;
-	set.digests = js->digests;
+	/* The Publication without its body, then the body field (10, length-delimited)
+	 * around the DigestSet the job packed: the bytes protobuf-c would write for the
+	 * whole message, since it writes fields in number order. */
 	Coord__V1__Publication pub = COORD__V1__PUBLICATION__INIT;
 	pub.topic = t->name;
 	pub.prev_seq = t->last_seq;
 	pub.first_seq = t->last_seq + 1;
 	pub.last_seq = last_seq;
-	pub.body_case = COORD__V1__PUBLICATION__BODY_DIGESTS;
-	pub.digests = &set;
-
+	uint8_t lenbuf[10];
+	size_t n_len = 0;
+	for (uint64_t v = js->set_len;; v >>= 7) {
+		lenbuf[n_len++] = (uint8_t) (v >= 0x80 ? (v & 0x7f) | 0x80 : v);
+		if (v < 0x80) {
+			break;
+		}
+	}
+	size_t head = coord__v1__publication__get_packed_size(&pub);
 	zmq_msg_t msg;
-	if (pack_publication(&pub, &msg) < 0) {
+	if (zmq_msg_init_size(&msg, head + 1 + n_len + js->set_len) < 0) {
 		f->counters.digest_errors++;
 		return;
 	}
+	uint8_t *out = zmq_msg_data(&msg);
+	(void) coord__v1__publication__pack(&pub, out);
+	out[head] = (uint8_t) ((COORD_PUBLICATION_DIGESTS_FIELD << 3) | 2);
+	memcpy(out + head + 1, lenbuf, n_len);
+	memcpy(out + head + 1 + n_len, js->set, js->set_len);
 	if (t->has_value) {
 		(void) zmq_msg_close(&t->value);
 	}
@@ -455,7 +544,6 @@ publish_digest(struct fanout *f, struct job_scope *js)
 	f->counters.digests++;
 }
 
-static void start_job(struct fanout *f);
 static void finish_close(struct fanout *f);
 
 static void
@@ -463,7 +551,7 @@ after_job(uv_work_t *req, int status)
 {
 	struct fanout *f = container_of(req, struct fanout, work);
 	int first_error = 0;
-	size_t errors = 0;
+	size_t errors = 0, deferred = 0;
 
 	f->job_running = false;
 	if (f->closing) {
@@ -476,6 +564,12 @@ after_job(uv_work_t *req, int status)
 		if (status < 0 && js->r == 0) {
 			js->r = status;
 		}
+		if (js->r == -EAGAIN) {
+			/* Seeded after the items fed so far: published once they arrive. */
+			deferred++;
+			(void) todo_add(f, &js->scope);
+			continue;
+		}
 		if (js->r < 0) {
 			/* Tried again with the next tick's scopes. */
 			f->counters.digest_errors++;
@@ -486,8 +580,8 @@ after_job(uv_work_t *req, int status)
 		}
 		publish_digest(f, js);
 	}
-	log_debug("Published the digests of %zu scopes, computed in %.1f ms", f->n_job - errors,
-	          (double) (uv_hrtime() - f->job_started) / 1e6);
+	log_debug("Published the digests of %zu scopes, computed in %.1f ms",
+	          f->n_job - errors - deferred, (double) (uv_hrtime() - f->job_started) / 1e6);
 	if (errors > 0) {
 		log_warning_errno(first_error,
 		                  "Failed to compute the digests of %zu scopes, retrying at the "
@@ -496,18 +590,23 @@ after_job(uv_work_t *req, int status)
 	}
 	job_free_results(f);
 	/* Scopes asked for by subscriptions while this job ran go now, not at the next tick. */
-	if (f->n_todo > 0 && errors == 0) {
-		start_job(f);
+	if (f->n_todo > deferred && errors == 0) {
+		start_job(f, false);
+	}
+	if (f->feed.len > FANOUT_FEED_KICK) {
+		start_job(f, true);
 	}
 }
 
+/* Start a job for the queued scopes, or with `feed_only` one that only feeds the queued
+ * items to the live digests when no scope is queued. */
 static void
-start_job(struct fanout *f)
+start_job(struct fanout *f, bool feed_only)
 {
-	if (f->job_running || f->closing || f->n_todo == 0) {
+	if (f->job_running || f->closing || (f->n_todo == 0 && !feed_only)) {
 		return;
 	}
-	struct job_scope *job = calloc(f->n_todo, sizeof(*job));
+	struct job_scope *job = calloc(f->n_todo + 1, sizeof(*job));
 	if (!job) {
 		return; /* the scopes stay queued for the next tick */
 	}
@@ -517,6 +616,15 @@ start_job(struct fanout *f)
 	f->job = job;
 	f->n_job = f->n_todo;
 	f->n_todo = 0;
+	/* The job takes the queued items; the loop queues into the job's old buffer. */
+	struct feed spare = f->job_feed;
+	f->job_feed = f->feed;
+	f->feed = (struct feed){0};
+	if (spare.cap <= FANOUT_FEED_KEEP) {
+		f->feed = (struct feed){.buf = spare.buf, .cap = spare.cap};
+	} else {
+		free(spare.buf);
+	}
 	f->job_now = now_ms();
 	f->job_headlines = f->cfg->digest.headlines;
 	f->job_started = uv_hrtime();
@@ -528,6 +636,7 @@ start_job(struct fanout *f)
 			(void) todo_add(f, &f->job[i].scope);
 		}
 		job_free_results(f);
+		f->feed.lost = true; /* the taken items are not fed: seed again */
 		return;
 	}
 	f->job_running = true;
@@ -548,7 +657,7 @@ collect_dirty(struct fanout *f)
 		}
 	}
 	free(scopes);
-	start_job(f);
+	start_job(f, false);
 }
 
 static void
@@ -585,7 +694,7 @@ on_subscribe(struct fanout *f, const char *prefix, size_t len)
 	}
 	if (!matched && parse_digest_topic(f, prefix, len, &scope)) {
 		if (todo_add(f, &scope) == 0) {
-			start_job(f);
+			start_job(f, false);
 		}
 	}
 }
@@ -661,6 +770,10 @@ fanout_new(uv_loop_t *loop, void *zctx, struct auth *auth, struct store *store,
 	f->digest = digest;
 	f->cfg = config_ref(cfg);
 
+	r = digest_live_new(digest, &f->live);
+	if (r < 0) {
+		goto fail;
+	}
 	r = zuv_socket_new(zctx, ZMQ_XPUB, FANOUT_LINGER_MS, (int) cfg->publish.hwm,
 	                   cfg->publish.max_subscription_bytes, &f->sock);
 	if (r >= 0) {
@@ -810,6 +923,9 @@ fanout_free(struct fanout *f)
 	free(f->topics);
 	free(f->todo);
 	job_free_results(f);
+	digest_live_free(f->live);
+	free(f->feed.buf);
+	free(f->job_feed.buf);
 	config_unref(f->cfg);
 	free(f);
 	return NULL;
