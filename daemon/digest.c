@@ -2345,6 +2345,7 @@ struct digest_live {
 	uint64_t *heads;
 	struct live_scope *scopes; /* sorted by scope_cmp() */
 	size_t n_scopes, cap_scopes;
+	uint64_t seeds; /* whole seedings */
 };
 
 static uint64_t
@@ -2513,6 +2514,12 @@ digest_live_reset(struct digest_live *l)
 	live_drop(l);
 }
 
+uint64_t
+digest_live_seeds(const struct digest_live *l)
+{
+	return l->seeds;
+}
+
 /* A backwards scan of the newest items into the ring. */
 struct live_seed {
 	struct digest_live *l;
@@ -2611,6 +2618,7 @@ live_seed_all(struct digest_live *l, const struct digest_scope *asked, size_t n_
 	int r;
 
 	live_drop(l);
+	l->seeds++;
 	struct digest_scope *all = malloc((l->n_scopes + n_asked) * sizeof(*all) + 1);
 	if (!all) {
 		return -ENOMEM;

@@ -157,6 +157,9 @@ struct digest_live *digest_live_free(struct digest_live *l);
 /* Drop the state (an item could not be fed): the next digest_live_prepare() seeds it all. */
 void digest_live_reset(struct digest_live *l);
 
+/* How many times the whole state was seeded from the store since digest_live_new(). */
+uint64_t digest_live_seeds(const struct digest_live *l);
+
 /*
  * Make the state usable at `now_ms` for `scopes` (n of them; others seeded before stay):
  * seed everything from the store when there is no valid state or the hour buckets of a

@@ -20,6 +20,7 @@
  * at most one send per topic per drain.
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -558,6 +559,12 @@ after_job(uv_work_t *req, int status)
 		job_free_results(f);
 		finish_close(f);
 		return;
+	}
+	uint64_t seeds = digest_live_seeds(f->live);
+	if (seeds != f->counters.digest_seeds) {
+		log_debug("Seeded the live digests from the store (%" PRIu64 " times since start)",
+		          seeds);
+		f->counters.digest_seeds = seeds;
 	}
 	for (size_t i = 0; i < f->n_job; i++) {
 		struct job_scope *js = &f->job[i];

@@ -76,6 +76,7 @@ struct fanout_counters {
 	uint64_t unsubscriptions; /* unsubscribe messages received */
 	uint64_t other_messages;  /* anything else received (ignored) */
 	uint64_t digest_jobs;     /* computation jobs run */
+	uint64_t digest_seeds;    /* times the live digests were seeded from the store */
 	uint64_t digest_errors;   /* scopes whose digest could not be computed */
 	uint64_t send_errors;     /* sends libzmq refused (not HWM drops: those are silent) */
 };
