@@ -103,6 +103,7 @@ struct fanout {
 	struct digest_live *live; /* the digest job's: one job at a time */
 	struct feed feed;         /* loop: items committed since the last job started */
 	struct feed job_feed;     /* the running job's */
+	bool waiting;             /* scopes wait for items not fed yet: a new item starts a job */
 
 	uv_work_t work;
 	bool job_running;
@@ -358,7 +359,7 @@ fanout_publish_item(struct fanout *f, const struct fanout_item *item)
 		return;
 	}
 	feed_add(&f->feed, item);
-	if (f->feed.len > FANOUT_FEED_KICK) {
+	if (f->feed.len > FANOUT_FEED_KICK || f->waiting) {
 		start_job(f, true);
 	}
 	if (!category) {
@@ -597,7 +598,10 @@ after_job(uv_work_t *req, int status)
 	}
 	job_free_results(f);
 	/* Scopes asked for by subscriptions while this job ran go now, not at the next tick. */
-	if (f->n_todo > deferred && errors == 0) {
+	/* Scopes seeded past the items fed wait for the next item, not for the next tick
+	 * (the interval may be long). */
+	f->waiting = deferred > 0;
+	if ((f->n_todo > deferred || (f->waiting && f->feed.len > 0)) && errors == 0) {
 		start_job(f, false);
 	}
 	if (f->feed.len > FANOUT_FEED_KICK) {
