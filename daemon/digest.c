@@ -2451,7 +2451,7 @@ live_find(struct digest_live *l, Coord__V1__ScopeKind kind, const char *id)
 {
 	struct live_scope key = {.scope.kind = kind};
 
-	if (strlen(id) > ID_MAX) {
+	if (l->n_scopes == 0 || strlen(id) > ID_MAX) {
 		return NULL;
 	}
 	memcpy(key.scope.id, id, strlen(id) + 1);
