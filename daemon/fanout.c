@@ -11,9 +11,11 @@
  *
  * Digest computations are queued in `todo` (scopes, each once): the timer adds the scopes
  * digest_take_dirty() reports, a subscription to a digest topic without a value adds that
- * scope. One job at a time takes the whole queue to the threadpool, computes the three
- * windows of each scope there, and publishes on the loop thread in after_job(). Nothing of
- * the loop's state is touched by the worker but the job itself.
+ * scope. Committed items are queued in `feed` (their Envelope bytes copied). One job at a
+ * time takes both queues to the threadpool, feeds the items to the live digests (`live`,
+ * digest.h: seeded from the store when needed), renders each scope's packed DigestSet from
+ * memory, and publishes on the loop thread in after_job(). Nothing of the loop's state is
+ * touched by the worker but the job itself (`job`, `job_feed`, `live`).
  *
  * Last values asked for by subscriptions are only marked (`resend`) while the socket is
  * drained, and sent once at the end of the drain, so a flood of subscribe messages costs

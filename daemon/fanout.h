@@ -32,9 +32,13 @@
  * SNDHWM (config publish.hwm) libzmq drops its messages. Publishing never blocks and the
  * memory a subscriber can hold is bounded by its HWM.
  *
- * Digests are computed on the libuv threadpool (one job at a time: digest_compute() reads
- * the store with read transactions), so a large set of changed scopes never stalls the
- * loop; the results are published from the loop thread.
+ * Digests are computed on the libuv threadpool, one job at a time, from the live digests
+ * (digest.h, digest_live_*): each ACCEPTED record given to fanout_publish_item() is also
+ * queued for the next job, which feeds the queue to the live state in seq order and renders
+ * the changed scopes from memory; the state is seeded from the store (read transactions)
+ * at the first job, on an hour rollover of the windows, and whenever it could not follow
+ * exactly. A digest's last_seq is the last item fed: it counts exactly the items up to it.
+ * The results are published from the loop thread.
  *
  * Loop thread only (but for the digest job, internal). Logs warnings for failed digest
  * computations.
@@ -103,7 +107,9 @@ int fanout_new(uv_loop_t *loop, void *zctx, struct auth *auth, struct store *sto
 int fanout_set_config(struct fanout *f, struct config *cfg);
 
 /*
- * Publish one ACCEPTED record on its item topic. Call in seq order. Ignored once closing.
+ * Publish one ACCEPTED record on its item topic, and queue it for the live digests (every
+ * ACCEPTED record must come here: a missing seq makes the next digest job seed them from
+ * the store again). Call in seq order. Ignored once closing.
  */
 void fanout_publish_item(struct fanout *f, const struct fanout_item *item);
 
