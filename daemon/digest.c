@@ -2512,6 +2512,7 @@ void
 digest_live_reset(struct digest_live *l)
 {
 	live_drop(l);
+	l->n_scopes = 0;
 }
 
 uint64_t

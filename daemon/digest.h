@@ -154,7 +154,8 @@ int digest_live_new(struct digest *d, struct digest_live **ret_live);
 /* Free. Accepts NULL. Returns NULL. */
 struct digest_live *digest_live_free(struct digest_live *l);
 
-/* Drop the state (an item could not be fed): the next digest_live_prepare() seeds it all. */
+/* Forget the state and the scopes prepared (an item could not be fed, or scopes are no
+ * longer wanted): the next digest_live_prepare() seeds its own scopes from the store. */
 void digest_live_reset(struct digest_live *l);
 
 /* How many times the whole state was seeded from the store since digest_live_new(). */

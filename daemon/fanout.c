@@ -83,6 +83,11 @@ struct feed {
 	bool lost; /* an item could not be queued: the live state is seeded again */
 };
 
+struct prefix {
+	char name[FANOUT_TOPIC_MAX];
+	size_t len;
+};
+
 struct fanout {
 	uv_loop_t *loop;
 	void *sock;
@@ -105,7 +110,19 @@ struct fanout {
 	struct digest_live *live; /* the digest job's: one job at a time */
 	struct feed feed;         /* loop: items committed since the last job started */
 	struct feed job_feed;     /* the running job's */
-	bool waiting;             /* scopes wait for items not fed yet: a new item starts a job */
+	bool job_reset;           /* the job starts by forgetting the live state */
+	bool shrunk;              /* a prefix lost its last subscriber since the last job */
+	/* Prefixes subscribed to now (XPUB_VERBOSE passes every subscribe; an unsubscribe
+	 * comes when a prefix's last subscriber goes), at most FANOUT_TOPIC_MAX bytes: longer
+	 * ones match no topic. Digests of topics no prefix matches are not computed. */
+	struct prefix *prefixes;
+	size_t n_prefixes, cap_prefixes;
+	bool prefixes_lost; /* one could not be kept: every topic counts as subscribed */
+	/* Changed scopes whose digest was not computed (no subscriber): a subscription that
+	 * matches their topic queues them. */
+	struct digest_scope *skipped;
+	size_t n_skipped, cap_skipped;
+	bool waiting; /* scopes wait for items not fed yet: a new item starts a job */
 
 	uv_work_t work;
 	bool job_running;
@@ -313,6 +330,41 @@ pack_publication(const Coord__V1__Publication *pub, zmq_msg_t *ret_msg)
 
 static void start_job(struct fanout *f, bool feed_only);
 
+/* Whether some subscribed prefix matches the topic `name`. */
+static bool
+wanted(const struct fanout *f, const char *name, size_t len)
+{
+	if (f->prefixes_lost) {
+		return true;
+	}
+	for (size_t i = 0; i < f->n_prefixes; i++) {
+		const struct prefix *p = &f->prefixes[i];
+		if (p->len <= len && memcmp(p->name, name, p->len) == 0) {
+			return true;
+		}
+	}
+	return false;
+}
+
+/* Whether some subscribed prefix matches a digest topic. */
+static bool
+any_digest_subscriber(const struct fanout *f)
+{
+	static const char d[] = "digest/";
+
+	if (f->prefixes_lost) {
+		return true;
+	}
+	for (size_t i = 0; i < f->n_prefixes; i++) {
+		const struct prefix *p = &f->prefixes[i];
+		size_t n = p->len < sizeof(d) - 1 ? p->len : sizeof(d) - 1;
+		if (memcmp(p->name, d, n) == 0) {
+			return true;
+		}
+	}
+	return false;
+}
+
 /* Queue a committed item for the next digest job. */
 static void
 feed_add(struct feed *fd, const struct fanout_item *item)
@@ -360,9 +412,15 @@ fanout_publish_item(struct fanout *f, const struct fanout_item *item)
 	if (f->closing) {
 		return;
 	}
-	feed_add(&f->feed, item);
-	if (f->feed.len > FANOUT_FEED_KICK || f->waiting) {
-		start_job(f, true);
+	if (any_digest_subscriber(f)) {
+		feed_add(&f->feed, item);
+		if (f->feed.len > FANOUT_FEED_KICK || f->waiting) {
+			start_job(f, true);
+		}
+	} else if (!f->feed.lost) {
+		/* Nobody reads digests: the live state is forgotten, not fed. */
+		f->feed.len = 0;
+		f->feed.lost = true;
 	}
 	if (!category) {
 		return;
@@ -449,7 +507,7 @@ job_work(uv_work_t *req)
 	for (size_t i = 0; r == 0 && i < f->n_job; i++) {
 		scopes[i] = f->job[i].scope;
 	}
-	if (r == 0 && f->job_feed.lost) {
+	if (r == 0 && f->job_reset) {
 		digest_live_reset(f->live);
 	}
 	if (r == 0) {
@@ -633,6 +691,8 @@ start_job(struct fanout *f, bool feed_only)
 	struct feed spare = f->job_feed;
 	f->job_feed = f->feed;
 	f->feed = (struct feed){0};
+	f->job_reset = f->job_feed.lost || f->shrunk;
+	f->shrunk = false;
 	if (spare.cap <= FANOUT_FEED_KEEP) {
 		f->feed = (struct feed){.buf = spare.buf, .cap = spare.cap};
 	} else {
@@ -655,7 +715,29 @@ start_job(struct fanout *f, bool feed_only)
 	f->job_running = true;
 }
 
-/* Take the scopes whose aggregates changed and start a job for them. */
+/* Remember a changed scope nobody subscribes to (each once). */
+static int
+skipped_add(struct fanout *f, const struct digest_scope *s)
+{
+	for (size_t i = 0; i < f->n_skipped; i++) {
+		if (f->skipped[i].kind == s->kind && strcmp(f->skipped[i].id, s->id) == 0) {
+			return 0;
+		}
+	}
+	if (f->n_skipped == f->cap_skipped) {
+		size_t cap = f->cap_skipped ? f->cap_skipped * 2 : 64;
+		struct digest_scope *v = reallocarray(f->skipped, cap, sizeof(*v));
+		if (!v) {
+			return -ENOMEM;
+		}
+		f->skipped = v;
+		f->cap_skipped = cap;
+	}
+	f->skipped[f->n_skipped++] = *s;
+	return 0;
+}
+
+/* Take the scopes whose aggregates changed and start a job for those subscribed to. */
 static void
 collect_dirty(struct fanout *f)
 {
@@ -663,6 +745,14 @@ collect_dirty(struct fanout *f)
 	int n = digest_take_dirty(f->digest, &scopes);
 
 	for (int i = 0; i < n; i++) {
+		char name[FANOUT_TOPIC_MAX + 1];
+		size_t len = digest_topic(&scopes[i], name);
+		if (len > 0 && !wanted(f, name, len)) {
+			if (skipped_add(f, &scopes[i]) < 0) {
+				f->counters.digest_errors++;
+			}
+			continue;
+		}
 		if (todo_add(f, &scopes[i]) < 0) {
 			/* Out of memory: this scope's digest is not republished until it
 			 * changes again (counted, so /metrics shows it). */
@@ -694,6 +784,41 @@ on_subscribe(struct fanout *f, const char *prefix, size_t len)
 	if (len > FANOUT_TOPIC_MAX) {
 		return;
 	}
+	bool known = false;
+	for (size_t i = 0; i < f->n_prefixes && !known; i++) {
+		known = f->prefixes[i].len == len && memcmp(f->prefixes[i].name, prefix, len) == 0;
+	}
+	if (!known && f->n_prefixes == f->cap_prefixes) {
+		size_t cap = f->cap_prefixes ? f->cap_prefixes * 2 : 16;
+		struct prefix *v = reallocarray(f->prefixes, cap, sizeof(*v));
+		if (v) {
+			f->prefixes = v;
+			f->cap_prefixes = cap;
+		}
+	}
+	if (!known && f->n_prefixes < f->cap_prefixes) {
+		struct prefix *p = &f->prefixes[f->n_prefixes++];
+		memcpy(p->name, prefix, len);
+		p->len = len;
+	} else if (!known) {
+		f->prefixes_lost = true; /* out of memory: every digest is computed from now on */
+	}
+	/* Changed scopes skipped while nobody subscribed to them: computed now. */
+	bool queued = false;
+	for (size_t i = 0; i < f->n_skipped;) {
+		char name[FANOUT_TOPIC_MAX + 1];
+		size_t tlen = digest_topic(&f->skipped[i], name);
+		if (tlen >= len && memcmp(name, prefix, len) == 0 &&
+		    todo_add(f, &f->skipped[i]) == 0) {
+			f->skipped[i] = f->skipped[--f->n_skipped];
+			queued = true;
+		} else {
+			i++;
+		}
+	}
+	if (queued) {
+		start_job(f, false);
+	}
 	for (size_t i = topic_lower_bound(f, prefix, len); i < f->n_topics; i++) {
 		struct topic *t = f->topics[i];
 		if (t->len < len || memcmp(t->name, prefix, len) != 0) {
@@ -708,6 +833,20 @@ on_subscribe(struct fanout *f, const char *prefix, size_t len)
 	if (!matched && parse_digest_topic(f, prefix, len, &scope)) {
 		if (todo_add(f, &scope) == 0) {
 			start_job(f, false);
+		}
+	}
+}
+
+/* The last subscriber of `prefix` went: its topics are computed no more (and the live
+ * state is started again for the scopes still asked for, so it stops following others). */
+static void
+on_unsubscribe(struct fanout *f, const char *prefix, size_t len)
+{
+	for (size_t i = 0; i < f->n_prefixes; i++) {
+		if (f->prefixes[i].len == len && memcmp(f->prefixes[i].name, prefix, len) == 0) {
+			f->prefixes[i] = f->prefixes[--f->n_prefixes];
+			f->shrunk = true;
+			return;
 		}
 	}
 }
@@ -748,6 +887,7 @@ on_readable(struct zuv *z, void *zsock, unsigned budget, void *data)
 			on_subscribe(f, p + 1, len - 1);
 		} else if (len >= 1 && p[0] == 0 && !zmq_msg_more(&m)) {
 			f->counters.unsubscriptions++;
+			on_unsubscribe(f, p + 1, len - 1);
 		} else {
 			f->counters.other_messages++;
 		}
@@ -939,6 +1079,8 @@ fanout_free(struct fanout *f)
 	digest_live_free(f->live);
 	free(f->feed.buf);
 	free(f->job_feed.buf);
+	free(f->prefixes);
+	free(f->skipped);
 	config_unref(f->cfg);
 	free(f);
 	return NULL;

@@ -10,14 +10,21 @@
  *                                last_seq = the item's seq; the body is the Item.
  *   digest/all/                  the DigestSet {WINDOW_ALL, WINDOW_LAST_24H, WINDOW_LAST_1H}
  *   digest/council/<id>/         of the scope, published every publish_interval_ms when the
- *   digest/country/<CC>/         scope's aggregates changed. last_seq = the lowest last_seq
- *                                of the three digests (each reflects at least every item up
- *                                to it); first_seq = prev_seq + 1.
+ *   digest/country/<CC>/         scope's aggregates changed and a subscription matches the
+ *                                topic. last_seq = the lowest last_seq of the three digests
+ *                                (each reflects at least every item up to it); first_seq =
+ *                                prev_seq + 1.
  *
  * prev_seq is the last_seq of the previous message this broker process sent on the same
  * topic (0 for the first one since it started), so a subscriber that sees prev_seq differ
  * from the last_seq it holds for the topic knows it missed something, and catches up
  * through the query socket (Clone pattern; docs/PROTOCOL.md).
+ *
+ * Subscriptions: the prefixes subscribed to are tracked (ZMQ_XPUB_VERBOSE passes every
+ * subscribe; an unsubscribe comes when a prefix's last subscriber leaves). A changed scope
+ * whose topic no prefix matches is not computed but remembered; a later subscription that
+ * matches its topic queues it, so the subscriber gets the current digest after the kept
+ * one. With no subscription to any digest topic the live digests are not fed at all.
  *
  * Last values: the newest digest Publication of each digest topic is kept (one libzmq
  * message, shared by reference with every send). When a subscription for a prefix arrives

@@ -487,3 +487,41 @@ def test_published_digests_are_exact_through_corrections_and_retractions(coordd_
         stop.set()
         reader.join()
         sub.close()
+
+
+def test_digests_are_computed_only_for_subscribed_topics(coordd_factory):
+    """A changed scope whose topic nobody subscribes to is not computed; a later
+    subscription matching its topic gets it at once, current; after its subscriber left,
+    a scope's next subscriber gets the kept (older) value and then the current one, with
+    the prev_seq chain intact."""
+    d = coordd_factory(overrides={"digest": {"publish_interval_ms": 10}})
+    with d.query() as q, d.subscriber("digest/all/") as s_all:
+        topic, first = s_all.recv(timeout=5)
+        assert topic == "digest/all/" and first.last_seq == 0
+        last = push(d, "c01", events("c01", 30, country="FR"))
+        s_all.recv_until(lambda t, p: p.last_seq == last, timeout=10)
+
+        with d.subscriber("digest/council/") as s_council:
+            topic, pub = s_council.recv(timeout=5)
+            assert topic == "digest/council/c01/"
+            assert (pub.prev_seq, pub.first_seq, pub.last_seq) == (0, 1, last)
+            check_digest_set(pub, q, pb.SCOPE_KIND_COUNCIL, "c01")
+        with d.subscriber("digest/country/FR/") as s_fr:
+            topic, pub = s_fr.recv(timeout=5)
+            assert topic == "digest/country/FR/" and pub.last_seq == last
+            check_digest_set(pub, q, pb.SCOPE_KIND_COUNTRY, "FR")
+
+        # Nobody subscribes to digest/council/ now: c01's digest goes stale, and its next
+        # subscriber gets the kept value, then the current one.
+        deadline = time.monotonic() + 10
+        while q.stats().publish_connections != 1:
+            assert time.monotonic() < deadline, "the subscribers did not disconnect"
+            time.sleep(0.05)
+        last2 = push(d, "c01", events("c01", 10, country="FR"))
+        s_all.recv_until(lambda t, p: p.last_seq == last2, timeout=10)
+        with d.subscriber("digest/council/c01/") as s_c01:
+            _, kept = s_c01.recv(timeout=5)
+            assert kept.last_seq == last, "a digest nobody subscribed to was computed"
+            _, fresh = s_c01.recv_until(lambda t, p: p.last_seq == last2, timeout=5)
+            assert fresh.prev_seq == last and fresh.first_seq == last + 1
+            check_digest_set(fresh, q, pb.SCOPE_KIND_COUNCIL, "c01")
