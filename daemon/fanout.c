@@ -54,6 +54,15 @@ _Static_assert(CONFIG_HEADLINES_MAX == DIGEST_HEADLINES_MAX, "headline limits di
 _Static_assert(COORD__V1__PUBLICATION__BODY_DIGESTS == COORD_PUBLICATION_DIGESTS_FIELD,
                "Publication.digests field number");
 
+/* What the publish socket may send of digests, counted as message bytes times the publish
+ * connections (every subscriber of a topic gets a copy; libzmq shares the bytes, but the
+ * I/O thread writes each copy to its connection). Beyond it a changed scope waits for a
+ * later job: 1,000 subscribers of a 25-40 KB digest/all/ set every 10 ms would be 2.5-4
+ * GB/s, which on a small machine starves ingest and delays every digest by seconds as
+ * the subscribers' queues fill (docs/BENCHMARKS.md). */
+#define FANOUT_BUDGET_BYTES_PER_S (128.0 * 1024 * 1024)
+#define FANOUT_BUDGET_BURST_MS 100
+
 /* Subscription messages handled per callback before other handles get a turn. */
 #define FANOUT_RECV_BUDGET 256
 
@@ -118,6 +127,8 @@ struct fanout {
 	struct prefix *prefixes;
 	size_t n_prefixes, cap_prefixes;
 	bool prefixes_lost; /* one could not be kept: every topic counts as subscribed */
+	double budget;      /* bytes of digest messages that may go out now (budget_take()) */
+	uint64_t budget_at; /* uv_now() of the last refill */
 	/* Changed scopes whose digest was not computed (no subscriber): a subscription that
 	 * matches their topic queues them. */
 	struct digest_scope *skipped;
@@ -546,8 +557,34 @@ job_work(uv_work_t *req)
 	free(scopes);
 }
 
-/* Publish one computed scope as the new value of its topic, if it is newer. */
-static void
+/*
+ * The fan-out budget: FANOUT_BUDGET_BYTES_PER_S of digest messages times the publish
+ * connections, refilled continuously, at most FANOUT_BUDGET_BURST_MS of it saved up. A
+ * message may take the budget below zero; the next one waits until it is positive again.
+ * Returns whether a message of `size` bytes may go now (and takes it).
+ */
+static bool
+budget_take(struct fanout *f, size_t size)
+{
+	uint64_t now = uv_now(f->loop);
+	double rate = FANOUT_BUDGET_BYTES_PER_S / 1000.0; /* per ms */
+
+	f->budget += (double) (now - f->budget_at) * rate;
+	f->budget_at = now;
+	if (f->budget > rate * FANOUT_BUDGET_BURST_MS) {
+		f->budget = rate * FANOUT_BUDGET_BURST_MS;
+	}
+	if (f->budget < 0) {
+		return false;
+	}
+	uint32_t conns = fanout_connections(f);
+	f->budget -= (double) size * (conns > 0 ? conns : 1);
+	return true;
+}
+
+/* Publish one computed scope as the new value of its topic, if it is newer. Returns false
+ * when the budget held it back (it is queued again). */
+static bool
 publish_digest(struct fanout *f, struct job_scope *js)
 {
 	char name[FANOUT_TOPIC_MAX + 1];
@@ -555,16 +592,23 @@ publish_digest(struct fanout *f, struct job_scope *js)
 	uint64_t last_seq = js->last_seq;
 
 	if (len == 0) {
-		return;
+		return true;
 	}
 	struct topic *t = topic_get(f, name, len);
 	if (!t) {
 		f->counters.digest_errors++;
-		return;
+		return true;
 	}
 	/* A value no newer than the kept one changes nothing for a subscriber. */
 	if (t->has_value && last_seq <= t->last_seq) {
-		return;
+		return true;
+	}
+	/* Over the fan-out budget: the scope goes again with a later job, rendered anew. A
+	 * topic's first value is never held back. */
+	if (t->has_value && !budget_take(f, js->set_len)) {
+		(void) todo_add(f, &js->scope);
+		f->counters.digests_held++;
+		return false;
 	}
 
 	/* The Publication without its body, then the body field (10, length-delimited)
@@ -587,7 +631,7 @@ publish_digest(struct fanout *f, struct job_scope *js)
 	zmq_msg_t msg;
 	if (zmq_msg_init_size(&msg, head + 1 + n_len + js->set_len) < 0) {
 		f->counters.digest_errors++;
-		return;
+		return true;
 	}
 	uint8_t *out = zmq_msg_data(&msg);
 	(void) coord__v1__publication__pack(&pub, out);
@@ -604,6 +648,7 @@ publish_digest(struct fanout *f, struct job_scope *js)
 	t->resend = false;
 	send_value(f, t);
 	f->counters.digests++;
+	return true;
 }
 
 static void finish_close(struct fanout *f);
@@ -613,7 +658,7 @@ after_job(uv_work_t *req, int status)
 {
 	struct fanout *f = container_of(req, struct fanout, work);
 	int first_error = 0;
-	size_t errors = 0, deferred = 0;
+	size_t errors = 0, deferred = 0, held = 0;
 
 	f->job_running = false;
 	if (f->closing) {
@@ -646,7 +691,9 @@ after_job(uv_work_t *req, int status)
 			(void) todo_add(f, &js->scope);
 			continue;
 		}
-		publish_digest(f, js);
+		if (!publish_digest(f, js)) {
+			held++;
+		}
 	}
 	log_debug("Published the digests of %zu scopes, computed in %.1f ms",
 	          f->n_job - errors - deferred, (double) (uv_hrtime() - f->job_started) / 1e6);
@@ -661,7 +708,7 @@ after_job(uv_work_t *req, int status)
 	/* Scopes seeded past the items fed wait for the next item, not for the next tick
 	 * (the interval may be long). */
 	f->waiting = deferred > 0;
-	if ((f->n_todo > deferred || (f->waiting && f->feed.len > 0)) && errors == 0) {
+	if ((f->n_todo > deferred + held || (f->waiting && f->feed.len > 0)) && errors == 0) {
 		start_job(f, false);
 	}
 	if (f->feed.len > FANOUT_FEED_KICK) {
@@ -922,6 +969,8 @@ fanout_new(uv_loop_t *loop, void *zctx, struct auth *auth, struct store *store,
 	f->store = store;
 	f->digest = digest;
 	f->cfg = config_ref(cfg);
+	f->budget_at = uv_now(loop);
+	f->budget = FANOUT_BUDGET_BYTES_PER_S / 1000.0 * FANOUT_BUDGET_BURST_MS;
 
 	r = digest_live_new(digest, &f->live);
 	if (r < 0) {

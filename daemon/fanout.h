@@ -35,6 +35,10 @@
  * to an exact digest topic that has no kept value yet (a registered council, an ISO country)
  * makes the broker compute and publish one.
  *
+ * Fan-out budget: digest messages times the publish connections may take at most
+ * FANOUT_BUDGET_BYTES_PER_S (fanout.c); a changed scope over it is published by a later job
+ * (a topic's first value always goes at once). With few subscribers it never binds.
+ *
  * Slow subscribers: sends use ZMQ_DONTWAIT with ZMQ_XPUB_NODROP off, so at a subscriber's
  * SNDHWM (config publish.hwm) libzmq drops its messages. Publishing never blocks and the
  * memory a subscriber can hold is bounded by its HWM.
@@ -88,6 +92,7 @@ struct fanout_counters {
 	uint64_t other_messages;  /* anything else received (ignored) */
 	uint64_t digest_jobs;     /* computation jobs run */
 	uint64_t digest_seeds;    /* times the live digests were seeded from the store */
+	uint64_t digests_held;    /* digests held back by the fan-out budget (sent later) */
 	uint64_t digest_errors;   /* scopes whose digest could not be computed */
 	uint64_t send_errors;     /* sends libzmq refused (not HWM drops: those are silent) */
 };
