@@ -3359,15 +3359,20 @@ build_digest(const struct digest_request *req, const struct headline_scan *hs, u
 }
 
 /* Merge, for every valid request, the aggregates of its scope and window and then the log,
- * in one read transaction (a fold commits the two together). */
+ * in one read transaction (a fold commits the two together); *ret_last_seq (may be NULL) is
+ * the last seq that transaction saw, so the merged aggregates count exactly the items up to
+ * it. */
 static int
-merge_requests(struct digest *d, struct multi_scan *m)
+merge_requests(struct digest *d, struct multi_scan *m, uint64_t *ret_last_seq)
 {
 	MDB_txn *txn;
 	int r = store_read_begin(d->store, &txn);
 
 	if (r < 0) {
 		return r;
+	}
+	if (ret_last_seq) {
+		r = store_read_last_seq(d->store, txn, ret_last_seq);
 	}
 	for (size_t i = 0; r == 0 && i < m->n; i++) {
 		struct headline_scan *s = m->by_scope[i];
@@ -3431,7 +3436,7 @@ digest_compute_many(struct digest *d, struct digest_request *reqs, size_t n, int
 		                     &last_seq);
 	}
 	if (r >= 0 && m.n > 0) {
-		r = merge_requests(d, &m);
+		r = merge_requests(d, &m, NULL);
 	}
 	for (size_t i = 0; r >= 0 && i < n; i++) {
 		if (reqs[i].r == 0) {
@@ -3478,6 +3483,632 @@ digest_result_free(Coord__V1__Digest *digest)
 	if (digest) {
 		coord__v1__digest__free_unpacked(digest, NULL);
 	}
+}
+
+/* ----------------------------------------------------------------------------------------- */
+/* Live digests (digest.h): the publish socket's digests kept in memory */
+
+/* Hash chain heads of the ring, a power of two. */
+#define LIVE_HEADS (2 * DIGEST_LIVE_RING)
+
+enum { LIVE_ALL, LIVE_24H, LIVE_1H, LIVE_WINDOWS };
+
+static const Coord__V1__Window live_windows[LIVE_WINDOWS] = {
+        COORD__V1__WINDOW__WINDOW_ALL,
+        COORD__V1__WINDOW__WINDOW_LAST_24H,
+        COORD__V1__WINDOW__WINDOW_LAST_1H,
+};
+
+/* One of the newest items, in the ring slot of seq % DIGEST_LIVE_RING. */
+struct live_item {
+	uint64_t seq;  /* 0: empty */
+	uint64_t next; /* the next older item in its hash chain; 0: none */
+	uint32_t revision;
+	bool live;      /* the latest revision of its record, and not a retraction */
+	bool countable; /* `c` is its contribution (digest_contribution_of() succeeded) */
+	char council[ID_MAX + 1];
+	char msg_id[WIRE_MSG_ID_MAX + 1];
+	struct digest_contribution c;
+	char *title; /* headline title while among the newest DIGEST_HEADLINE_SCAN_MAX */
+};
+
+struct live_scope {
+	struct digest_scope scope;
+	uint64_t pos; /* the seq its aggregates were seeded at: later items are applied */
+	Coord__V1__Aggregate *agg[LIVE_WINDOWS];
+};
+
+struct digest_live {
+	struct digest *d;
+	bool valid;
+	uint64_t last; /* every item up to this seq is in the ring (and scopes from pos on) */
+	struct bounds w[LIVE_WINDOWS]; /* the windows as seeded */
+	struct live_item *ring;
+	uint64_t *heads;
+	struct live_scope *scopes; /* sorted by scope_cmp() */
+	size_t n_scopes, cap_scopes;
+	uint64_t seeds; /* whole seedings */
+};
+
+static uint64_t
+live_hash(const char *council, const char *msg_id)
+{
+	uint64_t h = UINT64_C(14695981039346656037);
+
+	for (const char *p = council; *p; p++) {
+		h = (h ^ (uint8_t) *p) * UINT64_C(1099511628211);
+	}
+	h = (h ^ 0xff) * UINT64_C(1099511628211);
+	for (const char *p = msg_id; *p; p++) {
+		h = (h ^ (uint8_t) *p) * UINT64_C(1099511628211);
+	}
+	return h;
+}
+
+static struct live_item *
+ring_at(struct digest_live *l, uint64_t seq)
+{
+	struct live_item *it = &l->ring[seq % DIGEST_LIVE_RING];
+
+	return seq != 0 && it->seq == seq ? it : NULL;
+}
+
+/* The newest item of record (council, msg_id) in the ring, or NULL. A chain runs from new
+ * to old, so the first item that left the ring ends it. */
+static struct live_item *
+ring_latest(struct digest_live *l, const char *council, const char *msg_id)
+{
+	uint64_t seq = l->heads[live_hash(council, msg_id) & (LIVE_HEADS - 1)];
+
+	for (struct live_item *it; (it = ring_at(l, seq)) != NULL; seq = it->next) {
+		if (strcmp(it->msg_id, msg_id) == 0 && strcmp(it->council, council) == 0) {
+			return it;
+		}
+	}
+	return NULL;
+}
+
+static void
+ring_link(struct digest_live *l, struct live_item *it)
+{
+	uint64_t *head = &l->heads[live_hash(it->council, it->msg_id) & (LIVE_HEADS - 1)];
+
+	it->next = *head;
+	*head = it->seq;
+}
+
+static void
+ring_clear(struct digest_live *l)
+{
+	for (size_t i = 0; i < DIGEST_LIVE_RING; i++) {
+		free(l->ring[i].title);
+		l->ring[i].title = NULL;
+		l->ring[i].seq = 0;
+	}
+	memset(l->heads, 0, LIVE_HEADS * sizeof(*l->heads));
+}
+
+/* Fill `it` from a stored item's council and Envelope bytes; `title` to keep its headline
+ * title. Returns 0, -EBADMSG or -ENOMEM. */
+static int
+live_item_parse(struct live_item *it, uint64_t seq, const char *council, const uint8_t *buf,
+                size_t len, bool title)
+{
+	Coord__V1__Envelope *env;
+	int r = 0;
+
+	*it = (struct live_item){.seq = seq};
+	if (!council || strlen(council) > ID_MAX) {
+		return -EBADMSG;
+	}
+	env = coord__v1__envelope__unpack(NULL, len, buf);
+	if (!env) {
+		return -EBADMSG;
+	}
+	if (!env->msg_id || strlen(env->msg_id) > WIRE_MSG_ID_MAX) {
+		r = -EBADMSG;
+	} else {
+		memcpy(it->council, council, strlen(council) + 1);
+		memcpy(it->msg_id, env->msg_id, strlen(env->msg_id) + 1);
+		it->revision = env->revision;
+		it->countable = digest_contribution_of(env, &it->c) == 0;
+		if (it->countable && title) {
+			it->title = strdup(headline_title(env));
+			r = it->title ? 0 : -ENOMEM;
+		}
+	}
+	coord__v1__envelope__free_unpacked(env, NULL);
+	return r;
+}
+
+static int
+live_scope_cmp(const void *a, const void *b)
+{
+	return scope_cmp(&((const struct live_scope *) a)->scope,
+	                 &((const struct live_scope *) b)->scope);
+}
+
+static struct live_scope *
+live_find(struct digest_live *l, Coord__V1__ScopeKind kind, const char *id)
+{
+	struct live_scope key = {.scope.kind = kind};
+
+	if (l->n_scopes == 0 || strlen(id) > ID_MAX) {
+		return NULL;
+	}
+	memcpy(key.scope.id, id, strlen(id) + 1);
+	return bsearch(&key, l->scopes, l->n_scopes, sizeof(*l->scopes), live_scope_cmp);
+}
+
+/* Forget everything but which scopes were asked for: the next prepare seeds them all. */
+static void
+live_drop(struct digest_live *l)
+{
+	for (size_t i = 0; i < l->n_scopes; i++) {
+		for (int w = 0; w < LIVE_WINDOWS; w++) {
+			agg_free(l->scopes[i].agg[w]);
+			l->scopes[i].agg[w] = NULL;
+		}
+	}
+	ring_clear(l);
+	l->valid = false;
+	l->last = 0;
+}
+
+int
+digest_live_new(struct digest *d, struct digest_live **ret_live)
+{
+	struct digest_live *l = calloc(1, sizeof(*l));
+
+	if (!l) {
+		return -ENOMEM;
+	}
+	l->d = d;
+	l->ring = calloc(DIGEST_LIVE_RING, sizeof(*l->ring));
+	l->heads = calloc(LIVE_HEADS, sizeof(*l->heads));
+	if (!l->ring || !l->heads) {
+		digest_live_free(l);
+		return -ENOMEM;
+	}
+	*ret_live = l;
+	return 0;
+}
+
+struct digest_live *
+digest_live_free(struct digest_live *l)
+{
+	if (!l) {
+		return NULL;
+	}
+	if (l->ring && l->heads) {
+		live_drop(l);
+	}
+	free(l->ring);
+	free(l->heads);
+	free(l->scopes);
+	free(l);
+	return NULL;
+}
+
+void
+digest_live_reset(struct digest_live *l)
+{
+	live_drop(l);
+	l->n_scopes = 0;
+}
+
+uint64_t
+digest_live_seeds(const struct digest_live *l)
+{
+	return l->seeds;
+}
+
+/* A backwards scan of the newest items into the ring. */
+struct live_seed {
+	struct digest_live *l;
+	size_t visited;
+	int error;
+};
+
+/* store_item_fn: newest first. */
+static int
+live_seed_item(void *data, uint64_t seq, const uint8_t *buf, size_t len, bool live)
+{
+	struct live_seed *ls = data;
+	struct live_item *slot = &ls->l->ring[seq % DIGEST_LIVE_RING];
+	Coord__V1__Item *item = coord__v1__item__unpack(NULL, len, buf);
+	int r = -EBADMSG;
+
+	if (item) {
+		r = live_item_parse(slot, seq, item->council, item->envelope.data,
+		                    item->envelope.len, ls->visited < DIGEST_HEADLINE_SCAN_MAX);
+		coord__v1__item__free_unpacked(item, NULL);
+	}
+	if (r == -ENOMEM) {
+		return r;
+	}
+	/* An item that does not decode is kept as an empty slot: no headline, no record (a
+	 * correction of it then finds no earlier revision and the state is seeded again). */
+	if (r < 0) {
+		*slot = (struct live_item){.seq = seq};
+	}
+	slot->live = r == 0 && live;
+	ls->visited++;
+	return 0;
+}
+
+/* Seed `n` scopes' aggregates (three windows each) from one read transaction and add them
+ * (none is known yet). */
+static int
+live_seed_scopes(struct digest_live *l, const struct digest_scope *scopes, size_t n)
+{
+	size_t nreq = n * LIVE_WINDOWS;
+	struct multi_scan m = {0};
+	uint64_t last_seq = 0;
+	int r = 0;
+
+	if (n == 0) {
+		return 0;
+	}
+	struct live_scope *v = grow(l->scopes, &l->cap_scopes, l->n_scopes + n, sizeof(*v));
+	if (!v) {
+		return -ENOMEM;
+	}
+	l->scopes = v;
+	m.hs = calloc(nreq, sizeof(*m.hs));
+	m.by_scope = calloc(nreq, sizeof(*m.by_scope));
+	if (!m.hs || !m.by_scope) {
+		r = -ENOMEM;
+		goto done;
+	}
+	for (size_t i = 0; i < nreq; i++) {
+		struct headline_scan *hs = &m.hs[i];
+		hs->kind = scopes[i / LIVE_WINDOWS].kind;
+		hs->id = scopes[i / LIVE_WINDOWS].id;
+		hs->w = l->w[i % LIVE_WINDOWS];
+		m.by_scope[m.n++] = hs;
+	}
+	qsort(m.by_scope, m.n, sizeof(*m.by_scope), scan_order);
+	r = merge_requests(l->d, &m, &last_seq);
+	if (r < 0) {
+		goto done;
+	}
+	for (size_t i = 0; i < n; i++) {
+		struct live_scope *ls = &l->scopes[l->n_scopes++];
+		*ls = (struct live_scope){.scope = scopes[i], .pos = last_seq};
+		for (int w = 0; w < LIVE_WINDOWS; w++) {
+			ls->agg[w] = m.hs[i * LIVE_WINDOWS + (size_t) w].agg;
+			m.hs[i * LIVE_WINDOWS + (size_t) w].agg = NULL;
+		}
+	}
+	qsort(l->scopes, l->n_scopes, sizeof(*l->scopes), live_scope_cmp);
+done:
+	for (size_t i = 0; m.hs && i < nreq; i++) {
+		agg_free(m.hs[i].agg);
+	}
+	free(m.hs);
+	free(m.by_scope);
+	return r;
+}
+
+/* Seed everything: the ring from the newest items, then every scope known and asked for. */
+static int
+live_seed_all(struct digest_live *l, const struct digest_scope *asked, size_t n_asked)
+{
+	struct live_seed seed = {.l = l};
+	size_t n = 0;
+	uint64_t last_seq = 0;
+	int r;
+
+	live_drop(l);
+	l->seeds++;
+	struct digest_scope *all = malloc((l->n_scopes + n_asked) * sizeof(*all) + 1);
+	if (!all) {
+		return -ENOMEM;
+	}
+	for (size_t i = 0; i < l->n_scopes; i++) {
+		all[n++] = l->scopes[i].scope;
+	}
+	for (size_t i = 0; i < n_asked; i++) {
+		if (!live_find(l, asked[i].kind, asked[i].id)) {
+			all[n++] = asked[i];
+		}
+	}
+	l->n_scopes = 0;
+	r = store_scan_items(l->d->store, 0, true, DIGEST_LIVE_RING, live_seed_item, &seed,
+	                     &last_seq);
+	if (r >= 0) {
+		uint64_t first = last_seq > DIGEST_LIVE_RING ? last_seq - DIGEST_LIVE_RING + 1 : 1;
+		for (uint64_t seq = first; seq <= last_seq; seq++) {
+			struct live_item *it = ring_at(l, seq);
+			if (!it) {
+				r = -EIO; /* items are keyed 1..N without a gap */
+				break;
+			}
+			ring_link(l, it);
+		}
+		l->last = last_seq;
+	}
+	if (r >= 0) {
+		/* Duplicates among the asked scopes would be seeded twice. */
+		qsort(all, n, sizeof(*all), scope_cmp);
+		size_t u = 0;
+		for (size_t i = 0; i < n; i++) {
+			if (u == 0 || scope_cmp(&all[i], &all[u - 1]) != 0) {
+				all[u++] = all[i];
+			}
+		}
+		r = live_seed_scopes(l, all, u);
+	}
+	free(all);
+	if (r < 0) {
+		live_drop(l);
+		return r;
+	}
+	l->valid = true;
+	return 0;
+}
+
+static int
+live_bounds(int64_t now_ms, struct bounds w[LIVE_WINDOWS])
+{
+	for (int i = 0; i < LIVE_WINDOWS; i++) {
+		int r = window_bounds(live_windows[i], 0, 0, now_ms, &w[i]);
+		if (r < 0) {
+			return r;
+		}
+	}
+	return 0;
+}
+
+static bool
+live_bounds_moved(const struct digest_live *l, const struct bounds w[LIVE_WINDOWS])
+{
+	for (int i = 0; i < LIVE_WINDOWS; i++) {
+		if (w[i].first != l->w[i].first || w[i].last != l->w[i].last) {
+			return true;
+		}
+	}
+	return false;
+}
+
+int
+digest_live_prepare(struct digest_live *l, const struct digest_scope *scopes, size_t n,
+                    int64_t now_ms)
+{
+	struct bounds w[LIVE_WINDOWS];
+	int r = live_bounds(now_ms, w);
+
+	for (size_t i = 0; r == 0 && i < n; i++) {
+		r = check_scope(scopes[i].kind, scopes[i].id);
+	}
+	if (r < 0) {
+		return r;
+	}
+	if (!l->valid || live_bounds_moved(l, w)) {
+		memcpy(l->w, w, sizeof(w));
+		return live_seed_all(l, scopes, n);
+	}
+	struct digest_scope *add = malloc(n * sizeof(*add) + 1);
+	size_t k = 0;
+	if (!add) {
+		live_drop(l);
+		return -ENOMEM;
+	}
+	for (size_t i = 0; i < n; i++) {
+		bool dup = false;
+		for (size_t j = 0; j < k && !dup; j++) {
+			dup = scope_cmp(&add[j], &scopes[i]) == 0;
+		}
+		if (!dup && !live_find(l, scopes[i].kind, scopes[i].id)) {
+			add[k++] = scopes[i];
+		}
+	}
+	r = live_seed_scopes(l, add, k);
+	free(add);
+	if (r < 0) {
+		live_drop(l);
+	}
+	return r;
+}
+
+/* Apply (+1/-1) a contribution of `council` made by item `seq` to the live scopes it
+ * counts in that do not reflect `seq` yet. */
+static int
+live_apply(struct digest_live *l, uint64_t seq, const char *council,
+           const struct digest_contribution *contribution, int sign)
+{
+	struct digest_contribution c = *contribution;
+	struct contribution_line cl;
+	const Coord__V1__ScopeKind kinds[] = {COORD__V1__SCOPE_KIND__SCOPE_KIND_ALL,
+	                                      COORD__V1__SCOPE_KIND__SCOPE_KIND_COUNCIL,
+	                                      COORD__V1__SCOPE_KIND__SCOPE_KIND_COUNTRY};
+	const char *ids[] = {"", council, c.country};
+	uint64_t bucket = bucket_of(c.date);
+
+	contribution_line(&c, council, &cl);
+	for (size_t s = 0; s < 3; s++) {
+		if (s > 0 && ids[s][0] == '\0') {
+			continue;
+		}
+		struct live_scope *ls = live_find(l, kinds[s], ids[s]);
+		if (!ls || ls->pos >= seq) {
+			continue;
+		}
+		for (int w = 0; w < LIVE_WINDOWS; w++) {
+			const struct bounds *b = &l->w[w];
+			if (!b->all && (bucket < b->first || bucket >= b->last)) {
+				continue;
+			}
+			int r = agg_apply(ls->agg[w], &cl.line, sign);
+			if (r < 0) {
+				return r;
+			}
+		}
+	}
+	return 0;
+}
+
+int
+digest_live_feed(struct digest_live *l, uint64_t seq, const char *council, const uint8_t *envelope,
+                 size_t envelope_len)
+{
+	struct live_item it;
+	int r;
+
+	if (!l->valid || seq <= l->last) {
+		return 0;
+	}
+	if (seq != l->last + 1) {
+		live_drop(l); /* an item never fed: only the store knows it now */
+		return -EAGAIN;
+	}
+	r = live_item_parse(&it, seq, council, envelope, envelope_len, true);
+	if (r < 0) {
+		free(it.title);
+		live_drop(l);
+		return r == -ENOMEM ? r : -EAGAIN;
+	}
+	struct live_item *prior = ring_latest(l, it.council, it.msg_id);
+	/* Revision 1 was accepted: nothing was stored before it. A later one without an
+	 * earlier revision in the ring may correct a record older than the ring, unless the
+	 * ring holds every item since the first. */
+	if (!prior && it.revision > 1 && l->last >= DIGEST_LIVE_RING) {
+		free(it.title);
+		live_drop(l);
+		return -EAGAIN;
+	}
+	r = 0;
+	if (prior) {
+		if (prior->countable) {
+			r = live_apply(l, seq, prior->council, &prior->c, -1);
+		}
+		prior->live = false;
+	}
+	if (r == 0 && it.countable) {
+		r = live_apply(l, seq, it.council, &it.c, +1);
+	}
+	if (r < 0) {
+		free(it.title);
+		live_drop(l);
+		return r;
+	}
+	it.live = it.countable;
+	struct live_item *slot = &l->ring[seq % DIGEST_LIVE_RING];
+	free(slot->title);
+	*slot = it;
+	ring_link(l, slot);
+	/* Headlines come from the newest DIGEST_HEADLINE_SCAN_MAX items only. */
+	if (seq > DIGEST_HEADLINE_SCAN_MAX) {
+		struct live_item *old = ring_at(l, seq - DIGEST_HEADLINE_SCAN_MAX);
+		if (old) {
+			free(old->title);
+			old->title = NULL;
+		}
+	}
+	l->last = seq;
+	return 0;
+}
+
+static bool
+live_item_in_scope(const struct live_item *it, const struct digest_scope *s)
+{
+	switch (s->kind) {
+	case COORD__V1__SCOPE_KIND__SCOPE_KIND_ALL:
+		return true;
+	case COORD__V1__SCOPE_KIND__SCOPE_KIND_COUNCIL:
+		return strcmp(it->council, s->id) == 0;
+	case COORD__V1__SCOPE_KIND__SCOPE_KIND_COUNTRY:
+		return it->c.country[0] && strcmp(it->c.country, s->id) == 0;
+	default:
+		return false;
+	}
+}
+
+int
+digest_live_render(struct digest_live *l, const struct digest_scope *scope, int64_t now_ms,
+                   unsigned headlines, uint8_t **ret_buf, size_t *ret_len, uint64_t *ret_last_seq)
+{
+	struct bounds w[LIVE_WINDOWS];
+	size_t want = headlines == 0                     ? DIGEST_HEADLINES_DEFAULT
+	              : headlines > DIGEST_HEADLINES_MAX ? DIGEST_HEADLINES_MAX
+	                                                 : headlines;
+	Coord__V1__Headline hl[LIVE_WINDOWS][DIGEST_HEADLINES_MAX];
+	Coord__V1__Headline *hp[LIVE_WINDOWS][DIGEST_HEADLINES_MAX];
+	size_t nh[LIVE_WINDOWS] = {0};
+
+	if (!l->valid || live_bounds(now_ms, w) < 0 || live_bounds_moved(l, w)) {
+		return -EAGAIN;
+	}
+	struct live_scope *ls = live_find(l, scope->kind, scope->id);
+	if (!ls) {
+		return -ENOENT;
+	}
+	if (l->last < ls->pos) {
+		return -EAGAIN;
+	}
+	/* Newest first, as digest_compute()'s scan: live records of the scope whose date is in
+	 * the window. */
+	uint64_t stop = l->last > DIGEST_HEADLINE_SCAN_MAX ? l->last - DIGEST_HEADLINE_SCAN_MAX : 0;
+	size_t open = LIVE_WINDOWS;
+	for (uint64_t seq = l->last; seq > stop && open > 0; seq--) {
+		const struct live_item *it = ring_at(l, seq);
+		if (!it || !it->live || !it->countable || !it->title ||
+		    !live_item_in_scope(it, scope)) {
+			continue;
+		}
+		for (int k = 0; k < LIVE_WINDOWS; k++) {
+			if (nh[k] == want ||
+			    (!w[k].all && (it->c.date < w[k].start || it->c.date >= w[k].end))) {
+				continue;
+			}
+			Coord__V1__Headline *h = &hl[k][nh[k]];
+			*h = (Coord__V1__Headline) COORD__V1__HEADLINE__INIT;
+			h->seq = it->seq;
+			h->council = (char *) it->council;
+			h->category = it->c.category;
+			h->kind = it->c.kind;
+			h->country = (char *) it->c.country;
+			h->date = it->c.date;
+			h->title = it->title;
+			hp[k][nh[k]++] = h;
+			if (nh[k] == want) {
+				open--;
+			}
+		}
+	}
+
+	Coord__V1__Scope sc = COORD__V1__SCOPE__INIT;
+	Coord__V1__Digest dg[LIVE_WINDOWS];
+	Coord__V1__Digest *dp[LIVE_WINDOWS];
+	sc.kind = scope->kind;
+	sc.id = (char *) scope->id;
+	for (int k = 0; k < LIVE_WINDOWS; k++) {
+		dg[k] = (Coord__V1__Digest) COORD__V1__DIGEST__INIT;
+		dg[k].scope = &sc;
+		dg[k].window = live_windows[k];
+		dg[k].start = w[k].start;
+		dg[k].end = w[k].end;
+		dg[k].last_seq = l->last;
+		dg[k].generated_at = now_ms;
+		dg[k].n_lines = ls->agg[k]->n_lines;
+		dg[k].lines = ls->agg[k]->lines;
+		dg[k].n_headlines = nh[k];
+		dg[k].headlines = nh[k] ? hp[k] : NULL;
+		dp[k] = &dg[k];
+	}
+	Coord__V1__DigestSet set = COORD__V1__DIGEST_SET__INIT;
+	set.n_digests = LIVE_WINDOWS;
+	set.digests = dp;
+	size_t size = coord__v1__digest_set__get_packed_size(&set);
+	uint8_t *buf = malloc(size ? size : 1);
+	if (!buf) {
+		return -ENOMEM;
+	}
+	*ret_len = coord__v1__digest_set__pack(&set, buf);
+	*ret_buf = buf;
+	*ret_last_seq = l->last;
+	return 0;
 }
 
 /* ----------------------------------------------------------------------------------------- */

@@ -137,6 +137,71 @@ struct digest_scope {
 };
 
 /*
+ * Live digests: what the publish socket sends every publish interval, kept in memory so
+ * that a tick costs microseconds per scope whatever the size of the store and of the log.
+ *
+ * For each scope asked for, the three windows' merged aggregates (whole campaign, the hour
+ * buckets of the last 24 h and of the last hour as of the seeding), plus a ring of the
+ * newest DIGEST_LIVE_RING items (council, msg_id, revision, contribution; the titles of
+ * the newest DIGEST_HEADLINE_SCAN_MAX, for headlines). Seeded from the store (aggregates
+ * and log in one read transaction, so at one seq), then moved forward by every committed
+ * item in seq order: +1 for the new revision, -1 for the superseded one, found in the ring.
+ * So a digest from here equals digest_compute() of the same committed state: the same
+ * contributions applied by the same agg_apply(). The state is dropped and seeded again
+ * (digest_live_prepare()) when it cannot stay exact: a window's hour rolled over, an item
+ * missing from the sequence, a correction of a record whose previous revision is older
+ * than the ring, a failed allocation.
+ *
+ * One thread at a time (the fanout's digest job); reads the store with read transactions.
+ */
+#define DIGEST_LIVE_RING 8192
+
+struct digest_live;
+
+/* A new, empty live state reading `d` (borrowed). Returns 0 and *ret_live, or -ENOMEM. */
+int digest_live_new(struct digest *d, struct digest_live **ret_live);
+
+/* Free. Accepts NULL. Returns NULL. */
+struct digest_live *digest_live_free(struct digest_live *l);
+
+/* Forget the state and the scopes prepared (an item could not be fed, or scopes are no
+ * longer wanted): the next digest_live_prepare() seeds its own scopes from the store. */
+void digest_live_reset(struct digest_live *l);
+
+/* How many times the whole state was seeded from the store since digest_live_new(). */
+uint64_t digest_live_seeds(const struct digest_live *l);
+
+/*
+ * Make the state usable at `now_ms` for `scopes` (n of them; others seeded before stay):
+ * seed everything from the store when there is no valid state or the hour buckets of a
+ * window moved, else seed only the scopes not known yet. Returns 0, -EINVAL for a bad
+ * scope (nothing seeded), -ENOMEM or -EIO (the state is then dropped).
+ */
+int digest_live_prepare(struct digest_live *l, const struct digest_scope *scopes, size_t n,
+                        int64_t now_ms);
+
+/*
+ * One committed item, in seq order: its seq, council and the Envelope bytes as stored.
+ * Items the state already reflects are ignored. Returns 0, or -EAGAIN when the state could
+ * not follow exactly (it is dropped: call digest_live_prepare() again, then go on with the
+ * next item), or -ENOMEM (dropped too).
+ */
+int digest_live_feed(struct digest_live *l, uint64_t seq, const char *council,
+                     const uint8_t *envelope, size_t envelope_len);
+
+/*
+ * The DigestSet {WINDOW_ALL, WINDOW_LAST_24H, WINDOW_LAST_1H} of `scope` at `now_ms` with
+ * `headlines` headlines (0: the default), packed into a malloc()ed buffer (*ret_buf, caller
+ * frees, *ret_len bytes); *ret_last_seq is the seq every item up to which, and no later
+ * one, the three digests count. Returns 0; -EAGAIN when the state does not reach the seq
+ * it was seeded at yet (feed the items up to it first) or is not valid; -ENOENT for a
+ * scope not prepared; -ENOMEM.
+ */
+int digest_live_render(struct digest_live *l, const struct digest_scope *scope, int64_t now_ms,
+                       unsigned headlines, uint8_t **ret_buf, size_t *ret_len,
+                       uint64_t *ret_last_seq);
+
+/*
  * Take the set of scopes changed by batches committed since the last call (each once).
  * On success returns the number of scopes and *ret_scopes (heap, caller frees with free();
  * NULL when 0). Returns -ENOMEM on failure (the set is kept). Loop thread.

@@ -11,15 +11,18 @@
  *
  * Digest computations are queued in `todo` (scopes, each once): the timer adds the scopes
  * digest_take_dirty() reports, a subscription to a digest topic without a value adds that
- * scope. One job at a time takes the whole queue to the threadpool, computes the three
- * windows of each scope there, and publishes on the loop thread in after_job(). Nothing of
- * the loop's state is touched by the worker but the job itself.
+ * scope. Committed items are queued in `feed` (their Envelope bytes copied). One job at a
+ * time takes both queues to the threadpool, feeds the items to the live digests (`live`,
+ * digest.h: seeded from the store when needed), renders each scope's packed DigestSet from
+ * memory, and publishes on the loop thread in after_job(). Nothing of the loop's state is
+ * touched by the worker but the job itself (`job`, `job_feed`, `live`).
  *
  * Last values asked for by subscriptions are only marked (`resend`) while the socket is
  * drained, and sent once at the end of the drain, so a flood of subscribe messages costs
  * at most one send per topic per drain.
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,15 +41,30 @@
 
 _Static_assert(CONFIG_HEADLINES_MAX == DIGEST_HEADLINES_MAX, "headline limits differ");
 
+/* Bytes of committed items queued for one digest job at most; beyond, the live digests are
+ * seeded again from the store. */
+#define FANOUT_FEED_MAX (64u << 20)
+/* Queued bytes that start a job at once (it only feeds them) rather than at the next tick,
+ * so that a long publish interval does not hold a second's worth of Envelopes. */
+#define FANOUT_FEED_KICK (2u << 20)
+/* A feed buffer above this size is not kept for reuse. */
+#define FANOUT_FEED_KEEP (4u << 20)
+/* Field number of Publication.digests (proto/coord.proto). */
+#define COORD_PUBLICATION_DIGESTS_FIELD 10
+_Static_assert(COORD__V1__PUBLICATION__BODY_DIGESTS == COORD_PUBLICATION_DIGESTS_FIELD,
+               "Publication.digests field number");
+
+/* What the publish socket may send of digests, counted as message bytes times the publish
+ * connections (every subscriber of a topic gets a copy; libzmq shares the bytes, but the
+ * I/O thread writes each copy to its connection). Beyond it a changed scope waits for a
+ * later job: 1,000 subscribers of a 25-40 KB digest/all/ set every 10 ms would be 2.5-4
+ * GB/s, which on a small machine starves ingest and delays every digest by seconds as
+ * the subscribers' queues fill (docs/BENCHMARKS.md). */
+#define FANOUT_BUDGET_BYTES_PER_S (128.0 * 1024 * 1024)
+#define FANOUT_BUDGET_BURST_MS 100
+
 /* Subscription messages handled per callback before other handles get a turn. */
 #define FANOUT_RECV_BUDGET 256
-#define N_WINDOWS 3
-
-static const Coord__V1__Window windows[N_WINDOWS] = {
-        COORD__V1__WINDOW__WINDOW_ALL,
-        COORD__V1__WINDOW__WINDOW_LAST_24H,
-        COORD__V1__WINDOW__WINDOW_LAST_1H,
-};
 
 struct topic {
 	char name[FANOUT_TOPIC_MAX + 1];
@@ -60,8 +78,23 @@ struct topic {
 /* One scope of the digest job, with what the worker computed for it. */
 struct job_scope {
 	struct digest_scope scope;
-	int r;
-	Coord__V1__Digest *digests[N_WINDOWS];
+	int r;        /* -EAGAIN: not caught up with its seeding yet, tried at the next tick */
+	uint8_t *set; /* the packed DigestSet */
+	size_t set_len;
+	uint64_t last_seq;
+};
+
+/* Committed items queued for the live digests: each u64 seq, u8 council length, the
+ * council, u32 Envelope length, the Envelope (host byte order, unaligned). */
+struct feed {
+	uint8_t *buf;
+	size_t len, cap;
+	bool lost; /* an item could not be queued: the live state is seeded again */
+};
+
+struct prefix {
+	char name[FANOUT_TOPIC_MAX];
+	size_t len;
 };
 
 struct fanout {
@@ -82,6 +115,25 @@ struct fanout {
 	bool timer_started;
 	struct digest_scope *todo;
 	size_t n_todo, cap_todo;
+
+	struct digest_live *live; /* the digest job's: one job at a time */
+	struct feed feed;         /* loop: items committed since the last job started */
+	struct feed job_feed;     /* the running job's */
+	bool job_reset;           /* the job starts by forgetting the live state */
+	bool shrunk;              /* a prefix lost its last subscriber since the last job */
+	/* Prefixes subscribed to now (XPUB_VERBOSE passes every subscribe; an unsubscribe
+	 * comes when a prefix's last subscriber goes), at most FANOUT_TOPIC_MAX bytes: longer
+	 * ones match no topic. Digests of topics no prefix matches are not computed. */
+	struct prefix *prefixes;
+	size_t n_prefixes, cap_prefixes;
+	bool prefixes_lost; /* one could not be kept: every topic counts as subscribed */
+	double budget;      /* bytes of digest messages that may go out now (budget_take()) */
+	uint64_t budget_at; /* uv_now() of the last refill */
+	/* Changed scopes whose digest was not computed (no subscriber): a subscription that
+	 * matches their topic queues them. */
+	struct digest_scope *skipped;
+	size_t n_skipped, cap_skipped;
+	bool waiting; /* scopes wait for items not fed yet: a new item starts a job */
 
 	uv_work_t work;
 	bool job_running;
@@ -287,13 +339,101 @@ pack_publication(const Coord__V1__Publication *pub, zmq_msg_t *ret_msg)
 	return 0;
 }
 
+static void start_job(struct fanout *f, bool feed_only);
+
+/* Whether some subscribed prefix matches the topic `name`. */
+static bool
+wanted(const struct fanout *f, const char *name, size_t len)
+{
+	if (f->prefixes_lost) {
+		return true;
+	}
+	for (size_t i = 0; i < f->n_prefixes; i++) {
+		const struct prefix *p = &f->prefixes[i];
+		if (p->len <= len && memcmp(p->name, name, p->len) == 0) {
+			return true;
+		}
+	}
+	return false;
+}
+
+/* Whether some subscribed prefix matches a digest topic. */
+static bool
+any_digest_subscriber(const struct fanout *f)
+{
+	static const char d[] = "digest/";
+
+	if (f->prefixes_lost) {
+		return true;
+	}
+	for (size_t i = 0; i < f->n_prefixes; i++) {
+		const struct prefix *p = &f->prefixes[i];
+		size_t n = p->len < sizeof(d) - 1 ? p->len : sizeof(d) - 1;
+		if (memcmp(p->name, d, n) == 0) {
+			return true;
+		}
+	}
+	return false;
+}
+
+/* Queue a committed item for the next digest job. */
+static void
+feed_add(struct feed *fd, const struct fanout_item *item)
+{
+	size_t clen = strlen(item->council);
+	size_t need = 8 + 1 + clen + 4 + item->envelope_len;
+
+	if (fd->lost) {
+		return;
+	}
+	if (clen > UINT8_MAX || item->envelope_len > UINT32_MAX ||
+	    fd->len + need > FANOUT_FEED_MAX) {
+		fd->lost = true;
+		return;
+	}
+	if (fd->len + need > fd->cap) {
+		size_t cap = fd->cap ? fd->cap : 65536;
+		while (cap < fd->len + need) {
+			cap *= 2;
+		}
+		uint8_t *b = realloc(fd->buf, cap);
+		if (!b) {
+			fd->lost = true;
+			return;
+		}
+		fd->buf = b;
+		fd->cap = cap;
+	}
+	uint8_t *p = fd->buf + fd->len;
+	uint32_t elen = (uint32_t) item->envelope_len;
+	memcpy(p, &item->seq, 8);
+	p[8] = (uint8_t) clen;
+	memcpy(p + 9, item->council, clen);
+	memcpy(p + 9 + clen, &elen, 4);
+	memcpy(p + 13 + clen, item->envelope, item->envelope_len);
+	fd->len += need;
+}
+
 void
 fanout_publish_item(struct fanout *f, const struct fanout_item *item)
 {
 	char name[FANOUT_TOPIC_MAX + 1];
 	const char *category = category_name(item->body);
 
-	if (f->closing || !category) {
+	if (f->closing) {
+		return;
+	}
+	if (any_digest_subscriber(f)) {
+		feed_add(&f->feed, item);
+		if (f->feed.len > FANOUT_FEED_KICK || f->waiting) {
+			start_job(f, true);
+		}
+	} else if (!f->feed.lost) {
+		/* Nobody reads digests: the live state is forgotten, not fed. */
+		f->feed.len = 0;
+		f->feed.lost = true;
+	}
+	if (!category) {
 		return;
 	}
 	int n = snprintf(name, sizeof(name), "item/%s/%s/", item->council, category);
@@ -359,90 +499,145 @@ static void
 job_free_results(struct fanout *f)
 {
 	for (size_t i = 0; i < f->n_job; i++) {
-		for (int w = 0; w < N_WINDOWS; w++) {
-			digest_result_free(f->job[i].digests[w]);
-		}
+		free(f->job[i].set);
 	}
 	free(f->job);
 	f->job = NULL;
 	f->n_job = 0;
 }
 
-/* Threadpool: compute the three windows of every scope of the job, all from one scan of the
- * newest items (digest_compute_many()). */
+/* Threadpool: feed the committed items to the live digests, (re)seeding them from the store
+ * when needed, then render the three windows of every scope of the job from memory. */
 static void
 job_work(uv_work_t *req)
 {
 	struct fanout *f = container_of(req, struct fanout, work);
-	size_t n = f->n_job * N_WINDOWS;
-	struct digest_request *reqs = calloc(n, sizeof(*reqs));
-	int r = reqs ? 0 : -ENOMEM;
+	struct digest_scope *scopes = malloc(f->n_job * sizeof(*scopes) + 1);
+	int r = scopes ? 0 : -ENOMEM;
 
-	for (size_t i = 0; i < n && r == 0; i++) {
-		const struct job_scope *js = &f->job[i / N_WINDOWS];
-		reqs[i] = (struct digest_request){.scope_kind = js->scope.kind,
-		                                  .scope_id = js->scope.id,
-		                                  .window = windows[i % N_WINDOWS]};
+	for (size_t i = 0; r == 0 && i < f->n_job; i++) {
+		scopes[i] = f->job[i].scope;
+	}
+	if (r == 0 && f->job_reset) {
+		digest_live_reset(f->live);
 	}
 	if (r == 0) {
-		r = digest_compute_many(f->digest, reqs, n, f->job_now, f->job_headlines);
+		r = digest_live_prepare(f->live, scopes, f->n_job, f->job_now);
+	}
+	/* After a seeding every queued item is older than what it read, so this seeds again
+	 * at most once per job but for failures. */
+	const uint8_t *p = f->job_feed.buf;
+	const uint8_t *end = p + f->job_feed.len;
+	unsigned reseeds = 0;
+	while (r == 0 && p < end) {
+		char council[256];
+		uint64_t seq;
+		uint32_t elen;
+
+		memcpy(&seq, p, 8);
+		memcpy(council, p + 9, p[8]);
+		council[p[8]] = '\0';
+		memcpy(&elen, p + 9 + p[8], 4);
+		const uint8_t *env = p + 13 + p[8];
+		p = env + elen;
+		int fr = digest_live_feed(f->live, seq, council, env, elen);
+		if (fr < 0) {
+			r = ++reseeds > 2
+			            ? fr
+			            : digest_live_prepare(f->live, scopes, f->n_job, f->job_now);
+		}
 	}
 	for (size_t i = 0; i < f->n_job; i++) {
 		struct job_scope *js = &f->job[i];
-		for (int w = 0; w < N_WINDOWS; w++) {
-			struct digest_request *dr =
-			        r == 0 ? &reqs[i * N_WINDOWS + (size_t) w] : NULL;
-			js->digests[w] = dr ? dr->digest : NULL;
-			if (js->r == 0) {
-				js->r = dr ? dr->r : r;
-			}
-		}
+		js->r = r < 0 ? r
+		              : digest_live_render(f->live, &js->scope, f->job_now,
+		                                   f->job_headlines, &js->set, &js->set_len,
+		                                   &js->last_seq);
 	}
-	free(reqs);
+	free(scopes);
 }
 
-/* Publish one computed scope as the new value of its topic, if it is newer. */
-static void
+/*
+ * The fan-out budget: FANOUT_BUDGET_BYTES_PER_S of digest messages times the publish
+ * connections, refilled continuously, at most FANOUT_BUDGET_BURST_MS of it saved up. A
+ * message may take the budget below zero; the next one waits until it is positive again.
+ * Returns whether a message of `size` bytes may go now (and takes it).
+ */
+static bool
+budget_take(struct fanout *f, size_t size)
+{
+	uint64_t now = uv_now(f->loop);
+	double rate = FANOUT_BUDGET_BYTES_PER_S / 1000.0; /* per ms */
+
+	f->budget += (double) (now - f->budget_at) * rate;
+	f->budget_at = now;
+	if (f->budget > rate * FANOUT_BUDGET_BURST_MS) {
+		f->budget = rate * FANOUT_BUDGET_BURST_MS;
+	}
+	if (f->budget < 0) {
+		return false;
+	}
+	uint32_t conns = fanout_connections(f);
+	f->budget -= (double) size * (conns > 0 ? conns : 1);
+	return true;
+}
+
+/* Publish one computed scope as the new value of its topic, if it is newer. Returns false
+ * when the budget held it back (it is queued again). */
+static bool
 publish_digest(struct fanout *f, struct job_scope *js)
 {
 	char name[FANOUT_TOPIC_MAX + 1];
 	size_t len = digest_topic(&js->scope, name);
-	uint64_t last_seq = UINT64_MAX;
+	uint64_t last_seq = js->last_seq;
 
 	if (len == 0) {
-		return;
+		return true;
 	}
 	struct topic *t = topic_get(f, name, len);
 	if (!t) {
 		f->counters.digest_errors++;
-		return;
-	}
-	for (int w = 0; w < N_WINDOWS; w++) {
-		if (js->digests[w]->last_seq < last_seq) {
-			last_seq = js->digests[w]->last_seq;
-		}
+		return true;
 	}
 	/* A value no newer than the kept one changes nothing for a subscriber. */
 	if (t->has_value && last_seq <= t->last_seq) {
-		return;
+		return true;
+	}
+	/* Over the fan-out budget: the scope goes again with a later job, rendered anew. A
+	 * topic's first value is never held back. */
+	if (t->has_value && !budget_take(f, js->set_len)) {
+		(void) todo_add(f, &js->scope);
+		f->counters.digests_held++;
+		return false;
 	}
 
-	Coord__V1__DigestSet set = COORD__V1__DIGEST_SET__INIT;
-	set.n_digests = N_WINDOWS;
-	set.digests = js->digests;
+	/* The Publication without its body, then the body field (10, length-delimited)
+	 * around the DigestSet the job packed: the bytes protobuf-c would write for the
+	 * whole message, since it writes fields in number order. */
 	Coord__V1__Publication pub = COORD__V1__PUBLICATION__INIT;
 	pub.topic = t->name;
 	pub.prev_seq = t->last_seq;
 	pub.first_seq = t->last_seq + 1;
 	pub.last_seq = last_seq;
-	pub.body_case = COORD__V1__PUBLICATION__BODY_DIGESTS;
-	pub.digests = &set;
-
-	zmq_msg_t msg;
-	if (pack_publication(&pub, &msg) < 0) {
-		f->counters.digest_errors++;
-		return;
+	uint8_t lenbuf[10];
+	size_t n_len = 0;
+	for (uint64_t v = js->set_len;; v >>= 7) {
+		lenbuf[n_len++] = (uint8_t) (v >= 0x80 ? (v & 0x7f) | 0x80 : v);
+		if (v < 0x80) {
+			break;
+		}
 	}
+	size_t head = coord__v1__publication__get_packed_size(&pub);
+	zmq_msg_t msg;
+	if (zmq_msg_init_size(&msg, head + 1 + n_len + js->set_len) < 0) {
+		f->counters.digest_errors++;
+		return true;
+	}
+	uint8_t *out = zmq_msg_data(&msg);
+	(void) coord__v1__publication__pack(&pub, out);
+	out[head] = (uint8_t) ((COORD_PUBLICATION_DIGESTS_FIELD << 3) | 2);
+	memcpy(out + head + 1, lenbuf, n_len);
+	memcpy(out + head + 1 + n_len, js->set, js->set_len);
 	if (t->has_value) {
 		(void) zmq_msg_close(&t->value);
 	}
@@ -453,9 +648,9 @@ publish_digest(struct fanout *f, struct job_scope *js)
 	t->resend = false;
 	send_value(f, t);
 	f->counters.digests++;
+	return true;
 }
 
-static void start_job(struct fanout *f);
 static void finish_close(struct fanout *f);
 
 static void
@@ -463,7 +658,7 @@ after_job(uv_work_t *req, int status)
 {
 	struct fanout *f = container_of(req, struct fanout, work);
 	int first_error = 0;
-	size_t errors = 0;
+	size_t errors = 0, deferred = 0, held = 0;
 
 	f->job_running = false;
 	if (f->closing) {
@@ -471,10 +666,22 @@ after_job(uv_work_t *req, int status)
 		finish_close(f);
 		return;
 	}
+	uint64_t seeds = digest_live_seeds(f->live);
+	if (seeds != f->counters.digest_seeds) {
+		log_debug("Seeded the live digests from the store (%" PRIu64 " times since start)",
+		          seeds);
+		f->counters.digest_seeds = seeds;
+	}
 	for (size_t i = 0; i < f->n_job; i++) {
 		struct job_scope *js = &f->job[i];
 		if (status < 0 && js->r == 0) {
 			js->r = status;
+		}
+		if (js->r == -EAGAIN) {
+			/* Seeded after the items fed so far: published once they arrive. */
+			deferred++;
+			(void) todo_add(f, &js->scope);
+			continue;
 		}
 		if (js->r < 0) {
 			/* Tried again with the next tick's scopes. */
@@ -484,10 +691,12 @@ after_job(uv_work_t *req, int status)
 			(void) todo_add(f, &js->scope);
 			continue;
 		}
-		publish_digest(f, js);
+		if (!publish_digest(f, js)) {
+			held++;
+		}
 	}
-	log_debug("Published the digests of %zu scopes, computed in %.1f ms", f->n_job - errors,
-	          (double) (uv_hrtime() - f->job_started) / 1e6);
+	log_debug("Published the digests of %zu scopes, computed in %.1f ms",
+	          f->n_job - errors - deferred, (double) (uv_hrtime() - f->job_started) / 1e6);
 	if (errors > 0) {
 		log_warning_errno(first_error,
 		                  "Failed to compute the digests of %zu scopes, retrying at the "
@@ -496,18 +705,26 @@ after_job(uv_work_t *req, int status)
 	}
 	job_free_results(f);
 	/* Scopes asked for by subscriptions while this job ran go now, not at the next tick. */
-	if (f->n_todo > 0 && errors == 0) {
-		start_job(f);
+	/* Scopes seeded past the items fed wait for the next item, not for the next tick
+	 * (the interval may be long). */
+	f->waiting = deferred > 0;
+	if ((f->n_todo > deferred + held || (f->waiting && f->feed.len > 0)) && errors == 0) {
+		start_job(f, false);
+	}
+	if (f->feed.len > FANOUT_FEED_KICK) {
+		start_job(f, true);
 	}
 }
 
+/* Start a job for the queued scopes, or with `feed_only` one that only feeds the queued
+ * items to the live digests when no scope is queued. */
 static void
-start_job(struct fanout *f)
+start_job(struct fanout *f, bool feed_only)
 {
-	if (f->job_running || f->closing || f->n_todo == 0) {
+	if (f->job_running || f->closing || (f->n_todo == 0 && !feed_only)) {
 		return;
 	}
-	struct job_scope *job = calloc(f->n_todo, sizeof(*job));
+	struct job_scope *job = calloc(f->n_todo + 1, sizeof(*job));
 	if (!job) {
 		return; /* the scopes stay queued for the next tick */
 	}
@@ -517,6 +734,17 @@ start_job(struct fanout *f)
 	f->job = job;
 	f->n_job = f->n_todo;
 	f->n_todo = 0;
+	/* The job takes the queued items; the loop queues into the job's old buffer. */
+	struct feed spare = f->job_feed;
+	f->job_feed = f->feed;
+	f->feed = (struct feed){0};
+	f->job_reset = f->job_feed.lost || f->shrunk;
+	f->shrunk = false;
+	if (spare.cap <= FANOUT_FEED_KEEP) {
+		f->feed = (struct feed){.buf = spare.buf, .cap = spare.cap};
+	} else {
+		free(spare.buf);
+	}
 	f->job_now = now_ms();
 	f->job_headlines = f->cfg->digest.headlines;
 	f->job_started = uv_hrtime();
@@ -528,12 +756,35 @@ start_job(struct fanout *f)
 			(void) todo_add(f, &f->job[i].scope);
 		}
 		job_free_results(f);
+		f->feed.lost = true; /* the taken items are not fed: seed again */
 		return;
 	}
 	f->job_running = true;
 }
 
-/* Take the scopes whose aggregates changed and start a job for them. */
+/* Remember a changed scope nobody subscribes to (each once). */
+static int
+skipped_add(struct fanout *f, const struct digest_scope *s)
+{
+	for (size_t i = 0; i < f->n_skipped; i++) {
+		if (f->skipped[i].kind == s->kind && strcmp(f->skipped[i].id, s->id) == 0) {
+			return 0;
+		}
+	}
+	if (f->n_skipped == f->cap_skipped) {
+		size_t cap = f->cap_skipped ? f->cap_skipped * 2 : 64;
+		struct digest_scope *v = reallocarray(f->skipped, cap, sizeof(*v));
+		if (!v) {
+			return -ENOMEM;
+		}
+		f->skipped = v;
+		f->cap_skipped = cap;
+	}
+	f->skipped[f->n_skipped++] = *s;
+	return 0;
+}
+
+/* Take the scopes whose aggregates changed and start a job for those subscribed to. */
 static void
 collect_dirty(struct fanout *f)
 {
@@ -541,6 +792,14 @@ collect_dirty(struct fanout *f)
 	int n = digest_take_dirty(f->digest, &scopes);
 
 	for (int i = 0; i < n; i++) {
+		char name[FANOUT_TOPIC_MAX + 1];
+		size_t len = digest_topic(&scopes[i], name);
+		if (len > 0 && !wanted(f, name, len)) {
+			if (skipped_add(f, &scopes[i]) < 0) {
+				f->counters.digest_errors++;
+			}
+			continue;
+		}
 		if (todo_add(f, &scopes[i]) < 0) {
 			/* Out of memory: this scope's digest is not republished until it
 			 * changes again (counted, so /metrics shows it). */
@@ -548,7 +807,7 @@ collect_dirty(struct fanout *f)
 		}
 	}
 	free(scopes);
-	start_job(f);
+	start_job(f, false);
 }
 
 static void
@@ -572,6 +831,41 @@ on_subscribe(struct fanout *f, const char *prefix, size_t len)
 	if (len > FANOUT_TOPIC_MAX) {
 		return;
 	}
+	bool known = false;
+	for (size_t i = 0; i < f->n_prefixes && !known; i++) {
+		known = f->prefixes[i].len == len && memcmp(f->prefixes[i].name, prefix, len) == 0;
+	}
+	if (!known && f->n_prefixes == f->cap_prefixes) {
+		size_t cap = f->cap_prefixes ? f->cap_prefixes * 2 : 16;
+		struct prefix *v = reallocarray(f->prefixes, cap, sizeof(*v));
+		if (v) {
+			f->prefixes = v;
+			f->cap_prefixes = cap;
+		}
+	}
+	if (!known && f->n_prefixes < f->cap_prefixes) {
+		struct prefix *p = &f->prefixes[f->n_prefixes++];
+		memcpy(p->name, prefix, len);
+		p->len = len;
+	} else if (!known) {
+		f->prefixes_lost = true; /* out of memory: every digest is computed from now on */
+	}
+	/* Changed scopes skipped while nobody subscribed to them: computed now. */
+	bool queued = false;
+	for (size_t i = 0; i < f->n_skipped;) {
+		char name[FANOUT_TOPIC_MAX + 1];
+		size_t tlen = digest_topic(&f->skipped[i], name);
+		if (tlen >= len && memcmp(name, prefix, len) == 0 &&
+		    todo_add(f, &f->skipped[i]) == 0) {
+			f->skipped[i] = f->skipped[--f->n_skipped];
+			queued = true;
+		} else {
+			i++;
+		}
+	}
+	if (queued) {
+		start_job(f, false);
+	}
 	for (size_t i = topic_lower_bound(f, prefix, len); i < f->n_topics; i++) {
 		struct topic *t = f->topics[i];
 		if (t->len < len || memcmp(t->name, prefix, len) != 0) {
@@ -585,7 +879,21 @@ on_subscribe(struct fanout *f, const char *prefix, size_t len)
 	}
 	if (!matched && parse_digest_topic(f, prefix, len, &scope)) {
 		if (todo_add(f, &scope) == 0) {
-			start_job(f);
+			start_job(f, false);
+		}
+	}
+}
+
+/* The last subscriber of `prefix` went: its topics are computed no more (and the live
+ * state is started again for the scopes still asked for, so it stops following others). */
+static void
+on_unsubscribe(struct fanout *f, const char *prefix, size_t len)
+{
+	for (size_t i = 0; i < f->n_prefixes; i++) {
+		if (f->prefixes[i].len == len && memcmp(f->prefixes[i].name, prefix, len) == 0) {
+			f->prefixes[i] = f->prefixes[--f->n_prefixes];
+			f->shrunk = true;
+			return;
 		}
 	}
 }
@@ -626,6 +934,7 @@ on_readable(struct zuv *z, void *zsock, unsigned budget, void *data)
 			on_subscribe(f, p + 1, len - 1);
 		} else if (len >= 1 && p[0] == 0 && !zmq_msg_more(&m)) {
 			f->counters.unsubscriptions++;
+			on_unsubscribe(f, p + 1, len - 1);
 		} else {
 			f->counters.other_messages++;
 		}
@@ -660,7 +969,13 @@ fanout_new(uv_loop_t *loop, void *zctx, struct auth *auth, struct store *store,
 	f->store = store;
 	f->digest = digest;
 	f->cfg = config_ref(cfg);
+	f->budget_at = uv_now(loop);
+	f->budget = FANOUT_BUDGET_BYTES_PER_S / 1000.0 * FANOUT_BUDGET_BURST_MS;
 
+	r = digest_live_new(digest, &f->live);
+	if (r < 0) {
+		goto fail;
+	}
 	r = zuv_socket_new(zctx, ZMQ_XPUB, FANOUT_LINGER_MS, (int) cfg->publish.hwm,
 	                   cfg->publish.max_subscription_bytes, &f->sock);
 	if (r >= 0) {
@@ -810,6 +1125,11 @@ fanout_free(struct fanout *f)
 	free(f->topics);
 	free(f->todo);
 	job_free_results(f);
+	digest_live_free(f->live);
+	free(f->feed.buf);
+	free(f->job_feed.buf);
+	free(f->prefixes);
+	free(f->skipped);
 	config_unref(f->cfg);
 	free(f);
 	return NULL;

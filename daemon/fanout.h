@@ -10,14 +10,21 @@
  *                                last_seq = the item's seq; the body is the Item.
  *   digest/all/                  the DigestSet {WINDOW_ALL, WINDOW_LAST_24H, WINDOW_LAST_1H}
  *   digest/council/<id>/         of the scope, published every publish_interval_ms when the
- *   digest/country/<CC>/         scope's aggregates changed. last_seq = the lowest last_seq
- *                                of the three digests (each reflects at least every item up
- *                                to it); first_seq = prev_seq + 1.
+ *   digest/country/<CC>/         scope's aggregates changed and a subscription matches the
+ *                                topic. last_seq = the lowest last_seq of the three digests
+ *                                (each reflects at least every item up to it); first_seq =
+ *                                prev_seq + 1.
  *
  * prev_seq is the last_seq of the previous message this broker process sent on the same
  * topic (0 for the first one since it started), so a subscriber that sees prev_seq differ
  * from the last_seq it holds for the topic knows it missed something, and catches up
  * through the query socket (Clone pattern; docs/PROTOCOL.md).
+ *
+ * Subscriptions: the prefixes subscribed to are tracked (ZMQ_XPUB_VERBOSE passes every
+ * subscribe; an unsubscribe comes when a prefix's last subscriber leaves). A changed scope
+ * whose topic no prefix matches is not computed but remembered; a later subscription that
+ * matches its topic queues it, so the subscriber gets the current digest after the kept
+ * one. With no subscription to any digest topic the live digests are not fed at all.
  *
  * Last values: the newest digest Publication of each digest topic is kept (one libzmq
  * message, shared by reference with every send). When a subscription for a prefix arrives
@@ -28,13 +35,21 @@
  * to an exact digest topic that has no kept value yet (a registered council, an ISO country)
  * makes the broker compute and publish one.
  *
+ * Fan-out budget: digest messages times the publish connections may take at most
+ * FANOUT_BUDGET_BYTES_PER_S (fanout.c); a changed scope over it is published by a later job
+ * (a topic's first value always goes at once). With few subscribers it never binds.
+ *
  * Slow subscribers: sends use ZMQ_DONTWAIT with ZMQ_XPUB_NODROP off, so at a subscriber's
  * SNDHWM (config publish.hwm) libzmq drops its messages. Publishing never blocks and the
  * memory a subscriber can hold is bounded by its HWM.
  *
- * Digests are computed on the libuv threadpool (one job at a time: digest_compute() reads
- * the store with read transactions), so a large set of changed scopes never stalls the
- * loop; the results are published from the loop thread.
+ * Digests are computed on the libuv threadpool, one job at a time, from the live digests
+ * (digest.h, digest_live_*): each ACCEPTED record given to fanout_publish_item() is also
+ * queued for the next job, which feeds the queue to the live state in seq order and renders
+ * the changed scopes from memory; the state is seeded from the store (read transactions)
+ * at the first job, on an hour rollover of the windows, and whenever it could not follow
+ * exactly. A digest's last_seq is the last item fed: it counts exactly the items up to it.
+ * The results are published from the loop thread.
  *
  * Loop thread only (but for the digest job, internal). Logs warnings for failed digest
  * computations.
@@ -76,6 +91,8 @@ struct fanout_counters {
 	uint64_t unsubscriptions; /* unsubscribe messages received */
 	uint64_t other_messages;  /* anything else received (ignored) */
 	uint64_t digest_jobs;     /* computation jobs run */
+	uint64_t digest_seeds;    /* times the live digests were seeded from the store */
+	uint64_t digests_held;    /* digests held back by the fan-out budget (sent later) */
 	uint64_t digest_errors;   /* scopes whose digest could not be computed */
 	uint64_t send_errors;     /* sends libzmq refused (not HWM drops: those are silent) */
 };
@@ -102,7 +119,9 @@ int fanout_new(uv_loop_t *loop, void *zctx, struct auth *auth, struct store *sto
 int fanout_set_config(struct fanout *f, struct config *cfg);
 
 /*
- * Publish one ACCEPTED record on its item topic. Call in seq order. Ignored once closing.
+ * Publish one ACCEPTED record on its item topic, and queue it for the live digests (every
+ * ACCEPTED record must come here: a missing seq makes the next digest job seed them from
+ * the store again). Call in seq order. Ignored once closing.
  */
 void fanout_publish_item(struct fanout *f, const struct fanout_item *item);
 

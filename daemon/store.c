@@ -687,6 +687,29 @@ store_read_end(struct store *s, MDB_txn *txn)
 }
 
 int
+store_read_last_seq(struct store *s, MDB_txn *txn, uint64_t *ret_last_seq)
+{
+	MDB_cursor *cur;
+	MDB_val key, val;
+	int rc = mdb_cursor_open(txn, s->items, &cur);
+
+	if (rc != 0) {
+		return mdb_to_errno(rc);
+	}
+	rc = mdb_cursor_get(cur, &key, &val, MDB_LAST);
+	mdb_cursor_close(cur);
+	if (rc == MDB_NOTFOUND) {
+		*ret_last_seq = 0;
+		return 0;
+	}
+	if (rc != 0 || key.mv_size != 8) {
+		return rc != 0 ? mdb_to_errno(rc) : -EIO;
+	}
+	*ret_last_seq = get_be64(key.mv_data);
+	return 0;
+}
+
+int
 store_get_stats(struct store *s, struct store_stats *ret_stats)
 {
 	MDB_txn *txn;

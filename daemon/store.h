@@ -158,6 +158,13 @@ int store_read_begin(struct store *s, MDB_txn **ret_txn);
 void store_read_end(struct store *s, MDB_txn *txn);
 
 /*
+ * The highest seq stored as `txn` (from store_read_begin()) sees it, 0 when empty: for a
+ * module that must know which items its own tables reflect in the same snapshot. Returns 0
+ * and *ret_last_seq, or -EIO.
+ */
+int store_read_last_seq(struct store *s, MDB_txn *txn, uint64_t *ret_last_seq);
+
+/*
  * Called by store_scan_items() for each item: `seq`, the packed Item bytes (borrowed until
  * the callback returns), and whether this item is the live revision of its record (the
  * latest revision, and not a retraction). Return 0 to go on, 1 to stop, or a negative errno

@@ -3,14 +3,16 @@ their prev_seq chain, a subscriber that resumes through history with no gap and 
 duplicate, and slow subscribers that neither block ingest nor grow the broker's memory."""
 
 import os
+import re
 import threading
 import time
 
 import pytest
 
 import coord_pb2 as pb
-from coordlib import (ACCEPTED, HOUR_MS, PublicationTimeout, digest_lines, expect_ack,
-                      gen_envelope, push_parallel)
+from coordlib import (ACCEPTED, DUPLICATE, HOUR_MS, Campaign, PublicationTimeout, contribution,
+                      digest_lines, expect_ack, gen_envelope, live_records, push_parallel,
+                      recount)
 
 pytestmark = pytest.mark.local_only
 
@@ -347,3 +349,179 @@ def test_range_digest_of_a_published_set_is_not_needed(coordd_factory):
         assert day.end - day.start in (24 * HOUR_MS, 25 * HOUR_MS)
         assert hour.end - hour.start in (HOUR_MS, 2 * HOUR_MS)
         assert day.end == hour.end and day.end % HOUR_MS == 0
+
+
+SCAN_MAX = 2000  # DIGEST_HEADLINE_SCAN_MAX: headlines come from the newest 2,000 items
+RING = 8192  # DIGEST_LIVE_RING: older records are corrected through a new seeding
+
+
+def expected_headlines(envs, last_seq, kind, scope_id, start, end, n=5):
+    """Seqs of the headlines digest_compute() gives at last_seq: the newest live records of
+    the scope whose date is in [start, end) (None: any), among the newest SCAN_MAX items."""
+    latest = {}
+    for seq, env in envs:
+        if seq <= last_seq:
+            latest[(env.council, env.msg_id)] = seq
+    out = []
+    for seq in range(last_seq, max(0, last_seq - SCAN_MAX), -1):
+        env = envs[seq - 1][1]
+        if latest[(env.council, env.msg_id)] != seq or env.WhichOneof("body") == "retraction":
+            continue
+        _, _, date, country, _, _ = contribution(env)
+        if kind == pb.SCOPE_KIND_COUNCIL and env.council != scope_id:
+            continue
+        if kind == pb.SCOPE_KIND_COUNTRY and country != scope_id:
+            continue
+        if start is not None and not start <= date < end:
+            continue
+        out.append(seq)
+        if len(out) == n:
+            break
+    return out
+
+
+def check_published(pub, envs, what):
+    """Every digest of a publication counts exactly the items up to its last_seq: lines
+    against a recount of the records live at that seq, headlines against the newest."""
+    live = live_records(env for seq, env in envs if seq <= pub.last_seq)
+    for d in pub.digests.digests:
+        assert d.last_seq == pub.last_seq, what
+        start, end = (None, None) if d.window == pb.WINDOW_ALL else (d.start, d.end)
+        want = recount(live, d.scope.kind, d.scope.id, start, end)
+        got = digest_lines(d)
+        if got != want:
+            diff = [(k, got.get(k), want.get(k)) for k in sorted(set(got) | set(want))
+                    if got.get(k) != want.get(k)]
+            raise AssertionError(f"{what} {pb.Window.Name(d.window)}: {len(diff)} lines "
+                                 f"differ from the recount at seq {pub.last_seq}: {diff[:2]}")
+        heads = [h.seq for h in d.headlines]
+        assert heads == expected_headlines(envs, pub.last_seq, d.scope.kind, d.scope.id, start,
+                                           end), f"{what} {pb.Window.Name(d.window)} headlines"
+
+
+def test_published_digests_are_exact_through_corrections_and_retractions(coordd_factory):
+    """Digests published every 10 ms while a campaign with corrections, retractions and
+    restores goes in, then 8,300 more records (so the campaign's records leave the live
+    digests' ring of recent items), then corrections and retractions of the oldest records
+    (the broker must seed its live digests again from the store for those). Every digest
+    published on digest/all/ and on one council's and one country's topic equals a recount
+    of the records live at its last_seq, and its headlines are the newest of those; every
+    topic keeps its prev_seq chain; the last digest of each topic equals what the query
+    socket computes."""
+    d = coordd_factory(overrides={"digest": {"publish_interval_ms": 10},
+                                  "coordd": {"log_level": "debug"}})
+    pubs = []
+    stop = threading.Event()
+    sub = d.subscriber("digest/", rcvhwm=0)
+
+    def read():
+        while not stop.is_set():
+            try:
+                pubs.append(sub.recv(timeout=0.1))
+            except PublicationTimeout:
+                pass
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        campaign = Campaign(n_records=2500, seed=4242, prefix="live")
+        for acks in push_parallel(d, campaign.sends()).values():
+            assert all(a.status in (ACCEPTED, DUPLICATE) for a in acks)
+        filler = {c: [((e.msg_id, 1), e.SerializeToString()) for e in events(c, 2100)]
+                  for c in ("c01", "c02", "c03", "c04")}
+        push_parallel(d, filler)
+        # The oldest campaign records, long out of the ring: correct some, retract others.
+        late = {}
+        for i, ((council, msg_id), revs) in enumerate(list(campaign.revisions.items())[:40]):
+            rev = len(revs) + 1
+            env = (gen_envelope("retraction", council=council, msg_id=msg_id, revision=rev)
+                   if i % 2 else
+                   gen_envelope("media", council=council, msg_id=msg_id, revision=rev,
+                                country="PT", local_sources=7))
+            late.setdefault(council, []).append(((msg_id, rev), env.SerializeToString()))
+        for acks in push_parallel(d, late).values():
+            assert all(a.status == ACCEPTED for a in acks), acks
+        with d.query() as q:
+            last = q.stats().last_seq
+            assert last > RING + 2500
+            deadline = time.monotonic() + 20
+            while not any(t == "digest/all/" and p.last_seq == last for t, p in pubs):
+                assert time.monotonic() < deadline, "no digest of the last record"
+                time.sleep(0.05)
+            stop.set()
+            reader.join()
+            items, _ = q.history_all(limit=5000)
+            assert [it.seq for it in items] == list(range(1, last + 1))
+            envs = [(it.seq, pb.Envelope.FromString(it.envelope)) for it in items]
+
+            held, final = {}, {}
+            for topic, pub in pubs:
+                if topic in held and pub.last_seq == held[topic]:
+                    continue  # a kept value sent again
+                assert pub.prev_seq == held.get(topic, 0), topic
+                assert pub.first_seq == pub.prev_seq + 1 and pub.last_seq > pub.prev_seq
+                held[topic] = pub.last_seq
+                final[topic] = pub
+            assert held["digest/all/"] == last
+            country = next(t for t in final if t.startswith("digest/country/"))
+            watched = ("digest/all/", "digest/council/c02/", country)
+            checked = 0
+            for topic, pub in pubs:
+                if topic in watched:
+                    check_published(pub, envs, topic)
+                    checked += 1
+            assert checked >= 20, f"only {checked} digests published on {watched}"
+            # Seeded at the first digest and again for the old records (more only if an
+            # hour ended during the test).
+            seeds = [int(m) for m in re.findall(r"Seeded the live digests from the store "
+                                                r"\((\d+) times", d.stderr())]
+            assert seeds and max(seeds) >= 2, seeds
+            for topic, pub in final.items():
+                for dg in pub.digests.digests:
+                    now = q.digest(dg.scope.kind, dg.scope.id, dg.window)
+                    if pub.last_seq == last and (now.start, now.end) == (dg.start, dg.end):
+                        assert digest_lines(dg) == digest_lines(now), topic
+                        assert [h.seq for h in dg.headlines] == [h.seq for h in now.headlines]
+                check_published(pub, envs, topic)
+    finally:
+        stop.set()
+        reader.join()
+        sub.close()
+
+
+def test_digests_are_computed_only_for_subscribed_topics(coordd_factory):
+    """A changed scope whose topic nobody subscribes to is not computed; a later
+    subscription matching its topic gets it at once, current; after its subscriber left,
+    a scope's next subscriber gets the kept (older) value and then the current one, with
+    the prev_seq chain intact."""
+    d = coordd_factory(overrides={"digest": {"publish_interval_ms": 10}})
+    with d.query() as q, d.subscriber("digest/all/") as s_all:
+        topic, first = s_all.recv(timeout=5)
+        assert topic == "digest/all/" and first.last_seq == 0
+        last = push(d, "c01", events("c01", 30, country="FR"))
+        s_all.recv_until(lambda t, p: p.last_seq == last, timeout=10)
+
+        with d.subscriber("digest/council/") as s_council:
+            topic, pub = s_council.recv(timeout=5)
+            assert topic == "digest/council/c01/"
+            assert (pub.prev_seq, pub.first_seq, pub.last_seq) == (0, 1, last)
+            check_digest_set(pub, q, pb.SCOPE_KIND_COUNCIL, "c01")
+        with d.subscriber("digest/country/FR/") as s_fr:
+            topic, pub = s_fr.recv(timeout=5)
+            assert topic == "digest/country/FR/" and pub.last_seq == last
+            check_digest_set(pub, q, pb.SCOPE_KIND_COUNTRY, "FR")
+
+        # Nobody subscribes to digest/council/ now: c01's digest goes stale, and its next
+        # subscriber gets the kept value, then the current one.
+        deadline = time.monotonic() + 10
+        while q.stats().publish_connections != 1:
+            assert time.monotonic() < deadline, "the subscribers did not disconnect"
+            time.sleep(0.05)
+        last2 = push(d, "c01", events("c01", 10, country="FR"))
+        s_all.recv_until(lambda t, p: p.last_seq == last2, timeout=10)
+        with d.subscriber("digest/council/c01/") as s_c01:
+            _, kept = s_c01.recv(timeout=5)
+            assert kept.last_seq == last, "a digest nobody subscribed to was computed"
+            _, fresh = s_c01.recv_until(lambda t, p: p.last_seq == last2, timeout=5)
+            assert fresh.prev_seq == last and fresh.first_seq == last + 1
+            check_digest_set(fresh, q, pb.SCOPE_KIND_COUNCIL, "c01")
