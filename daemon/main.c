@@ -424,6 +424,13 @@ render_metrics(void *data, struct metrics_text *t)
 
 	render_counter(t, "coordd_items_published_total", "Accepted records published.", fc.items);
 	render_counter(t, "coordd_digests_published_total", "Digest sets published.", fc.digests);
+	render_counter(t, "coordd_digests_held_total",
+	               "Digest sets held back by the fan-out budget (published later).",
+	               fc.digests_held);
+	render_counter(t, "coordd_digest_seeds_total",
+	               "Times the live digests were seeded from the store.", fc.digest_seeds);
+	render_counter(t, "coordd_digest_errors_total", "Digests that could not be computed.",
+	               fc.digest_errors);
 	render_counter(t, "coordd_queries_total", "Query requests answered.", qc.requests);
 	render_counter(t, "coordd_query_errors_total", "Query requests answered with an error.",
 	               qc.errors);

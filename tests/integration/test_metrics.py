@@ -164,6 +164,9 @@ def test_metrics_parse_as_prometheus_and_match_what_was_pushed(metered):
     assert val("coordd_batch_size_messages_sum") == 7  # 4 new, 2 duplicates, 1 unknown
     assert val("coordd_items_published_total") == 4
     assert val("coordd_digests_published_total") >= 1
+    assert val("coordd_digest_seeds_total") >= 1
+    assert val("coordd_digests_held_total") == 0
+    assert val("coordd_digest_errors_total") == 0
     assert val("coordd_store_last_seq") == 4
     assert val("coordd_store_records") == 4
     assert val("coordd_store_items") == 4
