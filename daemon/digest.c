@@ -3014,7 +3014,14 @@ digest_new(struct store *store, struct digest **ret_digest)
 	d->shutdown_fold_max = DIGEST_SHUTDOWN_FOLD_MAX;
 	d->ccache.limit = DIGEST_CACHE_LIMIT_DEFAULT;
 	d->background = true;
-	r = store_open_table(store, "digest", &d->dbi);
+	/* A store of an older schema is upgraded first (main.c does it itself, with
+	 * progress); this is for every other caller. */
+	struct digest_check_report rep;
+	r = digest_upgrade(store, NULL, NULL, &rep);
+	r = r > 0 ? 0 : r;
+	if (r == 0) {
+		r = store_open_table(store, "digest", &d->dbi);
+	}
 	if (r == 0) {
 		r = store_open_table(store, "digest_log", &d->log_dbi);
 	}
@@ -3922,7 +3929,21 @@ digest_verify(struct store *store, store_progress_fn *progress, store_problem_fn
 		}
 		r = 0;
 	}
-	if (r == 0) {
+	if (r == 0 && store_schema(store) < STORE_SCHEMA_VERSION) {
+		/* Its values are protobuf Aggregates: the daemon rebuilds them when it starts. */
+		char msg[200];
+		(void) snprintf(msg, sizeof(msg),
+		                "digest: the store has schema %" PRIu32
+		                " (aggregates in the old format): start coordd once to upgrade it "
+		                "to schema %d, or run `coordctl repair`",
+		                store_schema(store), STORE_SCHEMA_VERSION);
+		rep.live = rc.live;
+		rep.aggregates = rc.d.cache.n;
+		rep.problems++;
+		if (problem) {
+			problem(data, msg);
+		}
+	} else if (r == 0) {
 		int mrc = mdb_dbi_open(txn, "digest", 0, &dbi);
 		if (mrc == MDB_NOTFOUND) {
 			rep.live = rc.live;
@@ -3999,8 +4020,36 @@ digest_rebuild(struct store *store, MDB_txn *txn, store_progress_fn *progress, v
 		r = mrc == 0 ? 0 : mrc == MDB_MAP_FULL ? -ENOSPC : -EIO;
 	}
 	cache_clear(&rc.d.cache);
+	/* The table is now in this build's format, whatever it was before. */
+	if (r == 0 && store_schema(store) != STORE_SCHEMA_VERSION) {
+		r = store_set_schema(store, txn);
+	}
 	if (r == 0) {
 		*ret_report = rep;
 	}
 	return r;
+}
+
+int
+digest_upgrade(struct store *store, store_progress_fn *progress, void *data,
+               struct digest_check_report *ret_report)
+{
+	MDB_txn *txn;
+	int r;
+
+	*ret_report = (struct digest_check_report){0};
+	if (store_schema(store) >= STORE_SCHEMA_VERSION) {
+		return 0;
+	}
+	r = store_repair_begin(store, &txn);
+	if (r < 0) {
+		return r;
+	}
+	r = digest_rebuild(store, txn, progress, data, ret_report);
+	if (r == 0) {
+		r = store_repair_commit(store, txn);
+	} else {
+		store_repair_abort(store, txn);
+	}
+	return r < 0 ? r : 1;
 }
