@@ -843,6 +843,11 @@ on_upgrade_progress(void *data, uint64_t done, uint64_t total)
 	if (done >= *next) {
 		log_info("Upgrading the store: %" PRIu64 " of %" PRIu64 " items recounted", done,
 		         total);
+		/* A service manager waiting for READY=1 is told that the start goes on. */
+		(void) sd_notifyf(0,
+		                  "EXTEND_TIMEOUT_USEC=120000000\nSTATUS=Upgrading the store: %" PRIu64
+		                  " of %" PRIu64 " items",
+		                  done, total);
 		*next = done + UPGRADE_LOG_STEP;
 	}
 }
