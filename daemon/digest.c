@@ -5,9 +5,31 @@
  *   key    u8 scope kind, scope id bytes, u8 0, u64 big-endian bucket, where the bucket is
  *          date / DIGEST_HOUR_MS (the UTC hour of the record's own date) or BUCKET_ALL
  *          (UINT64_MAX) for the whole-campaign aggregate
- *   value  packed coord.v1.Aggregate
+ *   value  the aggregate in the compact format below (store schema 3; schema 2 stored a
+ *          packed coord.v1.Aggregate, which digest_upgrade() rebuilds at start)
  * Ids hold no 0 byte and the bucket is big-endian, so the hour buckets of one scope are
  * contiguous and in time order: a window is one cursor range.
+ *
+ * The compact format of a value (varints are LEB128, at most 10 bytes):
+ *   u8      format, 1
+ *   varint  n_codes, then n_codes times: u8 length (0..32) and the code's bytes (no 0
+ *           byte): the aggregate's dictionary of every code its lines count (countries,
+ *           language subtags, council ids alike), unique, in byte (strcmp) order
+ *   varint  n_lines (at least 1), then per line, sorted by (category, kind) as int32:
+ *           varint category, varint kind (its u32 bits), varint count (not 0), varint sum,
+ *           then for countries, languages and councils in turn: varint n, and n times
+ *           varint gap and varint count (not 0), the code being the dictionary entry at
+ *           gap + 1 + the previous one's index (gap alone for the first)
+ *   nothing after the last line
+ * Each code is stored once per aggregate however many lines count it, and there are no
+ * tags or nested lengths: ~3.4x smaller than the protobuf Aggregate on a 1 M store
+ * (docs/BENCHMARKS.md), so a fold's install writes that much less. cv_check() checks a
+ * whole value within its length before anything is built from it (a damaged value is
+ * -EBADMSG: a verify problem, MDB_CORRUPTED for a fold, never a crash; fuzz_aggregate);
+ * agg_decode() and cagg_decode() then build from the checked bytes. A value is canonical:
+ * cagg_encode() (the write side, from interned ids) and agg_encode() (the recount, from
+ * protobuf-c aggregates) make the same bytes of the same aggregate, and verify compares
+ * bytes.
  *
  * Table "digest_log" (store schema 2), the contributions not yet in "digest":
  *   key    u64 big-endian seq of the first record a batch logged (appended, MDB_APPEND)
@@ -67,9 +89,9 @@
  * (category, kind), per line its codes sorted by list and rank, in mapped arena chunks of
  * which ARENA_KEEP bytes are kept for the next fold). Then it visits the targets in key
  * order: each aggregate is read (from the cache or the table), merged with its sums in one
- * linear pass into a new block (cagg_apply()), and packed by cagg_pack() into exactly the
- * bytes agg_pack() makes of the same aggregate (so the table's format is unchanged;
- * test_digest.c checks the table against protobuf-c and a recount). Applying the sum of a
+ * linear pass into a new block (cagg_apply()), and encoded by cagg_encode() into exactly
+ * the bytes agg_encode() makes of the same aggregate (test_digest.c checks the table
+ * against the read side's decoder and encoder, and a recount). Applying the sum of a
  * log's contributions gives what applying them one by one with agg_apply() gives: no count
  * of a table that counts every live record goes below zero along the way, so neither the
  * order of additions and removals nor the hour order matters.
@@ -77,8 +99,8 @@
  * Cache: `ccache`, a hash table keyed by the key bytes, keeps decoded aggregates between
  * folds up to `limit` bytes (DIGEST_CACHE_LIMIT_DEFAULT, digest_set_cache_limit()):
  * beyond it hour buckets go first, least recently folded first, then whole-campaign ones;
- * a miss decodes the stored value (cagg_decode(); one whose lines or codes are not in this
- * module's order is first put in order by the protobuf-c path, one that does not decode is
+ * a miss decodes the stored value (cagg_decode(): its dictionary is in byte order, so its
+ * interned codes come out in rank order as they are; one that does not decode is
  * MDB_CORRUPTED). Any entry
  * may be dropped in the middle of a fold, because what the fold made of it is already
  * packed and the next fold starts only after this one's install, so it reads the table as
@@ -92,12 +114,12 @@
  * logs; batch_end reserves room for them in `dirty`, so that batch_committed, which cannot
  * fail, only copies them in under `lock`.
  *
- * Read side and recount: an aggregate is the Coord__V1__Aggregate that protobuf-c unpacked,
- * edited in place by agg_apply(). Lines and codes added there are allocated with fewer
- * calls than protobuf-c's (a CodeCount holds its code in its own block; pointer arrays
- * grow by half), so they are freed by agg_free(), line_free() and code_free(), which free
- * either kind, never by protobuf-c's free_unpacked(). verify and repair recount with it,
- * so they check the compact fold against an independent implementation.
+ * Read side and recount: an aggregate is a Coord__V1__Aggregate (agg_decode() of a stored
+ * value), edited in place by agg_apply(). Lines and codes added there are allocated with
+ * fewer calls than protobuf-c's (a CodeCount holds its code in its own block; pointer
+ * arrays grow by half), so they are freed by agg_free(), line_free() and code_free(), which
+ * free either kind, never by protobuf-c's free_unpacked(). verify and repair recount with
+ * it, so they check the compact fold against an independent implementation.
  *
  * Loop thread: digest_compute() merges stored aggregates with agg_apply() too, builds the
  * Digest on the stack around the merged lines, packs it and hands out a fresh unpacked copy,
@@ -271,14 +293,14 @@ struct digest {
 	size_t dict_cap;
 	uint64_t *enc_keys; /* scratch: the codes of a value being encoded, (rank, id) */
 	size_t enc_keys_cap;
-	struct cbuf enc; /* the value being encoded */
+	struct cbuf enc;          /* the value being encoded */
 	struct scope_set pending; /* writer thread: scopes of the batch being committed */
 	/* Writer thread: the log (see the top of this file). */
 	MDB_dbi log_dbi;
-	size_t log_limit; /* fold when the log would hold more contributions than this */
-	size_t logged;    /* contributions in the committed log */
+	size_t log_limit;         /* fold when the log would hold more contributions than this */
+	size_t logged;            /* contributions in the committed log */
 	size_t shutdown_fold_max; /* digest_free() folds a log of at most this many */
-	uint8_t *log_buf; /* the batch's log value */
+	uint8_t *log_buf;         /* the batch's log value */
 	size_t log_len, log_cap;
 	uint64_t log_key;      /* its key: the seq of the batch's first accepted record */
 	size_t batch_logged;   /* contributions in log_buf */
@@ -860,7 +882,8 @@ agg_encode(const Coord__V1__Aggregate *a, struct cbuf *out)
 			p = put_varint(p, *list_n(l, k));
 			for (size_t j = 0; j < *list_n(l, k); j++) {
 				const char *code = v[j]->code ? v[j]->code : "";
-				const char **at = bsearch(&code, dict, nd, sizeof(*dict), str_ptr_cmp);
+				const char **at =
+				        bsearch(&code, dict, nd, sizeof(*dict), str_ptr_cmp);
 				size_t idx = (size_t) (at - dict);
 				p = put_varint(p, idx - next);
 				p = put_varint(p, v[j]->count);
@@ -1849,8 +1872,8 @@ static int
 cagg_encode(struct digest *d, const struct interner *in, const struct cagg *a)
 {
 	const struct ccode *c = cagg_codes(a);
-	uint64_t *keys = grow(d->enc_keys, &d->enc_keys_cap, (size_t) a->n_codes + 1,
-	                      sizeof(*keys));
+	uint64_t *keys =
+	        grow(d->enc_keys, &d->enc_keys_cap, (size_t) a->n_codes + 1, sizeof(*keys));
 	size_t nd = 0;
 
 	if (!keys) {

@@ -844,10 +844,11 @@ on_upgrade_progress(void *data, uint64_t done, uint64_t total)
 		log_info("Upgrading the store: %" PRIu64 " of %" PRIu64 " items recounted", done,
 		         total);
 		/* A service manager waiting for READY=1 is told that the start goes on. */
-		(void) sd_notifyf(0,
-		                  "EXTEND_TIMEOUT_USEC=120000000\nSTATUS=Upgrading the store: %" PRIu64
-		                  " of %" PRIu64 " items",
-		                  done, total);
+		(void) sd_notifyf(
+		        0,
+		        "EXTEND_TIMEOUT_USEC=120000000\nSTATUS=Upgrading the store: %" PRIu64
+		        " of %" PRIu64 " items",
+		        done, total);
 		*next = done + UPGRADE_LOG_STEP;
 	}
 }
@@ -915,11 +916,11 @@ run(struct coordd *d)
 		           so.dir, store_schema(d->store), STORE_SCHEMA_VERSION);
 		r = digest_upgrade(d->store, on_upgrade_progress, &next, &rep);
 		if (r < 0) {
-			return log_error_errno(r, "Failed to upgrade the store in '%s' (it is as it was)",
-			                       so.dir);
+			return log_error_errno(
+			        r, "Failed to upgrade the store in '%s' (it is as it was)", so.dir);
 		}
-		log_notice("Upgraded the store in '%s' to schema %d: %" PRIu64 " live records, %" PRIu64
-		           " aggregates",
+		log_notice("Upgraded the store in '%s' to schema %d: %" PRIu64
+		           " live records, %" PRIu64 " aggregates",
 		           so.dir, STORE_SCHEMA_VERSION, rep.live, rep.aggregates);
 	}
 	/* Before anything can write: the aggregates must see every record. */
