@@ -23,9 +23,10 @@
  *   nothing after the last line
  * Each code is stored once per aggregate however many lines count it, and there are no
  * tags or nested lengths: the table of a 1 M store takes 3.2x fewer pages than with
- * protobuf Aggregates (docs/BENCHMARKS.md), and a fold's install writes that much less. cv_check() checks a
- * whole value within its length before anything is built from it (a damaged value is
- * -EBADMSG: a verify problem, MDB_CORRUPTED for a fold, never a crash; fuzz_aggregate);
+ * protobuf Aggregates (docs/BENCHMARKS.md), and a fold's install writes that much less.
+ * cv_check() checks a whole value within its length before anything is built from it (a
+ * damaged value is -EBADMSG: a verify problem, MDB_CORRUPTED for a fold, never a crash;
+ * fuzz_aggregate);
  * agg_decode() and cagg_decode() then build from the checked bytes. A value is canonical:
  * cagg_encode() (the write side, from interned ids) and agg_encode() (the recount, from
  * protobuf-c aggregates) make the same bytes of the same aggregate, and verify compares
