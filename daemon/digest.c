@@ -4065,7 +4065,12 @@ digest_upgrade(struct store *store, store_progress_fn *progress, void *data,
 	if (store_schema(store) >= STORE_SCHEMA_VERSION) {
 		return 0;
 	}
-	r = store_repair_begin(store, &txn);
+	/* The new table is written beside the old one's pages, which are freed only at the
+	 * commit. */
+	r = store_reserve_copy(store);
+	if (r == 0) {
+		r = store_repair_begin(store, &txn);
+	}
 	if (r < 0) {
 		return r;
 	}

@@ -1411,6 +1411,27 @@ store_scan_latest(struct store *s, MDB_txn *txn, store_item_fn *fn, void *data)
 	return r;
 }
 
+int
+store_reserve_copy(struct store *s)
+{
+	MDB_envinfo info;
+
+	if (s->read_only) {
+		return -EROFS;
+	}
+	if (mdb_env_info(s->env, &info) != 0) {
+		return -EIO;
+	}
+	uint64_t used = ((uint64_t) info.me_last_pgno + 1) * s->page_size;
+	while (s->map_size - used < used || s->map_size < used) {
+		int r = grow_map(s, true);
+		if (r < 0) {
+			return r;
+		}
+	}
+	return 0;
+}
+
 uint32_t
 store_schema(const struct store *s)
 {

@@ -64,6 +64,15 @@ struct store_options {
 uint32_t store_schema(const struct store *s);
 
 /*
+ * Grow the map (doubling, bounded by map_size_max) until it has room for a second copy of
+ * what is in use, for a write transaction of store_repair_begin() that may rewrite whole
+ * tables (the schema upgrade): a store reopened with a smaller configured map_size maps no
+ * more than it uses, and only write batches grow the map by themselves. No transaction of
+ * this process may be open. Returns 0, -ENOSPC when map_size_max is too small, -EROFS, -EIO.
+ */
+int store_reserve_copy(struct store *s);
+
+/*
  * Write STORE_SCHEMA_VERSION inside `txn` (from store_repair_begin()), for the module that
  * upgrades the tables in the same transaction; store_schema() returns it from then on (the
  * caller fails the process when the commit fails). Returns 0, -ENOSPC or -EIO.
