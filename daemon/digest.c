@@ -4080,5 +4080,7 @@ digest_upgrade(struct store *store, store_progress_fn *progress, void *data,
 	} else {
 		store_repair_abort(store, txn);
 	}
+	/* The recount held every aggregate: give the heap back before the daemon runs. */
+	(void) malloc_trim(0);
 	return r < 0 ? r : 1;
 }

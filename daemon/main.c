@@ -841,8 +841,8 @@ on_upgrade_progress(void *data, uint64_t done, uint64_t total)
 	uint64_t *next = data;
 
 	if (done >= *next) {
-		log_info("Upgrading the store: %" PRIu64 " of %" PRIu64 " items recounted", done,
-		         total);
+		log_notice("Upgrading the store: %" PRIu64 " of %" PRIu64 " items recounted", done,
+		           total);
 		/* A service manager waiting for READY=1 is told that the start goes on. */
 		(void) sd_notifyf(
 		        0,

@@ -1423,7 +1423,8 @@ store_reserve_copy(struct store *s)
 		return -EIO;
 	}
 	uint64_t used = ((uint64_t) info.me_last_pgno + 1) * s->page_size;
-	while (s->map_size - used < used || s->map_size < used) {
+	/* At map_size_max, the transaction itself tells whether what it writes fits. */
+	while ((s->map_size < used || s->map_size - used < used) && s->map_size < s->map_size_max) {
 		int r = grow_map(s, true);
 		if (r < 0) {
 			return r;

@@ -64,11 +64,12 @@ struct store_options {
 uint32_t store_schema(const struct store *s);
 
 /*
- * Grow the map (doubling, bounded by map_size_max) until it has room for a second copy of
- * what is in use, for a write transaction of store_repair_begin() that may rewrite whole
- * tables (the schema upgrade): a store reopened with a smaller configured map_size maps no
- * more than it uses, and only write batches grow the map by themselves. No transaction of
- * this process may be open. Returns 0, -ENOSPC when map_size_max is too small, -EROFS, -EIO.
+ * Grow the map (doubling, up to map_size_max) until it has room for a second copy of what
+ * is in use, for a write transaction of store_repair_begin() that may rewrite whole tables
+ * (the schema upgrade): a store reopened with a smaller configured map_size maps no more
+ * than it uses, and only write batches grow the map by themselves. At map_size_max it stops
+ * there (the transaction then fails with -ENOSPC if it does not fit). No transaction of this
+ * process may be open. Returns 0, -EROFS, -EIO or -ENOMEM.
  */
 int store_reserve_copy(struct store *s);
 
