@@ -5,9 +5,32 @@
  *   key    u8 scope kind, scope id bytes, u8 0, u64 big-endian bucket, where the bucket is
  *          date / DIGEST_HOUR_MS (the UTC hour of the record's own date) or BUCKET_ALL
  *          (UINT64_MAX) for the whole-campaign aggregate
- *   value  packed coord.v1.Aggregate
+ *   value  the aggregate in the compact format below (store schema 3; schema 2 stored a
+ *          packed coord.v1.Aggregate, which digest_upgrade() rebuilds at start)
  * Ids hold no 0 byte and the bucket is big-endian, so the hour buckets of one scope are
  * contiguous and in time order: a window is one cursor range.
+ *
+ * The compact format of a value (varints are LEB128, at most 10 bytes):
+ *   u8      format, 1
+ *   varint  n_codes, then n_codes times: u8 length (0..32) and the code's bytes (no 0
+ *           byte): the aggregate's dictionary of every code its lines count (countries,
+ *           language subtags, council ids alike), unique, in byte (strcmp) order
+ *   varint  n_lines (at least 1), then per line, sorted by (category, kind) as int32:
+ *           varint category, varint kind (its u32 bits), varint count (not 0), varint sum,
+ *           then for countries, languages and councils in turn: varint n, and n times
+ *           varint gap and varint count (not 0), the code being the dictionary entry at
+ *           gap + 1 + the previous one's index (gap alone for the first)
+ *   nothing after the last line
+ * Each code is stored once per aggregate however many lines count it, and there are no
+ * tags or nested lengths: the table of a 1 M store takes 3.2x fewer pages than with
+ * protobuf Aggregates (docs/BENCHMARKS.md), and a fold's install writes that much less.
+ * cv_check() checks a whole value within its length before anything is built from it (a
+ * damaged value is -EBADMSG: a verify problem, MDB_CORRUPTED for a fold, never a crash;
+ * fuzz_aggregate);
+ * agg_decode() and cagg_decode() then build from the checked bytes. A value is canonical:
+ * cagg_encode() (the write side, from interned ids) and agg_encode() (the recount, from
+ * protobuf-c aggregates) make the same bytes of the same aggregate, and verify compares
+ * bytes.
  *
  * Table "digest_log" (store schema 2), the contributions not yet in "digest":
  *   key    u64 big-endian seq of the first record a batch logged (appended, MDB_APPEND)
@@ -43,7 +66,10 @@
  * limit of 0 (tests), when the folder is off (digest_set_fold_background()) or could not
  * start, and as a safety net when the log reaches FOLD_HERE_FACTOR times the limit while
  * the folder is idle (its folds failing); the folder's cache is then emptied.
- * digest_free() stops the folder, drops a result not installed, and folds the whole log.
+ * digest_free() stops the folder, drops a result not installed, and folds the log when it
+ * holds at most DIGEST_SHUTDOWN_FOLD_MAX contributions (digest_set_shutdown_fold_max()); a
+ * longer log stays, as exact, for the next run's folder (after a 10 M preload, folding it
+ * all on the way out took ~3 minutes, beyond systemd's stop timeout).
  *
  * Invariants of a stored Aggregate: lines are unique and sorted by (category, kind); each
  * CodeCount list is unique and sorted by code (byte order); no line and no CodeCount has a
@@ -64,9 +90,9 @@
  * (category, kind), per line its codes sorted by list and rank, in mapped arena chunks of
  * which ARENA_KEEP bytes are kept for the next fold). Then it visits the targets in key
  * order: each aggregate is read (from the cache or the table), merged with its sums in one
- * linear pass into a new block (cagg_apply()), and packed by cagg_pack() into exactly the
- * bytes agg_pack() makes of the same aggregate (so the table's format is unchanged;
- * test_digest.c checks the table against protobuf-c and a recount). Applying the sum of a
+ * linear pass into a new block (cagg_apply()), and encoded by cagg_encode() into exactly
+ * the bytes agg_encode() makes of the same aggregate (test_digest.c checks the table
+ * against the read side's decoder and encoder, and a recount). Applying the sum of a
  * log's contributions gives what applying them one by one with agg_apply() gives: no count
  * of a table that counts every live record goes below zero along the way, so neither the
  * order of additions and removals nor the hour order matters.
@@ -74,8 +100,8 @@
  * Cache: `ccache`, a hash table keyed by the key bytes, keeps decoded aggregates between
  * folds up to `limit` bytes (DIGEST_CACHE_LIMIT_DEFAULT, digest_set_cache_limit()):
  * beyond it hour buckets go first, least recently folded first, then whole-campaign ones;
- * a miss decodes the stored value (cagg_decode(); one whose lines or codes are not in this
- * module's order is first put in order by the protobuf-c path, one that does not decode is
+ * a miss decodes the stored value (cagg_decode(): its dictionary is in byte order, so its
+ * interned codes come out in rank order as they are; one that does not decode is
  * MDB_CORRUPTED). Any entry
  * may be dropped in the middle of a fold, because what the fold made of it is already
  * packed and the next fold starts only after this one's install, so it reads the table as
@@ -89,12 +115,12 @@
  * logs; batch_end reserves room for them in `dirty`, so that batch_committed, which cannot
  * fail, only copies them in under `lock`.
  *
- * Read side and recount: an aggregate is the Coord__V1__Aggregate that protobuf-c unpacked,
- * edited in place by agg_apply(). Lines and codes added there are allocated with fewer
- * calls than protobuf-c's (a CodeCount holds its code in its own block; pointer arrays
- * grow by half), so they are freed by agg_free(), line_free() and code_free(), which free
- * either kind, never by protobuf-c's free_unpacked(). verify and repair recount with it,
- * so they check the compact fold against an independent implementation.
+ * Read side and recount: an aggregate is a Coord__V1__Aggregate (agg_decode() of a stored
+ * value), edited in place by agg_apply(). Lines and codes added there are allocated with
+ * fewer calls than protobuf-c's (a CodeCount holds its code in its own block; pointer
+ * arrays grow by half), so they are freed by agg_free(), line_free() and code_free(), which
+ * free either kind, never by protobuf-c's free_unpacked(). verify and repair recount with
+ * it, so they check the compact fold against an independent implementation.
  *
  * Loop thread: digest_compute() merges stored aggregates with agg_apply() too, builds the
  * Digest on the stack around the merged lines, packs it and hands out a fresh unpacked copy,
@@ -239,6 +265,12 @@ struct ccache {
 	uint64_t fold, misses, evicted;
 };
 
+/* A growing byte buffer. */
+struct cbuf {
+	uint8_t *p;
+	size_t len, cap;
+};
+
 struct scope_set {
 	struct digest_scope *v;
 	size_t n, cap;
@@ -258,12 +290,18 @@ struct digest {
 	size_t sl_n, sl_cap;
 	struct ccode *sc;
 	size_t sc_n, sc_cap;
+	uint32_t *dict_ids; /* scratch: the interned ids of a stored value's codes */
+	size_t dict_cap;
+	uint64_t *enc_keys; /* scratch: the codes of a value being encoded, (rank, id) */
+	size_t enc_keys_cap;
+	struct cbuf enc;          /* the value being encoded */
 	struct scope_set pending; /* writer thread: scopes of the batch being committed */
 	/* Writer thread: the log (see the top of this file). */
 	MDB_dbi log_dbi;
-	size_t log_limit; /* fold when the log would hold more contributions than this */
-	size_t logged;    /* contributions in the committed log */
-	uint8_t *log_buf; /* the batch's log value */
+	size_t log_limit;         /* fold when the log would hold more contributions than this */
+	size_t logged;            /* contributions in the committed log */
+	size_t shutdown_fold_max; /* digest_free() folds a log of at most this many */
+	uint8_t *log_buf;         /* the batch's log value */
 	size_t log_len, log_cap;
 	uint64_t log_key;      /* its key: the seq of the batch's first accepted record */
 	size_t batch_logged;   /* contributions in log_buf */
@@ -608,24 +646,15 @@ agg_apply(Coord__V1__Aggregate *a, const Coord__V1__DigestLine *in, int sign)
 }
 
 /*
- * The packed form of an Aggregate, written by hand: protobuf-c's generic
- * get_packed_size() and pack() walk the descriptors of every CodeCount, and were a third of
- * the broker's CPU with varied records (perf). The bytes are exactly protobuf-c's (proto3:
- * fields in number order, zero scalars and empty strings left out, int32 and enums below
- * zero as ten-byte varints), so stores written before stay canonical; test_digest.c checks
- * the two against each other.
+ * The stored value of an aggregate (the "digest" table, store schema 3; the top of this
+ * file describes it). Decoding checks every byte first (cv_check()), bounded by the value's
+ * length, then builds from checked bytes only: a damaged value is -EBADMSG, never a crash.
  */
-static size_t
-varint_size(uint64_t v)
-{
-	size_t n = 1;
+#define CV_FORMAT 1
+/* At most what one varint holds: 10 bytes. */
+#define VARINT_MAX 10
 
-	while (v >= 0x80) {
-		v >>= 7;
-		n++;
-	}
-	return n;
-}
+static int line_order(int32_t cat_a, int32_t kind_a, int32_t cat_b, int32_t kind_b);
 
 static uint8_t *
 put_varint(uint8_t *p, uint64_t v)
@@ -638,108 +667,364 @@ put_varint(uint8_t *p, uint64_t v)
 	return p;
 }
 
-/* A varint field (tag < 16, so one tag byte); nothing when the value is 0. */
-static size_t
-varint_field_size(uint64_t v)
+static const uint8_t *
+get_varint(const uint8_t *p, const uint8_t *end, uint64_t *ret)
 {
-	return v ? 1 + varint_size(v) : 0;
-}
+	uint64_t v = 0;
 
-static uint8_t *
-put_varint_field(uint8_t *p, unsigned field, uint64_t v)
-{
-	if (v) {
-		*p++ = (uint8_t) (field << 3);
-		p = put_varint(p, v);
-	}
-	return p;
-}
-
-static size_t
-code_size(const Coord__V1__CodeCount *c)
-{
-	size_t len = c->code ? strlen(c->code) : 0;
-
-	return (len ? 1 + varint_size(len) + len : 0) + varint_field_size(c->count);
-}
-
-static size_t
-line_size(const Coord__V1__DigestLine *l)
-{
-	size_t n = varint_field_size((uint64_t) (int64_t) l->category) +
-	           varint_field_size((uint64_t) (int64_t) l->kind) + varint_field_size(l->count) +
-	           varint_field_size(l->sum);
-
-	for (int k = 0; k < N_LISTS; k++) {
-		Coord__V1__CodeCount *const *v = *list_v(l, k);
-		for (size_t i = 0; i < *list_n(l, k); i++) {
-			size_t cs = code_size(v[i]);
-			n += 1 + varint_size(cs) + cs;
+	for (unsigned shift = 0; p < end && shift < 64; shift += 7) {
+		uint8_t b = *p++;
+		v |= (uint64_t) (b & 0x7f) << shift;
+		if (!(b & 0x80)) {
+			*ret = v;
+			return p;
 		}
 	}
-	return n;
+	return NULL;
 }
 
-static size_t
-agg_packed_size(const Coord__V1__Aggregate *a)
+/* A varint already checked by cv_check(). */
+static uint64_t
+cv_varint(const uint8_t **pp)
 {
-	size_t n = 0;
+	const uint8_t *p = *pp;
+	uint64_t v = 0;
+	unsigned shift = 0;
+	uint8_t b;
 
-	for (size_t i = 0; i < a->n_lines; i++) {
-		size_t ls = line_size(a->lines[i]);
-		n += 1 + varint_size(ls) + ls;
+	do {
+		b = *p++;
+		v |= (uint64_t) (b & 0x7f) << shift;
+		shift += 7;
+	} while (b & 0x80);
+	*pp = p;
+	return v;
+}
+
+/* strcmp() order of two codes (no 0 bytes). */
+static int
+code_cmp(const uint8_t *a, size_t la, const uint8_t *b, size_t lb)
+{
+	int c = memcmp(a, b, la < lb ? la : lb);
+
+	return c ? c : la < lb ? -1 : la > lb;
+}
+
+/* Check a whole stored value: format byte; codes unique, sorted, at most ID_MAX bytes and
+ * no 0 byte; at least one line; lines unique and sorted by (category, kind), each with a
+ * count; per list, codes in dictionary order, each with a count; nothing after. Returns 0
+ * and *ret_n_codes, or -EBADMSG. */
+static int
+cv_check(const uint8_t *p, size_t n, uint32_t *ret_n_codes)
+{
+	const uint8_t *end = p + n;
+	const uint8_t *prev = NULL;
+	size_t prev_len = 0;
+	uint64_t n_codes, n_lines;
+	int32_t prev_cat = 0, prev_kind = 0;
+
+	if (n < 1 || *p++ != CV_FORMAT) {
+		return -EBADMSG;
 	}
-	return n;
-}
-
-/* Pack `a` into `out` (agg_packed_size() bytes). Returns the bytes written. */
-static size_t
-agg_pack(const Coord__V1__Aggregate *a, uint8_t *out)
-{
-	uint8_t *p = out;
-
-	for (size_t i = 0; i < a->n_lines; i++) {
-		const Coord__V1__DigestLine *l = a->lines[i];
-		*p++ = (1 << 3) | 2;
-		p = put_varint(p, line_size(l));
-		p = put_varint_field(p, 1, (uint64_t) (int64_t) l->category);
-		p = put_varint_field(p, 2, (uint64_t) (int64_t) l->kind);
-		p = put_varint_field(p, 3, l->count);
-		p = put_varint_field(p, 4, l->sum);
+	p = get_varint(p, end, &n_codes);
+	if (!p || n_codes > (uint64_t) (end - p) || n_codes > CODE_ID_MAX) {
+		return -EBADMSG;
+	}
+	for (uint64_t i = 0; i < n_codes; i++) {
+		if (p == end) {
+			return -EBADMSG;
+		}
+		size_t len = *p++;
+		if (len > ID_MAX || len > (size_t) (end - p) || (len && memchr(p, 0, len)) ||
+		    (i > 0 && code_cmp(prev, prev_len, p, len) >= 0)) {
+			return -EBADMSG;
+		}
+		prev = p;
+		prev_len = len;
+		p += len;
+	}
+	p = get_varint(p, end, &n_lines);
+	if (!p || n_lines == 0 || n_lines > (uint64_t) (end - p)) {
+		return -EBADMSG;
+	}
+	for (uint64_t i = 0; i < n_lines; i++) {
+		uint64_t cat, kind, count, sum;
+		p = get_varint(p, end, &cat);
+		p = p ? get_varint(p, end, &kind) : NULL;
+		p = p ? get_varint(p, end, &count) : NULL;
+		p = p ? get_varint(p, end, &sum) : NULL;
+		if (!p || cat > UINT32_MAX || kind > UINT32_MAX || count == 0 ||
+		    (i > 0 && line_order(prev_cat, prev_kind, (int32_t) (uint32_t) cat,
+		                         (int32_t) (uint32_t) kind) >= 0)) {
+			return -EBADMSG;
+		}
+		prev_cat = (int32_t) (uint32_t) cat;
+		prev_kind = (int32_t) (uint32_t) kind;
 		for (int k = 0; k < N_LISTS; k++) {
-			Coord__V1__CodeCount *const *v = *list_v(l, k);
-			for (size_t j = 0; j < *list_n(l, k); j++) {
-				size_t len = v[j]->code ? strlen(v[j]->code) : 0;
-				*p++ = (uint8_t) (((5 + k) << 3) | 2);
-				p = put_varint(p, code_size(v[j]));
-				if (len) {
-					*p++ = (1 << 3) | 2;
-					p = put_varint(p, len);
-					memcpy(p, v[j]->code, len);
-					p += len;
+			uint64_t m, next = 0;
+			p = get_varint(p, end, &m);
+			if (!p || m > n_codes) {
+				return -EBADMSG;
+			}
+			for (uint64_t j = 0; j < m; j++) {
+				uint64_t gap, c;
+				p = get_varint(p, end, &gap);
+				p = p ? get_varint(p, end, &c) : NULL;
+				if (!p || next >= n_codes || gap >= n_codes - next || c == 0) {
+					return -EBADMSG;
 				}
-				p = put_varint_field(p, 2, v[j]->count);
+				next += gap + 1;
 			}
 		}
 	}
-	return (size_t) (p - out);
+	if (p != end) {
+		return -EBADMSG;
+	}
+	*ret_n_codes = (uint32_t) n_codes;
+	return 0;
 }
 
-/* Merge a packed Aggregate into `a`. Returns 0, -EBADMSG or -ENOMEM. */
+/* Past the format byte and the code count of a checked value. */
+static const uint8_t *
+cv_codes(const uint8_t *p)
+{
+	p++;
+	(void) cv_varint(&p);
+	return p;
+}
+
+static int
+cbuf_reserve(struct cbuf *b, size_t more)
+{
+	uint8_t *p = grow(b->p, &b->cap, b->len + more, 1);
+
+	if (!p) {
+		return -ENOMEM;
+	}
+	b->p = p;
+	return 0;
+}
+
+/* The most bytes a value of these sizes takes. */
+static size_t
+cv_bound(size_t n_dict, size_t n_lines, size_t n_codes)
+{
+	return 1 + VARINT_MAX + n_dict * (1 + ID_MAX) + VARINT_MAX +
+	       n_lines * (4 * VARINT_MAX + N_LISTS * VARINT_MAX) + n_codes * 2 * VARINT_MAX;
+}
+
+static int
+str_ptr_cmp(const void *a, const void *b)
+{
+	return strcmp(*(const char *const *) a, *(const char *const *) b);
+}
+
+/* Append the stored value of `a` (at least one line) to `out`. Returns 0, -EINVAL for a
+ * code longer than ID_MAX, or -ENOMEM. */
+static int
+agg_encode(const Coord__V1__Aggregate *a, struct cbuf *out)
+{
+	size_t total = 0;
+	size_t nd = 0;
+
+	for (size_t i = 0; i < a->n_lines; i++) {
+		for (int k = 0; k < N_LISTS; k++) {
+			total += *list_n(a->lines[i], k);
+		}
+	}
+	const char **dict = malloc((total + 1) * sizeof(*dict));
+	if (!dict) {
+		return -ENOMEM;
+	}
+	for (size_t i = 0; i < a->n_lines; i++) {
+		for (int k = 0; k < N_LISTS; k++) {
+			Coord__V1__CodeCount *const *v = *list_v(a->lines[i], k);
+			for (size_t j = 0; j < *list_n(a->lines[i], k); j++) {
+				dict[nd++] = v[j]->code ? v[j]->code : "";
+			}
+		}
+	}
+	qsort(dict, nd, sizeof(*dict), str_ptr_cmp);
+	size_t u = 0;
+	for (size_t i = 0; i < nd; i++) {
+		if (u == 0 || strcmp(dict[u - 1], dict[i]) != 0) {
+			dict[u++] = dict[i];
+		}
+	}
+	nd = u;
+	int r = cbuf_reserve(out, cv_bound(nd, a->n_lines, total));
+	uint8_t *p = out->p + out->len;
+	if (r == 0) {
+		*p++ = CV_FORMAT;
+		p = put_varint(p, nd);
+	}
+	for (size_t i = 0; r == 0 && i < nd; i++) {
+		size_t len = strlen(dict[i]);
+		if (len > ID_MAX) {
+			r = -EINVAL;
+			break;
+		}
+		*p++ = (uint8_t) len;
+		memcpy(p, dict[i], len);
+		p += len;
+	}
+	if (r == 0) {
+		p = put_varint(p, a->n_lines);
+	}
+	for (size_t i = 0; r == 0 && i < a->n_lines; i++) {
+		const Coord__V1__DigestLine *l = a->lines[i];
+		p = put_varint(p, (uint32_t) l->category);
+		p = put_varint(p, (uint32_t) l->kind);
+		p = put_varint(p, l->count);
+		p = put_varint(p, l->sum);
+		for (int k = 0; k < N_LISTS; k++) {
+			Coord__V1__CodeCount *const *v = *list_v(l, k);
+			size_t next = 0;
+			p = put_varint(p, *list_n(l, k));
+			for (size_t j = 0; j < *list_n(l, k); j++) {
+				const char *code = v[j]->code ? v[j]->code : "";
+				const char **at =
+				        bsearch(&code, dict, nd, sizeof(*dict), str_ptr_cmp);
+				size_t idx = (size_t) (at - dict);
+				p = put_varint(p, idx - next);
+				p = put_varint(p, v[j]->count);
+				next = idx + 1;
+			}
+		}
+	}
+	if (r == 0) {
+		out->len = (size_t) (p - out->p);
+	}
+	free(dict);
+	return r;
+}
+
+/* A CodeCount made here of `len` bytes. */
+static Coord__V1__CodeCount *
+code_new_len(const uint8_t *code, size_t len)
+{
+	Coord__V1__CodeCount *c = malloc(sizeof(*c) + len + 1);
+
+	if (c) {
+		coord__v1__code_count__init(c);
+		c->code = memcpy(c + 1, code, len);
+		c->code[len] = 0;
+	}
+	return c;
+}
+
+/* Decode a stored value into a new aggregate (free with agg_free()). Returns 0, -EBADMSG
+ * or -ENOMEM. */
+static int
+agg_decode(const uint8_t *p, size_t n, Coord__V1__Aggregate **ret)
+{
+	uint32_t n_codes;
+	int r = cv_check(p, n, &n_codes);
+
+	if (r < 0) {
+		return r;
+	}
+	const uint8_t **dict = malloc(((size_t) n_codes + 1) * sizeof(*dict));
+	Coord__V1__Aggregate *a = agg_new();
+	if (!dict || !a) {
+		free(dict);
+		agg_free(a);
+		return -ENOMEM;
+	}
+	p = cv_codes(p);
+	for (uint32_t i = 0; i < n_codes; i++) {
+		dict[i] = p;
+		p += 1 + *p;
+	}
+	size_t n_lines = (size_t) cv_varint(&p);
+	a->lines = calloc(n_lines, sizeof(*a->lines));
+	r = a->lines ? 0 : -ENOMEM;
+	for (size_t i = 0; r == 0 && i < n_lines; i++) {
+		Coord__V1__DigestLine *l = malloc(sizeof(*l));
+		if (!l) {
+			r = -ENOMEM;
+			break;
+		}
+		coord__v1__digest_line__init(l);
+		a->lines[a->n_lines++] = l;
+		l->category = (Coord__V1__Category) (int32_t) (uint32_t) cv_varint(&p);
+		l->kind = (int32_t) (uint32_t) cv_varint(&p);
+		l->count = cv_varint(&p);
+		l->sum = cv_varint(&p);
+		for (int k = 0; r == 0 && k < N_LISTS; k++) {
+			size_t m = (size_t) cv_varint(&p);
+			size_t next = 0;
+			if (m == 0) {
+				continue;
+			}
+			Coord__V1__CodeCount **v = malloc(m * sizeof(*v));
+			if (!v) {
+				r = -ENOMEM;
+				break;
+			}
+			*list_v(l, k) = v;
+			for (size_t j = 0; j < m; j++) {
+				size_t idx = next + (size_t) cv_varint(&p);
+				uint64_t count = cv_varint(&p);
+				next = idx + 1;
+				v[j] = code_new_len(dict[idx] + 1, dict[idx][0]);
+				if (!v[j]) {
+					r = -ENOMEM;
+					break;
+				}
+				v[j]->count = count;
+				(*list_n(l, k))++;
+			}
+		}
+	}
+	free(dict);
+	if (r < 0) {
+		agg_free(a);
+		return r;
+	}
+	*ret = a;
+	return 0;
+}
+
+/* Merge a stored value into `a`. Returns 0, -EBADMSG or -ENOMEM. */
 static int
 agg_merge_packed(Coord__V1__Aggregate *a, const MDB_val *v)
 {
-	Coord__V1__Aggregate *pb = coord__v1__aggregate__unpack(NULL, v->mv_size, v->mv_data);
-	int r = 0;
+	Coord__V1__Aggregate *pb = NULL;
+	int r = agg_decode(v->mv_data, v->mv_size, &pb);
 
-	if (!pb) {
-		return -EBADMSG;
-	}
-	for (size_t i = 0; i < pb->n_lines && r == 0; i++) {
+	for (size_t i = 0; r == 0 && i < pb->n_lines; i++) {
 		r = agg_apply(a, pb->lines[i], +1);
 	}
 	agg_free(pb);
 	return r;
+}
+
+int
+digest_value_decode(const uint8_t *value, size_t len, Coord__V1__Aggregate **ret_agg)
+{
+	return agg_decode(value, len, ret_agg);
+}
+
+int
+digest_value_encode(const Coord__V1__Aggregate *agg, uint8_t **ret_value, size_t *ret_len)
+{
+	struct cbuf b = {0};
+	int r = agg->n_lines == 0 ? -EINVAL : agg_encode(agg, &b);
+
+	if (r < 0) {
+		free(b.p);
+		return r;
+	}
+	*ret_value = b.p;
+	*ret_len = b.len;
+	return 0;
+}
+
+void
+digest_value_free(Coord__V1__Aggregate *agg)
+{
+	agg_free(agg);
 }
 
 static void
@@ -975,10 +1260,9 @@ cache_get(struct digest *d, MDB_txn *txn, const uint8_t *key, size_t klen,
 	MDB_val v;
 	int rc = d->recount ? MDB_NOTFOUND : mdb_get(txn, d->dbi, &k, &v);
 	if (rc == 0) {
-		/* Our own writes are in canonical form, so the decoded value is used as it is. One
-		 * that does not decode is corruption (or, indistinguishably, no memory). */
-		e->agg = coord__v1__aggregate__unpack(NULL, v.mv_size, v.mv_data);
-		rc = e->agg ? 0 : MDB_CORRUPTED;
+		/* One that does not decode is corruption. */
+		rc = agg_decode(v.mv_data, v.mv_size, &e->agg);
+		rc = rc == -EBADMSG ? MDB_CORRUPTED : rc;
 	} else if (rc == MDB_NOTFOUND) {
 		e->agg = agg_new();
 		rc = e->agg ? 0 : -ENOMEM;
@@ -1110,22 +1394,6 @@ log_encode(const char *council, const struct digest_contribution *c, int sign,
 		p += ll;
 	}
 	return (size_t) (p - out);
-}
-
-static const uint8_t *
-get_varint(const uint8_t *p, const uint8_t *end, uint64_t *ret)
-{
-	uint64_t v = 0;
-
-	for (unsigned shift = 0; p < end && shift < 64; shift += 7) {
-		uint8_t b = *p++;
-		v |= (uint64_t) (b & 0x7f) << shift;
-		if (!(b & 0x80)) {
-			*ret = v;
-			return p;
-		}
-	}
-	return NULL;
 }
 
 /* Decode the contribution at *pp (advanced past it). Returns 0 or -EBADMSG. */
@@ -1331,11 +1599,16 @@ write_entry(struct digest *d, MDB_txn *txn, struct entry *e)
 		return rc == MDB_NOTFOUND ? 0 : rc;
 	}
 
-	MDB_val v = {.mv_size = agg_packed_size(e->agg)};
-	int rc = mdb_put(txn, d->dbi, &k, &v, MDB_RESERVE);
+	struct cbuf b = {0};
+	int rc = agg_encode(e->agg, &b);
+	MDB_val v = {.mv_size = b.len, .mv_data = b.p};
 	if (rc == 0) {
-		e->packed = agg_pack(e->agg, v.mv_data);
+		rc = mdb_put(txn, d->dbi, &k, &v, 0);
 	}
+	if (rc == 0) {
+		e->packed = b.len;
+	}
+	free(b.p);
 	return rc;
 }
 
@@ -1537,159 +1810,46 @@ scratch_agg(struct digest *d, struct cagg *reuse, struct cagg **ret)
 	return 0;
 }
 
-/* A field of a packed message: its number, wire type, and value (a varint, or bytes). */
-struct pb_field {
-	uint32_t number, type;
-	uint64_t v;
-	const uint8_t *p;
-	size_t len;
-};
-
-/* Read the field at *pp. Returns 0, or -EBADMSG for what protobuf-c would reject. */
-static int
-pb_next(const uint8_t **pp, const uint8_t *end, struct pb_field *f)
-{
-	uint64_t tag;
-	const uint8_t *p = get_varint(*pp, end, &tag);
-
-	if (!p || tag >> 3 == 0 || tag >> 3 > UINT32_MAX) {
-		return -EBADMSG;
-	}
-	f->number = (uint32_t) (tag >> 3);
-	f->type = tag & 7;
-	switch (f->type) {
-	case 0:
-		p = get_varint(p, end, &f->v);
-		break;
-	case 1:
-	case 5: {
-		size_t n = f->type == 1 ? 8 : 4;
-		p = end - p >= (ptrdiff_t) n ? p + n : NULL;
-		break;
-	}
-	case 2:
-		p = get_varint(p, end, &f->v);
-		if (p && f->v <= (uint64_t) (end - p)) {
-			f->p = p;
-			f->len = (size_t) f->v;
-			p += f->len;
-		} else {
-			p = NULL;
-		}
-		break;
-	default:
-		p = NULL;
-	}
-	if (!p) {
-		return -EBADMSG;
-	}
-	*pp = p;
-	return 0;
-}
-
-/* Whether code `a` of list `la` comes before code `b` of list `lb` in a line. */
-static bool
-code_before(const struct interner *in, unsigned la, uint32_t a, unsigned lb, uint32_t b)
-{
-	return la != lb ? la < lb : in->rank[a] < in->rank[b];
-}
-
-/*
- * Decode a packed Aggregate (a stored value) into a block. Known fields must have their
- * wire type; unknown fields are skipped, as protobuf-c would keep and agg_pack() drop them.
- * Returns 0, -EBADMSG, -ENOMEM, or -EDOM when lines or codes are not in the order this
- * module writes (see cagg_decode_unordered()).
- */
+/* Decode a stored value into a block, its codes interned. Returns 0, -EBADMSG or -ENOMEM.
+ * The dictionary is in byte order and so in `rank` order: the codes come out in this
+ * module's order as they are. */
 static int
 cagg_decode(struct digest *d, const uint8_t *p, size_t n, struct cagg **ret)
 {
-	const uint8_t *end = p + n;
-	struct pb_field f;
-	int r = 0;
+	uint32_t n_codes;
+	int r = cv_check(p, n, &n_codes);
 
+	if (r < 0) {
+		return r;
+	}
+	uint32_t *ids = grow(d->dict_ids, &d->dict_cap, (size_t) n_codes + 1, sizeof(*ids));
+	if (!ids) {
+		return -ENOMEM;
+	}
+	d->dict_ids = ids;
+	p = cv_codes(p);
+	for (uint32_t i = 0; r == 0 && i < n_codes; i++) {
+		r = intern(&d->codes, (const char *) p + 1, *p, &ids[i]);
+		p += 1 + *p;
+	}
+	size_t n_lines = r == 0 ? (size_t) cv_varint(&p) : 0;
 	d->sl_n = d->sc_n = 0;
-	while (r == 0 && p < end) {
-		r = pb_next(&p, end, &f);
-		if (r < 0 || f.number != 1) {
-			continue;
-		}
-		if (f.type != 2) {
-			return -EBADMSG;
-		}
+	for (size_t i = 0; r == 0 && i < n_lines; i++) {
 		struct cline l = {0};
-		const uint8_t *q = f.p;
-		const uint8_t *qend = f.p + f.len;
-		size_t first = d->sc_n;
-		unsigned last_list = 0;
-		while (r == 0 && q < qend) {
-			struct pb_field g;
-			r = pb_next(&q, qend, &g);
-			if (r < 0 || g.number > 7) {
-				continue;
+		l.category = (int32_t) (uint32_t) cv_varint(&p);
+		l.kind = (int32_t) (uint32_t) cv_varint(&p);
+		l.count = cv_varint(&p);
+		l.sum = cv_varint(&p);
+		for (int k = 0; r == 0 && k < N_LISTS; k++) {
+			uint32_t m = (uint32_t) cv_varint(&p);
+			size_t next = 0;
+			for (uint32_t j = 0; r == 0 && j < m; j++) {
+				size_t idx = next + (size_t) cv_varint(&p);
+				uint64_t count = cv_varint(&p);
+				next = idx + 1;
+				r = scratch_code(d, ids[idx], count);
 			}
-			if ((g.number <= 4) != (g.type == 0) || (g.number > 4 && g.type != 2)) {
-				return -EBADMSG;
-			}
-			switch (g.number) {
-			case 1:
-				l.category = (int32_t) (uint32_t) g.v;
-				continue;
-			case 2:
-				l.kind = (int32_t) (uint32_t) g.v;
-				continue;
-			case 3:
-				l.count = g.v;
-				continue;
-			case 4:
-				l.sum = g.v;
-				continue;
-			default:
-				break;
-			}
-			/* A CodeCount of list number - 5. */
-			unsigned k = g.number - 5;
-			const uint8_t *c = g.p;
-			const uint8_t *cend = g.p + g.len;
-			const uint8_t *code = (const uint8_t *) "";
-			size_t code_len = 0;
-			uint64_t count = 0;
-			while (r == 0 && c < cend) {
-				struct pb_field h;
-				r = pb_next(&c, cend, &h);
-				if (r < 0 || h.number > 2) {
-					continue;
-				}
-				if ((h.number == 1) != (h.type == 2) ||
-				    (h.number == 2 && h.type != 0)) {
-					return -EBADMSG;
-				}
-				if (h.number == 1) {
-					code = h.p;
-					code_len = h.len;
-				} else {
-					count = h.v;
-				}
-			}
-			uint32_t id;
-			if (r == 0) {
-				r = intern(&d->codes, (const char *) code, code_len, &id);
-			}
-			if (r == 0 && d->sc_n > first &&
-			    !code_before(&d->codes, last_list, d->sc[d->sc_n - 1].id, k, id)) {
-				r = -EDOM; /* not in this module's order */
-			}
-			if (r == 0) {
-				r = scratch_code(d, id, count);
-				l.n[k]++;
-				last_list = k;
-			}
-		}
-		if (r == 0 && d->sl_n > 0) {
-			const struct cline *prev = &d->sl[d->sl_n - 1];
-			if (prev->category > l.category ||
-			    (prev->category == l.category && prev->kind >= l.kind)) {
-				r = -EDOM;
-			}
+			l.n[k] = m;
 		}
 		if (r == 0) {
 			r = scratch_line(d, &l);
@@ -1698,97 +1858,81 @@ cagg_decode(struct digest *d, const uint8_t *p, size_t n, struct cagg **ret)
 	return r == 0 ? scratch_agg(d, NULL, ret) : r;
 }
 
-/* A stored value that decodes but is not in this module's order (not written by it): what
- * the protobuf-c path makes of it, its lines added one by one (sorted, duplicates summed,
- * zero counts dropped), decoded again. Returns 0, -EBADMSG or -ENOMEM. */
 static int
-cagg_decode_unordered(struct digest *d, const MDB_val *v, struct cagg **ret)
+u64_cmp(const void *a, const void *b)
 {
-	Coord__V1__Aggregate *a = agg_new();
-	int r = a ? agg_merge_packed(a, v) : -ENOMEM;
-	uint8_t *buf = NULL;
+	uint64_t x = *(const uint64_t *) a;
+	uint64_t y = *(const uint64_t *) b;
 
-	if (r == 0) {
-		buf = malloc(agg_packed_size(a) + 1);
-		r = buf ? 0 : -ENOMEM;
-	}
-	if (r == 0) {
-		size_t len = agg_pack(a, buf);
-		r = cagg_decode(d, buf, len, ret);
-		r = r == -EDOM ? -EBADMSG : r;
-	}
-	free(buf);
-	agg_free(a);
-	return r;
+	return x < y ? -1 : x > y;
 }
 
-static size_t
-ccode_size(const struct interner *in, const struct ccode *c)
-{
-	size_t len = in->len[c->id];
-
-	return (len ? 1 + varint_size(len) + len : 0) + varint_field_size(c->count);
-}
-
-static size_t
-cline_size(const struct interner *in, const struct cline *l, const struct ccode *c)
-{
-	size_t n = varint_field_size((uint64_t) (int64_t) l->category) +
-	           varint_field_size((uint64_t) (int64_t) l->kind) + varint_field_size(l->count) +
-	           varint_field_size(l->sum);
-
-	for (uint32_t i = 0; i < cline_codes(l); i++) {
-		size_t cs = ccode_size(in, &c[i]);
-		n += 1 + varint_size(cs) + cs;
-	}
-	return n;
-}
-
-/* What agg_packed_size() and agg_pack() make of the same aggregate, byte for byte. */
-static size_t
-cagg_packed_size(const struct interner *in, const struct cagg *a)
+/* The stored value of `a` into d->enc (replaced), its dictionary the codes it uses in rank
+ * order: what agg_encode() makes of the same aggregate. Returns 0 or -ENOMEM. */
+static int
+cagg_encode(struct digest *d, const struct interner *in, const struct cagg *a)
 {
 	const struct ccode *c = cagg_codes(a);
-	size_t n = 0;
+	uint64_t *keys =
+	        grow(d->enc_keys, &d->enc_keys_cap, (size_t) a->n_codes + 1, sizeof(*keys));
+	size_t nd = 0;
 
-	for (uint32_t i = 0; i < a->n_lines; i++) {
-		size_t ls = cline_size(in, &a->lines[i], c);
-		n += 1 + varint_size(ls) + ls;
-		c += cline_codes(&a->lines[i]);
+	if (!keys) {
+		return -ENOMEM;
 	}
-	return n;
-}
-
-static size_t
-cagg_pack(const struct interner *in, const struct cagg *a, uint8_t *out)
-{
-	const struct ccode *c = cagg_codes(a);
-	uint8_t *p = out;
-
+	d->enc_keys = keys;
+	for (uint32_t i = 0; i < a->n_codes; i++) {
+		keys[i] = (uint64_t) in->rank[c[i].id] << 32 | c[i].id;
+	}
+	qsort(keys, a->n_codes, sizeof(*keys), u64_cmp);
+	for (uint32_t i = 0; i < a->n_codes; i++) {
+		if (nd == 0 || keys[nd - 1] != keys[i]) {
+			keys[nd++] = keys[i];
+		}
+	}
+	d->enc.len = 0;
+	if (cbuf_reserve(&d->enc, cv_bound(nd, a->n_lines, a->n_codes)) < 0) {
+		return -ENOMEM;
+	}
+	uint8_t *p = d->enc.p;
+	*p++ = CV_FORMAT;
+	p = put_varint(p, nd);
+	for (size_t i = 0; i < nd; i++) {
+		uint32_t id = (uint32_t) keys[i];
+		*p++ = in->len[id];
+		memcpy(p, in->str[id], in->len[id]);
+		p += in->len[id];
+	}
+	p = put_varint(p, a->n_lines);
 	for (uint32_t i = 0; i < a->n_lines; i++) {
 		const struct cline *l = &a->lines[i];
-		*p++ = (1 << 3) | 2;
-		p = put_varint(p, cline_size(in, l, c));
-		p = put_varint_field(p, 1, (uint64_t) (int64_t) l->category);
-		p = put_varint_field(p, 2, (uint64_t) (int64_t) l->kind);
-		p = put_varint_field(p, 3, l->count);
-		p = put_varint_field(p, 4, l->sum);
+		p = put_varint(p, (uint32_t) l->category);
+		p = put_varint(p, (uint32_t) l->kind);
+		p = put_varint(p, l->count);
+		p = put_varint(p, l->sum);
 		for (unsigned k = 0; k < N_LISTS; k++) {
+			size_t next = 0;
+			p = put_varint(p, l->n[k]);
 			for (uint32_t j = 0; j < l->n[k]; j++, c++) {
-				size_t len = in->len[c->id];
-				*p++ = (uint8_t) (((5 + k) << 3) | 2);
-				p = put_varint(p, ccode_size(in, c));
-				if (len) {
-					*p++ = (1 << 3) | 2;
-					p = put_varint(p, len);
-					memcpy(p, in->str[c->id], len);
-					p += len;
+				/* The dictionary index: the lower bound of the code's rank. */
+				uint32_t rank = in->rank[c->id];
+				size_t lo = next, hi = nd;
+				while (lo < hi) {
+					size_t mid = lo + (hi - lo) / 2;
+					if ((uint32_t) (keys[mid] >> 32) < rank) {
+						lo = mid + 1;
+					} else {
+						hi = mid;
+					}
 				}
-				p = put_varint_field(p, 2, c->count);
+				p = put_varint(p, lo - next);
+				p = put_varint(p, c->count);
+				next = lo + 1;
 			}
 		}
 	}
-	return (size_t) (p - out);
+	d->enc.len = (size_t) (p - d->enc.p);
+	return 0;
 }
 
 /* A count changed by a delta (a negative one is -n modulo 2^64): count_add()'s rule. */
@@ -2398,9 +2542,6 @@ ccache_get(struct digest *d, MDB_txn *txn, const uint8_t *key, size_t klen, stru
 	if (rc == 0) {
 		/* One that does not decode is corruption (or, indistinguishably, no memory). */
 		rc = cagg_decode(d, v.mv_data, v.mv_size, &e->agg);
-		if (rc == -EDOM) {
-			rc = cagg_decode_unordered(d, &v, &e->agg);
-		}
 		rc = rc == -EBADMSG ? MDB_CORRUPTED : rc;
 	} else if (rc == MDB_NOTFOUND) {
 		rc = 0;
@@ -2479,10 +2620,14 @@ emit_txn(void *data, const uint8_t *key, size_t klen, const struct interner *in,
 		int rc = mdb_del(f->txn, f->d->dbi, &k, NULL);
 		return rc == MDB_NOTFOUND ? 0 : rc;
 	}
-	MDB_val v = {.mv_size = cagg_packed_size(in, a)};
+	int r = cagg_encode(f->d, in, a);
+	if (r < 0) {
+		return r;
+	}
+	MDB_val v = {.mv_size = f->d->enc.len};
 	int rc = mdb_put(f->txn, f->d->dbi, &k, &v, MDB_RESERVE);
 	if (rc == 0) {
-		(void) cagg_pack(in, a, v.mv_data);
+		memcpy(v.mv_data, f->d->enc.p, f->d->enc.len);
 	}
 	return rc;
 }
@@ -2516,9 +2661,16 @@ write_side_free(struct digest *d)
 	interner_free(&d->codes);
 	free(d->sl);
 	free(d->sc);
+	free(d->dict_ids);
+	free(d->enc_keys);
+	free(d->enc.p);
 	d->sl = NULL;
 	d->sc = NULL;
+	d->dict_ids = NULL;
+	d->enc_keys = NULL;
+	d->enc = (struct cbuf){0};
 	d->sl_n = d->sl_cap = d->sc_n = d->sc_cap = 0;
+	d->dict_cap = d->enc_keys_cap = 0;
 }
 
 /* ----------------------------------------------------------------------------------------- */
@@ -2559,7 +2711,12 @@ emit_out(void *data, const uint8_t *key, size_t klen, const struct interner *in,
          const struct cagg *a)
 {
 	struct folder *fo = data;
-	size_t vlen = a ? cagg_packed_size(in, a) : 0;
+	int r = a ? cagg_encode(&fo->bg, in, a) : 0;
+	size_t vlen = a ? fo->bg.enc.len : 0;
+
+	if (r < 0) {
+		return r;
+	}
 	uint8_t *b = grow(fo->out, &fo->out_cap, fo->out_len + 1 + klen + 4 + vlen, 1);
 
 	if (!b) {
@@ -2573,7 +2730,7 @@ emit_out(void *data, const uint8_t *key, size_t klen, const struct interner *in,
 	memcpy(b, &(uint32_t){(uint32_t) vlen}, 4);
 	b += 4;
 	if (vlen > 0) {
-		(void) cagg_pack(in, a, b);
+		memcpy(b, fo->bg.enc.p, vlen);
 	}
 	fo->out_len += 1 + klen + 4 + vlen;
 	return 0;
@@ -2878,9 +3035,17 @@ digest_new(struct store *store, struct digest **ret_digest)
 	}
 	d->store = store;
 	d->log_limit = DIGEST_LOG_LIMIT_DEFAULT;
+	d->shutdown_fold_max = DIGEST_SHUTDOWN_FOLD_MAX;
 	d->ccache.limit = DIGEST_CACHE_LIMIT_DEFAULT;
 	d->background = true;
-	r = store_open_table(store, "digest", &d->dbi);
+	/* A store of an older schema is upgraded first (main.c does it itself, with
+	 * progress); this is for every other caller. */
+	struct digest_check_report rep;
+	r = digest_upgrade(store, NULL, NULL, &rep);
+	r = r > 0 ? 0 : r;
+	if (r == 0) {
+		r = store_open_table(store, "digest", &d->dbi);
+	}
 	if (r == 0) {
 		r = store_open_table(store, "digest_log", &d->log_dbi);
 	}
@@ -2913,6 +3078,12 @@ void
 digest_set_log_limit(struct digest *d, size_t records)
 {
 	d->log_limit = records;
+}
+
+void
+digest_set_shutdown_fold_max(struct digest *d, size_t records)
+{
+	d->shutdown_fold_max = records;
 }
 
 void
@@ -2957,10 +3128,10 @@ digest_free(struct digest *d)
 		folder_free(d->folder);
 		d->folder = NULL;
 	}
-	if (d->hooked && d->logged > 0) {
-		/* Leave a stopped store with the log folded: one transaction, and the table alone
-		 * is then complete for tools that read it. A failure leaves the log as it was,
-		 * which is just as exact. */
+	if (d->hooked && d->logged > 0 && d->logged <= d->shutdown_fold_max) {
+		/* Leave a stopped store with a short log folded: one transaction. A longer one
+		 * (a preload's) is left for the next run: folding it here took minutes. A failure
+		 * or a log left behind is just as exact, since every reader applies the log. */
 		d->log_limit = 0;
 		(void) store_write_batch(d->store, NULL, 0);
 	}
@@ -4299,8 +4470,7 @@ compare(struct recount *rc, MDB_txn *txn, MDB_dbi dbi, store_problem_fn *problem
 	size_t i = 0;
 	int r = 0;
 	int mrc = mdb_cursor_open(txn, dbi, &cur);
-	uint8_t *packed = NULL;
-	size_t packed_cap = 0;
+	struct cbuf packed = {0};
 	char what[128];
 
 	if (mrc != 0) {
@@ -4331,37 +4501,29 @@ compare(struct recount *rc, MDB_txn *txn, MDB_dbi dbi, store_problem_fn *problem
 		if (order < 0) {
 			/* Stored, but no live record contributes to it. */
 			rep->stored++;
-			Coord__V1__Aggregate *a =
-			        coord__v1__aggregate__unpack(NULL, v.mv_size, v.mv_data);
+			Coord__V1__Aggregate *a = NULL;
+			(void) agg_decode(v.mv_data, v.mv_size, &a);
 			(void) snprintf(what, sizeof(what),
 			                "stored count %" PRIu64 ", but no live record counts here",
 			                agg_count(a));
-			if (a) {
-				coord__v1__aggregate__free_unpacked(a, NULL);
-			}
+			agg_free(a);
 			report_difference(rep, problem, rc->data, k.mv_data, k.mv_size, what);
 			mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
 			continue;
 		}
-		size_t len = agg_packed_size(e->agg);
-		if (len > packed_cap) {
-			uint8_t *p = realloc(packed, len);
-			if (!p) {
-				r = -ENOMEM;
-				break;
-			}
-			packed = p;
-			packed_cap = len;
+		packed.len = 0;
+		r = agg_encode(e->agg, &packed);
+		if (r < 0) {
+			break;
 		}
-		(void) agg_pack(e->agg, packed);
 		bool differs = true;
 		if (order == 0) {
 			rep->stored++;
-			differs = v.mv_size != len || memcmp(v.mv_data, packed, len) != 0;
+			differs = v.mv_size != packed.len ||
+			          memcmp(v.mv_data, packed.p, packed.len) != 0;
 			if (differs) {
-				Coord__V1__Aggregate *a =
-				        coord__v1__aggregate__unpack(NULL, v.mv_size, v.mv_data);
-				if (a) {
+				Coord__V1__Aggregate *a = NULL;
+				if (agg_decode(v.mv_data, v.mv_size, &a) == 0) {
 					(void) snprintf(what, sizeof(what),
 					                "stored count %" PRIu64 ", recount %" PRIu64
 					                "%s",
@@ -4369,7 +4531,7 @@ compare(struct recount *rc, MDB_txn *txn, MDB_dbi dbi, store_problem_fn *problem
 					                agg_count(a) == agg_count(e->agg)
 					                        ? " (other figures differ)"
 					                        : "");
-					coord__v1__aggregate__free_unpacked(a, NULL);
+					agg_free(a);
 				} else {
 					(void) snprintf(what, sizeof(what),
 					                "the stored aggregate does not decode");
@@ -4389,7 +4551,7 @@ compare(struct recount *rc, MDB_txn *txn, MDB_dbi dbi, store_problem_fn *problem
 		}
 	}
 	mdb_cursor_close(cur);
-	free(packed);
+	free(packed.p);
 	rep->aggregates = c->n;
 	rep->live = rc->live;
 	return r;
@@ -4422,7 +4584,21 @@ digest_verify(struct store *store, store_progress_fn *progress, store_problem_fn
 		}
 		r = 0;
 	}
-	if (r == 0) {
+	if (r == 0 && store_schema(store) < STORE_SCHEMA_VERSION) {
+		/* Its values are protobuf Aggregates: the daemon rebuilds them when it starts. */
+		char msg[200];
+		(void) snprintf(msg, sizeof(msg),
+		                "digest: the store has schema %" PRIu32
+		                " (aggregates in the old format): start coordd once to upgrade it "
+		                "to schema %d, or run `coordctl repair`",
+		                store_schema(store), STORE_SCHEMA_VERSION);
+		rep.live = rc.live;
+		rep.aggregates = rc.d.cache.n;
+		rep.problems++;
+		if (problem) {
+			problem(data, msg);
+		}
+	} else if (r == 0) {
 		int mrc = mdb_dbi_open(txn, "digest", 0, &dbi);
 		if (mrc == MDB_NOTFOUND) {
 			rep.live = rc.live;
@@ -4499,8 +4675,43 @@ digest_rebuild(struct store *store, MDB_txn *txn, store_progress_fn *progress, v
 		r = mrc == 0 ? 0 : mrc == MDB_MAP_FULL ? -ENOSPC : -EIO;
 	}
 	cache_clear(&rc.d.cache);
+	/* The table is now in this build's format, whatever it was before. */
+	if (r == 0 && store_schema(store) != STORE_SCHEMA_VERSION) {
+		r = store_set_schema(store, txn);
+	}
 	if (r == 0) {
 		*ret_report = rep;
 	}
 	return r;
+}
+
+int
+digest_upgrade(struct store *store, store_progress_fn *progress, void *data,
+               struct digest_check_report *ret_report)
+{
+	MDB_txn *txn;
+	int r;
+
+	*ret_report = (struct digest_check_report){0};
+	if (store_schema(store) >= STORE_SCHEMA_VERSION) {
+		return 0;
+	}
+	/* The new table is written beside the old one's pages, which are freed only at the
+	 * commit. */
+	r = store_reserve_copy(store);
+	if (r == 0) {
+		r = store_repair_begin(store, &txn);
+	}
+	if (r < 0) {
+		return r;
+	}
+	r = digest_rebuild(store, txn, progress, data, ret_report);
+	if (r == 0) {
+		r = store_repair_commit(store, txn);
+	} else {
+		store_repair_abort(store, txn);
+	}
+	/* The recount held every aggregate: give the heap back before the daemon runs. */
+	(void) malloc_trim(0);
+	return r < 0 ? r : 1;
 }

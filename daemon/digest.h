@@ -38,10 +38,24 @@
 #define DIGEST_LOG_LIMIT_DEFAULT 8192
 /* Bytes of decoded aggregates the write side keeps between folds (digest.c). */
 #define DIGEST_CACHE_LIMIT_DEFAULT ((size_t) 32 << 20)
+/* digest_free() folds the log only when it holds at most this many contributions. */
+#define DIGEST_SHUTDOWN_FOLD_MAX 65536
 /* Headlines are looked for among this many newest items at most. */
 #define DIGEST_HEADLINE_SCAN_MAX 2000
 
 struct digest;
+struct digest_check_report;
+
+/*
+ * Bring a store of an older schema (store_schema() below STORE_SCHEMA_VERSION: its
+ * aggregates are protobuf Aggregates) to this build's: digest_rebuild() and the new schema
+ * version in one write transaction, so a crash leaves the old store as it was. `progress`
+ * as for digest_rebuild(). Returns 1 when it upgraded (*ret_report says what the rebuild
+ * did), 0 when the store was current, or digest_rebuild()'s and the commit's errors
+ * (-EROFS for a read-only store). digest_new() calls it too.
+ */
+int digest_upgrade(struct store *store, store_progress_fn *progress, void *data,
+                   struct digest_check_report *ret_report);
 
 /*
  * Open (creating) the "digest" table in `store` and install the store hooks that keep it in
@@ -79,9 +93,19 @@ void digest_set_fold_background(struct digest *d, bool on);
 int digest_fold_wait(struct digest *d);
 
 /*
- * Fold the log into the aggregates when it holds anything (one write transaction of the
- * store, so no batch may be in flight: call it after ingest has stopped, before
- * store_free()), remove the store hooks and free. Accepts NULL. Returns NULL.
+ * Set the most contributions digest_free() folds (default DIGEST_SHUTDOWN_FOLD_MAX): a
+ * larger log is left as it is, since the log is durable and digests, verify and the tools
+ * read the aggregates and the log together. Before digest_free().
+ */
+void digest_set_shutdown_fold_max(struct digest *d, size_t records);
+
+/*
+ * Fold the log into the aggregates when it holds anything but not more than the shutdown
+ * limit (digest_set_shutdown_fold_max(); one write transaction of the store, so no batch
+ * may be in flight: call it after ingest has stopped, before store_free()): folding the
+ * whole log of a large preload on the way out took minutes, beyond a service manager's stop
+ * timeout, for nothing exactness needs. Then remove the store hooks and free. Accepts NULL.
+ * Returns NULL.
  */
 struct digest *digest_free(struct digest *d);
 
@@ -226,6 +250,18 @@ struct digest_contribution {
 int digest_contribution_of(const Coord__V1__Envelope *env,
                            struct digest_contribution *ret_contribution);
 
+/*
+ * The stored value of an aggregate in the "digest" table (store schema 3; the format is at
+ * the top of digest.c): for tests, tools and the fuzzer. digest_value_decode() checks every
+ * byte and returns 0 and a new aggregate (free with digest_value_free()), -EBADMSG for a
+ * value that is not in the format (damaged, or the protobuf Aggregate of schema 2), or
+ * -ENOMEM. digest_value_encode() returns 0 and a heap buffer (free()) with its length, or
+ * -EINVAL for an aggregate without lines or with a code above 32 bytes, or -ENOMEM.
+ */
+int digest_value_decode(const uint8_t *value, size_t len, Coord__V1__Aggregate **ret_agg);
+int digest_value_encode(const Coord__V1__Aggregate *agg, uint8_t **ret_value, size_t *ret_len);
+void digest_value_free(Coord__V1__Aggregate *agg);
+
 /* What digest_verify() or digest_rebuild() found. */
 struct digest_check_report {
 	uint64_t live;       /* live records counted from the items */
@@ -243,14 +279,16 @@ struct digest_check_report {
  * 2024-05-01T10:00Z: stored count 5, recount 4". `progress` (may be NULL) is called every
  * STORE_PROGRESS_STEP items. The recount is held in memory. Returns 0 when the table agrees,
  * -EBADMSG when it does not, or -EIO/-ENOMEM; *ret_report is filled in every case. Any
- * thread; no digest object is needed, and the store may be read-only.
+ * thread; no digest object is needed, and the store may be read-only. A store of an older
+ * schema is one problem (it needs digest_upgrade(): start the daemon), not compared.
  */
 int digest_verify(struct store *store, store_progress_fn *progress, store_problem_fn *problem,
                   void *data, struct digest_check_report *ret_report);
 
 /*
  * Replace the "digest" table's content with a recount from the items, inside `txn` (from
- * store_repair_begin(); the table is created if missing). Aggregates that already agree
+ * store_repair_begin(); the table is created if missing), and set the store's schema to
+ * STORE_SCHEMA_VERSION (the table is then in this build's format). Aggregates that already agree
  * are left alone; *ret_report->problems counts those written or deleted. Returns 0, -ENOSPC
  * when the map is full, -EIO or -ENOMEM; on error abort the transaction.
  */

@@ -840,6 +840,26 @@ log_summary(struct coordd *d)
 	           st.last_seq, fc.items, fc.digests, qc.requests);
 }
 
+/* Progress of a store upgrade: a line every UPGRADE_LOG_STEP items. */
+#define UPGRADE_LOG_STEP UINT64_C(1000000)
+static void
+on_upgrade_progress(void *data, uint64_t done, uint64_t total)
+{
+	uint64_t *next = data;
+
+	if (done >= *next) {
+		log_notice("Upgrading the store: %" PRIu64 " of %" PRIu64 " items recounted", done,
+		           total);
+		/* A service manager waiting for READY=1 is told that the start goes on. */
+		(void) sd_notifyf(
+		        0,
+		        "EXTEND_TIMEOUT_USEC=120000000\nSTATUS=Upgrading the store: %" PRIu64
+		        " of %" PRIu64 " items",
+		        done, total);
+		*next = done + UPGRADE_LOG_STEP;
+	}
+}
+
 static int
 run(struct coordd *d)
 {
@@ -893,6 +913,22 @@ run(struct coordd *d)
 	if (!so.sync) {
 		log_warning("store.sync = none: commits are not flushed, a power cut can lose "
 		            "acknowledged records (UNSAFE)");
+	}
+	/* A store of an older schema: its aggregates are rebuilt in the new format first. */
+	if (store_schema(d->store) < STORE_SCHEMA_VERSION) {
+		struct digest_check_report rep;
+		uint64_t next = 0;
+		log_notice("Upgrading the store in '%s' from schema %" PRIu32 " to %d: rebuilding "
+		           "the aggregates from the items in one transaction",
+		           so.dir, store_schema(d->store), STORE_SCHEMA_VERSION);
+		r = digest_upgrade(d->store, on_upgrade_progress, &next, &rep);
+		if (r < 0) {
+			return log_error_errno(
+			        r, "Failed to upgrade the store in '%s' (it is as it was)", so.dir);
+		}
+		log_notice("Upgraded the store in '%s' to schema %d: %" PRIu64
+		           " live records, %" PRIu64 " aggregates",
+		           so.dir, STORE_SCHEMA_VERSION, rep.live, rep.aggregates);
 	}
 	/* Before anything can write: the aggregates must see every record. */
 	r = digest_new(d->store, &d->digest);

@@ -44,6 +44,7 @@ struct store {
 	uint64_t map_size_max;
 	uint64_t page_size;
 	bool read_only;
+	uint32_t schema; /* the stored schema version (STORE_SCHEMA_VERSION for a new store) */
 	pthread_rwlock_t resize_lock;
 	struct store_hooks hooks;
 	bool lock_initialised;
@@ -185,6 +186,7 @@ init_tables(struct store *s)
 		put_be32(v, STORE_SCHEMA_VERSION);
 		val = (MDB_val){.mv_size = sizeof(v), .mv_data = v};
 		rc = mdb_put(txn, s->meta, &key, &val, 0);
+		s->schema = STORE_SCHEMA_VERSION;
 	} else if (rc == 0) {
 		if (val.mv_size != 4) {
 			r = -EBADMSG;
@@ -195,14 +197,17 @@ init_tables(struct store *s)
 			r = -EPROTO;
 			goto fail;
 		}
-		/* Every older version is a subset of this one (store.h): only the number
-		 * changes, so that older builds refuse the store from now on. */
-		if (version < STORE_SCHEMA_VERSION && !s->read_only) {
+		/* Version 1 is a subset of version 2 (store.h): only the number changes, so
+		 * that builds of version 1 refuse the store from then on. Version 3 changes the
+		 * digest table's values: store_set_schema() writes it with their rebuild. */
+		s->schema = version;
+		if (version < 2 && !s->read_only) {
 			uint8_t v[4];
 
-			put_be32(v, STORE_SCHEMA_VERSION);
+			put_be32(v, 2);
 			val = (MDB_val){.mv_size = sizeof(v), .mv_data = v};
 			rc = mdb_put(txn, s->meta, &key, &val, 0);
+			s->schema = 2;
 		}
 	}
 	if (rc != 0) {
@@ -1427,6 +1432,49 @@ store_scan_latest(struct store *s, MDB_txn *txn, store_item_fn *fn, void *data)
 	}
 	latest_set_done(&set);
 	return r;
+}
+
+int
+store_reserve_copy(struct store *s)
+{
+	MDB_envinfo info;
+
+	if (s->read_only) {
+		return -EROFS;
+	}
+	if (mdb_env_info(s->env, &info) != 0) {
+		return -EIO;
+	}
+	uint64_t used = ((uint64_t) info.me_last_pgno + 1) * s->page_size;
+	/* At map_size_max, the transaction itself tells whether what it writes fits. */
+	while ((s->map_size < used || s->map_size - used < used) && s->map_size < s->map_size_max) {
+		int r = grow_map(s, true);
+		if (r < 0) {
+			return r;
+		}
+	}
+	return 0;
+}
+
+uint32_t
+store_schema(const struct store *s)
+{
+	return s->schema;
+}
+
+int
+store_set_schema(struct store *s, MDB_txn *txn)
+{
+	MDB_val key = {.mv_size = strlen(SCHEMA_KEY), .mv_data = SCHEMA_KEY};
+	uint8_t v[4];
+	MDB_val val = {.mv_size = sizeof(v), .mv_data = v};
+
+	put_be32(v, STORE_SCHEMA_VERSION);
+	int rc = mdb_put(txn, s->meta, &key, &val, 0);
+	if (rc == 0) {
+		s->schema = STORE_SCHEMA_VERSION;
+	}
+	return rc == MDB_MAP_FULL ? -ENOSPC : mdb_to_errno(rc);
 }
 
 int

@@ -9,10 +9,13 @@
  *   meta   "schema_version" -> u32 BE (STORE_SCHEMA_VERSION)
  * Other modules keep their own tables beside these (store_open_table(): digest, digest_log).
  *
- * Schema versions: 1 had no digest_log table; 2 adds it (digest.h). A store of version 1 is
- * upgraded by the first read-write open (an absent log is an empty one, so nothing else
- * changes); a version 2 store is refused by builds that know only version 1 (-EPROTO),
- * since they would ignore the contributions in its log.
+ * Schema versions: 1 had no digest_log table; 2 adds it (digest.h); 3 stores the digest
+ * table's values in a compact format (digest.c) instead of protobuf Aggregates. A store of
+ * version 1 becomes version 2 at the first read-write open (an absent log is an empty one,
+ * so nothing else changes). A store below version 3 becomes version 3 only with the
+ * rebuild of its digest table, in the same write transaction (digest_upgrade(), run by
+ * coordd at start; `coordctl repair` too): store_schema() tells, store_set_schema() writes
+ * the version. Each version is refused by builds that know only older ones (-EPROTO).
  *
  * Caveats:
  * - One process writes: store_open() takes an exclusive lock on <dir>/coordd.lock, so a
@@ -40,7 +43,7 @@
 
 #include "coord.pb-c.h"
 
-#define STORE_SCHEMA_VERSION 2
+#define STORE_SCHEMA_VERSION 3
 #define STORE_FLAG_RETRACTED 0x01
 /* The map grows ahead once more than 1/this of it is in use (see Caveats). */
 #define STORE_GROW_AHEAD_DIV 2
@@ -55,6 +58,27 @@ struct store_options {
 	bool read_only;        /* for tools beside a running daemon: no lock, no writes, no
 	                          directory creation; store_write_batch() fails */
 };
+
+/* The schema version the store holds (STORE_SCHEMA_VERSION for a store made by this build;
+ * 2 for one of version 1 opened read-write). */
+uint32_t store_schema(const struct store *s);
+
+/*
+ * Grow the map (doubling, up to map_size_max) until it has room for a second copy of what
+ * is in use, for a write transaction of store_repair_begin() that may rewrite whole tables
+ * (the schema upgrade): a store reopened with a smaller configured map_size maps no more
+ * than it uses, and only write batches grow the map by themselves. At map_size_max it stops
+ * there (the transaction then fails with -ENOSPC if it does not fit). No transaction of this
+ * process may be open. Returns 0, -EROFS, -EIO or -ENOMEM.
+ */
+int store_reserve_copy(struct store *s);
+
+/*
+ * Write STORE_SCHEMA_VERSION inside `txn` (from store_repair_begin()), for the module that
+ * upgrades the tables in the same transaction; store_schema() returns it from then on (the
+ * caller fails the process when the commit fails). Returns 0, -ENOSPC or -EIO.
+ */
+int store_set_schema(struct store *s, MDB_txn *txn);
 
 /*
  * Open (or create) the store. Clears stale reader slots left by dead processes, checks the

@@ -744,12 +744,12 @@ test_table_keys_are_scope_and_bucket(void **state)
 	}
 	k = (MDB_val){.mv_size = 12, .mv_data = key};
 	assert_int_equal(mdb_get(txn, dbi, &k, &v), 0);
-	Coord__V1__Aggregate *agg = coord__v1__aggregate__unpack(NULL, v.mv_size, v.mv_data);
-	assert_non_null(agg);
+	Coord__V1__Aggregate *agg = NULL;
+	assert_int_equal(digest_value_decode(v.mv_data, v.mv_size, &agg), 0);
 	assert_int_equal(agg->n_lines, 1);
 	assert_int_equal(agg->lines[0]->count, 1);
 	assert_int_equal(agg->lines[0]->sum, 7);
-	coord__v1__aggregate__free_unpacked(agg, NULL);
+	digest_value_free(agg);
 
 	/* ALL "" 0, whole campaign. */
 	key[0] = ALL;
@@ -767,43 +767,45 @@ test_table_keys_are_scope_and_bucket(void **state)
 	store_read_end(f->store, txn);
 }
 
-/* Every stored aggregate is byte for byte what protobuf-c packs for it (digest.c packs by
- * hand). */
+/* Every stored aggregate (written by the write side's compact encoder) decodes, is byte for
+ * byte what the read side's encoder makes of the decoded aggregate, and the table is smaller
+ * than protobuf-c's packing of the same aggregates (schema 2's format). */
 static void
-assert_table_is_protobuf_c(struct fixture *f)
+assert_table_is_canonical(struct fixture *f)
 {
 	MDB_dbi dbi;
 	MDB_txn *txn;
 	MDB_cursor *cur;
 	MDB_val k, v;
-	size_t n = 0;
+	size_t n = 0, compact = 0, protobuf = 0;
 
 	assert_int_equal(store_open_table(f->store, "digest", &dbi), 0);
 	assert_int_equal(store_read_begin(f->store, &txn), 0);
 	assert_int_equal(mdb_cursor_open(txn, dbi, &cur), 0);
 	for (int rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
 	     rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-		Coord__V1__Aggregate *agg =
-		        coord__v1__aggregate__unpack(NULL, v.mv_size, v.mv_data);
-		assert_non_null(agg);
-		size_t len = coord__v1__aggregate__get_packed_size(agg);
-		uint8_t *buf = malloc(len + 1);
-		assert_non_null(buf);
-		assert_int_equal(coord__v1__aggregate__pack(agg, buf), len);
+		Coord__V1__Aggregate *agg = NULL;
+		uint8_t *buf = NULL;
+		size_t len = 0;
+		assert_int_equal(digest_value_decode(v.mv_data, v.mv_size, &agg), 0);
+		assert_int_equal(digest_value_encode(agg, &buf, &len), 0);
 		assert_int_equal(v.mv_size, len);
 		assert_memory_equal(v.mv_data, buf, len);
+		compact += len;
+		protobuf += coord__v1__aggregate__get_packed_size(agg);
 		free(buf);
-		coord__v1__aggregate__free_unpacked(agg, NULL);
+		digest_value_free(agg);
 		n++;
 	}
 	mdb_cursor_close(cur);
 	store_read_end(f->store, txn);
 	assert_true(n > 0);
+	assert_true(compact < protobuf);
 }
 
 /* Large sums and counts (multi-byte varints), every category, several codes per list. */
 static void
-test_stored_aggregates_pack_as_protobuf_c(void **state)
+test_stored_aggregates_are_canonical(void **state)
 {
 	struct fixture *f = *state;
 	struct msg m[6];
@@ -825,7 +827,7 @@ test_stored_aggregates_pack_as_protobuf_c(void **state)
 		push(f, event(&m[0], i % 2 ? "c01" : "c02", id, 1, RALLY, i % 3 ? "DE" : "GB", T0,
 		              (uint32_t) i * 1000, "de", "Rally"));
 	}
-	assert_table_is_protobuf_c(f);
+	assert_table_is_canonical(f);
 }
 
 static void
@@ -1126,6 +1128,36 @@ test_free_folds_the_log(void **state)
 	assert_int_equal(line_count(f, COUNTRY, "DE", C_EVENT, RALLY), 1);
 }
 
+/* A log longer than the shutdown limit is left as it is (folding a preload's log on the
+ * way out took minutes): the next run counts it, digests and verify stay exact, and its
+ * next fold empties it. */
+static void
+test_free_leaves_a_long_log(void **state)
+{
+	struct fixture *f = *state;
+	struct msg m;
+
+	push(f, event(&m, "c01", "a", 1, RALLY, "DE", T0, 10, "de", "Rally"));
+	push(f, event(&m, "c02", "b", 1, RALLY, "FR", T0, 10, "fr", "Rally"));
+	push(f, event(&m, "c01", "c", 1, RALLY, "DE", T0, 10, "de", "Rally"));
+	assert_int_equal(log_entries(f), 3);
+	/* Three records, one contribution each: one above the limit. */
+	digest_set_shutdown_fold_max(f->digest, 2);
+	close_all(f);
+	assert_int_equal(open_all(f, 4 * MIB), 0);
+	assert_int_equal(log_entries(f), 3);
+	assert_int_equal(table_entries(f), 0);
+	assert_int_equal(line_count(f, COUNTRY, "DE", C_EVENT, RALLY), 2);
+	assert_int_equal(line_count(f, COUNTRY, "FR", C_EVENT, RALLY), 1);
+	/* At the limit it is folded. */
+	digest_set_shutdown_fold_max(f->digest, 3);
+	close_all(f);
+	assert_int_equal(open_all(f, 4 * MIB), 0);
+	assert_int_equal(log_entries(f), 0);
+	assert_int_equal(line_count(f, COUNTRY, "DE", C_EVENT, RALLY), 2);
+	assert_verify_and_rebuild_agree(f);
+}
+
 /* A log left by a daemon that did not stop cleanly is counted after a restart, and folded
  * when it reaches the limit. */
 static void
@@ -1420,56 +1452,144 @@ model_check(struct fixture *f, const struct model *recs)
 	}
 }
 
-/* A stored aggregate whose codes are not in byte order (not written by this module, but
- * decodable): a fold puts it in order as the protobuf-c path would, and goes on. */
+/* Damaged stored values: each (a schema 2 protobuf Aggregate, a truncated value, codes out
+ * of order) is a verify problem, and a fold that meets it fails the batch (MDB_CORRUPTED)
+ * and changes nothing; rebuild rewrites it from the items and the next batch goes on. */
 static void
-test_fold_accepts_an_unordered_stored_aggregate(void **state)
+test_fold_refuses_a_damaged_stored_aggregate(void **state)
 {
 	struct fixture *f = *state;
 	struct digest_check_report rep;
-	struct msg m;
+	struct msg m, next;
 	MDB_dbi dbi;
 	MDB_txn *txn;
 	MDB_val v;
 	uint8_t key[] = {ALL, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
 	MDB_val k = {.mv_size = sizeof(key), .mv_data = key};
+	struct msg *batch[] = {event(&next, "c01", "c", 1, RALLY, "AM", T0, 5, "hy", "Rally")};
 
 	digest_set_log_limit(f->digest, 0);
 	digest_set_fold_background(f->digest, false);
 	push(f, event(&m, "c01", "a", 1, RALLY, "DE", T0, 10, "de,fr", "Rally"));
 	push(f, event(&m, "c02", "b", 1, RALLY, "FR", T0, 20, "fr", "Rally"));
-
-	/* Reverse every code list of the whole-campaign aggregate of ALL. */
 	assert_int_equal(store_open_table(f->store, "digest", &dbi), 0);
-	assert_int_equal(store_repair_begin(f->store, &txn), 0);
-	assert_int_equal(mdb_get(txn, dbi, &k, &v), 0);
-	Coord__V1__Aggregate *a = coord__v1__aggregate__unpack(NULL, v.mv_size, v.mv_data);
-	assert_non_null(a);
-	assert_int_equal(a->n_lines, 1);
-	Coord__V1__DigestLine *l = a->lines[0];
-	assert_int_equal(l->n_countries, 2);
-	Coord__V1__CodeCount *c = l->countries[0];
-	l->countries[0] = l->countries[1];
-	l->countries[1] = c;
-	c = l->councils[0];
-	l->councils[0] = l->councils[1];
-	l->councils[1] = c;
-	uint8_t buf[512];
-	size_t len = coord__v1__aggregate__get_packed_size(a);
-	assert_true(len <= sizeof(buf));
-	v = (MDB_val){.mv_size = coord__v1__aggregate__pack(a, buf), .mv_data = buf};
-	coord__v1__aggregate__free_unpacked(a, NULL);
-	assert_int_equal(mdb_put(txn, dbi, &k, &v, 0), 0);
-	assert_int_equal(store_repair_commit(f->store, txn), 0);
-	/* verify sees the bytes differ from what this module writes. */
-	assert_int_equal(digest_verify(f->store, NULL, NULL, NULL, &rep), -EBADMSG);
-	assert_int_equal(rep.problems, 1);
 
-	/* The next fold reads it, puts it in order and writes it back. */
+	for (int damage = 0; damage < 3; damage++) {
+		Coord__V1__Aggregate *a = NULL;
+		uint8_t buf[512];
+		assert_int_equal(store_repair_begin(f->store, &txn), 0);
+		assert_int_equal(mdb_get(txn, dbi, &k, &v), 0);
+		assert_true(v.mv_size <= sizeof(buf));
+		memcpy(buf, v.mv_data, v.mv_size);
+		assert_int_equal(digest_value_decode(buf, v.mv_size, &a), 0);
+		assert_int_equal(a->n_lines, 1);
+		assert_int_equal(a->lines[0]->n_countries, 2);
+		if (damage == 0) {
+			v.mv_size = coord__v1__aggregate__pack(a, buf);
+		} else if (damage == 1) {
+			v.mv_size--;
+		} else {
+			/* Codes "DE", "FR" first in the dictionary: swap their first bytes. */
+			assert_int_equal(buf[2], 2);
+			assert_memory_equal(buf + 3, "DE", 2);
+			buf[3] = 'F';
+			buf[6] = 'D';
+		}
+		digest_value_free(a);
+		assert_int_equal(digest_value_decode(buf, v.mv_size, &a), -EBADMSG);
+		v.mv_data = buf;
+		assert_int_equal(mdb_put(txn, dbi, &k, &v, 0), 0);
+		assert_int_equal(store_repair_commit(f->store, txn), 0);
+		assert_int_equal(digest_verify(f->store, NULL, NULL, NULL, &rep), -EBADMSG);
+		assert_int_equal(rep.problems, 1);
+
+		assert_true(write_batch(f, batch, 1, NULL) < 0);
+		assert_int_equal(log_entries(f), 0);
+		assert_int_equal(store_repair_begin(f->store, &txn), 0);
+		assert_int_equal(digest_rebuild(f->store, txn, NULL, NULL, &rep), 0);
+		assert_int_equal(store_repair_commit(f->store, txn), 0);
+		assert_int_equal(rep.problems, 1);
+		assert_int_equal(digest_verify(f->store, NULL, NULL, NULL, &rep), 0);
+	}
 	push(f, event(&m, "c01", "c", 1, RALLY, "AM", T0, 5, "hy", "Rally"));
 	assert_int_equal(line_count(f, ALL, "", C_EVENT, RALLY), 3);
 	assert_int_equal(digest_verify(f->store, NULL, NULL, NULL, &rep), 0);
-	assert_table_is_protobuf_c(f);
+	assert_table_is_canonical(f);
+}
+
+/* A schema 2 store (protobuf Aggregates in the table, contributions in the log): verify on
+ * it says it needs an upgrade; digest_new() upgrades it (rebuild and schema 3 in one
+ * transaction), and the digests equal a recount. */
+static void
+test_schema_2_store_is_upgraded(void **state)
+{
+	struct fixture *f = *state;
+	struct digest_check_report rep;
+	struct msg m;
+	MDB_dbi dbi, meta;
+	MDB_txn *txn;
+	MDB_cursor *cur;
+	MDB_val k, v;
+	uint8_t two[4] = {0, 0, 0, 2};
+	MDB_val sk = {.mv_size = strlen("schema_version"), .mv_data = "schema_version"};
+	size_t n = 0;
+
+	push(f, event(&m, "c01", "a", 1, RALLY, "DE", T0, 10, "de,fr", "Rally"));
+	push(f, event(&m, "c02", "b", 1, RALLY, "FR", T0 + H, 20, "fr", "Rally"));
+	push(f, letter(&m, "c03", "l", 3, "AM", "hy", T0, "Subject", "Mayor"));
+	close_all(f);
+	assert_int_equal(open_all(f, 4 * MIB), 0);
+	/* One more record in the log, not folded: digest_free() is not called below. */
+	push(f, event(&m, "c01", "c", 1, RALLY, "DE", T0, 5, "de", "Rally"));
+	assert_int_equal(log_entries(f), 1);
+	store_set_hooks(f->store, NULL);
+
+	assert_int_equal(store_open_table(f->store, "digest", &dbi), 0);
+	assert_int_equal(store_open_table(f->store, "meta", &meta), 0);
+	assert_int_equal(store_repair_begin(f->store, &txn), 0);
+	assert_int_equal(mdb_cursor_open(txn, dbi, &cur), 0);
+	for (int rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
+	     rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+		Coord__V1__Aggregate *a = NULL;
+		uint8_t buf[1024];
+		assert_int_equal(digest_value_decode(v.mv_data, v.mv_size, &a), 0);
+		assert_true(coord__v1__aggregate__get_packed_size(a) <= sizeof(buf));
+		MDB_val pb = {.mv_size = coord__v1__aggregate__pack(a, buf), .mv_data = buf};
+		digest_value_free(a);
+		assert_int_equal(mdb_cursor_put(cur, &k, &pb, MDB_CURRENT), 0);
+		n++;
+	}
+	mdb_cursor_close(cur);
+	assert_true(n > 0);
+	v = (MDB_val){.mv_size = 4, .mv_data = two};
+	assert_int_equal(mdb_put(txn, meta, &sk, &v, 0), 0);
+	assert_int_equal(store_repair_commit(f->store, txn), 0);
+	f->digest = digest_free(f->digest);
+	f->store = store_free(f->store);
+
+	/* Read-only, as coordctl verify: one problem, naming the upgrade. */
+	const struct store_options ro = {.dir = f->dir, .map_size = 4 * MIB, .read_only = true};
+	assert_int_equal(store_open(&ro, &f->store), 0);
+	assert_int_equal(store_schema(f->store), 2);
+	assert_int_equal(digest_verify(f->store, NULL, NULL, NULL, &rep), -EBADMSG);
+	assert_int_equal(rep.problems, 1);
+	assert_int_equal(rep.live, 4);
+	f->store = store_free(f->store);
+
+	assert_int_equal(open_all(f, 4 * MIB), 0);
+	assert_int_equal(store_schema(f->store), STORE_SCHEMA_VERSION);
+	assert_int_equal(log_entries(f), 0);
+	assert_int_equal(digest_verify(f->store, NULL, NULL, NULL, &rep), 0);
+	assert_int_equal(rep.live, 4);
+	assert_int_equal(line_count(f, COUNTRY, "DE", C_EVENT, RALLY), 2);
+	assert_int_equal(line_count(f, ALL, "", C_EVENT, RALLY), 3);
+	assert_table_is_canonical(f);
+	/* Writing goes on in the new format; a second open has nothing to upgrade. */
+	push(f, event(&m, "c02", "d", 1, RALLY, "FR", T0, 5, "fr", "Rally"));
+	close_all(f);
+	assert_int_equal(open_all(f, 4 * MIB), 0);
+	assert_int_equal(line_count(f, COUNTRY, "FR", C_EVENT, RALLY), 2);
+	assert_verify_and_rebuild_agree(f);
 }
 
 static void
@@ -1488,7 +1608,7 @@ test_map_growth_replay_matches_recount(void **state)
 
 	assert_true(log_entries(f) > 0);
 	check_recount(f, recs, GROW_RECORDS, ALL, 0, W_ALL, 0, 0);
-	assert_table_is_protobuf_c(f);
+	assert_table_is_canonical(f);
 	assert_verify_and_rebuild_agree(f);
 	model_check(f, recs);
 	free(recs);
@@ -1508,7 +1628,7 @@ test_small_cache_folds_match_recount(void **state)
 	digest_set_log_limit(f->digest, GROW_BATCH / 2);
 	model_ingest(f, recs, true);
 	model_check(f, recs);
-	assert_table_is_protobuf_c(f);
+	assert_table_is_canonical(f);
 	assert_verify_and_rebuild_agree(f);
 	model_check(f, recs);
 	free(recs);
@@ -1527,7 +1647,7 @@ test_writer_fold_without_cache_matches_recount(void **state)
 	digest_set_fold_background(f->digest, false);
 	model_ingest(f, recs, false);
 	assert_int_equal(log_entries(f), 0);
-	assert_table_is_protobuf_c(f);
+	assert_table_is_canonical(f);
 	model_check(f, recs);
 	assert_verify_and_rebuild_agree(f);
 	free(recs);
@@ -1557,7 +1677,7 @@ main(void)
 	        cmocka_unit_test(test_contribution_of_each_category),
 	        cmocka_unit_test_setup_teardown(test_hour_buckets_and_window_merging, setup,
 	                                        teardown),
-	        cmocka_unit_test_setup_teardown(test_stored_aggregates_pack_as_protobuf_c, setup,
+	        cmocka_unit_test_setup_teardown(test_stored_aggregates_are_canonical, setup,
 	                                        teardown),
 	        cmocka_unit_test_setup_teardown(test_table_keys_are_scope_and_bucket, setup,
 	                                        teardown),
@@ -1575,6 +1695,7 @@ main(void)
 	        cmocka_unit_test_setup_teardown(test_background_fold_is_installed_by_the_next_batch,
 	                                        setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_free_folds_the_log, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_free_leaves_a_long_log, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_log_left_by_a_crash_is_merged_and_folded,
 	                                        setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_bad_scope_or_window_is_einval, setup,
@@ -1584,8 +1705,9 @@ main(void)
 	                                        teardown),
 	        cmocka_unit_test_setup_teardown(test_map_growth_replay_matches_recount,
 	                                        setup_small_map, teardown),
-	        cmocka_unit_test_setup_teardown(test_fold_accepts_an_unordered_stored_aggregate,
-	                                        setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_fold_refuses_a_damaged_stored_aggregate, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_schema_2_store_is_upgraded, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_small_cache_folds_match_recount,
 	                                        setup_small_map, teardown),
 	        cmocka_unit_test_setup_teardown(test_writer_fold_without_cache_matches_recount,
