@@ -23,6 +23,7 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -586,6 +587,21 @@ notify(const char *text)
 	return r;
 }
 
+/* notify() with a printf format; the text is cut at 511 bytes (STATUS= lines are short). */
+static int notifyf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static int
+notifyf(const char *fmt, ...)
+{
+	char text[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	(void) vsnprintf(text, sizeof(text), fmt, ap);
+	va_end(ap);
+	return notify(text);
+}
+
 /*
  * A one-line summary for systemd: connections, what is stored, the last commit. With
  * `extra` "" (the periodic refresh) it is sent only when it changed, so that a slow reader
@@ -851,11 +867,9 @@ on_upgrade_progress(void *data, uint64_t done, uint64_t total)
 		log_notice("Upgrading the store: %" PRIu64 " of %" PRIu64 " items recounted", done,
 		           total);
 		/* A service manager waiting for READY=1 is told that the start goes on. */
-		(void) sd_notifyf(
-		        0,
-		        "EXTEND_TIMEOUT_USEC=120000000\nSTATUS=Upgrading the store: %" PRIu64
-		        " of %" PRIu64 " items",
-		        done, total);
+		(void) notifyf("EXTEND_TIMEOUT_USEC=120000000\nSTATUS=Upgrading the store: %" PRIu64
+		               " of %" PRIu64 " items",
+		               done, total);
 		*next = done + UPGRADE_LOG_STEP;
 	}
 }
