@@ -81,6 +81,7 @@ struct coordd {
 	uint64_t status_batches; /* ingest batches at the last STATUS= */
 	int64_t last_commit_at;  /* Unix ms when a new batch was first seen, 0: none */
 	char status_text[192];   /* the last STATUS= sent */
+	char store_note[128];    /* STATUS= while the store is in trouble, else "" */
 	uint64_t refusal_log_ms; /* start of the current second of refusal warnings */
 	unsigned refusal_log_count;
 	int64_t started_at;    /* Unix ms */
@@ -513,26 +514,6 @@ render_metrics(void *data, struct metrics_text *t)
 	             (double) d->cfg->store.min_free_bytes);
 }
 
-/* ingest_state_fn: disk trouble starts or ends; say so in STATUS=. */
-static void
-on_store_state(void *data, const struct ingest_counters *c)
-{
-	struct coordd *d = data;
-	static const char *const causes[INGEST_FAILURE_X_MAX] = {"disk full", "store map full",
-	                                                         "store I/O error"};
-
-	if (c->store_failing) {
-		(void) sd_notifyf(0, "STATUS=Refusing writes (%s): answering RETRY_LATER",
-		                  causes[c->failing_cause]);
-	} else if (c->disk_low) {
-		(void) sd_notifyf(
-		        0, "STATUS=Serving %zu councils; low disk space: %" PRIu64 " MiB free",
-		        d->cfg->n_councils, c->disk_free_bytes >> 20);
-	} else {
-		(void) sd_notifyf(0, "STATUS=Serving %zu councils", d->cfg->n_councils);
-	}
-}
-
 /* metrics_health_fn: healthy while serving and the store answers. */
 static bool
 check_health(void *data, struct metrics_text *t)
@@ -635,12 +616,48 @@ notify_status(struct coordd *d, const char *extra)
 	                " records stored (seq %" PRIu64 "), %s",
 	                d->ingest ? ingest_connections(d->ingest) : 0, st.records, st.last_seq,
 	                last);
+	if (d->store_note[0]) {
+		(void) snprintf(status, sizeof(status), "%s", d->store_note);
+	}
 	if (!extra[0] && strcmp(status, d->status_text) == 0) {
 		return;
 	}
-	memcpy(d->status_text, status, sizeof(status));
 	(void) snprintf(text, sizeof(text), "%sSTATUS=%s", extra, status);
-	(void) notify(text);
+	if (notify(text) < 0) {
+		d->status_text[0] = '\0'; /* dropped: the next refresh sends it again */
+		return;
+	}
+	memcpy(d->status_text, status, sizeof(status));
+}
+
+/*
+ * ingest_state_fn: disk trouble starts or ends; say so in STATUS=. While it lasts, the
+ * trouble is the status (the periodic refresh repeats it rather than the summary, and sends
+ * it again if a full notify queue dropped it); once over, one "Serving N councils" line, then
+ * the summary again.
+ */
+static void
+on_store_state(void *data, const struct ingest_counters *c)
+{
+	struct coordd *d = data;
+	static const char *const causes[INGEST_FAILURE_X_MAX] = {"disk full", "store map full",
+	                                                         "store I/O error"};
+
+	if (c->store_failing) {
+		(void) snprintf(d->store_note, sizeof(d->store_note),
+		                "Refusing writes (%s): answering RETRY_LATER",
+		                causes[c->failing_cause]);
+	} else if (c->disk_low) {
+		(void) snprintf(d->store_note, sizeof(d->store_note),
+		                "Serving %zu councils; low disk space: %" PRIu64 " MiB free",
+		                d->cfg->n_councils, c->disk_free_bytes >> 20);
+	} else {
+		d->store_note[0] = '\0';
+		d->status_text[0] = '\0'; /* the next refresh sends the summary */
+		(void) notifyf("STATUS=Serving %zu councils", d->cfg->n_councils);
+		return;
+	}
+	notify_status(d, "");
 }
 
 static void

@@ -216,6 +216,14 @@ def test_map_at_its_maximum_answers_retry_later(coordd_factory):
         assert m[("coordd_commit_failures_total", (("cause", "disk_full"),))] == 0
         wait_status(d, "STATUS=Refusing writes (store map full)")
         assert d.stderr().count("Store full: its map reached") == 1
+        # The trouble stays the status: a refresh (every 5 s) with a changed summary (one
+        # more council connection) repeats it instead of going back to "Serving: ...".
+        with d.council("c02"):
+            deadline = time.monotonic() + 6
+            while time.monotonic() < deadline:
+                d._read_notify(0.1)
+        statuses = [m for m in d.notifications if "STATUS=" in m]
+        assert "STATUS=Refusing writes (store map full)" in statuses[-1], statuses[-3:]
         verify(d.state_dir)
 
     # Raising the limit takes a restart; then the refused records go in.
