@@ -381,18 +381,18 @@ test_map_at_maximum_is_enospc_and_writes_nothing(void **state)
 	write_bulk(f, 8, 0);
 }
 
+/* Write `version` as the schema version, with LMDB directly (the store must be closed). */
 static void
-test_newer_schema_is_refused(void **state)
+put_schema(struct fixture *f, uint32_t version)
 {
-	struct fixture *f = *state;
 	MDB_env *env;
 	MDB_txn *txn;
 	MDB_dbi dbi;
-	uint8_t newer[4] = {0, 0, 0, STORE_SCHEMA_VERSION + 1};
+	uint8_t b[4] = {(uint8_t) (version >> 24), (uint8_t) (version >> 16),
+	                (uint8_t) (version >> 8), (uint8_t) version};
 	MDB_val k = {.mv_size = strlen("schema_version"), .mv_data = "schema_version"};
-	MDB_val v = {.mv_size = 4, .mv_data = newer};
+	MDB_val v = {.mv_size = sizeof(b), .mv_data = b};
 
-	f->store = store_free(f->store);
 	assert_int_equal(mdb_env_create(&env), 0);
 	assert_int_equal(mdb_env_set_maxdbs(env, 8), 0);
 	assert_int_equal(mdb_env_open(env, f->dir, 0, 0640), 0);
@@ -401,6 +401,15 @@ test_newer_schema_is_refused(void **state)
 	assert_int_equal(mdb_put(txn, dbi, &k, &v, 0), 0);
 	assert_int_equal(mdb_txn_commit(txn), 0);
 	mdb_env_close(env);
+}
+
+static void
+test_newer_schema_is_refused(void **state)
+{
+	struct fixture *f = *state;
+
+	f->store = store_free(f->store);
+	put_schema(f, STORE_SCHEMA_VERSION + 1);
 
 	assert_int_equal(open_store(f, 4 * MIB, 64 * MIB), -EPROTO);
 	assert_null(f->store);
@@ -645,24 +654,11 @@ test_older_schema_is_upgraded(void **state)
 	struct fixture *f = *state;
 	struct store *ro = NULL;
 	struct store_stats st;
-	MDB_env *env;
-	MDB_txn *txn;
-	MDB_dbi dbi;
-	uint8_t one[4] = {0, 0, 0, 1};
-	MDB_val k = {.mv_size = strlen("schema_version"), .mv_data = "schema_version"};
-	MDB_val v = {.mv_size = 4, .mv_data = one};
 	const struct store_options o = {.dir = f->dir, .map_size = 4 * MIB, .read_only = true};
 
 	write_sample(f);
 	f->store = store_free(f->store);
-	assert_int_equal(mdb_env_create(&env), 0);
-	assert_int_equal(mdb_env_set_maxdbs(env, 8), 0);
-	assert_int_equal(mdb_env_open(env, f->dir, 0, 0640), 0);
-	assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
-	assert_int_equal(mdb_dbi_open(txn, "meta", 0, &dbi), 0);
-	assert_int_equal(mdb_put(txn, dbi, &k, &v, 0), 0);
-	assert_int_equal(mdb_txn_commit(txn), 0);
-	mdb_env_close(env);
+	put_schema(f, 1);
 
 	assert_int_equal(store_open(&o, &ro), 0);
 	store_free(ro);
