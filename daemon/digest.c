@@ -143,6 +143,7 @@
 #include <lmdb.h>
 
 #include "digest.h"
+#include "varint.h"
 #include "iso.h"
 #include "wire.h"
 
@@ -652,35 +653,22 @@ agg_apply(Coord__V1__Aggregate *a, const Coord__V1__DigestLine *in, int sign)
  */
 #define CV_FORMAT 1
 /* At most what one varint holds: 10 bytes. */
-#define VARINT_MAX 10
 
 static int line_order(int32_t cat_a, int32_t kind_a, int32_t cat_b, int32_t kind_b);
 
 static uint8_t *
 put_varint(uint8_t *p, uint64_t v)
 {
-	while (v >= 0x80) {
-		*p++ = (uint8_t) (v | 0x80);
-		v >>= 7;
-	}
-	*p++ = (uint8_t) v;
-	return p;
+	return p + varint_put(p, v);
 }
 
+/* varint_get() over [p, end): the byte after the varint, or NULL. */
 static const uint8_t *
 get_varint(const uint8_t *p, const uint8_t *end, uint64_t *ret)
 {
-	uint64_t v = 0;
+	size_t pos = 0;
 
-	for (unsigned shift = 0; p < end && shift < 64; shift += 7) {
-		uint8_t b = *p++;
-		v |= (uint64_t) (b & 0x7f) << shift;
-		if (!(b & 0x80)) {
-			*ret = v;
-			return p;
-		}
-	}
-	return NULL;
+	return p < end && varint_get(p, (size_t) (end - p), &pos, ret) ? p + pos : NULL;
 }
 
 /* A varint already checked by cv_check(). */

@@ -27,6 +27,7 @@
 #include "iso.h"
 #include "log.h"
 #include "query.h"
+#include "varint.h"
 #include "wire.h"
 #include "zmon.h"
 #include "zuv.h"
@@ -37,7 +38,6 @@
 #define QUERY_RECV_BUDGET 32
 /* Room for QueryResponse {request_id, key 11, length} and HistoryPage's key and length. */
 #define HEADER_ROOM 32
-#define VARINT_MAX 10
 
 /* protobuf field numbers and wire types used by the hand-written history answer. */
 #define WT_VARINT 0
@@ -88,39 +88,9 @@ now_ms(void)
 }
 
 static size_t
-put_varint(uint8_t *p, uint64_t v)
-{
-	size_t n = 0;
-
-	while (v >= 0x80) {
-		p[n++] = (uint8_t) (v | 0x80);
-		v >>= 7;
-	}
-	p[n++] = (uint8_t) v;
-	return n;
-}
-
-static size_t
 put_key(uint8_t *p, unsigned field, unsigned wire_type)
 {
-	return put_varint(p, ((uint64_t) field << 3) | wire_type);
-}
-
-/* Read a varint at p[*pos] below end. Returns false when it is truncated or too long. */
-static bool
-get_varint(const uint8_t *p, size_t len, size_t *pos, uint64_t *ret)
-{
-	uint64_t v = 0;
-
-	for (unsigned shift = 0; shift < 64 && *pos < len; shift += 7) {
-		uint8_t b = p[(*pos)++];
-		v |= (uint64_t) (b & 0x7F) << shift;
-		if (!(b & 0x80)) {
-			*ret = v;
-			return true;
-		}
-	}
-	return false;
+	return varint_put(p, ((uint64_t) field << 3) | wire_type);
 }
 
 /*
@@ -134,17 +104,17 @@ item_council_is(const uint8_t *p, size_t len, const char *council)
 	uint64_t key, v;
 
 	while (pos < len) {
-		if (!get_varint(p, len, &pos, &key)) {
+		if (!varint_get(p, len, &pos, &key)) {
 			return false;
 		}
 		switch (key & 7) {
 		case WT_VARINT:
-			if (!get_varint(p, len, &pos, &v)) {
+			if (!varint_get(p, len, &pos, &v)) {
 				return false;
 			}
 			break;
 		case WT_LEN:
-			if (!get_varint(p, len, &pos, &v) || v > len - pos) {
+			if (!varint_get(p, len, &pos, &v) || v > len - pos) {
 				return false;
 			}
 			if ((key >> 3) == F_ITEM_COUNCIL) {
@@ -462,7 +432,7 @@ scan_history(void *data, uint64_t seq, const uint8_t *item, size_t len, bool liv
 	}
 	uint8_t *p = h->a->buf + h->a->off + h->a->len;
 	size_t n = put_key(p, F_PAGE_ITEMS, WT_LEN);
-	n += put_varint(p + n, len);
+	n += varint_put(p + n, len);
 	memcpy(p + n, item, len);
 	h->a->len += n + len;
 	h->item_bytes += len;
@@ -519,15 +489,15 @@ do_history(struct query *q, const struct query_request *qr, struct answer *a)
 	size_t n = 0;
 	if (h.next_after_seq) {
 		n += put_key(p + n, F_PAGE_NEXT_AFTER_SEQ, WT_VARINT);
-		n += put_varint(p + n, h.next_after_seq);
+		n += varint_put(p + n, h.next_after_seq);
 	}
 	if (last_seq) {
 		n += put_key(p + n, F_PAGE_LAST_SEQ, WT_VARINT);
-		n += put_varint(p + n, last_seq);
+		n += varint_put(p + n, last_seq);
 	}
 	if (complete) {
 		n += put_key(p + n, F_PAGE_COMPLETE, WT_VARINT);
-		n += put_varint(p + n, 1);
+		n += varint_put(p + n, 1);
 	}
 	a->len += n;
 
@@ -536,10 +506,10 @@ do_history(struct query *q, const struct query_request *qr, struct answer *a)
 	size_t hn = 0;
 	if (rid) {
 		hn += put_key(head + hn, F_RESPONSE_REQUEST_ID, WT_VARINT);
-		hn += put_varint(head + hn, rid);
+		hn += varint_put(head + hn, rid);
 	}
 	hn += put_key(head + hn, F_RESPONSE_HISTORY, WT_LEN);
-	hn += put_varint(head + hn, a->len);
+	hn += varint_put(head + hn, a->len);
 	a->off -= hn;
 	memcpy(a->buf + a->off, head, hn);
 	a->len += hn;

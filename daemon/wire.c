@@ -29,6 +29,7 @@
 #include <string.h>
 
 #include "iso.h"
+#include "varint.h"
 #include "wire.h"
 
 /* Bytes of a peer string quoted in a verdict message, and the buffer that holds the quote:
@@ -744,25 +745,6 @@ struct string_fault {
 	bool nul; /* a NUL byte, else invalid UTF-8 */
 };
 
-static bool
-read_varint(const uint8_t *buf, size_t len, size_t *pos, uint64_t *ret)
-{
-	uint64_t v = 0;
-
-	for (unsigned shift = 0; shift < 64; shift += 7) {
-		if (*pos >= len) {
-			return false;
-		}
-		uint8_t b = buf[(*pos)++];
-		v |= (uint64_t) (b & 0x7f) << shift;
-		if ((b & 0x80) == 0) {
-			*ret = v;
-			return true;
-		}
-	}
-	return false;
-}
-
 /*
  * Walk the fields of the message of type desc encoded in buf, descending into known message
  * fields, and look at every occurrence of a known string field. Returns 0 when all are clean,
@@ -779,12 +761,12 @@ find_string_fault(const uint8_t *buf, size_t len, const ProtobufCMessageDescript
 		uint64_t tag;
 		uint64_t n;
 
-		if (!read_varint(buf, len, &pos, &tag)) {
+		if (!varint_get(buf, len, &pos, &tag)) {
 			return -EBADMSG;
 		}
 		switch (tag & 7) {
 		case PROTOBUF_C_WIRE_TYPE_VARINT:
-			if (!read_varint(buf, len, &pos, &n)) {
+			if (!varint_get(buf, len, &pos, &n)) {
 				return -EBADMSG;
 			}
 			continue;
@@ -801,7 +783,7 @@ find_string_fault(const uint8_t *buf, size_t len, const ProtobufCMessageDescript
 			pos += 4;
 			continue;
 		case PROTOBUF_C_WIRE_TYPE_LENGTH_PREFIXED:
-			if (!read_varint(buf, len, &pos, &n) || n > len - pos) {
+			if (!varint_get(buf, len, &pos, &n) || n > len - pos) {
 				return -EBADMSG;
 			}
 			break;
