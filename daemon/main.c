@@ -966,10 +966,11 @@ run(struct coordd *d)
 			r = store_upgrade_index(d->store, on_upgrade_progress, &next, &irep);
 		}
 		if (r < 0) {
-			return log_error_errno(r,
-			                       "Failed to upgrade the store in '%s' (it is at schema "
-			                       "%" PRIu32 ", whole)",
-			                       so.dir, store_schema(d->store));
+			return log_error_errno(
+			        r,
+			        "Failed to upgrade the store in '%s' (left intact at schema "
+			        "%" PRIu32 ")",
+			        so.dir, store_schema(d->store));
 		}
 		log_notice("Upgraded the store in '%s' to schema %d: %" PRIu64 " items, %" PRIu64
 		           " records indexed (%" PRIu64 " undecodable items skipped)%s",

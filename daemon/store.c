@@ -53,8 +53,8 @@ struct store {
 	uint64_t map_size_max;
 	uint64_t page_size;
 	bool read_only;
-	uint32_t schema; /* the stored schema version (STORE_SCHEMA_VERSION for a new store) */
-	bool index_hashed; /* the index table has schema 4's layout (keyed by hash, INDEX_FLAGS) */
+	uint32_t schema;    /* the stored schema version (STORE_SCHEMA_VERSION for a new store) */
+	bool index_hashed;  /* the index table has schema 4's layout (keyed by hash, INDEX_FLAGS) */
 	uint64_t hash_mask; /* ANDed into every index hash: all ones but in collision tests */
 	pthread_rwlock_t resize_lock;
 	struct store_hooks hooks;
@@ -2045,7 +2045,8 @@ compare_index(struct store *s, MDB_txn *txn, const struct entry *entries, size_t
 			i++;
 		}
 		bool have_old = rc == 0;
-		if (have_old && (k.mv_size != STORE_INDEX_KEY_SIZE || v.mv_size != INDEX_VALUE_SIZE)) {
+		if (have_old &&
+		    (k.mv_size != STORE_INDEX_KEY_SIZE || v.mv_size != INDEX_VALUE_SIZE)) {
 			rep->dropped++;
 			rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
 			continue;
@@ -2055,9 +2056,10 @@ compare_index(struct store *s, MDB_txn *txn, const struct entry *entries, size_t
 		}
 		uint64_t oh = have_old ? get_be64(k.mv_data) : 0;
 		uint64_t oseq = have_old ? get_be64(v.mv_data) : 0;
-		int order = !have_old ? 1
-		            : i == n  ? -1
-		                      : entry_cmp(&(struct entry){.hash = oh, .seq = oseq}, &entries[i]);
+		int order =
+		        !have_old ? 1
+		        : i == n  ? -1
+		                 : entry_cmp(&(struct entry){.hash = oh, .seq = oseq}, &entries[i]);
 		if (order < 0) {
 			rep->dropped++;
 		} else if (order > 0) {

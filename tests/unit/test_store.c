@@ -647,8 +647,7 @@ test_verify_finds_an_index_entry_without_item(void **state)
 	uint8_t val[13] = {0, 0, 0, 0, 0, 0, 0, 99, 0, 0, 0, 1, 0};
 
 	write_sample(f);
-	raw_edit(f, "index", index_key(f, "c09", "ghost"), STORE_INDEX_KEY_SIZE, val,
-	         sizeof(val));
+	raw_edit(f, "index", index_key(f, "c09", "ghost"), STORE_INDEX_KEY_SIZE, val, sizeof(val));
 	assert_int_equal(store_verify(f->store, NULL, NULL, NULL, &rep), -EBADMSG);
 	assert_non_null(strstr(rep.first_problem, "point at a matching item"));
 }
@@ -981,7 +980,8 @@ test_colliding_records_stay_distinct(void **state)
 	assert_lookup(f, "c01", "a", 1, 1, false);
 	assert_lookup(f, "c01", "b", 4, 2, false);
 	assert_lookup(f, "c02", "a", 5, 2, true);
-	struct store_record resend[] = {real_record("c01", "b", 2, false, bufs[10], sizeof(bufs[10]))};
+	struct store_record resend[] = {
+	        real_record("c01", "b", 2, false, bufs[10], sizeof(bufs[10]))};
 	assert_int_equal(store_write_batch(f->store, resend, 1), 0);
 	assert_int_equal(resend[0].status, COORD__V1__ACK_STATUS__ACK_STATUS_DUPLICATE);
 	assert_int_equal(resend[0].seq, 4);
