@@ -4,7 +4,7 @@
  * Tables (named LMDB databases):
  *   items  u64 big-endian seq -> packed coord.v1.Item {seq, received_at, council, envelope}
  *          appended in seq order (MDB_APPEND); the envelope bytes are the client's, verbatim
- *   index  u64 big-endian SipHash-2-4 of council "\0" msg_id (store_index_key()) -> sorted
+ *   index  64-bit hash of (council, msg_id), big-endian (store_index_key()) -> sorted
  *          duplicates (MDB_DUPSORT | MDB_DUPFIXED) of 13 bytes: u64 BE latest seq, u32 BE
  *          latest revision, u8 flags (STORE_FLAG_RETRACTED). Usually one per key; records
  *          whose hashes collide have one each, told apart by the item each points at
@@ -95,8 +95,12 @@ int store_reserve_copy(struct store *s);
 int store_set_schema(struct store *s, MDB_txn *txn);
 
 /*
- * The index key of (council, msg_id): SipHash-2-4, with a fixed key, of council "\0" msg_id,
- * as a u64 big-endian. Returns 0, or -ENAMETOOLONG when the two exceed 255 bytes.
+ * The index key of (council, msg_id), a u64 big-endian: its high 32 bits are those of the
+ * SipHash-2-4 (fixed key) of council "\0" msg_id without the msg_id's last 2 bytes, its low
+ * 32 bits those of the SipHash-2-4 of council "\0" msg_id. So msg_ids that differ only at
+ * their end (sequential ids) sit together in the index, and a batch of them dirties a few
+ * pages, as keys by name did; random ids (libcoord's content hashes) spread evenly either
+ * way. Returns 0, or -ENAMETOOLONG when the two exceed 255 bytes.
  */
 int store_index_key(const struct store *s, const char *council, const char *msg_id,
                     uint8_t ret_key[STORE_INDEX_KEY_SIZE]);
@@ -135,7 +139,9 @@ struct store_record {
 	const char *msg_id;      /* validated msg_id */
 	uint32_t revision;       /* >= 1 */
 	bool retraction;         /* the body is a Retraction */
-	const uint8_t *envelope; /* the Envelope bytes as received */
+	const uint8_t *envelope; /* the Envelope bytes as received: a packed Envelope of this
+	                            council and msg_id (the index tells records whose hashes
+	                            collide apart by the items' council and msg_id) */
 	size_t envelope_len;
 	int64_t received_at; /* Unix ms */
 

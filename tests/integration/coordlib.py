@@ -576,9 +576,14 @@ def siphash24(key, data):
 
 
 def index_key(council, msg_id):
-    """The index key of a record in a store of schema 4: the u64 big-endian SipHash-2-4 of
-    council "\\0" msg_id."""
-    return struct.pack(">Q", siphash24(INDEX_HASH_KEY, council.encode() + b"\0" + msg_id.encode()))
+    """The index key of a record in a store of schema 4 (daemon/store.h store_index_key()):
+    the high 32 bits of the SipHash-2-4 of council "\\0" msg_id without its last 2 bytes, the
+    low 32 bits of that of council "\\0" msg_id; u64 big-endian."""
+    whole = council.encode() + b"\0" + msg_id.encode()
+    group = whole[:len(whole) - min(2, len(msg_id.encode()))]
+    h = (siphash24(INDEX_HASH_KEY, group) & ~0xffffffff) | (siphash24(INDEX_HASH_KEY, whole)
+                                                          & 0xffffffff)
+    return struct.pack(">Q", h)
 
 
 class Store:

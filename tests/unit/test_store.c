@@ -858,6 +858,25 @@ test_siphash_reference_vectors(void **state)
 	assert_true(store_siphash24(key, msg, 16) == UINT64_C(0x3f2acc7f57c29bdb));
 }
 
+/* Index keys of msg_ids that differ only in their last two bytes share their high half. */
+static void
+test_sequential_ids_share_the_high_half_of_their_keys(void **state)
+{
+	struct fixture *f = *state;
+	uint8_t a[STORE_INDEX_KEY_SIZE], b[STORE_INDEX_KEY_SIZE], c[STORE_INDEX_KEY_SIZE];
+
+	assert_int_equal(store_index_key(f->store, "c01", "row-1200", a), 0);
+	assert_int_equal(store_index_key(f->store, "c01", "row-1299", b), 0);
+	assert_int_equal(store_index_key(f->store, "c01", "row-1300", c), 0);
+	assert_memory_equal(a, b, 4);
+	assert_memory_not_equal(a + 4, b + 4, 4);
+	assert_memory_not_equal(a, c, 4);
+	assert_int_equal(store_index_key(f->store, "c02", "row-1200", c), 0);
+	assert_memory_not_equal(a, c, 4);
+	assert_int_equal(store_index_key(f->store, "c01", "x", c), 0);
+	assert_int_equal(store_index_key(f->store, "c01", "", c), 0);
+}
+
 struct live_seen {
 	uint64_t live; /* bit seq set when the scan called item seq live */
 	unsigned items;
@@ -1125,6 +1144,8 @@ main(void)
 	        cmocka_unit_test_setup_teardown(test_backup_refuses_a_directory_with_files, setup,
 	                                        teardown),
 	        cmocka_unit_test(test_siphash_reference_vectors),
+	        cmocka_unit_test_setup_teardown(
+	                test_sequential_ids_share_the_high_half_of_their_keys, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_colliding_records_stay_distinct, setup,
 	                                        teardown),
 	        cmocka_unit_test_setup_teardown(test_schema_3_index_is_upgraded, setup, teardown),
