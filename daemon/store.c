@@ -27,6 +27,7 @@
 
 #include <lmdb.h>
 
+#include "siphash.h"
 #include "store.h"
 #include "varint.h"
 #include "wire.h"
@@ -42,10 +43,12 @@
 /* The index table of schema 4: sorted duplicates of fixed size under each hash. */
 #define INDEX_FLAGS (MDB_DUPSORT | MDB_DUPFIXED)
 
-/* The SipHash-2-4 key of the index hash. It is fixed, not secret: every build and tool must
- * find the same entries, and a collision costs a read of an item, never a wrong answer. */
-static const uint8_t index_hash_key[16] = {0x63, 0x6f, 0x6f, 0x72, 0x64, 0x64, 0x2e, 0x69,
-                                           0x6e, 0x64, 0x65, 0x78, 0x2e, 0x76, 0x34, 0x00};
+/* The SipHash-2-4 key of the index hash: the 16 bytes "coordd.index.v4" and a NUL, as
+ * siphash24() takes them (two little-endian halves). It is fixed, not secret: every build
+ * and tool must find the same entries, and a collision costs a read of an item, never a
+ * wrong answer. */
+static const uint64_t index_hash_key[2] = {UINT64_C(0x692e6464726f6f63),
+                                           UINT64_C(0x0034762e7865646e)};
 
 struct store {
 	MDB_env *env;
@@ -140,69 +143,6 @@ index_key(const char *council, const char *msg_id, uint8_t buf[INDEX_KEY_MAX])
 	buf[lc] = 0;
 	memcpy(buf + lc + 1, msg_id, lm);
 	return (int) (lc + 1 + lm);
-}
-
-static uint64_t
-get_le64(const uint8_t *p)
-{
-	uint64_t v = 0;
-
-	for (int i = 7; i >= 0; i--) {
-		v = (v << 8) | p[i];
-	}
-	return v;
-}
-
-static uint64_t
-rotl(uint64_t x, unsigned b)
-{
-	return (x << b) | (x >> (64 - b));
-}
-
-static void
-sip_round(uint64_t v[4])
-{
-	v[0] += v[1];
-	v[1] = rotl(v[1], 13) ^ v[0];
-	v[0] = rotl(v[0], 32);
-	v[2] += v[3];
-	v[3] = rotl(v[3], 16) ^ v[2];
-	v[0] += v[3];
-	v[3] = rotl(v[3], 21) ^ v[0];
-	v[2] += v[1];
-	v[1] = rotl(v[1], 17) ^ v[2];
-	v[2] = rotl(v[2], 32);
-}
-
-uint64_t
-store_siphash24(const uint8_t key[16], const uint8_t *data, size_t len)
-{
-	uint64_t k0 = get_le64(key);
-	uint64_t k1 = get_le64(key + 8);
-	uint64_t v[4] = {k0 ^ UINT64_C(0x736f6d6570736575), k1 ^ UINT64_C(0x646f72616e646f6d),
-	                 k0 ^ UINT64_C(0x6c7967656e657261), k1 ^ UINT64_C(0x7465646279746573)};
-	size_t end = len - len % 8;
-
-	for (size_t i = 0; i < end; i += 8) {
-		uint64_t m = get_le64(data + i);
-		v[3] ^= m;
-		sip_round(v);
-		sip_round(v);
-		v[0] ^= m;
-	}
-	uint64_t last = (uint64_t) len << 56;
-	for (size_t i = 0; i < len % 8; i++) {
-		last |= (uint64_t) data[end + i] << (8 * i);
-	}
-	v[3] ^= last;
-	sip_round(v);
-	sip_round(v);
-	v[0] ^= last;
-	v[2] ^= 0xff;
-	for (int i = 0; i < 4; i++) {
-		sip_round(v);
-	}
-	return v[0] ^ v[1] ^ v[2] ^ v[3];
 }
 
 /* What names a record inside an item's bytes (borrowed from them). */
@@ -347,8 +287,8 @@ names_hash(const struct store *s, const struct names *n, uint8_t key[STORE_INDEX
 	buf[n->council_len] = 0;
 	memcpy(buf + n->council_len + 1, n->msg_id, n->msg_id_len);
 	size_t cut = n->msg_id_len > INDEX_GROUP_CUT ? INDEX_GROUP_CUT : n->msg_id_len;
-	uint64_t group = store_siphash24(index_hash_key, buf, len - cut);
-	uint64_t whole = store_siphash24(index_hash_key, buf, len);
+	uint64_t group = siphash24(index_hash_key, buf, len - cut);
+	uint64_t whole = siphash24(index_hash_key, buf, len);
 	uint64_t h = (group & UINT64_C(0xffffffff00000000)) | (whole & UINT64_C(0xffffffff));
 	put_be64(key, h & s->hash_mask);
 	return 0;
@@ -1735,6 +1675,19 @@ item_key(const MDB_val *v, uint8_t kbuf[INDEX_KEY_MAX], size_t *ret_klen, uint32
 	return r;
 }
 
+/* An item that the index cannot take: tell `problem_fn` (may be NULL). */
+static void
+report_undecodable(store_problem_fn *problem_fn, void *data, uint64_t seq)
+{
+	char text[96];
+
+	if (problem_fn) {
+		(void) snprintf(text, sizeof(text),
+		                "items: seq %" PRIu64 " does not decode; not indexed", seq);
+		problem_fn(data, text);
+	}
+}
+
 /* Walk the items from the last down, adding each record at its latest item to `set`; `fn`
  * (may be NULL) sees each item with its liveness. Returns 0, the callback's value, or an
  * error. */
@@ -1777,13 +1730,7 @@ scan_latest(struct store *s, MDB_txn *txn, struct latest_set *set, store_item_fn
 			r = r < 0 ? r : 0;
 		} else {
 			skipped++;
-			if (problem_fn) {
-				char text[96];
-				(void) snprintf(
-				        text, sizeof(text),
-				        "items: seq %" PRIu64 " does not decode; not indexed", seq);
-				problem_fn(data, text);
-			}
+			report_undecodable(problem_fn, data, seq);
 		}
 		if (r == 0 && fn) {
 			r = fn(data, seq, v.mv_data, v.mv_size, live);
@@ -1976,13 +1923,7 @@ collect_entries(struct store *s, MDB_txn *txn, struct entry *entries, uint64_t t
 			};
 		} else {
 			rep->skipped++;
-			if (problem_fn) {
-				char text[96];
-				(void) snprintf(
-				        text, sizeof(text),
-				        "items: seq %" PRIu64 " does not decode; not indexed", seq);
-				problem_fn(data, text);
-			}
+			report_undecodable(problem_fn, data, seq);
 		}
 		if (++rep->items % STORE_PROGRESS_STEP == 0 && progress) {
 			progress(data, rep->items, total);

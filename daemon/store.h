@@ -105,9 +105,6 @@ int store_set_schema(struct store *s, MDB_txn *txn);
 int store_index_key(const struct store *s, const char *council, const char *msg_id,
                     uint8_t ret_key[STORE_INDEX_KEY_SIZE]);
 
-/* SipHash-2-4 (Aumasson and Bernstein, 2012) of `len` bytes under a 16-byte key. */
-uint64_t store_siphash24(const uint8_t key[16], const uint8_t *data, size_t len);
-
 /*
  * For tests of hash collisions only: AND every index hash with `mask` from now on (0 puts
  * every record under one key). A store written so is consistent only under the same mask.
