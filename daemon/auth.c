@@ -991,15 +991,6 @@ on_readable(struct zuv *z, void *zsock, unsigned budget, void *data)
 	}
 }
 
-static void
-free_after_failed_init(struct zuv *z)
-{
-	struct auth *a = container_of(z, struct auth, zuv);
-
-	a->closed = true;
-	(void) auth_free(a);
-}
-
 int
 auth_new(uv_loop_t *loop, void *zctx, struct auth_keys *keys, struct auth **ret_auth)
 {
@@ -1033,12 +1024,6 @@ auth_new(uv_loop_t *loop, void *zctx, struct auth_keys *keys, struct auth **ret_
 	}
 	r = zuv_init(loop, &a->zuv, a->sock, AUTH_ZAP_BUDGET, on_readable, a);
 	if (r < 0) {
-		if (a->zuv.closing) {
-			/* zuv's handles are closing: the memory must outlive their callbacks. */
-			a->started = true;
-			a->zuv.on_close = free_after_failed_init;
-			return r;
-		}
 		goto fail;
 	}
 	a->started = true;
