@@ -100,28 +100,10 @@ auth_role_allows(enum auth_role have, enum auth_role need)
 	return have == need || (have == AUTH_ROLE_ADMIN && need == AUTH_ROLE_SUBSCRIBER);
 }
 
-/* Like auth_id_valid() on the first `n` bytes of `id`. */
-static bool
-id_valid_n(const char *id, size_t n)
-{
-	if (n == 0 || n > AUTH_ID_MAX) {
-		return false;
-	}
-	for (size_t i = 0; i < n; i++) {
-		char c = id[i];
-		bool ok = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-		          (i > 0 && (c == '_' || c == '-'));
-		if (!ok) {
-			return false;
-		}
-	}
-	return true;
-}
-
 bool
 auth_id_valid(const char *id)
 {
-	return id && id_valid_n(id, strnlen(id, AUTH_ID_MAX + 1));
+	return idrule_id_valid(id);
 }
 
 int
@@ -158,7 +140,7 @@ auth_user_id_parse(const char *user_id, enum auth_role *ret_role, char ret_id[AU
 	enum auth_role role = auth_role_from_string(role_name);
 	const char *id = colon + 1;
 	size_t id_len = len - role_len - 1;
-	if (role == _AUTH_ROLE_INVALID || !id_valid_n(id, id_len)) {
+	if (role == _AUTH_ROLE_INVALID || !idrule_id_valid_n(id, id_len)) {
 		return -EINVAL;
 	}
 	*ret_role = role;
