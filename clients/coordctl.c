@@ -25,6 +25,7 @@
 #include "coordd-version.h"
 #include "pbjson.h"
 #include "hqlib.h"
+#include "idrule.h"
 #include "keyopt.h"
 #include "render.h"
 
@@ -703,11 +704,7 @@ cmd_keygen(int argc, char **argv)
 	}
 	/* The id hint: NAME's last component when it is a valid id, else a placeholder. */
 	const char *base = strrchr(name, '/') ? strrchr(name, '/') + 1 : name;
-	bool id_ok = *base != '\0' && strlen(base) <= COORD_COUNCIL_MAX;
-	for (const char *p = base; id_ok && *p; p++) {
-		id_ok = (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') ||
-		        (p > base && (*p == '_' || *p == '-'));
-	}
+	bool id_ok = idrule_id_valid(base);
 	printf("wrote %s.secret (mode 0600, keep it secret) and %s.public\n", name, name);
 	printf("public key: %s\n", public_key);
 	printf("\nFor the broker's keys file (then reload it):\n\n[%s.%s]\npublic_key = %s\n", role,

@@ -100,28 +100,10 @@ auth_role_allows(enum auth_role have, enum auth_role need)
 	return have == need || (have == AUTH_ROLE_ADMIN && need == AUTH_ROLE_SUBSCRIBER);
 }
 
-/* Like auth_id_valid() on the first `n` bytes of `id`. */
-static bool
-id_valid_n(const char *id, size_t n)
-{
-	if (n == 0 || n > AUTH_ID_MAX) {
-		return false;
-	}
-	for (size_t i = 0; i < n; i++) {
-		char c = id[i];
-		bool ok = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-		          (i > 0 && (c == '_' || c == '-'));
-		if (!ok) {
-			return false;
-		}
-	}
-	return true;
-}
-
 bool
 auth_id_valid(const char *id)
 {
-	return id && id_valid_n(id, strnlen(id, AUTH_ID_MAX + 1));
+	return idrule_id_valid(id);
 }
 
 int
@@ -158,7 +140,7 @@ auth_user_id_parse(const char *user_id, enum auth_role *ret_role, char ret_id[AU
 	enum auth_role role = auth_role_from_string(role_name);
 	const char *id = colon + 1;
 	size_t id_len = len - role_len - 1;
-	if (role == _AUTH_ROLE_INVALID || !id_valid_n(id, id_len)) {
+	if (role == _AUTH_ROLE_INVALID || !idrule_id_valid_n(id, id_len)) {
 		return -EINVAL;
 	}
 	*ret_role = role;
@@ -991,15 +973,6 @@ on_readable(struct zuv *z, void *zsock, unsigned budget, void *data)
 	}
 }
 
-static void
-free_after_failed_init(struct zuv *z)
-{
-	struct auth *a = container_of(z, struct auth, zuv);
-
-	a->closed = true;
-	(void) auth_free(a);
-}
-
 int
 auth_new(uv_loop_t *loop, void *zctx, struct auth_keys *keys, struct auth **ret_auth)
 {
@@ -1033,12 +1006,6 @@ auth_new(uv_loop_t *loop, void *zctx, struct auth_keys *keys, struct auth **ret_
 	}
 	r = zuv_init(loop, &a->zuv, a->sock, AUTH_ZAP_BUDGET, on_readable, a);
 	if (r < 0) {
-		if (a->zuv.closing) {
-			/* zuv's handles are closing: the memory must outlive their callbacks. */
-			a->started = true;
-			a->zuv.on_close = free_after_failed_init;
-			return r;
-		}
 		goto fail;
 	}
 	a->started = true;

@@ -59,9 +59,11 @@
 #include <uv.h>
 #include <zmq.h>
 
-#define AUTH_KEY_BYTES 32   /* a CURVE public or secret key */
-#define AUTH_KEY_Z85_LEN 40 /* its Z85 text, without the NUL */
-#define AUTH_ID_MAX 32      /* bytes of an id, without the NUL; equals CONFIG_COUNCIL_ID_MAX */
+#include "idrule.h"
+
+#define AUTH_KEY_BYTES 32         /* a CURVE public or secret key */
+#define AUTH_KEY_Z85_LEN 40       /* its Z85 text, without the NUL */
+#define AUTH_ID_MAX IDRULE_ID_MAX /* bytes of an id, without the NUL (idrule.h) */
 /* "subscriber:" + id, without the NUL: the longest User-Id this module produces. */
 #define AUTH_USER_ID_MAX (sizeof("subscriber:") - 1 + AUTH_ID_MAX)
 /* A keys-file line holds at most AUTH_LINE_MAX - 1 bytes, newline included (inih's buffer). */

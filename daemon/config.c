@@ -31,6 +31,7 @@
 #include <ini.h>
 
 #include "config.h"
+#include "idrule.h"
 #include "inifile.h"
 #include "iso.h"
 #include "log.h"
@@ -294,25 +295,6 @@ is_digit(char c)
 	return c >= '0' && c <= '9';
 }
 
-static bool
-council_id_valid(const char *id)
-{
-	size_t n = strlen(id);
-
-	if (n == 0 || n > CONFIG_COUNCIL_ID_MAX) {
-		return false;
-	}
-	for (size_t i = 0; i < n; i++) {
-		char c = id[i];
-		bool ok =
-		        (c >= 'a' && c <= 'z') || is_digit(c) || (i > 0 && (c == '_' || c == '-'));
-		if (!ok) {
-			return false;
-		}
-	}
-	return true;
-}
-
 static int
 add_council(struct parser *p, const char *id)
 {
@@ -375,7 +357,7 @@ handle_section_line(struct parser *p, char *line)
 	size_t prefix = strlen(CONFIG_COUNCIL_PREFIX);
 	if (strncmp(name, CONFIG_COUNCIL_PREFIX, prefix) == 0) {
 		const char *id = name + prefix;
-		if (!council_id_valid(id)) {
+		if (!idrule_id_valid(id)) {
 			r = fail(p, p->ini.line, -EINVAL,
 			         "bad council id '%s': use 1 to %d of a-z, 0-9, '_', '-', "
 			         "starting with a letter or digit",

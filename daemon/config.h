@@ -18,7 +18,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define CONFIG_COUNCIL_ID_MAX 32 /* bytes, without the NUL */
+#include "idrule.h"
+
+#define CONFIG_COUNCIL_ID_MAX IDRULE_ID_MAX /* bytes, without the NUL */
 /*
  * A line holds at most CONFIG_LINE_MAX - 1 bytes, its newline included (198 characters plus
  * "\n"); a longer line is an error. This is inih's line buffer (INI_MAX_LINE, 200 as Debian

@@ -28,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "idrule.h"
 #include "iso.h"
 #include "varint.h"
 #include "wire.h"
@@ -602,13 +603,6 @@ check_field(const char *prefix, const struct field_rule *rule, const void *msg, 
 /* ------------------------------------------------------------------------------------------ */
 /* Envelope */
 
-static bool
-is_council_char(char c, bool first)
-{
-	return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-	       (!first && (c == '_' || c == '-'));
-}
-
 static int
 check_council(const char *council, struct wire_verdict *verdict)
 {
@@ -625,7 +619,7 @@ check_council(const char *council, struct wire_verdict *verdict)
 		              " is longer than %d bytes", WIRE_COUNCIL_MAX);
 	}
 	for (size_t i = 0; i < len; i++) {
-		if (!is_council_char(council[i], i == 0)) {
+		if (!idrule_id_char(council[i], i == 0)) {
 			return reject(verdict, COORD__V1__REASON__REASON_INVALID_ID, &path,
 			              "%s may hold only a-z, 0-9, '_' and '-', starting with a "
 			              "letter or digit",
@@ -652,7 +646,7 @@ check_msg_id(const char *msg_id, struct wire_verdict *verdict)
 	for (size_t i = 0; i < len; i++) {
 		unsigned char c = (unsigned char) msg_id[i];
 
-		if (c < 0x21 || c > 0x7e) {
+		if (!idrule_msg_id_char(c)) {
 			return reject(verdict, COORD__V1__REASON__REASON_INVALID_ID, &path,
 			              " holds byte 0x%02x at %zu; only printable ASCII without "
 			              "spaces is allowed",

@@ -16,10 +16,11 @@
 #include <stdint.h>
 
 #include "coord.pb-c.h"
+#include "idrule.h"
 
 /* Per-field limits, in bytes of UTF-8 unless said otherwise. */
-#define WIRE_COUNCIL_MAX 32      /* council id: [a-z0-9][a-z0-9_-]* */
-#define WIRE_MSG_ID_MAX 128      /* msg_id: printable ASCII, no space */
+#define WIRE_COUNCIL_MAX IDRULE_ID_MAX    /* council id: [a-z0-9][a-z0-9_-]* (idrule.h) */
+#define WIRE_MSG_ID_MAX IDRULE_MSG_ID_MAX /* msg_id: printable ASCII, no space (idrule.h) */
 #define WIRE_NAME_MAX 256        /* city, organiser, recipient, outlet, target, organisation */
 #define WIRE_TEXT_MAX 1024       /* title, subject, retraction reason, url */
 #define WIRE_LANGUAGE_TAG_MAX 35 /* one BCP 47 tag */

@@ -6,6 +6,7 @@
  * not block). The prepare callback re-establishes that invariant on every iteration, which
  * also covers sends done elsewhere (acks from a commit callback) that swallowed an edge.
  */
+#include <assert.h>
 #include <errno.h>
 #include <stddef.h>
 
@@ -79,22 +80,27 @@ zuv_init(uv_loop_t *loop, struct zuv *z, void *zsock, unsigned budget, zuv_reada
 	if (zmq_getsockopt(zsock, ZMQ_FD, &fd, &len) < 0) {
 		return -zmq_errno();
 	}
+	/* The last step that can fail; when it fails it has registered nothing with the loop. */
 	r = uv_poll_init(loop, &z->poll, fd);
 	if (r < 0) {
 		return r;
 	}
-	/* Past this point every handle is initialised, so errors must close them. */
+	/*
+	 * Nothing below can fail, and it must not: an initialised handle is released only by
+	 * uv_close(), whose callback runs on a later loop turn, and the callers free `z` with
+	 * the rest of their half-built object as soon as zuv_init() fails. uv_idle_init() and
+	 * uv_prepare_init() always succeed. uv_poll_start() fails only with UV_EEXIST, when
+	 * another handle watches the same fd, which uv_poll_init() has just ruled out on this
+	 * thread (libuv 1.44 checks in both, later versions only in uv_poll_init()).
+	 * uv_prepare_start() fails only for a NULL callback.
+	 */
 	(void) uv_idle_init(loop, &z->idle);
 	(void) uv_prepare_init(loop, &z->prepare);
 	z->open_handles = 3;
 	r = uv_poll_start(&z->poll, UV_READABLE, on_poll);
-	if (r >= 0) {
-		r = uv_prepare_start(&z->prepare, on_prepare);
-	}
-	if (r < 0) {
-		zuv_close(z, NULL);
-		return r;
-	}
+	assert(r == 0);
+	r = uv_prepare_start(&z->prepare, on_prepare);
+	assert(r == 0);
 	return 0;
 }
 

@@ -46,8 +46,10 @@ struct zuv {
 /*
  * Start watching `zsock` (borrowed: it must outlive `z`; close it only from the close
  * callback). `budget` is the most messages handed to one callback (>= 1).
- * Returns 0, or a negative errno (from libzmq or libuv). On error `z` needs no close, but
- * its handles may still be closing: keep its memory until the loop has run once more.
+ * Returns 0, or a negative errno (from libzmq, or -EEXIST from libuv when another handle of
+ * `loop` already watches the socket). On error nothing was registered with the loop: `z`
+ * needs no zuv_close() and its memory may be freed at once. On success `z` must be closed
+ * with zuv_close() and kept until its callback.
  */
 int zuv_init(uv_loop_t *loop, struct zuv *z, void *zsock, unsigned budget, zuv_readable_fn *cb,
              void *data);

@@ -52,10 +52,15 @@
 #include <zmq.h>
 
 #include "coord.h"
+#include "idrule.h"
 #include "outbox.h"
 #include "record.h"
 #include "wire-names.h"
 #include "wire.h"
+
+/* coord.h is installed on its own, so it spells the id limits out: they are idrule.h's. */
+_Static_assert(COORD_COUNCIL_MAX == IDRULE_ID_MAX, "coord.h's council id limit");
+_Static_assert(COORD_MSG_ID_MAX == IDRULE_MSG_ID_MAX, "coord.h's msg_id limit");
 
 #define DEFAULT_MAX_IN_FLIGHT 256
 #define MAX_IN_FLIGHT_LIMIT 10000
@@ -159,40 +164,6 @@ coord_options_init(struct coord_options *opts)
 	        .backoff_max_ms = DEFAULT_BACKOFF_MAX_MS,
 	        .outbox_max_bytes = DEFAULT_OUTBOX_BYTES,
 	};
-}
-
-static bool
-council_valid(const char *s)
-{
-	size_t len = s != NULL ? strnlen(s, COORD_COUNCIL_MAX + 1) : 0;
-	if (len == 0 || len > COORD_COUNCIL_MAX) {
-		return false;
-	}
-	for (size_t i = 0; i < len; i++) {
-		char c = s[i];
-		bool ok = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-		          (i > 0 && (c == '_' || c == '-'));
-		if (!ok) {
-			return false;
-		}
-	}
-	return true;
-}
-
-static bool
-msg_id_valid(const char *s)
-{
-	size_t len = s != NULL ? strnlen(s, COORD_MSG_ID_MAX + 1) : 0;
-	if (len == 0 || len > COORD_MSG_ID_MAX) {
-		return false;
-	}
-	for (size_t i = 0; i < len; i++) {
-		unsigned char c = (unsigned char) s[i];
-		if (c < 0x21 || c > 0x7e) {
-			return false;
-		}
-	}
-	return true;
 }
 
 static int
@@ -852,7 +823,7 @@ coord_client_free(struct coord_client *c)
 static int
 check_options(const struct coord_options *o)
 {
-	if (!council_valid(o->council) || o->outbox_path == NULL || o->outbox_path[0] == '\0') {
+	if (!idrule_id_valid(o->council) || o->outbox_path == NULL || o->outbox_path[0] == '\0') {
 		return -EINVAL;
 	}
 	if (o->endpoint != NULL && o->endpoint[0] == '\0') {
@@ -1033,7 +1004,7 @@ unpack_for_push(const struct coord_client *c, const uint8_t *bytes, size_t len,
 		}
 		return -EINVAL;
 	}
-	if (strcmp(env->council, c->council) != 0 || !msg_id_valid(env->msg_id) ||
+	if (strcmp(env->council, c->council) != 0 || !idrule_msg_id_valid(env->msg_id) ||
 	    env->revision == 0) {
 		coord__v1__envelope__free_unpacked(env, NULL);
 		return -EINVAL;

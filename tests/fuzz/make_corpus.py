@@ -14,8 +14,9 @@ the fuzz targets' fixed clock (FUZZ_NOW_MS, 2024-06-01T00:00:00Z).
 Query seeds: one QueryRequest of each body, each scope and window, and a few bad
 ones. Import seeds: small CSV and JSON Lines files behind the settings byte that
 fuzz_import.c reads first. Aggregate seeds: stored values of the digest table (store
-schema 3, daemon/digest.c) of a few shapes, and broken ones (a schema 2 protobuf
-Aggregate, a truncated value, codes out of order).
+schema 3, daemon/digest.c; encoded by tests/integration/compactfmt.py, which the integration
+tests use too) of a few shapes, and broken ones (a schema 2 protobuf Aggregate, a truncated
+value, codes out of order).
 """
 
 import importlib
@@ -26,6 +27,9 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PROTO_DIR = os.path.normpath(os.path.join(HERE, "..", "..", "proto"))
+# compactfmt: the stored aggregate format, shared with the integration tests.
+sys.path.insert(0, os.path.normpath(os.path.join(HERE, "..", "integration")))
+from compactfmt import encode_aggregate  # noqa: E402
 
 NOW_MS = 1717200000000  # FUZZ_NOW_MS in fuzz_envelope.c
 DATE_MS = 1717113600000  # 2024-05-31T00:00:00Z
@@ -150,35 +154,6 @@ def import_seeds():
     }
 
 
-def varint(v):
-    out = bytearray()
-    while v >= 0x80:
-        out.append((v & 0x7F) | 0x80)
-        v >>= 7
-    out.append(v)
-    return bytes(out)
-
-
-def aggregate_value(lines):
-    """The compact stored value of an aggregate: lines of (category, kind, count, sum,
-    [countries, languages, councils] as lists of (code, count) sorted by code)."""
-    codes = sorted({c for line in lines for lst in line[4] for c, _ in lst})
-    out = bytearray(b"\x01") + varint(len(codes))
-    for c in codes:
-        out += bytes([len(c)]) + c.encode()
-    out += varint(len(lines))
-    for cat, kind, count, total, lists in lines:
-        out += varint(cat) + varint(kind & 0xFFFFFFFF) + varint(count) + varint(total)
-        for lst in lists:
-            out += varint(len(lst))
-            nxt = 0
-            for c, n in lst:
-                i = codes.index(c)
-                out += varint(i - nxt) + varint(n)
-                nxt = i + 1
-    return bytes(out)
-
-
 def aggregate_seeds(pb):
     event = (1, 1, 3, 450, [[("DE", 2), ("FR", 1)], [("de", 2), ("fr", 1), ("hy", 3)],
                             [("c01", 2), ("c02", 1)]])
@@ -186,17 +161,17 @@ def aggregate_seeds(pb):
     petition = (4, 2, 2, (1 << 40) + 7, [[("US", 2)], [("en", 2)], [("c03", 2)]])
     statement = (3, 0, 1, 0, [[], [("ru", 1)], [("council-with-a-long-id-0123456", 1)]])
     negative_kind = (5, -1, 1, 0, [[], [], [("c04", 1)]])
-    whole = aggregate_value([event, letter, statement, petition])
+    whole = encode_aggregate([event, letter, statement, petition])
     agg = pb.Aggregate()
     line = agg.lines.add(category=1, kind=1, count=3, sum=450)
     line.countries.add(code="DE", count=2)
     line.councils.add(code="c01", count=3)
-    unordered = bytearray(aggregate_value([event]))
+    unordered = bytearray(encode_aggregate([event]))
     unordered[3:5] = b"FR"  # the first code, now after the second
     return {
-        "event.bin": aggregate_value([event]),
+        "event.bin": encode_aggregate([event]),
         "whole_campaign.bin": whole,
-        "negative_kind.bin": aggregate_value([negative_kind]),
+        "negative_kind.bin": encode_aggregate([negative_kind]),
         "schema2_protobuf.bin": agg.SerializeToString(),
         "truncated.bin": whole[:-3],
         "unordered_codes.bin": bytes(unordered),

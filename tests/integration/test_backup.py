@@ -5,7 +5,6 @@ when a daemon starts on it; verify names deliberate damage, repair mends it."""
 import json
 import os
 import shutil
-import struct
 import subprocess
 import threading
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import coord_pb2 as pb
+from compactfmt import decode_aggregate, encode_aggregate
 from coordlib import (ACCEPTED, COUNCIL_IDS, Store, envelope_key, expect_ack, gen_envelope,
                       index_key, new_msg_id)
 
@@ -183,45 +183,20 @@ def test_backup_refuses_a_used_destination_and_a_missing_store(coordd_factory, t
     assert p.returncode == 2 and "STATE_DIR DEST" in p.stderr
 
 
-def read_varint(b, i):
-    """The varint at b[i]: (value, index after it)."""
-    v = shift = 0
-    while True:
-        c = b[i]
-        i += 1
-        v |= (c & 0x7F) << shift
-        shift += 7
-        if not c & 0x80:
-            return v, i
-
-
-def put_varint(v):
-    out = bytearray()
-    while v >= 0x80:
-        out.append((v & 0x7F) | 0x80)
-        v >>= 7
-    out.append(v)
-    return bytes(out)
-
-
 def add_to_first_count(value, n):
-    """A stored aggregate (store schema 3, the compact format of daemon/digest.c: u8
-    format 1, varint code count, codes as u8 length + bytes, varint line count, then per
-    line varint category, kind, count, sum, ...) with n added to its first line's count."""
-    assert value[0] == 1, "not the compact aggregate format"
-    n_codes, i = read_varint(value, 1)
-    for _ in range(n_codes):
-        i += 1 + value[i]
-    _, i = read_varint(value, i)  # lines
-    _, i = read_varint(value, i)  # category
-    _, i = read_varint(value, i)  # kind
-    count, j = read_varint(value, i)
-    return value[:i] + put_varint(count + n) + value[j:]
+    """A stored aggregate (the compact format, compactfmt.py) with n added to its first
+    line's count."""
+    lines = decode_aggregate(value)
+    category, kind, count, total, lists = lines[0]
+    lines[0] = (category, kind, count + n, total, lists)
+    return encode_aggregate(lines)
 
 
 def damage(state_dir, council, msg_id):
     """With coordd stopped: add 1 to the first line of the whole-campaign aggregate of
-    scope ALL, and delete the index entry of (council, msg_id)."""
+    scope ALL, and delete the index entry of (council, msg_id). First check that the shared
+    Python encoder (compactfmt.py) gives back every stored value byte for byte: it and
+    daemon/digest.c write the same format."""
     import lmdb
 
     env = lmdb.open(str(state_dir), max_dbs=8, create=False)
@@ -231,6 +206,10 @@ def damage(state_dir, council, msg_id):
         items_db = env.open_db(b"items", create=False)
         key = bytes([pb.SCOPE_KIND_ALL]) + b"\0" + b"\xff" * 8
         with env.begin(write=True) as txn:
+            stored = [(bytes(k), bytes(v)) for k, v in txn.cursor(db=digest_db)]
+            assert len(stored) > 10, stored
+            for k, v in stored:
+                assert encode_aggregate(decode_aggregate(v)) == v, (k, v)
             value = bytes(txn.get(key, db=digest_db))
             txn.put(key, add_to_first_count(value, 1), db=digest_db)
             # The record's entry among the duplicates under its hash: the one whose item

@@ -130,7 +130,7 @@ def _plan(n_messages, councils):
     return plans
 
 
-def _push_concurrently(endpoint, plans, window=WINDOW, stop=None, on_ack=None):
+def _push_concurrently(endpoint, plans, window=WINDOW):
     """One thread and one DEALER per council. Returns ({council: Council}, seconds,
     {council: exception})."""
     clients = {c: Council(endpoint, council=c, timeout=60) for c in plans}
@@ -140,8 +140,7 @@ def _push_concurrently(endpoint, plans, window=WINDOW, stop=None, on_ack=None):
     def run(c):
         try:
             barrier.wait(30)
-            clients[c].push_all(plans[c], window=window, idle_timeout=60, stop=stop,
-                                on_ack=on_ack)
+            clients[c].push_all(plans[c], window=window, idle_timeout=60)
         except BaseException as e:  # noqa: BLE001 - reported by the caller
             errors[c] = e
 
@@ -156,6 +155,27 @@ def _push_concurrently(endpoint, plans, window=WINDOW, stop=None, on_ack=None):
     return clients, time.monotonic() - t0, errors
 
 
+def _push_expect_acks(endpoint, plans, status, seqs=None):
+    """Push every council's plan at once (_push_concurrently) and expect exactly one ack of
+    `status` for each record, with the seq given in seqs[(council, msg_id)] when seqs is
+    given. Returns ({(council, msg_id): acked seq}, seconds)."""
+    clients, seconds, errors = _push_concurrently(endpoint, plans)
+    acked = {}
+    try:
+        assert not errors, f"client errors: {errors}"
+        for c, client in clients.items():
+            assert client.outstanding == 0
+            for key, _ in plans[c]:
+                acks = client.acks_for(key)
+                assert len(acks) == 1, f"{c} {key}: {len(acks)} acks"
+                want_seq = seqs[(c, key[0])] if seqs is not None else None
+                acked[(c, key[0])] = expect_ack(acks[0], status, seq=want_seq).seq
+    finally:
+        for client in clients.values():
+            client.close()
+    return acked, seconds
+
+
 def record_throughput(line):
     print("\n" + line)
     path = os.environ.get("COORDD_IT_RESULTS")
@@ -167,20 +187,7 @@ def record_throughput(line):
 @pytest.mark.local_only
 def test_10000_pipelined_from_11_councils(coordd, record_property):
     plans = _plan(N_MESSAGES, COUNCIL_IDS)
-    clients, seconds, errors = _push_concurrently(coordd.endpoint, plans)
-    try:
-        assert not errors, f"client errors: {errors}"
-        seq_of = {}
-        for c, client in clients.items():
-            assert client.outstanding == 0
-            for key, _ in plans[c]:
-                acks = client.acks_for(key)
-                assert len(acks) == 1, f"{c} {key}: {len(acks)} acks"
-                expect_ack(acks[0], ACCEPTED)
-                seq_of[(c, key[0])] = acks[0].seq
-    finally:
-        for client in clients.values():
-            client.close()
+    seq_of, seconds = _push_expect_acks(coordd.endpoint, plans, ACCEPTED)
     rate = N_MESSAGES / seconds
     line = (f"coordd ingest: {N_MESSAGES} messages from {len(plans)} councils, window {WINDOW}, "
             f"sync=full: {seconds:.2f} s, {rate:.0f} msgs/s")
@@ -202,16 +209,7 @@ def test_10000_pipelined_from_11_councils(coordd, record_property):
     coordd.restart()
     check_store()
     # Everything again, after the restart: all DUPLICATE with the original seqs.
-    clients, _, errors = _push_concurrently(coordd.endpoint, plans)
-    try:
-        assert not errors, f"client errors on resend: {errors}"
-        for c, client in clients.items():
-            for key, _ in plans[c]:
-                (ack,) = client.acks_for(key)
-                expect_ack(ack, DUPLICATE, seq=seq_of[(c, key[0])])
-    finally:
-        for client in clients.values():
-            client.close()
+    _push_expect_acks(coordd.endpoint, plans, DUPLICATE, seqs=seq_of)
     with coordd.store() as store:
         assert store.item_count() == N_MESSAGES
 
@@ -246,16 +244,7 @@ def test_small_map_grows_while_11_councils_push(coordd_factory):
     out after a restart."""
     d = coordd_factory("grow", overrides={"store": {"map_size": "1M", "map_size_max": "1G"}})
     plans = _plan(8000, COUNCIL_IDS)
-    clients, _, errors = _push_concurrently(d.endpoint, plans)
-    try:
-        assert not errors, f"client errors: {errors}"
-        for c, client in clients.items():
-            for key, _ in plans[c]:
-                (ack,) = client.acks_for(key)
-                expect_ack(ack, ACCEPTED)
-    finally:
-        for client in clients.values():
-            client.close()
+    _push_expect_acks(d.endpoint, plans, ACCEPTED)
     with d.query() as q:
         st = q.stats()
     assert st.last_seq == 8000

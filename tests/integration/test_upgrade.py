@@ -11,9 +11,10 @@ import struct
 
 import pytest
 
+import compactfmt
 import coord_pb2 as pb
 from coordlib import ACCEPTED, DUPLICATE, Store, expect_ack, new_msg_id
-from test_backup import coordctl, read_varint
+from test_backup import coordctl
 
 pytestmark = pytest.mark.local_only
 
@@ -23,38 +24,13 @@ SCOPES = [(pb.SCOPE_KIND_ALL, ""), (pb.SCOPE_KIND_COUNCIL, "c01"),
 
 
 def decode_aggregate(value):
-    """A stored aggregate of schema 3 (daemon/digest.c: u8 format 1, varint code count,
-    codes as u8 length + bytes, varint line count; per line varint category, kind, count,
-    sum, then per list varint n and n x (varint index gap, varint count)) as an Aggregate."""
-    assert value[0] == 1, "not the compact aggregate format"
-    n_codes, i = read_varint(value, 1)
-    codes = []
-    for _ in range(n_codes):
-        n = value[i]
-        codes.append(value[i + 1:i + 1 + n].decode())
-        i += 1 + n
+    """A stored aggregate of schema 3 (the compact format, compactfmt.py) as an Aggregate."""
     agg = pb.Aggregate()
-    n_lines, i = read_varint(value, i)
-    for _ in range(n_lines):
-        line = agg.lines.add()
-        fields = []
-        for _ in range(4):
-            v, i = read_varint(value, i)
-            fields.append(v)
-        line.category = fields[0]
-        line.kind = struct.unpack("<i", struct.pack("<I", fields[1]))[0]
-        line.count, line.sum = fields[2], fields[3]
-        for lst in (line.countries, line.languages, line.councils):
-            n, i = read_varint(value, i)
-            nxt = 0
-            for _ in range(n):
-                gap, i = read_varint(value, i)
-                count, i = read_varint(value, i)
-                cc = lst.add()
-                cc.code = codes[nxt + gap]
-                cc.count = count
-                nxt += gap + 1
-    assert i == len(value), "bytes after the last line"
+    for category, kind, count, total, lists in compactfmt.decode_aggregate(value):
+        line = agg.lines.add(category=category, kind=kind, count=count, sum=total)
+        for lst, codes in zip((line.countries, line.languages, line.councils), lists):
+            for code, n in codes:
+                lst.add(code=code, count=n)
     return agg
 
 

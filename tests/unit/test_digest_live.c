@@ -16,15 +16,9 @@
 #include <cmocka.h>
 
 #include "digest.h"
+#include "digest_helpers.h"
 #include "store.h"
 
-#define MIB (UINT64_C(1) << 20)
-#define H DIGEST_HOUR_MS
-#define T0 INT64_C(1709287200000) /* 2024-03-01T10:00:00Z, a whole hour */
-#define ALL COORD__V1__SCOPE_KIND__SCOPE_KIND_ALL
-#define COUNCIL COORD__V1__SCOPE_KIND__SCOPE_KIND_COUNCIL
-#define COUNTRY COORD__V1__SCOPE_KIND__SCOPE_KIND_COUNTRY
-#define ACCEPTED COORD__V1__ACK_STATUS__ACK_STATUS_ACCEPTED
 #define N_SCOPES 6
 
 static const struct digest_scope scopes[N_SCOPES] = {
@@ -185,9 +179,7 @@ feed(struct fixture *f, const struct msg *ms, size_t n, const uint64_t *seqs)
 static void
 check_all(struct fixture *f, int64_t now, unsigned headlines)
 {
-	static const Coord__V1__Window windows[] = {COORD__V1__WINDOW__WINDOW_ALL,
-	                                            COORD__V1__WINDOW__WINDOW_LAST_24H,
-	                                            COORD__V1__WINDOW__WINDOW_LAST_1H};
+	static const Coord__V1__Window windows[] = {W_ALL, W_24H, W_1H};
 	struct store_stats st;
 
 	assert_int_equal(store_get_stats(f->store, &st), 0);
