@@ -976,6 +976,14 @@ run(struct coordd *d)
 		           " records indexed (%" PRIu64 " undecodable items skipped)%s",
 		           so.dir, STORE_SCHEMA_VERSION, irep.items, irep.records, irep.skipped,
 		           rep.aggregates ? "; aggregates rebuilt" : "");
+		/* LMDB keeps every page a write transaction dirtied for reuse until the
+		 * environment closes: after a rebuilt index, ~300 MiB on 10 M records.
+		 * Reopening gives them back. */
+		d->store = store_free(d->store);
+		r = store_open(&so, &d->store);
+		if (r < 0) {
+			return log_error_errno(r, "Failed to open the store in '%s' again", so.dir);
+		}
 	}
 	/* Before anything can write: the aggregates must see every record. */
 	r = digest_new(d->store, &d->digest);
