@@ -226,6 +226,13 @@ int digest_live_render(struct digest_live *l, const struct digest_scope *scope, 
                        uint64_t *ret_last_seq);
 
 /*
+ * Whether digest_live_render() keeps each line's CodeCount lists (the default, as
+ * digest_compute()) or leaves only the distinct counts (summary.h: what the publish socket
+ * sends).
+ */
+void digest_live_set_lists(struct digest_live *l, bool with_lists);
+
+/*
  * Take the set of scopes changed by batches committed since the last call (each once).
  * On success returns the number of scopes and *ret_scopes (heap, caller frees with free();
  * NULL when 0). Returns -ENOMEM on failure (the set is kept). Loop thread.

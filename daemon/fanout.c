@@ -976,6 +976,8 @@ fanout_new(uv_loop_t *loop, void *zctx, struct auth *auth, struct store *store,
 	if (r < 0) {
 		goto fail;
 	}
+	/* Publications carry the distinct counts, not the CodeCount lists (summary.h). */
+	digest_live_set_lists(f->live, false);
 	r = zuv_socket_new(zctx, ZMQ_XPUB, FANOUT_LINGER_MS, (int) cfg->publish.hwm,
 	                   cfg->publish.max_subscription_bytes, &f->sock);
 	if (r >= 0) {
