@@ -194,6 +194,14 @@ class Watch:
         assert line, f"coord-watch ended: {self.proc.wait()} {self.proc.stderr.read()}"
         return json.loads(line)
 
+    def text_line(self, timeout=10):
+        import select
+        r, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        assert r, "coord-watch printed nothing in time"
+        line = self.proc.stdout.readline()
+        assert line, f"coord-watch ended: {self.proc.wait()} {self.proc.stderr.read()}"
+        return line
+
     def wait(self, timeout=20):
         status = self.proc.wait(timeout)
         return status, self.proc.stdout.read(), self.proc.stderr.read()
@@ -224,7 +232,14 @@ def test_watch_fetches_first_then_applies_live_updates(coordd_factory, watch_bin
             expect_ack(c.request(c.env("event", country="RU")), ACCEPTED)
         second = w.line()
         assert second["source"] == "live" and second["lastSeq"] == "7"
-        assert digest_lines(set_of(second)[0])[(pb.CATEGORY_EVENT, pb.EVENT_KIND_RALLY)][0] == 4
+        # Live sets carry the distinct counts and the total line, never the lists.
+        whole = second["digests"][0]
+        rally = set_of(second)[0].lines[0]
+        assert (rally.category, rally.kind) == (pb.CATEGORY_EVENT, pb.EVENT_KIND_RALLY)
+        assert (rally.count, rally.distinct_countries, rally.distinct_councils) == (4, 3, 3)
+        assert all("countries" not in line and "councils" not in line
+                   for line in whole["lines"]), whole
+        assert whole["total"]["count"] == "7" and whole["total"]["distinctCouncils"] == 4
         with d.council("c05") as c:
             expect_ack(c.request(c.env("petition")), ACCEPTED)
         third = w.line()
@@ -299,3 +314,41 @@ def test_watch_exits_on_interrupt(coordd, watch_bin):
         assert status == 0, err
     finally:
         w.kill()
+
+
+def test_watch_live_sentences_come_from_distinct_counts(coordd_factory, watch_bin):
+    """A live update carries no CodeCount lists; its sentences, with distinct counts across
+    lines (all records, all letters), read as those of the query answer."""
+    d = coordd_factory(overrides={"digest": {"publish_interval_ms": 50}})
+    push_known_records(d)
+    w = Watch(watch_bin, d, "--count", "2", "--timeout", "10")
+    try:
+        assert w.text_line().startswith("== digest/all/ updated ")
+        recent = now_ms() - 3_600_000
+        envs = [gen_envelope("event", council="c04", country="IT", participants=5, date=recent),
+                gen_envelope("letter", council="c04", sent_at=recent,
+                             recipient_kind=pb.RECIPIENT_KIND_HEAD_OF_STATE),
+                gen_envelope("letter", council="c03", sent_at=recent,
+                             recipient_kind=pb.RECIPIENT_KIND_HEAD_OF_STATE)]
+        for env in envs:
+            with d.council(env.council) as c:
+                expect_ack(c.request(env), ACCEPTED)
+        status, out, err = w.wait()
+        assert status == 0, err
+    finally:
+        w.kill()
+    live = out[out.index("(live) =="):]
+    whole = live[live.index("Whole campaign:"):live.index("Last 24 hours:")]
+    assert "  9 records from 4 coordinating councils in " in whole
+    assert "  4 rallies in 3 countries with 1,205 participants\n" in whole
+    assert "  3 letters by 2 coordinating councils\n" in whole
+    assert "    2 letters to heads of state\n" in whole
+    r = subprocess.run([tool("coordctl", "COORDCTL_BIN"), "--endpoint", d.query_endpoint,
+                        "digest"], capture_output=True, text=True, timeout=20,
+                       stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stderr
+    want = [line for line in r.stdout.splitlines()[1:] if line]
+    want = want[:want.index("Newest:")] if "Newest:" in want else want
+    got = [line[2:] for line in whole.splitlines()[1:] if line.strip()]
+    got = got[:got.index("Newest:")] if "Newest:" in got else got
+    assert got == want and len(got) >= 5, (got, want)
