@@ -603,8 +603,8 @@ render_digest(const Coord__V1__Digest *d, unsigned flags, char **ret_text)
 				j++;
 			}
 			render_letters(f, d->lines + i, j - i,
-			               category_line(d, COORD__V1__CATEGORY__CATEGORY_LETTER), flags,
-			               &failed);
+			               category_line(d, COORD__V1__CATEGORY__CATEGORY_LETTER),
+			               flags, &failed);
 			i = j;
 			continue;
 		}

@@ -4264,7 +4264,8 @@ digest_live_render(struct digest_live *l, const struct digest_scope *scope, int6
 		dg[k].headlines = nh[k] ? hp[k] : NULL;
 		dp[k] = &dg[k];
 		if (r == 0) {
-			r = summary_new(ls->agg[k]->lines, ls->agg[k]->n_lines, !l->no_lists, &sum[k]);
+			r = summary_new(ls->agg[k]->lines, ls->agg[k]->n_lines, !l->no_lists,
+			                &sum[k]);
 		}
 		if (r == 0) {
 			summary_apply(sum[k], &dg[k]);

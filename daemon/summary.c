@@ -83,8 +83,8 @@ distinct(Coord__V1__DigestLine *const *lines, size_t n, int k, const char **a, c
 /* A line of sums over lines[0..n): `category`, kind 0, counts and sums added, distinct
  * counts across them, no lists. */
 static void
-rollup(Coord__V1__DigestLine *const *lines, size_t n, Coord__V1__Category category,
-       bool with_sum, const char **a, const char **b, Coord__V1__DigestLine *out)
+rollup(Coord__V1__DigestLine *const *lines, size_t n, Coord__V1__Category category, bool with_sum,
+       const char **a, const char **b, Coord__V1__DigestLine *out)
 {
 	uint32_t d[3];
 
@@ -101,8 +101,7 @@ rollup(Coord__V1__DigestLine *const *lines, size_t n, Coord__V1__Category catego
 }
 
 int
-summary_new(Coord__V1__DigestLine *const *lines, size_t n, bool lists,
-            struct summary **ret_summary)
+summary_new(Coord__V1__DigestLine *const *lines, size_t n, bool lists, struct summary **ret_summary)
 {
 	size_t codes = 0;
 

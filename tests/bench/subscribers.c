@@ -4,9 +4,9 @@
  * The sockets live in their own libzmq context (ZMQ_MAX_SOCKETS raised to fit them) and are
  * spread over threads of at most SUBS_PER_THREAD sockets each, every thread polling its
  * sockets. Of each Publication only first_seq and last_seq are read (pbscan), never the
- * DigestSet, and its size is kept. A subscriber applies a message whose last_seq is above the one it holds (the
- * broker repeats last values when others subscribe, docs/PROTOCOL.md) and, once armed,
- * records (receive time, first_seq, last_seq) for it.
+ * DigestSet; its size is kept. A subscriber applies a message whose last_seq is above the
+ * one it holds (the broker repeats last values when others subscribe, docs/PROTOCOL.md)
+ * and, once armed, records (receive time, first_seq, last_seq, size) for it.
  */
 #include <errno.h>
 #include <pthread.h>

@@ -109,7 +109,8 @@ union_of(const struct lines *ls, int k, int category)
 	for (int i = 0; i < MAX_CODES; i++) {
 		bool any = false;
 		for (size_t j = 0; j < ls->n && !any; j++) {
-			any = ls->has[j][k][i] && (category == 0 || (int) ls->line[j].category == category);
+			any = ls->has[j][k][i] &&
+			      (category == 0 || (int) ls->line[j].category == category);
 		}
 		n += any;
 	}
@@ -252,7 +253,9 @@ test_random_unions_and_sentences(void **state)
 		for (size_t j = 0; j < n; j++) {
 			/* Sorted by (category, kind), as the aggregates keep them. */
 			int category = 1 + (int) (j * 5 / n);
-			int kind = category == COORD__V1__CATEGORY__CATEGORY_STATEMENT ? 0 : (int) j + 1;
+			int kind = category == COORD__V1__CATEGORY__CATEGORY_STATEMENT
+			                   ? 0
+			                   : (int) j + 1;
 			if (category == COORD__V1__CATEGORY__CATEGORY_STATEMENT && j > 0 &&
 			    (int) ls->line[j - 1].category == category) {
 				break;
@@ -260,7 +263,8 @@ test_random_unions_and_sentences(void **state)
 			lines_add(ls, category, kind, 1 + rnd(&x) % 5000, rnd(&x) % 100000);
 			for (int k = 0; k < 3; k++) {
 				int from = (int) (rnd(&x) % MAX_CODES), len = (int) (rnd(&x) % 40);
-				codes(ls, j, k, from, from + len > MAX_CODES ? MAX_CODES - from : len);
+				codes(ls, j, k, from,
+				      from + len > MAX_CODES ? MAX_CODES - from : len);
 			}
 		}
 		lines_fill(ls);
