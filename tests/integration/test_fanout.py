@@ -11,8 +11,8 @@ import pytest
 
 import coord_pb2 as pb
 from coordlib import (ACCEPTED, DUPLICATE, HOUR_MS, Campaign, PublicationTimeout, contribution,
-                      digest_lines, expect_ack, gen_envelope, live_records, push_parallel,
-                      recount)
+                      digest_lines, expect_ack, free_tcp_port, gen_envelope, live_records,
+                      push_parallel, recount)
 
 pytestmark = pytest.mark.local_only
 
@@ -622,3 +622,38 @@ def test_published_sets_are_small_and_carry_no_lists(coordd_factory):
         assert countries >= 40
         assert size <= 4096, size
         assert size * 4 <= full, (size, full)
+
+
+def test_a_small_fanout_budget_holds_digests_back_then_sends_them_complete(coordd_factory):
+    """[publish] fanout_budget: with a budget that lets about one digest/all/ set out every
+    two seconds, records committed every 50 ms reach the subscriber in a few publications,
+    not one per 10 ms interval; the held ones are counted; the digest of the last record
+    still arrives, later, exact and with its prev_seq chain intact."""
+    import urllib.request
+    port = free_tcp_port()
+    d = coordd_factory(overrides={"digest": {"publish_interval_ms": 10},
+                                  "publish": {"fanout_budget": "8K"},
+                                  "metrics": {"listen": f"127.0.0.1:{port}"}})
+    with d.query() as q, d.subscriber("digest/all/") as s:
+        _, first = s.recv(timeout=5)
+        held = first.last_seq
+        pubs = []
+        batches = 20
+        for i in range(batches):
+            last = push(d, f"c0{1 + i % 3}", events(f"c0{1 + i % 3}", 3, country="FR"))
+            pubs += s.pending(timeout=0.05)
+        assert len(pubs) < batches // 2, f"{len(pubs)} digests for {batches} batches"
+        deadline = time.monotonic() + 20
+        while not pubs or pubs[-1][1].last_seq < last:
+            assert time.monotonic() < deadline, "the held digest never came"
+            pubs += s.pending(timeout=0.2)
+        for _, p in pubs:
+            assert p.prev_seq == held and p.last_seq > held
+            held = p.last_seq
+        for dg in pubs[-1][1].digests.digests:
+            assert published(dg) == answered(q.digest(pb.SCOPE_KIND_ALL, "", dg.window))
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        held_total = [float(line.split()[-1]) for line in text.splitlines()
+                      if line.startswith("coordd_digests_held_total ")]
+        assert held_total and held_total[0] > 0, held_total
