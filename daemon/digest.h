@@ -220,10 +220,10 @@ int digest_live_feed(struct digest_live *l, uint64_t seq, const char *council,
  * The DigestSet {WINDOW_ALL, WINDOW_LAST_24H, WINDOW_LAST_1H} of `scope` at `now_ms` with
  * `headlines` headlines (0: the default), each Digest as digest_compute() makes it (without
  * the CodeCount lists after digest_live_set_lists(l, false)), packed into a malloc()ed
- * buffer (*ret_buf, caller frees, *ret_len bytes); *ret_last_seq is the seq every item up to which, and no later
- * one, the three digests count. Returns 0; -EAGAIN when the state does not reach the seq
- * it was seeded at yet (feed the items up to it first) or is not valid; -ENOENT for a
- * scope not prepared; -ENOMEM.
+ * buffer (*ret_buf, caller frees, *ret_len bytes); *ret_last_seq is the seq every item up
+ * to which, and no later one, the three digests count. Returns 0; -EAGAIN when the state
+ * does not reach the seq it was seeded at yet (feed the items up to it first) or is not
+ * valid; -ENOENT for a scope not prepared; -ENOMEM.
  */
 int digest_live_render(struct digest_live *l, const struct digest_scope *scope, int64_t now_ms,
                        unsigned headlines, uint8_t **ret_buf, size_t *ret_len,
