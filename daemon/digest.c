@@ -145,6 +145,7 @@
 #include "digest.h"
 #include "varint.h"
 #include "iso.h"
+#include "summary.h"
 #include "wire.h"
 
 #define ID_MAX WIRE_COUNCIL_MAX
@@ -3508,11 +3509,17 @@ build_digest(const struct digest_request *req, const struct headline_scan *hs, u
 		dg.end = hs->w.end;
 		dg.last_seq = last_seq;
 		dg.generated_at = now_ms;
-		dg.n_lines = agg->n_lines;
-		dg.lines = agg->lines;
 		dg.n_headlines = hs->n;
 		dg.headlines = hs->n ? hptrs : NULL;
+		/* Query answers: the lines with their lists and distinct counts (summary.h). */
+		struct summary *sum;
+		r = summary_new(agg->lines, agg->n_lines, true, &sum);
+		if (r < 0) {
+			return r;
+		}
+		summary_apply(sum, &dg);
 		r = finish_digest(&dg, ret_digest);
+		summary_free(sum);
 	}
 	return r;
 }
@@ -3687,6 +3694,7 @@ struct digest_live {
 	struct live_scope *scopes; /* sorted by scope_cmp() */
 	size_t n_scopes, cap_scopes;
 	uint64_t seeds; /* whole seedings */
+	bool no_lists;  /* render without the CodeCount lists (digest_live_set_lists()) */
 };
 
 static uint64_t
@@ -4240,6 +4248,8 @@ digest_live_render(struct digest_live *l, const struct digest_scope *scope, int6
 	Coord__V1__Scope sc = COORD__V1__SCOPE__INIT;
 	Coord__V1__Digest dg[LIVE_WINDOWS];
 	Coord__V1__Digest *dp[LIVE_WINDOWS];
+	struct summary *sum[LIVE_WINDOWS] = {NULL};
+	int r = 0;
 	sc.kind = scope->kind;
 	sc.id = (char *) scope->id;
 	for (int k = 0; k < LIVE_WINDOWS; k++) {
@@ -4250,24 +4260,43 @@ digest_live_render(struct digest_live *l, const struct digest_scope *scope, int6
 		dg[k].end = w[k].end;
 		dg[k].last_seq = l->last;
 		dg[k].generated_at = now_ms;
-		dg[k].n_lines = ls->agg[k]->n_lines;
-		dg[k].lines = ls->agg[k]->lines;
 		dg[k].n_headlines = nh[k];
 		dg[k].headlines = nh[k] ? hp[k] : NULL;
 		dp[k] = &dg[k];
+		if (r == 0) {
+			r = summary_new(ls->agg[k]->lines, ls->agg[k]->n_lines, !l->no_lists,
+			                &sum[k]);
+		}
+		if (r == 0) {
+			summary_apply(sum[k], &dg[k]);
+		}
 	}
-	Coord__V1__DigestSet set = COORD__V1__DIGEST_SET__INIT;
-	set.n_digests = LIVE_WINDOWS;
-	set.digests = dp;
-	size_t size = coord__v1__digest_set__get_packed_size(&set);
-	uint8_t *buf = malloc(size ? size : 1);
+	uint8_t *buf = NULL;
+	if (r == 0) {
+		Coord__V1__DigestSet set = COORD__V1__DIGEST_SET__INIT;
+		set.n_digests = LIVE_WINDOWS;
+		set.digests = dp;
+		size_t size = coord__v1__digest_set__get_packed_size(&set);
+		buf = malloc(size ? size : 1);
+		if (buf) {
+			*ret_len = coord__v1__digest_set__pack(&set, buf);
+		}
+	}
+	for (int k = 0; k < LIVE_WINDOWS; k++) {
+		summary_free(sum[k]);
+	}
 	if (!buf) {
-		return -ENOMEM;
+		return r < 0 ? r : -ENOMEM;
 	}
-	*ret_len = coord__v1__digest_set__pack(&set, buf);
 	*ret_buf = buf;
 	*ret_last_seq = l->last;
 	return 0;
+}
+
+void
+digest_live_set_lists(struct digest_live *l, bool with_lists)
+{
+	l->no_lists = !with_lists;
 }
 
 /* ----------------------------------------------------------------------------------------- */
