@@ -293,8 +293,10 @@ struct digest {
 	size_t sc_n, sc_cap;
 	uint32_t *dict_ids; /* scratch: the interned ids of a stored value's codes */
 	size_t dict_cap;
-	uint64_t *enc_keys; /* scratch: the codes of a value being encoded, (rank, id) */
+	uint32_t *enc_keys; /* scratch: the distinct ranks of a value being encoded */
 	size_t enc_keys_cap;
+	uint32_t *enc_pos; /* scratch: by rank, POS_NONE or the index in its dictionary */
+	size_t enc_pos_cap;
 	struct cbuf enc;          /* the value being encoded */
 	struct scope_set pending; /* writer thread: scopes of the batch being committed */
 	/* Writer thread: the log (see the top of this file). */
@@ -1847,21 +1849,32 @@ cagg_decode(struct digest *d, const uint8_t *p, size_t n, struct cagg **ret)
 }
 
 static int
-u64_cmp(const void *a, const void *b)
+u32_cmp(const void *a, const void *b)
 {
-	uint64_t x = *(const uint64_t *) a;
-	uint64_t y = *(const uint64_t *) b;
+	uint32_t x = *(const uint32_t *) a;
+	uint32_t y = *(const uint32_t *) b;
 
 	return x < y ? -1 : x > y;
 }
 
-/* The stored value of `a` into d->enc (replaced), its dictionary the codes it uses in rank
- * order: what agg_encode() makes of the same aggregate. Returns 0 or -ENOMEM. */
+#define POS_NONE UINT32_MAX
+
+/*
+ * The stored value of `a` into d->enc (replaced), its dictionary the codes it uses in rank
+ * order: what agg_encode() makes of the same aggregate. Returns 0 or -ENOMEM.
+ *
+ * The codes of an aggregate repeat (a country in every line that counts it), and there are
+ * few distinct ones (the interner holds every code seen, a few hundred), so each distinct
+ * rank is marked once in d->enc_pos (by rank: POS_NONE, or its index in the dictionary),
+ * the distinct ranks are put in order (a scan of all ranks when they are many, else a sort
+ * of the few), and every code's dictionary index is then one look-up. enc_pos is left all
+ * POS_NONE again.
+ */
 static int
 cagg_encode(struct digest *d, const struct interner *in, const struct cagg *a)
 {
 	const struct ccode *c = cagg_codes(a);
-	uint64_t *keys =
+	uint32_t *keys =
 	        grow(d->enc_keys, &d->enc_keys_cap, (size_t) a->n_codes + 1, sizeof(*keys));
 	size_t nd = 0;
 
@@ -1869,24 +1882,51 @@ cagg_encode(struct digest *d, const struct interner *in, const struct cagg *a)
 		return -ENOMEM;
 	}
 	d->enc_keys = keys;
-	for (uint32_t i = 0; i < a->n_codes; i++) {
-		keys[i] = (uint64_t) in->rank[c[i].id] << 32 | c[i].id;
+	if (d->enc_pos_cap < in->n) {
+		size_t cap = d->enc_pos_cap;
+		uint32_t *pos = grow(d->enc_pos, &cap, in->n, sizeof(*pos));
+		if (!pos) {
+			return -ENOMEM;
+		}
+		for (size_t i = d->enc_pos_cap; i < cap; i++) {
+			pos[i] = POS_NONE;
+		}
+		d->enc_pos = pos;
+		d->enc_pos_cap = cap;
 	}
-	qsort(keys, a->n_codes, sizeof(*keys), u64_cmp);
+	uint32_t *pos = d->enc_pos;
 	for (uint32_t i = 0; i < a->n_codes; i++) {
-		if (nd == 0 || keys[nd - 1] != keys[i]) {
-			keys[nd++] = keys[i];
+		uint32_t rank = in->rank[c[i].id];
+		if (pos[rank] == POS_NONE) {
+			pos[rank] = 0;
+			keys[nd++] = rank;
 		}
 	}
+	if (nd * 16 >= in->n) {
+		size_t k = 0;
+		for (uint32_t rank = 0; rank < in->n; rank++) {
+			if (pos[rank] != POS_NONE) {
+				keys[k++] = rank;
+			}
+		}
+	} else {
+		qsort(keys, nd, sizeof(*keys), u32_cmp);
+	}
+	for (size_t i = 0; i < nd; i++) {
+		pos[keys[i]] = (uint32_t) i;
+	}
+
+	int r = 0;
 	d->enc.len = 0;
 	if (cbuf_reserve(&d->enc, cv_bound(nd, a->n_lines, a->n_codes)) < 0) {
-		return -ENOMEM;
+		r = -ENOMEM;
+		goto out;
 	}
 	uint8_t *p = d->enc.p;
 	*p++ = CV_FORMAT;
 	p = put_varint(p, nd);
 	for (size_t i = 0; i < nd; i++) {
-		uint32_t id = (uint32_t) keys[i];
+		uint32_t id = in->order[keys[i]];
 		*p++ = in->len[id];
 		memcpy(p, in->str[id], in->len[id]);
 		p += in->len[id];
@@ -1902,25 +1942,21 @@ cagg_encode(struct digest *d, const struct interner *in, const struct cagg *a)
 			size_t next = 0;
 			p = put_varint(p, l->n[k]);
 			for (uint32_t j = 0; j < l->n[k]; j++, c++) {
-				/* The dictionary index: the lower bound of the code's rank. */
-				uint32_t rank = in->rank[c->id];
-				size_t lo = next, hi = nd;
-				while (lo < hi) {
-					size_t mid = lo + (hi - lo) / 2;
-					if ((uint32_t) (keys[mid] >> 32) < rank) {
-						lo = mid + 1;
-					} else {
-						hi = mid;
-					}
-				}
-				p = put_varint(p, lo - next);
+				/* The dictionary index, relative to the previous code's plus one
+				 * (a list is in rank order). */
+				size_t at = pos[in->rank[c->id]];
+				p = put_varint(p, at - next);
 				p = put_varint(p, c->count);
-				next = lo + 1;
+				next = at + 1;
 			}
 		}
 	}
 	d->enc.len = (size_t) (p - d->enc.p);
-	return 0;
+out:
+	for (size_t i = 0; i < nd; i++) {
+		pos[keys[i]] = POS_NONE;
+	}
+	return r;
 }
 
 /* A count changed by a delta (a negative one is -n modulo 2^64): count_add()'s rule. */
@@ -2651,11 +2687,14 @@ write_side_free(struct digest *d)
 	free(d->sc);
 	free(d->dict_ids);
 	free(d->enc_keys);
+	free(d->enc_pos);
 	free(d->enc.p);
 	d->sl = NULL;
 	d->sc = NULL;
 	d->dict_ids = NULL;
 	d->enc_keys = NULL;
+	d->enc_pos = NULL;
+	d->enc_pos_cap = 0;
 	d->enc = (struct cbuf){0};
 	d->sl_n = d->sl_cap = d->sc_n = d->sc_cap = 0;
 	d->dict_cap = d->enc_keys_cap = 0;
