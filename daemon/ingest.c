@@ -31,7 +31,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
+#include <sys/timerfd.h>
 #include <zmq.h>
 
 #include "auth.h"
@@ -50,6 +52,13 @@
 #define INGEST_DROP_LIMIT_MIN (INT64_C(1) << 20)
 /* How long acks queued at shutdown may take to leave. */
 #define INGEST_LINGER_MS 2000
+/* The longest a commit waits for the senders just acked (gather_arm()), and its share of
+ * the last commit's duration. */
+#define INGEST_GATHER_MAX_NS UINT64_C(2000000)
+#define INGEST_GATHER_DIV 2
+/* Batches above this size never wait: the commit's fixed cost (two flushes) is already
+ * shared by many messages. */
+#define INGEST_GATHER_MAX_BATCH 64
 
 struct msg {
 	zmq_msg_t rid;
@@ -94,6 +103,14 @@ struct ingest {
 	struct batch *spare;
 	size_t pending; /* messages in filling + queue */
 	bool paused;
+
+	/* Gathering (gather_arm()): the writer is idle, waiting until `gather_target` messages
+	 * fill the batch or the timerfd fires. */
+	int gather_fd;
+	uv_poll_t gather_poll;
+	bool gather_open; /* gather_poll initialised, not closed */
+	bool gathering;
+	size_t gather_target;
 
 	bool stopping;
 	bool closing;
@@ -265,6 +282,8 @@ check_council(struct ingest *in, const zmq_msg_t *body, const Coord__V1__Envelop
 
 static void maybe_submit(struct ingest *in);
 static void maybe_resume(struct ingest *in);
+static bool gather_arm(struct ingest *in, const struct batch *done);
+static void gather_stop(struct ingest *in);
 
 /* Make room for one more message in the filling batch. */
 static struct batch *
@@ -766,6 +785,12 @@ on_zmon_closed(void *data)
 	on_part_closed(data);
 }
 
+static void
+on_gather_closed(uv_handle_t *h)
+{
+	on_part_closed(container_of((uv_poll_t *) h, struct ingest, gather_poll));
+}
+
 /* After a stop request: close once everything received has been committed and acked. */
 static void
 maybe_finish(struct ingest *in)
@@ -780,7 +805,82 @@ maybe_finish(struct ingest *in)
 		zmon_close(in->zmon, on_zmon_closed, in);
 		in->zmon = NULL;
 	}
+	if (in->gather_open) {
+		in->closing_parts++;
+		in->gather_open = false;
+		uv_close((uv_handle_t *) &in->gather_poll, on_gather_closed);
+	}
 	zuv_close(&in->zuv, on_zuv_closed);
+}
+
+/*
+ * Group commit gathers what arrives while a batch commits; but when the senders wait for
+ * each ack before sending again (one message in flight each), the batch that arrived
+ * during a commit is only the other half of them, and the half just acked misses it by a
+ * round trip: the senders split into two groups that take turns, each waiting for the
+ * other's commit. So when a commit returns and the next batch holds fewer messages than it
+ * plus the batch just committed (every sender answered may send again), the writer waits
+ * for that many, at most half the last commit's duration (INGEST_GATHER_MAX_NS at most),
+ * and then commits whatever is there. Only small batches wait (INGEST_GATHER_MAX_BATCH);
+ * a queued batch or a stop never waits.
+ * Returns whether it waits (then maybe_submit() submits once the target is reached, and
+ * on_gather_timeout() when the time is up).
+ */
+static bool
+gather_arm(struct ingest *in, const struct batch *done)
+{
+	size_t have = in->filling ? in->filling->n : 0;
+	size_t target = have + done->n;
+	uint64_t wait_ns = done->commit_ns / INGEST_GATHER_DIV;
+
+	if (target > in->cfg->ingest.max_batch) {
+		target = in->cfg->ingest.max_batch;
+	}
+	if (!in->gather_open || in->stopping || in->queue_head || done->result < 0 ||
+	    have >= target || target > INGEST_GATHER_MAX_BATCH || wait_ns == 0) {
+		return false;
+	}
+	if (wait_ns > INGEST_GATHER_MAX_NS) {
+		wait_ns = INGEST_GATHER_MAX_NS;
+	}
+	struct itimerspec its = {
+	        .it_value = {.tv_sec = 0, .tv_nsec = (long) wait_ns},
+	};
+	if (timerfd_settime(in->gather_fd, 0, &its, NULL) < 0) {
+		return false;
+	}
+	in->gathering = true;
+	in->gather_target = target;
+	in->counters.gathers++;
+	return true;
+}
+
+/* Disarm the gathering timer. */
+static void
+gather_stop(struct ingest *in)
+{
+	const struct itimerspec off = {0};
+
+	in->gathering = false;
+	(void) timerfd_settime(in->gather_fd, 0, &off, NULL);
+}
+
+static void
+on_gather_timeout(uv_poll_t *h, int status, int events)
+{
+	struct ingest *in = container_of(h, struct ingest, gather_poll);
+	uint64_t expirations;
+
+	(void) status;
+	(void) events;
+	/* Nothing to read: the wait this expiry belonged to ended (timerfd_settime() resets
+	 * the count), and a new one may have begun. */
+	if (read(in->gather_fd, &expirations, sizeof(expirations)) != sizeof(expirations) ||
+	    !in->gathering) {
+		return;
+	}
+	gather_stop(in);
+	maybe_submit(in);
 }
 
 static void
@@ -791,8 +891,11 @@ after_commit(uv_work_t *req, int status)
 
 	in->committing = NULL;
 	/* Hand the writer the next batch before answering this one: it commits while the loop
-	 * sends these acks and publishes these records, instead of waiting for them. */
-	maybe_submit(in);
+	 * sends these acks and publishes these records, instead of waiting for them; unless
+	 * the batch would be short of the senders these acks answer (gather_arm()). */
+	if (!gather_arm(in, b)) {
+		maybe_submit(in);
+	}
 	ack_batch(in, b);
 	batch_recycle(in, b);
 	maybe_resume(in);
@@ -814,6 +917,14 @@ maybe_submit(struct ingest *in)
 {
 	if (in->committing) {
 		return;
+	}
+	if (in->gathering) {
+		bool full = in->filling && in->filling->n >= in->gather_target;
+		if (!full && !in->stopping && !in->queue_head) {
+			return;
+		}
+		gather_stop(in);
+		in->counters.gathers_full += full;
 	}
 	struct batch *b = in->queue_head;
 	if (b) {
@@ -858,6 +969,31 @@ limiter_options_of(const struct config *cfg)
 	};
 }
 
+/* The gathering timer (gather_arm()); without it (no timerfd) batches never wait. */
+static void
+gather_open(struct ingest *in)
+{
+	in->gather_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+	if (in->gather_fd < 0) {
+		log_warning_errno(-errno, "Failed to create a timerfd, batches will not wait "
+		                          "for the senders just acked");
+		return;
+	}
+	int r = uv_poll_init(in->loop, &in->gather_poll, in->gather_fd);
+	if (r >= 0) {
+		in->gather_open = true;
+		r = uv_poll_start(&in->gather_poll, UV_READABLE, on_gather_timeout);
+		if (r < 0) {
+			in->gather_open = false;
+			uv_close((uv_handle_t *) &in->gather_poll, NULL);
+		}
+	}
+	if (r < 0) {
+		log_warning_errno(r, "Failed to watch a timerfd, batches will not wait for the "
+		                     "senders just acked");
+	}
+}
+
 int
 ingest_new(uv_loop_t *loop, void *zctx, struct auth *auth, struct store *store, struct config *cfg,
            ingest_accepted_fn *on_accepted, void *data, struct ingest **ret_ingest)
@@ -869,6 +1005,7 @@ ingest_new(uv_loop_t *loop, void *zctx, struct auth *auth, struct store *store, 
 		return -ENOMEM;
 	}
 	in->loop = loop;
+	in->gather_fd = -1;
 	in->store = store;
 	in->cfg = config_ref(cfg);
 	in->auth = auth;
@@ -926,6 +1063,7 @@ ingest_new(uv_loop_t *loop, void *zctx, struct auth *auth, struct store *store, 
 		goto fail;
 	}
 	in->zuv_started = true;
+	gather_open(in);
 	(void) check_disk(in, true);
 	*ret_ingest = in;
 	return 0;
@@ -1008,6 +1146,9 @@ ingest_free(struct ingest *in)
 	in->zmon = NULL;
 	if (in->sock) {
 		(void) zmq_close(in->sock);
+	}
+	if (in->gather_fd >= 0) {
+		(void) close(in->gather_fd);
 	}
 	if (in->filling) {
 		in->filling->next = NULL;

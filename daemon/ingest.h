@@ -67,6 +67,8 @@ struct ingest_counters {
 	uint64_t retry_later;
 	uint64_t acks_dropped;           /* acks libzmq refused (peer gone or at its HWM) */
 	uint64_t batches;                /* committed transactions */
+	uint64_t gathers;      /* times the writer waited for the senders just acked */
+	uint64_t gathers_full; /* ... and the batch reached its target before the time was up */
 	uint64_t rejected_by_reason[32]; /* indexed by Coord__V1__Reason (< 32) */
 	/* RETRY_LATER answers because a per-sender limit bit ([ingest] in the config); each
 	 * is also counted in retry_later. */
