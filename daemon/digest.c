@@ -1545,19 +1545,23 @@ add_pending(struct digest *d, const char *council, const struct digest_contribut
 	return r;
 }
 
-/* Append what an Envelope contributes (sign +1 or -1) to the batch's log value. */
+/* Append what an Envelope contributes (sign +1 or -1) to the batch's log value: from
+ * `decoded` when the caller unpacked it already, else from the bytes. */
 static int
-log_envelope(struct digest *d, const char *council, const uint8_t *buf, size_t len, int sign)
+log_envelope(struct digest *d, const char *council, const uint8_t *buf, size_t len,
+             const Coord__V1__Envelope *decoded, int sign)
 {
-	Coord__V1__Envelope *env = coord__v1__envelope__unpack(NULL, len, buf);
+	Coord__V1__Envelope *env = decoded ? NULL : coord__v1__envelope__unpack(NULL, len, buf);
 	struct digest_contribution c;
 
-	if (!env) {
+	if (!decoded && !env) {
 		/* The new revision was validated at ingest; the old one comes from the store. */
 		return sign > 0 ? -EBADMSG : MDB_CORRUPTED;
 	}
-	int r = digest_contribution_of(env, &c);
-	coord__v1__envelope__free_unpacked(env, NULL);
+	int r = digest_contribution_of(decoded ? decoded : env, &c);
+	if (env) {
+		coord__v1__envelope__free_unpacked(env, NULL);
+	}
 	if (r < 0) {
 		return 0; /* nothing countable */
 	}
@@ -1586,10 +1590,11 @@ on_record(void *data, MDB_txn *txn, const struct store_change *change)
 	}
 	if (change->old_envelope && !change->old_retracted) {
 		r = log_envelope(d, rec->council, change->old_envelope, change->old_envelope_len,
-		                 -1);
+		                 NULL, -1);
 	}
 	if (r == 0 && !rec->retraction) {
-		r = log_envelope(d, rec->council, rec->envelope, rec->envelope_len, +1);
+		r = log_envelope(d, rec->council, rec->envelope, rec->envelope_len, rec->decoded,
+		                 +1);
 	}
 	return r;
 }

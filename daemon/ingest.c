@@ -69,6 +69,32 @@ struct msg {
 	struct limiter_sender *sender; /* its in-flight slot, released after its Ack */
 };
 
+/*
+ * Bump allocation for the batch's unpacked Envelopes (protobuf-c's allocator): each one
+ * stays until the batch is recycled (the writer's digest hook reads it, store_record.decoded),
+ * one refused is taken back at once (arena_rewind()), and nothing is freed one by one.
+ * Chunks of ARENA_CHUNK bytes are kept for reuse, up to ARENA_KEEP of them.
+ */
+#define ARENA_CHUNK ((size_t) 64 << 10)
+#define ARENA_KEEP 32
+
+struct arena_chunk {
+	struct arena_chunk *next;
+	size_t used, cap;
+	max_align_t data[];
+};
+
+struct arena {
+	struct arena_chunk *cur; /* the newest chunk; older ones follow */
+	struct arena_chunk *spare;
+	unsigned n_spare;
+};
+
+struct arena_mark {
+	struct arena_chunk *chunk;
+	size_t used;
+};
+
 struct batch {
 	struct batch *next;
 	size_t n;
@@ -76,6 +102,8 @@ struct batch {
 	uint64_t commit_ns; /* how long store_write_batch() took */
 	struct msg *msgs;
 	struct store_record *recs;
+	struct arena arena;
+	ProtobufCAllocator alloc; /* over `arena` */
 };
 
 struct ingest {
@@ -136,12 +164,87 @@ now_ms(void)
 	return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+static void *
+arena_alloc(void *data, size_t n)
+{
+	struct arena *a = data;
+	struct arena_chunk *c = a->cur;
+
+	n = (n + sizeof(max_align_t) - 1) & ~(sizeof(max_align_t) - 1);
+	if (!c || c->cap - c->used < n) {
+		if (n <= ARENA_CHUNK && a->spare) {
+			c = a->spare;
+			a->spare = c->next;
+			a->n_spare--;
+		} else {
+			size_t cap = n > ARENA_CHUNK ? n : ARENA_CHUNK;
+			c = malloc(sizeof(*c) + cap);
+			if (!c) {
+				return NULL;
+			}
+			c->cap = cap;
+		}
+		c->used = 0;
+		c->next = a->cur;
+		a->cur = c;
+	}
+	void *p = (uint8_t *) c->data + c->used;
+	c->used += n;
+	return p;
+}
+
+static void
+arena_free_nothing(void *data, void *p)
+{
+	(void) data;
+	(void) p;
+}
+
+static struct arena_mark
+arena_mark(const struct arena *a)
+{
+	return (struct arena_mark){.chunk = a->cur, .used = a->cur ? a->cur->used : 0};
+}
+
+/* Take back everything allocated since `m`. */
+static void
+arena_rewind(struct arena *a, struct arena_mark m)
+{
+	while (a->cur && a->cur != m.chunk) {
+		struct arena_chunk *c = a->cur;
+		a->cur = c->next;
+		if (c->cap == ARENA_CHUNK && a->n_spare < ARENA_KEEP) {
+			c->next = a->spare;
+			a->spare = c;
+			a->n_spare++;
+		} else {
+			free(c);
+		}
+	}
+	if (a->cur) {
+		a->cur->used = m.used;
+	}
+}
+
+static void
+arena_free(struct arena *a)
+{
+	arena_rewind(a, (struct arena_mark){0});
+	while (a->spare) {
+		struct arena_chunk *c = a->spare;
+		a->spare = c->next;
+		free(c);
+	}
+	a->n_spare = 0;
+}
+
 static struct batch *
 batch_free(struct batch *b)
 {
 	if (!b) {
 		return NULL;
 	}
+	arena_free(&b->arena);
 	free(b->msgs);
 	free(b->recs);
 	free(b);
@@ -156,6 +259,11 @@ batch_new(size_t cap)
 	if (!b) {
 		return NULL;
 	}
+	b->alloc = (ProtobufCAllocator){
+	        .alloc = arena_alloc,
+	        .free = arena_free_nothing,
+	        .allocator_data = &b->arena,
+	};
 	b->msgs = calloc(cap, sizeof(*b->msgs));
 	b->recs = calloc(cap, sizeof(*b->recs));
 	if (!b->msgs || !b->recs) {
@@ -174,6 +282,7 @@ batch_recycle(struct ingest *in, struct batch *b)
 	}
 	b->n = 0;
 	b->result = 0;
+	arena_rewind(&b->arena, (struct arena_mark){0});
 	if (!in->spare) {
 		in->spare = b;
 	} else {
@@ -423,21 +532,24 @@ check_limits(struct ingest *in, struct msg *m, const Coord__V1__Envelope *env)
 }
 
 /*
- * Decode, limit and validate the message in `m`. Returns 0 and fills `rec` when it should
- * be stored (m->sender then holds its in-flight slot); otherwise answers it and returns a
- * negative errno (frames still owned by `m`, no slot held).
+ * Decode, limit and validate the message in `m`, the next of batch `b`. Returns 0 and
+ * fills `rec` when it should be stored (m->sender then holds its in-flight slot, and
+ * rec->decoded its Envelope, in the batch's arena); otherwise answers it and returns a
+ * negative errno (frames still owned by `m`, no slot held, the arena as it was).
  */
 static int
-admit(struct ingest *in, struct msg *m, struct store_record *rec, int64_t now)
+admit(struct ingest *in, struct batch *b, struct msg *m, struct store_record *rec, int64_t now)
 {
 	Coord__V1__Envelope *env = NULL;
 	struct wire_verdict verdict;
+	struct arena_mark mark = arena_mark(&b->arena);
 	int r;
 
 	m->sender = NULL;
-	r = wire_unpack_envelope(zmq_msg_data(&m->body), zmq_msg_size(&m->body),
-	                         in->cfg->ingest.max_message_bytes, &env, &verdict);
+	r = wire_unpack_envelope_with(&b->alloc, zmq_msg_data(&m->body), zmq_msg_size(&m->body),
+	                              in->cfg->ingest.max_message_bytes, &env, &verdict);
 	if (r == -ENOMEM) {
+		arena_rewind(&b->arena, mark);
 		refuse(in, &m->rid, NULL, COORD__V1__ACK_STATUS__ACK_STATUS_RETRY_LATER,
 		       COORD__V1__REASON__REASON_OVERLOADED, "out of memory");
 		return r;
@@ -445,9 +557,7 @@ admit(struct ingest *in, struct msg *m, struct store_record *rec, int64_t now)
 	/* Garbage counts against the limits too; a decoded msg_id is echoed either way. */
 	int lr = check_limits(in, m, env);
 	if (lr < 0) {
-		if (env) {
-			coord__v1__envelope__free_unpacked(env, NULL);
-		}
+		arena_rewind(&b->arena, mark);
 		return lr;
 	}
 	if (r >= 0) {
@@ -461,9 +571,7 @@ admit(struct ingest *in, struct msg *m, struct store_record *rec, int64_t now)
 		       verdict.message);
 		limiter_release(in->limiter, m->sender, uv_now(in->loop));
 		m->sender = NULL;
-		if (env) {
-			coord__v1__envelope__free_unpacked(env, NULL);
-		}
+		arena_rewind(&b->arena, mark);
 		return r;
 	}
 
@@ -483,8 +591,8 @@ admit(struct ingest *in, struct msg *m, struct store_record *rec, int64_t now)
 	        .envelope = zmq_msg_data(&m->body),
 	        .envelope_len = zmq_msg_size(&m->body),
 	        .received_at = now,
+	        .decoded = env,
 	};
-	coord__v1__envelope__free_unpacked(env, NULL);
 	return 0;
 }
 
@@ -525,7 +633,7 @@ on_readable(struct zuv *z, void *zsock, unsigned budget, void *data)
 			}
 			continue;
 		}
-		if (admit(in, m, &b->recs[b->n], now) < 0) {
+		if (admit(in, b, m, &b->recs[b->n], now) < 0) {
 			(void) zmq_msg_close(&m->rid);
 			(void) zmq_msg_close(&m->body);
 			continue;
