@@ -6,7 +6,10 @@
  * Flow control: while a batch commits, the loop keeps receiving into the next one (group
  * commit). When `max_pending` messages wait for a commit, ingest stops reading its socket;
  * libzmq then queues up to the HWM and the councils' sends block or fail, which is the
- * backpressure the protocol relies on.
+ * backpressure the protocol relies on. When a commit returns and the next batch is short of
+ * the senders it just acked (senders with one message in flight answer a round trip later),
+ * the writer waits for them briefly: at most half the last commit's duration, 2 ms at most,
+ * and only for batches of up to 64 (docs/ARCHITECTURE.md, "Gathering").
  *
  * Per-sender limits: a sender (the authenticated council on a CURVE socket, else the
  * connection) has at most cfg->ingest.max_inflight_per_council messages received and not yet
