@@ -70,14 +70,18 @@ struct ingest_counters {
 	uint64_t retry_later;
 	uint64_t acks_dropped;           /* acks libzmq refused (peer gone or at its HWM) */
 	uint64_t batches;                /* committed transactions */
-	uint64_t gathers;      /* times the writer waited for the senders just acked */
-	uint64_t gathers_full; /* ... and the batch reached its target before the time was up */
 	uint64_t rejected_by_reason[32]; /* indexed by Coord__V1__Reason (< 32) */
 	/* RETRY_LATER answers because a per-sender limit bit ([ingest] in the config); each
 	 * is also counted in retry_later. */
 	uint64_t limit_inflight; /* max_inflight_per_council */
 	uint64_t limit_rate;     /* rate_limit and rate_burst */
 	uint64_t senders;        /* a gauge: senders tracked by the limits now */
+
+	/* Gathering (docs/ARCHITECTURE.md): times the writer waited after a commit for the
+	 * senders just acked, and how many of those waits the batch filled before the time was
+	 * up. */
+	uint64_t gathers;
+	uint64_t gathers_full;
 
 	/* Histograms of committed batches: counts per bucket of INGEST_BATCH_BOUNDS (messages)
 	 * and INGEST_COMMIT_BOUNDS (seconds), the last entry for values above every bound. */
