@@ -1827,9 +1827,7 @@ scratch_code(struct digest *d, uint32_t id, uint64_t count)
 
 /* The aggregate in the scratch arrays as one block, or NULL for none (no lines). The block
  * is `reuse` (whose content has been read) when it is large enough and not twice too
- * large, else a new one; one that replaces a smaller block gets half again as much room,
- * since an aggregate mostly grows fold after fold (a malloc() per aggregate and fold was
- * 6 % of the broker). */
+ * large, else a new one. */
 static int
 scratch_agg(struct digest *d, struct cagg *reuse, struct cagg **ret)
 {
@@ -1840,9 +1838,7 @@ scratch_agg(struct digest *d, struct cagg *reuse, struct cagg **ret)
 	size_t size = sizeof(struct cagg) + d->sl_n * sizeof(struct cline) +
 	              d->sc_n * sizeof(struct ccode);
 	size_t have = reuse ? malloc_usable_size(reuse) : 0;
-	struct cagg *a = have >= size && have / 2 <= size ? reuse
-	                 : have > 0 && have < size        ? malloc(size + size / 2)
-	                                                  : malloc(size);
+	struct cagg *a = have >= size && have / 2 <= size ? reuse : malloc(size);
 	if (!a) {
 		return -ENOMEM;
 	}
