@@ -1157,11 +1157,26 @@ contribution_line(struct digest_contribution *c, const char *council, struct con
 static uint64_t
 hash_key(const uint8_t *key, size_t len)
 {
-	uint64_t h = UINT64_C(14695981039346656037);
+	/* Eight bytes at a time (FNV-1a byte by byte was 3 % of the broker: the folder hashes
+	 * six aggregate keys per contribution and one per aggregate), then mixed (fmix64) so
+	 * that the low bits, which index the tables, depend on every byte. In-memory tables
+	 * only: nothing stored depends on it. */
+	uint64_t h = UINT64_C(0x9e3779b97f4a7c15) ^ len;
+	uint64_t w;
 
-	for (size_t i = 0; i < len; i++) {
-		h = (h ^ key[i]) * UINT64_C(1099511628211);
+	for (; len >= 8; key += 8, len -= 8) {
+		memcpy(&w, key, 8);
+		h = (h ^ w) * UINT64_C(0xff51afd7ed558ccd);
+		h ^= h >> 29;
 	}
+	if (len > 0) {
+		w = 0;
+		memcpy(&w, key, len);
+		h = (h ^ w) * UINT64_C(0xff51afd7ed558ccd);
+	}
+	h ^= h >> 33;
+	h *= UINT64_C(0xc4ceb9fe1a85ec53);
+	h ^= h >> 33;
 	return h;
 }
 
