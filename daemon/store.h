@@ -108,6 +108,9 @@ struct store_record {
 	const uint8_t *envelope; /* the Envelope bytes as received */
 	size_t envelope_len;
 	int64_t received_at; /* Unix ms */
+	/* `envelope` already unpacked (by ingest), or NULL. Not read by the store: the hooks
+	 * use it instead of unpacking the bytes again (store_change.rec). */
+	const Coord__V1__Envelope *decoded;
 
 	/* outputs */
 	Coord__V1__AckStatus status; /* ACCEPTED, DUPLICATE or REJECTED */
