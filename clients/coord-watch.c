@@ -11,6 +11,8 @@
  * broker restart the chain of prev_seq starts again at 0).
  *
  * Every update is printed with the time it arrived; with --json as one JSON object per line.
+ * Live updates carry each line's distinct counts and the digest's total and category lines,
+ * not the lists of codes (docs/PROTOCOL.md): render.c makes the same sentences from either.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -98,7 +100,9 @@ help(void)
 	       "  -n, --headlines=N       newest records to show, 0 to 50 (default 5)\n"
 	       "      --json              one JSON object per update (JSON Lines): topic, source\n"
 	       "                          (query or live), updatedAt, lastSeq, digests (the\n"
-	       "                          proto3 JSON mapping of each Digest)\n"
+	       "                          proto3 JSON mapping of each Digest: distinct counts,\n"
+	       "                          total and categories; the code lists only in a\n"
+	       "                          query update)\n"
 	       "      --count=N           exit after N updates (the first digest is update 1)\n"
 	       "  -t, --timeout=SECONDS   how long coordd may stay silent when an answer is due:\n"
 	       "                          a query, or with --count the next update (default 5)\n"

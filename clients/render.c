@@ -4,8 +4,9 @@
  * Text is written into an open_memstream() buffer; a failed allocation shows as a failed
  * fflush/fclose and becomes -ENOMEM. The wording tables below hold each noun in the
  * singular and the plural; a noun used after "to" carries its article in the singular
- * ("1 letter to a head of state"). Distinct counts across lines use `struct codes`, a
- * small sorted set of the lines' code strings.
+ * ("1 letter to a head of state"). Distinct counts across lines come from the digest's
+ * total and category lines; without them (an older broker), from `struct codes`, a small
+ * sorted set of the lines' code strings.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -278,6 +279,33 @@ codes_add_list(struct codes *c, Coord__V1__CodeCount *const *list, size_t n)
 	}
 }
 
+/* A line's distinct countries, languages or councils: the length of its list when the list
+ * is there (a query answer, or a broker before distinct counts), else the distinct count
+ * the broker filled in (a published digest carries no lists). */
+static uint64_t
+n_countries(const Coord__V1__DigestLine *l)
+{
+	return l->n_countries > l->distinct_countries ? l->n_countries : l->distinct_countries;
+}
+
+static uint64_t
+n_languages(const Coord__V1__DigestLine *l)
+{
+	return l->n_languages > l->distinct_languages ? l->n_languages : l->distinct_languages;
+}
+
+/* The digest's line for `category` across its kinds (Digest.categories), or NULL. */
+static const Coord__V1__DigestLine *
+category_line(const Coord__V1__Digest *d, Coord__V1__Category category)
+{
+	for (size_t i = 0; i < d->n_categories; i++) {
+		if (d->categories[i]->category == category) {
+			return d->categories[i];
+		}
+	}
+	return NULL;
+}
+
 /* "1 country", "38 countries": the number with thousands separators and its noun. */
 static void
 counted(FILE *f, uint64_t n, const char *one, const char *many)
@@ -314,7 +342,7 @@ render_event(FILE *f, const Coord__V1__DigestLine *l, unsigned flags)
 		fprintf(f, " of kind %" PRId32, l->kind);
 	}
 	fputs(" in ", f);
-	counted(f, l->n_countries, "country", "countries");
+	counted(f, n_countries(l), "country", "countries");
 	if (l->sum > 0) {
 		fputs(" with ", f);
 		counted(f, l->sum, "participant", "participants");
@@ -322,20 +350,26 @@ render_event(FILE *f, const Coord__V1__DigestLine *l, unsigned flags)
 	fputc('\n', f);
 }
 
+/* The letters' lines; `all` is their category line (Digest.categories) or NULL, when the
+ * councils across kinds are the union of the lines' lists. */
 static void
-render_letters(FILE *f, Coord__V1__DigestLine *const *lines, size_t n, unsigned flags, bool *failed)
+render_letters(FILE *f, Coord__V1__DigestLine *const *lines, size_t n,
+               const Coord__V1__DigestLine *all, unsigned flags, bool *failed)
 {
 	struct codes councils = {0};
 	uint64_t total = 0;
 
 	for (size_t i = 0; i < n; i++) {
 		total += lines[i]->count;
-		codes_add_list(&councils, lines[i]->councils, lines[i]->n_councils);
+		if (!all) {
+			codes_add_list(&councils, lines[i]->councils, lines[i]->n_councils);
+		}
 	}
 	begin_line(f, flags);
 	counted(f, total, "letter", "letters");
 	fputs(" by ", f);
-	counted(f, councils.n, "coordinating council", "coordinating councils");
+	counted(f, all ? all->distinct_councils : councils.n, "coordinating council",
+	        "coordinating councils");
 	fputc('\n', f);
 	free(councils.v);
 	*failed = *failed || councils.failed;
@@ -359,9 +393,9 @@ render_statement(FILE *f, const Coord__V1__DigestLine *l, unsigned flags)
 	begin_line(f, flags);
 	counted(f, l->count, "statement", "statements");
 	fputs(" in ", f);
-	counted(f, l->n_languages, "language", "languages");
+	counted(f, n_languages(l), "language", "languages");
 	fputs(", from ", f);
-	counted(f, l->n_countries, "country", "countries");
+	counted(f, n_countries(l), "country", "countries");
 	fputc('\n', f);
 }
 
@@ -378,7 +412,7 @@ render_petition(FILE *f, const Coord__V1__DigestLine *l, unsigned flags)
 		fprintf(f, " to bodies of kind %" PRId32, l->kind);
 	}
 	fputs(" in ", f);
-	counted(f, l->n_countries, "country", "countries");
+	counted(f, n_countries(l), "country", "countries");
 	if (l->sum > 0) {
 		fputs(" with ", f);
 		counted(f, l->sum, "signature", "signatures");
@@ -411,12 +445,12 @@ render_media(FILE *f, const Coord__V1__DigestLine *l, unsigned flags)
 		fprintf(f, " of kind %" PRId32, l->kind);
 		break;
 	}
-	if (l->n_languages > 0) {
+	if (n_languages(l) > 0) {
 		fputs(" in ", f);
-		counted(f, l->n_languages, "language", "languages");
+		counted(f, n_languages(l), "language", "languages");
 	}
 	fputs(" in ", f);
-	counted(f, l->n_countries, "country", "countries");
+	counted(f, n_countries(l), "country", "countries");
 	if (l->sum > 0) {
 		fputs(", carried by ", f);
 		counted(f, l->sum, "local source", "local sources");
@@ -501,7 +535,8 @@ write_headlines(FILE *f, const Coord__V1__Digest *d, unsigned flags)
 	}
 }
 
-/* The lead sentence: every live record of the digest, its councils and countries. */
+/* The lead sentence: every live record of the digest, its councils and countries (from the
+ * digest's total line, else the union of the lines' lists). */
 static void
 write_totals(FILE *f, const Coord__V1__Digest *d, unsigned flags, bool *failed)
 {
@@ -511,15 +546,18 @@ write_totals(FILE *f, const Coord__V1__Digest *d, unsigned flags, bool *failed)
 	for (size_t i = 0; i < d->n_lines; i++) {
 		const Coord__V1__DigestLine *l = d->lines[i];
 		total += l->count;
-		codes_add_list(&councils, l->councils, l->n_councils);
-		codes_add_list(&countries, l->countries, l->n_countries);
+		if (!d->total) {
+			codes_add_list(&councils, l->councils, l->n_councils);
+			codes_add_list(&countries, l->countries, l->n_countries);
+		}
 	}
 	begin_line(f, flags);
 	counted(f, total, "record", "records");
 	fputs(" from ", f);
-	counted(f, councils.n, "coordinating council", "coordinating councils");
+	counted(f, d->total ? d->total->distinct_councils : councils.n, "coordinating council",
+	        "coordinating councils");
 	fputs(" in ", f);
-	counted(f, countries.n, "country", "countries");
+	counted(f, d->total ? d->total->distinct_countries : countries.n, "country", "countries");
 	fputc('\n', f);
 	*failed = *failed || councils.failed || countries.failed;
 	free(councils.v);
@@ -564,7 +602,9 @@ render_digest(const Coord__V1__Digest *d, unsigned flags, char **ret_text)
 			       d->lines[j]->category == COORD__V1__CATEGORY__CATEGORY_LETTER) {
 				j++;
 			}
-			render_letters(f, d->lines + i, j - i, flags, &failed);
+			render_letters(f, d->lines + i, j - i,
+			               category_line(d, COORD__V1__CATEGORY__CATEGORY_LETTER),
+			               flags, &failed);
 			i = j;
 			continue;
 		}

@@ -15,9 +15,13 @@
  *
  * Numbers have thousands separators; every noun agrees with its number ("1 rally in 1
  * country"); a category or kind without records is left out; distinct counts that span
- * several lines (the councils of all letters, the countries of the whole digest) are unions
- * of the lines' codes, so they stay exact. The wording of each line is in render.c
- * (`event_kinds`, `recipients`, `targets`) and in docs/PROTOCOL.md.
+ * several lines (the councils of all letters, the countries of the whole digest) come from
+ * the digest's total and category lines, whose distinct counts the broker takes as unions
+ * of the lines' codes, so they stay exact; a line's own distinct counts are its
+ * distinct_* fields (published digests carry no CodeCount lists) or the lengths of its
+ * lists. A digest from a broker without total lines falls back to unions of the lists.
+ * The wording of each line is in render.c (`event_kinds`, `recipients`, `targets`) and in
+ * docs/PROTOCOL.md.
  *
  * Every function is pure (no I/O, no global state) and thread-safe. Results are heap
  * strings owned by the caller (free()) or written to the caller's buffer.

@@ -117,6 +117,7 @@ enum key_id {
 	KEY_SUBSCRIBER_HISTORY_WINDOW,
 	KEY_SECRET_KEY_FILE,
 	KEY_KEYS_FILE,
+	KEY_FANOUT_BUDGET,
 	_KEY_MAX,
 };
 
@@ -157,6 +158,9 @@ static const struct key keys[_KEY_MAX] = {
         [KEY_MAX_SUBSCRIPTION_BYTES] = {SECTION_PUBLISH, "max_subscription_bytes", KEY_SIZE32,
                                         offsetof(struct config, publish.max_subscription_bytes),
                                         256, 64 * KIB},
+        [KEY_FANOUT_BUDGET] = {SECTION_PUBLISH, "fanout_budget", KEY_SIZE64,
+                               offsetof(struct config, publish.fanout_budget), KIB,
+                               UINT64_C(1) << 40},
         [KEY_QUERY_ENDPOINT] = {SECTION_QUERY, "endpoint", KEY_ENDPOINT,
                                 offsetof(struct config, query.endpoint), 0, 0},
         [KEY_HISTORY_LIMIT] = {SECTION_QUERY, "history_limit", KEY_U32,
@@ -1020,6 +1024,7 @@ parse(struct parser *p, const char *name, struct config **ret_config,
 	                        .security = _CONFIG_SECURITY_INVALID,
 	                        .max_connections = 1024,
 	                        .max_subscription_bytes = KIB,
+	                        .fanout_budget = CONFIG_FANOUT_BUDGET_DEFAULT,
 	                },
 	        .query =
 	                {

@@ -30,6 +30,8 @@
 #define CONFIG_EXIT_INVALID 78 /* EX_CONFIG: exit status for a bad config */
 /* The most headlines a digest can carry (DIGEST_HEADLINES_MAX; config sits below digest). */
 #define CONFIG_HEADLINES_MAX 50
+/* [publish] fanout_budget by default: 128 MiB of digest messages a second (fanout.h). */
+#define CONFIG_FANOUT_BUDGET_DEFAULT (UINT64_C(128) << 20)
 
 enum config_sync {
 	CONFIG_SYNC_FULL, /* every commit is flushed to disk before any ack (default) */
@@ -93,6 +95,9 @@ struct config {
 		uint32_t max_subscription_bytes; /* ZMQ_MAXMSGSIZE of the socket: a bigger
 		                                    (un)subscription drops its connection,
 		                                    256 .. 64 KiB, default 1 KiB */
+		uint64_t fanout_budget; /* digest bytes per second times the connections the
+		                           publish socket may send (fanout.h), 1 KiB .. 1 TiB,
+		                           default CONFIG_FANOUT_BUDGET_DEFAULT */
 	} publish;
 
 	/* [query]: the ROUTER socket for digests, history, status and stats (query) */

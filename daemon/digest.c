@@ -145,6 +145,7 @@
 #include "digest.h"
 #include "varint.h"
 #include "iso.h"
+#include "summary.h"
 #include "wire.h"
 
 #define ID_MAX WIRE_COUNCIL_MAX
@@ -293,10 +294,14 @@ struct digest {
 	size_t sc_n, sc_cap;
 	uint32_t *dict_ids; /* scratch: the interned ids of a stored value's codes */
 	size_t dict_cap;
-	uint64_t *enc_keys; /* scratch: the codes of a value being encoded, (rank, id) */
+	uint32_t *enc_keys; /* scratch: the distinct ranks of a value being encoded */
 	size_t enc_keys_cap;
+	uint32_t *enc_pos; /* scratch: by rank, POS_NONE or the index in its dictionary */
+	size_t enc_pos_cap;
 	struct cbuf enc;          /* the value being encoded */
 	struct scope_set pending; /* writer thread: scopes of the batch being committed */
+	uint32_t *pend_slots;     /* their hash set (pending_scope()) */
+	size_t pend_nslots;
 	/* Writer thread: the log (see the top of this file). */
 	MDB_dbi log_dbi;
 	size_t log_limit;         /* fold when the log would hold more contributions than this */
@@ -1153,11 +1158,26 @@ contribution_line(struct digest_contribution *c, const char *council, struct con
 static uint64_t
 hash_key(const uint8_t *key, size_t len)
 {
-	uint64_t h = UINT64_C(14695981039346656037);
+	/* Eight bytes at a time (FNV-1a byte by byte was 3 % of the broker: the folder hashes
+	 * six aggregate keys per contribution and one per aggregate), then mixed (fmix64) so
+	 * that the low bits, which index the tables, depend on every byte. In-memory tables
+	 * only: nothing stored depends on it. */
+	uint64_t h = UINT64_C(0x9e3779b97f4a7c15) ^ len;
+	uint64_t w;
 
-	for (size_t i = 0; i < len; i++) {
-		h = (h ^ key[i]) * UINT64_C(1099511628211);
+	for (; len >= 8; key += 8, len -= 8) {
+		memcpy(&w, key, 8);
+		h = (h ^ w) * UINT64_C(0xff51afd7ed558ccd);
+		h ^= h >> 29;
 	}
+	if (len > 0) {
+		w = 0;
+		memcpy(&w, key, len);
+		h = (h ^ w) * UINT64_C(0xff51afd7ed558ccd);
+	}
+	h ^= h >> 33;
+	h *= UINT64_C(0xc4ceb9fe1a85ec53);
+	h ^= h >> 33;
 	return h;
 }
 
@@ -1477,40 +1497,87 @@ log_each(MDB_txn *txn, MDB_dbi dbi, bool reverse, log_fn *fn, void *data)
 	return r;
 }
 
-/* Scopes touched by a contribution go to `pending` (duplicates are removed later). */
+/* Add a scope to `pending` unless it is there: a hash set of its entries (index + 1 in
+ * pend_slots, at most half full), emptied with the batch. A batch touches the same few
+ * dozen scopes again and again; sorting them all (once per contribution) took 2 % of the
+ * broker. */
 static int
-add_pending(struct digest *d, const char *council, const struct digest_contribution *c)
+pending_scope(struct digest *d, Coord__V1__ScopeKind kind, const char *id, size_t len)
 {
 	struct scope_set *p = &d->pending;
-	struct digest_scope *v = grow(p->v, &p->cap, p->n + 3, sizeof(*v));
 
+	if ((p->n + 1) * 2 > d->pend_nslots) {
+		size_t nslots = d->pend_nslots ? d->pend_nslots * 2 : 128;
+		uint32_t *slots = calloc(nslots, sizeof(*slots));
+		if (!slots) {
+			return -ENOMEM;
+		}
+		for (size_t i = 0; i < p->n; i++) {
+			size_t j = hash_key((const uint8_t *) p->v[i].id, strlen(p->v[i].id)) +
+			           (size_t) p->v[i].kind;
+			while (slots[j & (nslots - 1)]) {
+				j++;
+			}
+			slots[j & (nslots - 1)] = (uint32_t) i + 1;
+		}
+		free(d->pend_slots);
+		d->pend_slots = slots;
+		d->pend_nslots = nslots;
+	}
+	size_t mask = d->pend_nslots - 1;
+	size_t j = hash_key((const uint8_t *) id, len) + (size_t) kind;
+	for (; d->pend_slots[j & mask]; j++) {
+		const struct digest_scope *e = &p->v[d->pend_slots[j & mask] - 1];
+		if (e->kind == kind && strncmp(e->id, id, len) == 0 && e->id[len] == '\0') {
+			return 0;
+		}
+	}
+	struct digest_scope *v = grow(p->v, &p->cap, p->n + 1, sizeof(*v));
 	if (!v) {
 		return -ENOMEM;
 	}
 	p->v = v;
-	v[p->n++] = (struct digest_scope){.kind = COORD__V1__SCOPE_KIND__SCOPE_KIND_ALL};
-	v[p->n] = (struct digest_scope){.kind = COORD__V1__SCOPE_KIND__SCOPE_KIND_COUNCIL};
-	memcpy(v[p->n++].id, council, strlen(council) + 1);
-	if (c->country[0]) {
-		v[p->n] = (struct digest_scope){.kind = COORD__V1__SCOPE_KIND__SCOPE_KIND_COUNTRY};
-		memcpy(v[p->n++].id, c->country, sizeof(c->country));
-	}
+	v[p->n] = (struct digest_scope){.kind = kind};
+	memcpy(v[p->n].id, id, len);
+	v[p->n].id[len] = '\0';
+	d->pend_slots[j & mask] = (uint32_t) ++p->n;
 	return 0;
 }
 
-/* Append what an Envelope contributes (sign +1 or -1) to the batch's log value. */
+/* Scopes touched by a contribution go to `pending`, once each. */
 static int
-log_envelope(struct digest *d, const char *council, const uint8_t *buf, size_t len, int sign)
+add_pending(struct digest *d, const char *council, const struct digest_contribution *c)
 {
-	Coord__V1__Envelope *env = coord__v1__envelope__unpack(NULL, len, buf);
+	int r = pending_scope(d, COORD__V1__SCOPE_KIND__SCOPE_KIND_ALL, "", 0);
+
+	if (r == 0) {
+		r = pending_scope(d, COORD__V1__SCOPE_KIND__SCOPE_KIND_COUNCIL, council,
+		                  strlen(council));
+	}
+	if (r == 0 && c->country[0]) {
+		r = pending_scope(d, COORD__V1__SCOPE_KIND__SCOPE_KIND_COUNTRY, c->country,
+		                  strlen(c->country));
+	}
+	return r;
+}
+
+/* Append what an Envelope contributes (sign +1 or -1) to the batch's log value: from
+ * `decoded` when the caller unpacked it already, else from the bytes. */
+static int
+log_envelope(struct digest *d, const char *council, const uint8_t *buf, size_t len,
+             const Coord__V1__Envelope *decoded, int sign)
+{
+	Coord__V1__Envelope *env = decoded ? NULL : coord__v1__envelope__unpack(NULL, len, buf);
 	struct digest_contribution c;
 
-	if (!env) {
+	if (!decoded && !env) {
 		/* The new revision was validated at ingest; the old one comes from the store. */
 		return sign > 0 ? -EBADMSG : MDB_CORRUPTED;
 	}
-	int r = digest_contribution_of(env, &c);
-	coord__v1__envelope__free_unpacked(env, NULL);
+	int r = digest_contribution_of(decoded ? decoded : env, &c);
+	if (env) {
+		coord__v1__envelope__free_unpacked(env, NULL);
+	}
 	if (r < 0) {
 		return 0; /* nothing countable */
 	}
@@ -1539,10 +1606,11 @@ on_record(void *data, MDB_txn *txn, const struct store_change *change)
 	}
 	if (change->old_envelope && !change->old_retracted) {
 		r = log_envelope(d, rec->council, change->old_envelope, change->old_envelope_len,
-		                 -1);
+		                 NULL, -1);
 	}
 	if (r == 0 && !rec->retraction) {
-		r = log_envelope(d, rec->council, rec->envelope, rec->envelope_len, +1);
+		r = log_envelope(d, rec->council, rec->envelope, rec->envelope_len, rec->decoded,
+		                 +1);
 	}
 	return r;
 }
@@ -1847,21 +1915,32 @@ cagg_decode(struct digest *d, const uint8_t *p, size_t n, struct cagg **ret)
 }
 
 static int
-u64_cmp(const void *a, const void *b)
+u32_cmp(const void *a, const void *b)
 {
-	uint64_t x = *(const uint64_t *) a;
-	uint64_t y = *(const uint64_t *) b;
+	uint32_t x = *(const uint32_t *) a;
+	uint32_t y = *(const uint32_t *) b;
 
 	return x < y ? -1 : x > y;
 }
 
-/* The stored value of `a` into d->enc (replaced), its dictionary the codes it uses in rank
- * order: what agg_encode() makes of the same aggregate. Returns 0 or -ENOMEM. */
+#define POS_NONE UINT32_MAX
+
+/*
+ * The stored value of `a` into d->enc (replaced), its dictionary the codes it uses in rank
+ * order: what agg_encode() makes of the same aggregate. Returns 0 or -ENOMEM.
+ *
+ * The codes of an aggregate repeat (a country in every line that counts it), and there are
+ * few distinct ones (the interner holds every code seen, a few hundred), so each distinct
+ * rank is marked once in d->enc_pos (by rank: POS_NONE, or its index in the dictionary),
+ * the distinct ranks are put in order (a scan of all ranks when they are many, else a sort
+ * of the few), and every code's dictionary index is then one look-up. enc_pos is left all
+ * POS_NONE again.
+ */
 static int
 cagg_encode(struct digest *d, const struct interner *in, const struct cagg *a)
 {
 	const struct ccode *c = cagg_codes(a);
-	uint64_t *keys =
+	uint32_t *keys =
 	        grow(d->enc_keys, &d->enc_keys_cap, (size_t) a->n_codes + 1, sizeof(*keys));
 	size_t nd = 0;
 
@@ -1869,24 +1948,51 @@ cagg_encode(struct digest *d, const struct interner *in, const struct cagg *a)
 		return -ENOMEM;
 	}
 	d->enc_keys = keys;
-	for (uint32_t i = 0; i < a->n_codes; i++) {
-		keys[i] = (uint64_t) in->rank[c[i].id] << 32 | c[i].id;
+	if (d->enc_pos_cap < in->n) {
+		size_t cap = d->enc_pos_cap;
+		uint32_t *pos = grow(d->enc_pos, &cap, in->n, sizeof(*pos));
+		if (!pos) {
+			return -ENOMEM;
+		}
+		for (size_t i = d->enc_pos_cap; i < cap; i++) {
+			pos[i] = POS_NONE;
+		}
+		d->enc_pos = pos;
+		d->enc_pos_cap = cap;
 	}
-	qsort(keys, a->n_codes, sizeof(*keys), u64_cmp);
+	uint32_t *pos = d->enc_pos;
 	for (uint32_t i = 0; i < a->n_codes; i++) {
-		if (nd == 0 || keys[nd - 1] != keys[i]) {
-			keys[nd++] = keys[i];
+		uint32_t rank = in->rank[c[i].id];
+		if (pos[rank] == POS_NONE) {
+			pos[rank] = 0;
+			keys[nd++] = rank;
 		}
 	}
+	if (nd * 16 >= in->n) {
+		size_t k = 0;
+		for (uint32_t rank = 0; rank < in->n; rank++) {
+			if (pos[rank] != POS_NONE) {
+				keys[k++] = rank;
+			}
+		}
+	} else {
+		qsort(keys, nd, sizeof(*keys), u32_cmp);
+	}
+	for (size_t i = 0; i < nd; i++) {
+		pos[keys[i]] = (uint32_t) i;
+	}
+
+	int r = 0;
 	d->enc.len = 0;
 	if (cbuf_reserve(&d->enc, cv_bound(nd, a->n_lines, a->n_codes)) < 0) {
-		return -ENOMEM;
+		r = -ENOMEM;
+		goto out;
 	}
 	uint8_t *p = d->enc.p;
 	*p++ = CV_FORMAT;
 	p = put_varint(p, nd);
 	for (size_t i = 0; i < nd; i++) {
-		uint32_t id = (uint32_t) keys[i];
+		uint32_t id = in->order[keys[i]];
 		*p++ = in->len[id];
 		memcpy(p, in->str[id], in->len[id]);
 		p += in->len[id];
@@ -1902,25 +2008,21 @@ cagg_encode(struct digest *d, const struct interner *in, const struct cagg *a)
 			size_t next = 0;
 			p = put_varint(p, l->n[k]);
 			for (uint32_t j = 0; j < l->n[k]; j++, c++) {
-				/* The dictionary index: the lower bound of the code's rank. */
-				uint32_t rank = in->rank[c->id];
-				size_t lo = next, hi = nd;
-				while (lo < hi) {
-					size_t mid = lo + (hi - lo) / 2;
-					if ((uint32_t) (keys[mid] >> 32) < rank) {
-						lo = mid + 1;
-					} else {
-						hi = mid;
-					}
-				}
-				p = put_varint(p, lo - next);
+				/* The dictionary index, relative to the previous code's plus one
+				 * (a list is in rank order). */
+				size_t at = pos[in->rank[c->id]];
+				p = put_varint(p, at - next);
 				p = put_varint(p, c->count);
-				next = lo + 1;
+				next = at + 1;
 			}
 		}
 	}
 	d->enc.len = (size_t) (p - d->enc.p);
-	return 0;
+out:
+	for (size_t i = 0; i < nd; i++) {
+		pos[keys[i]] = POS_NONE;
+	}
+	return r;
 }
 
 /* A count changed by a delta (a negative one is -n modulo 2^64): count_add()'s rule. */
@@ -2651,11 +2753,14 @@ write_side_free(struct digest *d)
 	free(d->sc);
 	free(d->dict_ids);
 	free(d->enc_keys);
+	free(d->enc_pos);
 	free(d->enc.p);
 	d->sl = NULL;
 	d->sc = NULL;
 	d->dict_ids = NULL;
 	d->enc_keys = NULL;
+	d->enc_pos = NULL;
+	d->enc_pos_cap = 0;
 	d->enc = (struct cbuf){0};
 	d->sl_n = d->sl_cap = d->sc_n = d->sc_cap = 0;
 	d->dict_cap = d->enc_keys_cap = 0;
@@ -2961,6 +3066,9 @@ batch_reset(struct digest *d)
 	d->batch_logged = 0;
 	d->batch_folded = 0;
 	d->batch_installs = false;
+	if (d->pending.n > 0) {
+		memset(d->pend_slots, 0, d->pend_nslots * sizeof(*d->pend_slots));
+	}
 	d->pending.n = 0;
 }
 
@@ -3129,6 +3237,7 @@ digest_free(struct digest *d)
 	cache_clear(&d->cache);
 	write_side_free(d);
 	free(d->pending.v);
+	free(d->pend_slots);
 	free(d->dirty.v);
 	free(d->log_buf);
 	(void) pthread_mutex_destroy(&d->lock);
@@ -3508,11 +3617,17 @@ build_digest(const struct digest_request *req, const struct headline_scan *hs, u
 		dg.end = hs->w.end;
 		dg.last_seq = last_seq;
 		dg.generated_at = now_ms;
-		dg.n_lines = agg->n_lines;
-		dg.lines = agg->lines;
 		dg.n_headlines = hs->n;
 		dg.headlines = hs->n ? hptrs : NULL;
+		/* Query answers: the lines with their lists and distinct counts (summary.h). */
+		struct summary *sum;
+		r = summary_new(agg->lines, agg->n_lines, true, &sum);
+		if (r < 0) {
+			return r;
+		}
+		summary_apply(sum, &dg);
 		r = finish_digest(&dg, ret_digest);
+		summary_free(sum);
 	}
 	return r;
 }
@@ -3687,6 +3802,7 @@ struct digest_live {
 	struct live_scope *scopes; /* sorted by scope_cmp() */
 	size_t n_scopes, cap_scopes;
 	uint64_t seeds; /* whole seedings */
+	bool no_lists;  /* render without the CodeCount lists (digest_live_set_lists()) */
 };
 
 static uint64_t
@@ -4240,6 +4356,8 @@ digest_live_render(struct digest_live *l, const struct digest_scope *scope, int6
 	Coord__V1__Scope sc = COORD__V1__SCOPE__INIT;
 	Coord__V1__Digest dg[LIVE_WINDOWS];
 	Coord__V1__Digest *dp[LIVE_WINDOWS];
+	struct summary *sum[LIVE_WINDOWS] = {NULL};
+	int r = 0;
 	sc.kind = scope->kind;
 	sc.id = (char *) scope->id;
 	for (int k = 0; k < LIVE_WINDOWS; k++) {
@@ -4250,24 +4368,43 @@ digest_live_render(struct digest_live *l, const struct digest_scope *scope, int6
 		dg[k].end = w[k].end;
 		dg[k].last_seq = l->last;
 		dg[k].generated_at = now_ms;
-		dg[k].n_lines = ls->agg[k]->n_lines;
-		dg[k].lines = ls->agg[k]->lines;
 		dg[k].n_headlines = nh[k];
 		dg[k].headlines = nh[k] ? hp[k] : NULL;
 		dp[k] = &dg[k];
+		if (r == 0) {
+			r = summary_new(ls->agg[k]->lines, ls->agg[k]->n_lines, !l->no_lists,
+			                &sum[k]);
+		}
+		if (r == 0) {
+			summary_apply(sum[k], &dg[k]);
+		}
 	}
-	Coord__V1__DigestSet set = COORD__V1__DIGEST_SET__INIT;
-	set.n_digests = LIVE_WINDOWS;
-	set.digests = dp;
-	size_t size = coord__v1__digest_set__get_packed_size(&set);
-	uint8_t *buf = malloc(size ? size : 1);
+	uint8_t *buf = NULL;
+	if (r == 0) {
+		Coord__V1__DigestSet set = COORD__V1__DIGEST_SET__INIT;
+		set.n_digests = LIVE_WINDOWS;
+		set.digests = dp;
+		size_t size = coord__v1__digest_set__get_packed_size(&set);
+		buf = malloc(size ? size : 1);
+		if (buf) {
+			*ret_len = coord__v1__digest_set__pack(&set, buf);
+		}
+	}
+	for (int k = 0; k < LIVE_WINDOWS; k++) {
+		summary_free(sum[k]);
+	}
 	if (!buf) {
-		return -ENOMEM;
+		return r < 0 ? r : -ENOMEM;
 	}
-	*ret_len = coord__v1__digest_set__pack(&set, buf);
 	*ret_buf = buf;
 	*ret_last_seq = l->last;
 	return 0;
+}
+
+void
+digest_live_set_lists(struct digest_live *l, bool with_lists)
+{
+	l->no_lists = !with_lists;
 }
 
 /* ----------------------------------------------------------------------------------------- */

@@ -118,6 +118,9 @@ struct digest *digest_free(struct digest *d);
  * in the scope and window (at most DIGEST_HEADLINES_MAX, looked for among the newest
  * DIGEST_HEADLINE_SCAN_MAX items).
  *
+ * Its lines carry their CodeCount lists and distinct counts, with the total and category
+ * lines (summary.h).
+ *
  * On success returns 0 and *ret_digest, a heap object owned by the caller, to be freed with
  * digest_result_free(). Returns -EINVAL for a bad scope/window (an unknown scope id is not
  * an error: its digest is empty), -ENOMEM, -EIO. Any thread but the writer.
@@ -215,15 +218,23 @@ int digest_live_feed(struct digest_live *l, uint64_t seq, const char *council,
 
 /*
  * The DigestSet {WINDOW_ALL, WINDOW_LAST_24H, WINDOW_LAST_1H} of `scope` at `now_ms` with
- * `headlines` headlines (0: the default), packed into a malloc()ed buffer (*ret_buf, caller
- * frees, *ret_len bytes); *ret_last_seq is the seq every item up to which, and no later
- * one, the three digests count. Returns 0; -EAGAIN when the state does not reach the seq
- * it was seeded at yet (feed the items up to it first) or is not valid; -ENOENT for a
- * scope not prepared; -ENOMEM.
+ * `headlines` headlines (0: the default), each Digest as digest_compute() makes it (without
+ * the CodeCount lists after digest_live_set_lists(l, false)), packed into a malloc()ed
+ * buffer (*ret_buf, caller frees, *ret_len bytes); *ret_last_seq is the seq every item up
+ * to which, and no later one, the three digests count. Returns 0; -EAGAIN when the state
+ * does not reach the seq it was seeded at yet (feed the items up to it first) or is not
+ * valid; -ENOENT for a scope not prepared; -ENOMEM.
  */
 int digest_live_render(struct digest_live *l, const struct digest_scope *scope, int64_t now_ms,
                        unsigned headlines, uint8_t **ret_buf, size_t *ret_len,
                        uint64_t *ret_last_seq);
+
+/*
+ * Whether digest_live_render() keeps each line's CodeCount lists (the default, as
+ * digest_compute()) or leaves only the distinct counts (summary.h: what the publish socket
+ * sends).
+ */
+void digest_live_set_lists(struct digest_live *l, bool with_lists);
 
 /*
  * Take the set of scopes changed by batches committed since the last call (each once).

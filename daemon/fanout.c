@@ -54,13 +54,14 @@ _Static_assert(CONFIG_HEADLINES_MAX == DIGEST_HEADLINES_MAX, "headline limits di
 _Static_assert(COORD__V1__PUBLICATION__BODY_DIGESTS == COORD_PUBLICATION_DIGESTS_FIELD,
                "Publication.digests field number");
 
-/* What the publish socket may send of digests, counted as message bytes times the publish
- * connections (every subscriber of a topic gets a copy; libzmq shares the bytes, but the
- * I/O thread writes each copy to its connection). Beyond it a changed scope waits for a
- * later job: 1,000 subscribers of a 25-40 KB digest/all/ set every 10 ms would be 2.5-4
- * GB/s, which on a small machine starves ingest and delays every digest by seconds as
- * the subscribers' queues fill (docs/BENCHMARKS.md). */
-#define FANOUT_BUDGET_BYTES_PER_S (128.0 * 1024 * 1024)
+/* What the publish socket may send of digests ([publish] fanout_budget, bytes a second),
+ * counted per copy (every subscriber of a topic gets one; libzmq shares the bytes, but the
+ * loop writes each copy into its subscriber's pipe and the I/O thread to its connection)
+ * as the message's bytes plus FANOUT_BUDGET_COPY_BYTES for what a copy costs whatever its
+ * size. Beyond it a changed scope waits for a later job: without a limit, 1,000
+ * subscribers of a digest/all/ set every 10 ms starve ingest on a small machine and delay
+ * every digest as the subscribers' queues fill (docs/BENCHMARKS.md). */
+#define FANOUT_BUDGET_COPY_BYTES 16384.0
 #define FANOUT_BUDGET_BURST_MS 100
 
 /* Subscription messages handled per callback before other handles get a turn. */
@@ -558,16 +559,17 @@ job_work(uv_work_t *req)
 }
 
 /*
- * The fan-out budget: FANOUT_BUDGET_BYTES_PER_S of digest messages times the publish
- * connections, refilled continuously, at most FANOUT_BUDGET_BURST_MS of it saved up. A
- * message may take the budget below zero; the next one waits until it is positive again.
- * Returns whether a message of `size` bytes may go now (and takes it).
+ * The fan-out budget: [publish] fanout_budget bytes a second, refilled continuously, at
+ * most FANOUT_BUDGET_BURST_MS of it saved up; a message costs (its size +
+ * FANOUT_BUDGET_COPY_BYTES) times the publish connections. A message may take the budget
+ * below zero; the next one waits until it is positive again. Returns whether a message of
+ * `size` bytes may go now (and takes it).
  */
 static bool
 budget_take(struct fanout *f, size_t size)
 {
 	uint64_t now = uv_now(f->loop);
-	double rate = FANOUT_BUDGET_BYTES_PER_S / 1000.0; /* per ms */
+	double rate = (double) f->cfg->publish.fanout_budget / 1000.0; /* per ms */
 
 	f->budget += (double) (now - f->budget_at) * rate;
 	f->budget_at = now;
@@ -578,7 +580,7 @@ budget_take(struct fanout *f, size_t size)
 		return false;
 	}
 	uint32_t conns = fanout_connections(f);
-	f->budget -= (double) size * (conns > 0 ? conns : 1);
+	f->budget -= ((double) size + FANOUT_BUDGET_COPY_BYTES) * (conns > 0 ? conns : 1);
 	return true;
 }
 
@@ -970,12 +972,14 @@ fanout_new(uv_loop_t *loop, void *zctx, struct auth *auth, struct store *store,
 	f->digest = digest;
 	f->cfg = config_ref(cfg);
 	f->budget_at = uv_now(loop);
-	f->budget = FANOUT_BUDGET_BYTES_PER_S / 1000.0 * FANOUT_BUDGET_BURST_MS;
+	f->budget = (double) cfg->publish.fanout_budget / 1000.0 * FANOUT_BUDGET_BURST_MS;
 
 	r = digest_live_new(digest, &f->live);
 	if (r < 0) {
 		goto fail;
 	}
+	/* Publications carry the distinct counts, not the CodeCount lists (summary.h). */
+	digest_live_set_lists(f->live, false);
 	r = zuv_socket_new(zctx, ZMQ_XPUB, FANOUT_LINGER_MS, (int) cfg->publish.hwm,
 	                   cfg->publish.max_subscription_bytes, &f->sock);
 	if (r >= 0) {

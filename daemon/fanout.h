@@ -36,8 +36,13 @@
  * makes the broker compute and publish one.
  *
  * Fan-out budget: digest messages times the publish connections may take at most
- * FANOUT_BUDGET_BYTES_PER_S (fanout.c); a changed scope over it is published by a later job
- * (a topic's first value always goes at once). With few subscribers it never binds.
+ * cfg->publish.fanout_budget bytes a second, each copy counted as its bytes plus
+ * FANOUT_BUDGET_COPY_BYTES (fanout.c); a changed scope over it is published by a later
+ * job, rendered anew (a topic's first value always goes at once). With few subscribers it
+ * never binds.
+ *
+ * Digest publications carry the distinct counts, total and category lines, not the
+ * CodeCount lists (summary.h, digest_live_set_lists()).
  *
  * Slow subscribers: sends use ZMQ_DONTWAIT with ZMQ_XPUB_NODROP off, so at a subscriber's
  * SNDHWM (config publish.hwm) libzmq drops its messages. Publishing never blocks and the

@@ -31,7 +31,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
+#include <sys/timerfd.h>
 #include <zmq.h>
 
 #include "auth.h"
@@ -50,6 +52,13 @@
 #define INGEST_DROP_LIMIT_MIN (INT64_C(1) << 20)
 /* How long acks queued at shutdown may take to leave. */
 #define INGEST_LINGER_MS 2000
+/* The longest a commit waits for the senders just acked (gather_arm()), and its share of
+ * the last commit's duration. */
+#define INGEST_GATHER_MAX_NS UINT64_C(2000000)
+#define INGEST_GATHER_DIV 2
+/* Batches above this size never wait: the commit's fixed cost (two flushes) is already
+ * shared by many messages. */
+#define INGEST_GATHER_MAX_BATCH 64
 
 struct msg {
 	zmq_msg_t rid;
@@ -60,6 +69,32 @@ struct msg {
 	struct limiter_sender *sender; /* its in-flight slot, released after its Ack */
 };
 
+/*
+ * Bump allocation for the batch's unpacked Envelopes (protobuf-c's allocator): each one
+ * stays until the batch is recycled (the writer's digest hook reads it, store_record.decoded),
+ * one refused is taken back at once (arena_rewind()), and nothing is freed one by one.
+ * Chunks of ARENA_CHUNK bytes are kept for reuse, up to ARENA_KEEP of them.
+ */
+#define ARENA_CHUNK ((size_t) 64 << 10)
+#define ARENA_KEEP 32
+
+struct arena_chunk {
+	struct arena_chunk *next;
+	size_t used, cap;
+	max_align_t data[];
+};
+
+struct arena {
+	struct arena_chunk *cur; /* the newest chunk; older ones follow */
+	struct arena_chunk *spare;
+	unsigned n_spare;
+};
+
+struct arena_mark {
+	struct arena_chunk *chunk;
+	size_t used;
+};
+
 struct batch {
 	struct batch *next;
 	size_t n;
@@ -67,6 +102,8 @@ struct batch {
 	uint64_t commit_ns; /* how long store_write_batch() took */
 	struct msg *msgs;
 	struct store_record *recs;
+	struct arena arena;
+	ProtobufCAllocator alloc; /* over `arena` */
 };
 
 struct ingest {
@@ -95,6 +132,14 @@ struct ingest {
 	size_t pending; /* messages in filling + queue */
 	bool paused;
 
+	/* Gathering (gather_arm()): the writer is idle, waiting until `gather_target` messages
+	 * fill the batch or the timerfd fires. */
+	int gather_fd;
+	uv_poll_t gather_poll;
+	bool gather_open; /* gather_poll initialised, not closed */
+	bool gathering;
+	size_t gather_target;
+
 	bool stopping;
 	bool closing;
 	void (*stop_cb)(void *data);
@@ -119,12 +164,87 @@ now_ms(void)
 	return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+static void *
+arena_alloc(void *data, size_t n)
+{
+	struct arena *a = data;
+	struct arena_chunk *c = a->cur;
+
+	n = (n + sizeof(max_align_t) - 1) & ~(sizeof(max_align_t) - 1);
+	if (!c || c->cap - c->used < n) {
+		if (n <= ARENA_CHUNK && a->spare) {
+			c = a->spare;
+			a->spare = c->next;
+			a->n_spare--;
+		} else {
+			size_t cap = n > ARENA_CHUNK ? n : ARENA_CHUNK;
+			c = malloc(sizeof(*c) + cap);
+			if (!c) {
+				return NULL;
+			}
+			c->cap = cap;
+		}
+		c->used = 0;
+		c->next = a->cur;
+		a->cur = c;
+	}
+	void *p = (uint8_t *) c->data + c->used;
+	c->used += n;
+	return p;
+}
+
+static void
+arena_free_nothing(void *data, void *p)
+{
+	(void) data;
+	(void) p;
+}
+
+static struct arena_mark
+arena_mark(const struct arena *a)
+{
+	return (struct arena_mark){.chunk = a->cur, .used = a->cur ? a->cur->used : 0};
+}
+
+/* Take back everything allocated since `m`. */
+static void
+arena_rewind(struct arena *a, struct arena_mark m)
+{
+	while (a->cur && a->cur != m.chunk) {
+		struct arena_chunk *c = a->cur;
+		a->cur = c->next;
+		if (c->cap == ARENA_CHUNK && a->n_spare < ARENA_KEEP) {
+			c->next = a->spare;
+			a->spare = c;
+			a->n_spare++;
+		} else {
+			free(c);
+		}
+	}
+	if (a->cur) {
+		a->cur->used = m.used;
+	}
+}
+
+static void
+arena_free(struct arena *a)
+{
+	arena_rewind(a, (struct arena_mark){0});
+	while (a->spare) {
+		struct arena_chunk *c = a->spare;
+		a->spare = c->next;
+		free(c);
+	}
+	a->n_spare = 0;
+}
+
 static struct batch *
 batch_free(struct batch *b)
 {
 	if (!b) {
 		return NULL;
 	}
+	arena_free(&b->arena);
 	free(b->msgs);
 	free(b->recs);
 	free(b);
@@ -139,6 +259,11 @@ batch_new(size_t cap)
 	if (!b) {
 		return NULL;
 	}
+	b->alloc = (ProtobufCAllocator){
+	        .alloc = arena_alloc,
+	        .free = arena_free_nothing,
+	        .allocator_data = &b->arena,
+	};
 	b->msgs = calloc(cap, sizeof(*b->msgs));
 	b->recs = calloc(cap, sizeof(*b->recs));
 	if (!b->msgs || !b->recs) {
@@ -157,6 +282,7 @@ batch_recycle(struct ingest *in, struct batch *b)
 	}
 	b->n = 0;
 	b->result = 0;
+	arena_rewind(&b->arena, (struct arena_mark){0});
 	if (!in->spare) {
 		in->spare = b;
 	} else {
@@ -265,6 +391,8 @@ check_council(struct ingest *in, const zmq_msg_t *body, const Coord__V1__Envelop
 
 static void maybe_submit(struct ingest *in);
 static void maybe_resume(struct ingest *in);
+static bool gather_arm(struct ingest *in, const struct batch *done);
+static void gather_stop(struct ingest *in);
 
 /* Make room for one more message in the filling batch. */
 static struct batch *
@@ -404,21 +532,24 @@ check_limits(struct ingest *in, struct msg *m, const Coord__V1__Envelope *env)
 }
 
 /*
- * Decode, limit and validate the message in `m`. Returns 0 and fills `rec` when it should
- * be stored (m->sender then holds its in-flight slot); otherwise answers it and returns a
- * negative errno (frames still owned by `m`, no slot held).
+ * Decode, limit and validate the message in `m`, the next of batch `b`. Returns 0 and
+ * fills `rec` when it should be stored (m->sender then holds its in-flight slot, and
+ * rec->decoded its Envelope, in the batch's arena); otherwise answers it and returns a
+ * negative errno (frames still owned by `m`, no slot held, the arena as it was).
  */
 static int
-admit(struct ingest *in, struct msg *m, struct store_record *rec, int64_t now)
+admit(struct ingest *in, struct batch *b, struct msg *m, struct store_record *rec, int64_t now)
 {
 	Coord__V1__Envelope *env = NULL;
 	struct wire_verdict verdict;
+	struct arena_mark mark = arena_mark(&b->arena);
 	int r;
 
 	m->sender = NULL;
-	r = wire_unpack_envelope(zmq_msg_data(&m->body), zmq_msg_size(&m->body),
-	                         in->cfg->ingest.max_message_bytes, &env, &verdict);
+	r = wire_unpack_envelope_with(&b->alloc, zmq_msg_data(&m->body), zmq_msg_size(&m->body),
+	                              in->cfg->ingest.max_message_bytes, &env, &verdict);
 	if (r == -ENOMEM) {
+		arena_rewind(&b->arena, mark);
 		refuse(in, &m->rid, NULL, COORD__V1__ACK_STATUS__ACK_STATUS_RETRY_LATER,
 		       COORD__V1__REASON__REASON_OVERLOADED, "out of memory");
 		return r;
@@ -426,9 +557,7 @@ admit(struct ingest *in, struct msg *m, struct store_record *rec, int64_t now)
 	/* Garbage counts against the limits too; a decoded msg_id is echoed either way. */
 	int lr = check_limits(in, m, env);
 	if (lr < 0) {
-		if (env) {
-			coord__v1__envelope__free_unpacked(env, NULL);
-		}
+		arena_rewind(&b->arena, mark);
 		return lr;
 	}
 	if (r >= 0) {
@@ -442,9 +571,7 @@ admit(struct ingest *in, struct msg *m, struct store_record *rec, int64_t now)
 		       verdict.message);
 		limiter_release(in->limiter, m->sender, uv_now(in->loop));
 		m->sender = NULL;
-		if (env) {
-			coord__v1__envelope__free_unpacked(env, NULL);
-		}
+		arena_rewind(&b->arena, mark);
 		return r;
 	}
 
@@ -464,8 +591,8 @@ admit(struct ingest *in, struct msg *m, struct store_record *rec, int64_t now)
 	        .envelope = zmq_msg_data(&m->body),
 	        .envelope_len = zmq_msg_size(&m->body),
 	        .received_at = now,
+	        .decoded = env,
 	};
-	coord__v1__envelope__free_unpacked(env, NULL);
 	return 0;
 }
 
@@ -506,7 +633,7 @@ on_readable(struct zuv *z, void *zsock, unsigned budget, void *data)
 			}
 			continue;
 		}
-		if (admit(in, m, &b->recs[b->n], now) < 0) {
+		if (admit(in, b, m, &b->recs[b->n], now) < 0) {
 			(void) zmq_msg_close(&m->rid);
 			(void) zmq_msg_close(&m->body);
 			continue;
@@ -766,6 +893,12 @@ on_zmon_closed(void *data)
 	on_part_closed(data);
 }
 
+static void
+on_gather_closed(uv_handle_t *h)
+{
+	on_part_closed(container_of((uv_poll_t *) h, struct ingest, gather_poll));
+}
+
 /* After a stop request: close once everything received has been committed and acked. */
 static void
 maybe_finish(struct ingest *in)
@@ -780,7 +913,82 @@ maybe_finish(struct ingest *in)
 		zmon_close(in->zmon, on_zmon_closed, in);
 		in->zmon = NULL;
 	}
+	if (in->gather_open) {
+		in->closing_parts++;
+		in->gather_open = false;
+		uv_close((uv_handle_t *) &in->gather_poll, on_gather_closed);
+	}
 	zuv_close(&in->zuv, on_zuv_closed);
+}
+
+/*
+ * Group commit gathers what arrives while a batch commits; but when the senders wait for
+ * each ack before sending again (one message in flight each), the batch that arrived
+ * during a commit is only the other half of them, and the half just acked misses it by a
+ * round trip: the senders split into two groups that take turns, each waiting for the
+ * other's commit. So when a commit returns and the next batch holds fewer messages than it
+ * plus the batch just committed (every sender answered may send again), the writer waits
+ * for that many, at most half the last commit's duration (INGEST_GATHER_MAX_NS at most),
+ * and then commits whatever is there. Only small batches wait (INGEST_GATHER_MAX_BATCH);
+ * a queued batch or a stop never waits.
+ * Returns whether it waits (then maybe_submit() submits once the target is reached, and
+ * on_gather_timeout() when the time is up).
+ */
+static bool
+gather_arm(struct ingest *in, const struct batch *done)
+{
+	size_t have = in->filling ? in->filling->n : 0;
+	size_t target = have + done->n;
+	uint64_t wait_ns = done->commit_ns / INGEST_GATHER_DIV;
+
+	if (target > in->cfg->ingest.max_batch) {
+		target = in->cfg->ingest.max_batch;
+	}
+	if (!in->gather_open || in->stopping || in->queue_head || done->result < 0 ||
+	    have >= target || target > INGEST_GATHER_MAX_BATCH || wait_ns == 0) {
+		return false;
+	}
+	if (wait_ns > INGEST_GATHER_MAX_NS) {
+		wait_ns = INGEST_GATHER_MAX_NS;
+	}
+	struct itimerspec its = {
+	        .it_value = {.tv_sec = 0, .tv_nsec = (long) wait_ns},
+	};
+	if (timerfd_settime(in->gather_fd, 0, &its, NULL) < 0) {
+		return false;
+	}
+	in->gathering = true;
+	in->gather_target = target;
+	in->counters.gathers++;
+	return true;
+}
+
+/* Disarm the gathering timer. */
+static void
+gather_stop(struct ingest *in)
+{
+	const struct itimerspec off = {0};
+
+	in->gathering = false;
+	(void) timerfd_settime(in->gather_fd, 0, &off, NULL);
+}
+
+static void
+on_gather_timeout(uv_poll_t *h, int status, int events)
+{
+	struct ingest *in = container_of(h, struct ingest, gather_poll);
+	uint64_t expirations;
+
+	(void) status;
+	(void) events;
+	/* Nothing to read: the wait this expiry belonged to ended (timerfd_settime() resets
+	 * the count), and a new one may have begun. */
+	if (read(in->gather_fd, &expirations, sizeof(expirations)) != sizeof(expirations) ||
+	    !in->gathering) {
+		return;
+	}
+	gather_stop(in);
+	maybe_submit(in);
 }
 
 static void
@@ -791,8 +999,11 @@ after_commit(uv_work_t *req, int status)
 
 	in->committing = NULL;
 	/* Hand the writer the next batch before answering this one: it commits while the loop
-	 * sends these acks and publishes these records, instead of waiting for them. */
-	maybe_submit(in);
+	 * sends these acks and publishes these records, instead of waiting for them; unless
+	 * the batch would be short of the senders these acks answer (gather_arm()). */
+	if (!gather_arm(in, b)) {
+		maybe_submit(in);
+	}
 	ack_batch(in, b);
 	batch_recycle(in, b);
 	maybe_resume(in);
@@ -814,6 +1025,14 @@ maybe_submit(struct ingest *in)
 {
 	if (in->committing) {
 		return;
+	}
+	if (in->gathering) {
+		bool full = in->filling && in->filling->n >= in->gather_target;
+		if (!full && !in->stopping && !in->queue_head) {
+			return;
+		}
+		gather_stop(in);
+		in->counters.gathers_full += full;
 	}
 	struct batch *b = in->queue_head;
 	if (b) {
@@ -858,6 +1077,31 @@ limiter_options_of(const struct config *cfg)
 	};
 }
 
+/* The gathering timer (gather_arm()); without it (no timerfd) batches never wait. */
+static void
+gather_open(struct ingest *in)
+{
+	in->gather_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+	if (in->gather_fd < 0) {
+		log_warning_errno(-errno, "Failed to create a timerfd, batches will not wait "
+		                          "for the senders just acked");
+		return;
+	}
+	int r = uv_poll_init(in->loop, &in->gather_poll, in->gather_fd);
+	if (r >= 0) {
+		in->gather_open = true;
+		r = uv_poll_start(&in->gather_poll, UV_READABLE, on_gather_timeout);
+		if (r < 0) {
+			in->gather_open = false;
+			uv_close((uv_handle_t *) &in->gather_poll, NULL);
+		}
+	}
+	if (r < 0) {
+		log_warning_errno(r, "Failed to watch a timerfd, batches will not wait for the "
+		                     "senders just acked");
+	}
+}
+
 int
 ingest_new(uv_loop_t *loop, void *zctx, struct auth *auth, struct store *store, struct config *cfg,
            ingest_accepted_fn *on_accepted, void *data, struct ingest **ret_ingest)
@@ -869,6 +1113,7 @@ ingest_new(uv_loop_t *loop, void *zctx, struct auth *auth, struct store *store, 
 		return -ENOMEM;
 	}
 	in->loop = loop;
+	in->gather_fd = -1;
 	in->store = store;
 	in->cfg = config_ref(cfg);
 	in->auth = auth;
@@ -926,6 +1171,7 @@ ingest_new(uv_loop_t *loop, void *zctx, struct auth *auth, struct store *store, 
 		goto fail;
 	}
 	in->zuv_started = true;
+	gather_open(in);
 	(void) check_disk(in, true);
 	*ret_ingest = in;
 	return 0;
@@ -1008,6 +1254,9 @@ ingest_free(struct ingest *in)
 	in->zmon = NULL;
 	if (in->sock) {
 		(void) zmq_close(in->sock);
+	}
+	if (in->gather_fd >= 0) {
+		(void) close(in->gather_fd);
 	}
 	if (in->filling) {
 		in->filling->next = NULL;

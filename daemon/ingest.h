@@ -6,7 +6,10 @@
  * Flow control: while a batch commits, the loop keeps receiving into the next one (group
  * commit). When `max_pending` messages wait for a commit, ingest stops reading its socket;
  * libzmq then queues up to the HWM and the councils' sends block or fail, which is the
- * backpressure the protocol relies on.
+ * backpressure the protocol relies on. When a commit returns and the next batch is short of
+ * the senders it just acked (senders with one message in flight answer a round trip later),
+ * the writer waits for them briefly: at most half the last commit's duration, 2 ms at most,
+ * and only for batches of up to 64 (docs/ARCHITECTURE.md, "Gathering").
  *
  * Per-sender limits: a sender (the authenticated council on a CURVE socket, else the
  * connection) has at most cfg->ingest.max_inflight_per_council messages received and not yet
@@ -73,6 +76,12 @@ struct ingest_counters {
 	uint64_t limit_inflight; /* max_inflight_per_council */
 	uint64_t limit_rate;     /* rate_limit and rate_burst */
 	uint64_t senders;        /* a gauge: senders tracked by the limits now */
+
+	/* Gathering (docs/ARCHITECTURE.md): times the writer waited after a commit for the
+	 * senders just acked, and how many of those waits the batch filled before the time was
+	 * up. */
+	uint64_t gathers;
+	uint64_t gathers_full;
 
 	/* Histograms of committed batches: counts per bucket of INGEST_BATCH_BOUNDS (messages)
 	 * and INGEST_COMMIT_BOUNDS (seconds), the last entry for values above every bound. */

@@ -867,10 +867,10 @@ log_summary(struct coordd *d)
 	}
 	log_notice("Stopped: received=%" PRIu64 " accepted=%" PRIu64 " duplicate=%" PRIu64
 	           " rejected=%" PRIu64 " retry_later=%" PRIu64 " batches=%" PRIu64
-	           " last_seq=%" PRIu64 " published_items=%" PRIu64 " published_digests=%" PRIu64
-	           " queries=%" PRIu64,
+	           " batch_waits=%" PRIu64 "/%" PRIu64 " last_seq=%" PRIu64
+	           " published_items=%" PRIu64 " published_digests=%" PRIu64 " queries=%" PRIu64,
 	           c.received, c.accepted, c.duplicate, c.rejected, c.retry_later, c.batches,
-	           st.last_seq, fc.items, fc.digests, qc.requests);
+	           c.gathers_full, c.gathers, st.last_seq, fc.items, fc.digests, qc.requests);
 }
 
 /* Progress of a store upgrade: a line every UPGRADE_LOG_STEP items. */

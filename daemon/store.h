@@ -141,6 +141,9 @@ struct store_record {
 	                            collide apart by the items' council and msg_id) */
 	size_t envelope_len;
 	int64_t received_at; /* Unix ms */
+	/* `envelope` already unpacked (by ingest), or NULL. Not read by the store: the hooks
+	 * use it instead of unpacking the bytes again (store_change.rec). */
+	const Coord__V1__Envelope *decoded;
 
 	/* outputs */
 	Coord__V1__AckStatus status; /* ACCEPTED, DUPLICATE or REJECTED */

@@ -820,35 +820,55 @@ find_string_fault(const uint8_t *buf, size_t len, const ProtobufCMessageDescript
 }
 
 /* protobuf-c returns NULL for both bad bytes and a failed allocation; an allocator that
- * records failures tells them apart. It allocates with malloc(), so what it returns can be
- * freed with the default allocator (coord__v1__envelope__free_unpacked(env, NULL)). */
+ * records failures tells them apart. It allocates with the caller's allocator, or malloc()
+ * without one, so what it returns is freed with the same (for malloc(), the default
+ * allocator: coord__v1__envelope__free_unpacked(env, NULL)). */
+struct noting {
+	const ProtobufCAllocator *inner; /* NULL: malloc() */
+	bool out_of_memory;
+};
+
 static void *
 alloc_noting_failure(void *allocator_data, size_t size)
 {
-	void *p = malloc(size);
+	struct noting *n = allocator_data;
+	void *p = n->inner ? n->inner->alloc(n->inner->allocator_data, size) : malloc(size);
 
 	if (p == NULL && size > 0) {
-		*(bool *) allocator_data = true;
+		n->out_of_memory = true;
 	}
 	return p;
 }
 
 static void
-free_plain(void *allocator_data, void *pointer)
+free_noting(void *allocator_data, void *pointer)
 {
-	(void) allocator_data;
-	free(pointer);
+	struct noting *n = allocator_data;
+
+	if (n->inner) {
+		n->inner->free(n->inner->allocator_data, pointer);
+	} else {
+		free(pointer);
+	}
 }
 
 int
 wire_unpack_envelope(const void *buf, size_t len, size_t max_bytes, Coord__V1__Envelope **ret_env,
                      struct wire_verdict *verdict)
 {
-	bool out_of_memory = false;
+	return wire_unpack_envelope_with(NULL, buf, len, max_bytes, ret_env, verdict);
+}
+
+int
+wire_unpack_envelope_with(const ProtobufCAllocator *alloc, const void *buf, size_t len,
+                          size_t max_bytes, Coord__V1__Envelope **ret_env,
+                          struct wire_verdict *verdict)
+{
+	struct noting noting = {.inner = alloc};
 	ProtobufCAllocator allocator = {
 	        .alloc = alloc_noting_failure,
-	        .free = free_plain,
-	        .allocator_data = &out_of_memory,
+	        .free = free_noting,
+	        .allocator_data = &noting,
 	};
 	struct string_fault fault = {0};
 	Coord__V1__Envelope *env;
@@ -870,7 +890,7 @@ wire_unpack_envelope(const void *buf, size_t len, size_t max_bytes, Coord__V1__E
 
 	env = coord__v1__envelope__unpack(&allocator, len, buf);
 	if (env == NULL) {
-		if (out_of_memory) {
+		if (noting.out_of_memory) {
 			return -ENOMEM;
 		}
 		(void) reject(verdict, COORD__V1__REASON__REASON_MALFORMED, NULL,
@@ -888,7 +908,7 @@ wire_unpack_envelope(const void *buf, size_t len, size_t max_bytes, Coord__V1__E
 		if (echo) {
 			*ret_env = env;
 		} else {
-			coord__v1__envelope__free_unpacked(env, NULL);
+			coord__v1__envelope__free_unpacked(env, &allocator);
 		}
 		if (r < 0) {
 			(void) reject(verdict, COORD__V1__REASON__REASON_MALFORMED, NULL,

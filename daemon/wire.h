@@ -57,6 +57,17 @@ int wire_unpack_envelope(const void *buf, size_t len, size_t max_bytes,
                          Coord__V1__Envelope **ret_env, struct wire_verdict *verdict);
 
 /*
+ * wire_unpack_envelope() with the Envelope's memory from `alloc` (NULL: malloc()): free it
+ * with coord__v1__envelope__free_unpacked(env, alloc), or, for an arena whose free does
+ * nothing, by emptying the arena. A failed allocation is -ENOMEM. Ingest unpacks into an
+ * arena per batch, so a message costs no malloc() and the writer's hooks read the
+ * decoded Envelope instead of unpacking it again.
+ */
+int wire_unpack_envelope_with(const ProtobufCAllocator *alloc, const void *buf, size_t len,
+                              size_t max_bytes, Coord__V1__Envelope **ret_env,
+                              struct wire_verdict *verdict);
+
+/*
  * Check every field of an unpacked Envelope: required fields, id syntax, revision >= 1,
  * UTF-8 without control characters, field limits, known enum values, ISO countries, BCP 47
  * languages, timestamps within [WIRE_TIME_MIN_MS, now_ms + the allowances above].

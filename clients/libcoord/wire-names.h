@@ -14,6 +14,7 @@
 #pragma once
 
 #define wire_unpack_envelope coord__wire_unpack_envelope
+#define wire_unpack_envelope_with coord__wire_unpack_envelope_with
 #define wire_validate_envelope coord__wire_validate_envelope
 #define wire_echoable coord__wire_echoable
 #define wire_utf8_valid coord__wire_utf8_valid

@@ -5,8 +5,9 @@
 
 Topics: digest/all/, digest/council/<id>/, digest/country/<CC>/ (see docs/PROTOCOL.md).
 Each publication carries the digests of one scope for the whole campaign, the last 24 hours
-and the last hour; this prints one line per digest line (category, kind, count, countries,
-languages, councils). The live feed may skip messages under load (prev_seq shows a gap);
+and the last hour; this prints the total, then one line per digest line (category, kind,
+count, distinct countries, languages and councils: published digests carry the distinct
+counts, not the lists of codes). The live feed may skip messages under load (prev_seq shows a gap);
 the query socket has the exact digest (coordctl digest). With a broker that requires CURVE,
 --server-key (or $COORD_SERVER_KEY) and --key (or $COORD_KEY) give a subscriber key.
 """
@@ -22,10 +23,13 @@ pb = coordclient.pb
 
 
 def describe(line):
+    """One line's figures. Published digests carry the distinct counts, not the lists of
+    codes (the query socket's digests have both)."""
     cat = pb.Category.Name(line.category)[len("CATEGORY_"):].lower()
     return (f"{cat}/{line.kind}: {line.count} records, sum {line.sum}, "
-            f"{len(line.countries)} countries, {len(line.languages)} languages, "
-            f"{len(line.councils)} councils")
+            f"{max(line.distinct_countries, len(line.countries))} countries, "
+            f"{max(line.distinct_languages, len(line.languages))} languages, "
+            f"{max(line.distinct_councils, len(line.councils))} councils")
 
 
 def main():
@@ -56,6 +60,10 @@ def main():
         if pub.WhichOneof("body") == "digests":
             for d in pub.digests.digests:
                 window = pb.Window.Name(d.window)[len("WINDOW_"):].lower()
+                if d.HasField("total"):
+                    t = d.total
+                    print(f"  [{window}] all: {t.count} records from {t.distinct_councils} "
+                          f"councils in {t.distinct_countries} countries")
                 for line in d.lines:
                     print(f"  [{window}] {describe(line)}")
         sys.stdout.flush()

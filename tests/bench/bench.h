@@ -172,11 +172,12 @@ int bench_broker_stats(void *zctx, const char *query_endpoint, const char *metri
 struct bench_subs;
 
 /* One digest a subscriber applied: received at recv_ns (CLOCK_MONOTONIC), covering the
- * seqs first_seq .. last_seq. */
+ * seqs first_seq .. last_seq, a Publication of `bytes` bytes. */
 struct bench_sub_sample {
 	int64_t recv_ns;
 	uint64_t first_seq;
 	uint64_t last_seq;
+	size_t bytes;
 };
 
 /*
@@ -353,6 +354,7 @@ struct bench_fanout {
 	double newest[4];    /* p50, p99, p99.9, max in ms: from the newest record's ack */
 	double oldest[4];    /* the same from the oldest record newly counted */
 	double ingest_ratio; /* subscribed throughput / coordd throughput */
+	double bytes[2];     /* mean and largest Publication of the digests, in bytes */
 };
 
 /* The broker's own view at one moment. */

@@ -57,6 +57,7 @@ bench_fanout_compute(const struct bench_phase *ph, const struct bench_sub_sample
 	int64_t *newest = malloc((n ? n : 1) * sizeof(*newest));
 	int64_t *oldest = malloc((n ? n : 1) * sizeof(*oldest));
 	size_t k = 0, ko = 0;
+	double bytes = 0;
 
 	if (!newest || !oldest) {
 		free(newest);
@@ -73,6 +74,8 @@ bench_fanout_compute(const struct bench_phase *ph, const struct bench_sub_sample
 			continue; /* not acked ACCEPTED in this phase */
 		}
 		newest[k++] = s[i].recv_ns - t;
+		bytes += (double) s[i].bytes;
+		f->bytes[1] = (double) s[i].bytes > f->bytes[1] ? (double) s[i].bytes : f->bytes[1];
 		f->before_ack += s[i].recv_ns < t;
 		first = first > ph->seq_base ? first : ph->seq_base + 1;
 		int64_t t0 = ph->ack_by_seq[first - ph->seq_base - 1];
@@ -88,6 +91,7 @@ bench_fanout_compute(const struct bench_phase *ph, const struct bench_sub_sample
 		f->oldest[i] = bench_quantile_ms(oldest, ko, q[i]);
 	}
 	f->digests = k;
+	f->bytes[0] = k ? bytes / (double) k : 0;
 	free(newest);
 	free(oldest);
 }
@@ -139,10 +143,11 @@ bench_report_json(const struct bench_options *o, const struct bench_result *res,
 		       "\"fanout_newest_ms\":{\"p50\":%.3f,\"p99\":%.3f,\"p999\":%.3f,\"max\":%.3f}"
 		       ","
 		       "\"fanout_oldest_ms\":{\"p50\":%.3f,\"p99\":%.3f,\"p999\":%.3f,\"max\":%.3f}"
-		       "}",
+		       ",\"digest_bytes\":{\"mean\":%.0f,\"max\":%.0f}}",
 		       f->subscribers, f->ready, f->caught_up, f->digests, f->before_ack,
 		       f->dropped, f->ingest_ratio, f->newest[0], f->newest[1], f->newest[2],
-		       f->newest[3], f->oldest[0], f->oldest[1], f->oldest[2], f->oldest[3]);
+		       f->newest[3], f->oldest[0], f->oldest[1], f->oldest[2], f->oldest[3],
+		       f->bytes[0], f->bytes[1]);
 	}
 	printf("}\n");
 }
@@ -204,5 +209,7 @@ bench_report_text(const struct bench_options *o, const struct bench_result *res,
 		printf("            from the oldest record's ack: p50 %.3f p99 %.3f p99.9 %.3f max "
 		       "%.3f ms\n",
 		       f->oldest[0], f->oldest[1], f->oldest[2], f->oldest[3]);
+		printf("            digest messages: mean %.0f bytes, largest %.0f bytes\n",
+		       f->bytes[0], f->bytes[1]);
 	}
 }

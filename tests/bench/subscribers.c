@@ -4,9 +4,9 @@
  * The sockets live in their own libzmq context (ZMQ_MAX_SOCKETS raised to fit them) and are
  * spread over threads of at most SUBS_PER_THREAD sockets each, every thread polling its
  * sockets. Of each Publication only first_seq and last_seq are read (pbscan), never the
- * DigestSet. A subscriber applies a message whose last_seq is above the one it holds (the
- * broker repeats last values when others subscribe, docs/PROTOCOL.md) and, once armed,
- * records (receive time, first_seq, last_seq) for it.
+ * DigestSet; its size is kept. A subscriber applies a message whose last_seq is above the
+ * one it holds (the broker repeats last values when others subscribe, docs/PROTOCOL.md)
+ * and, once armed, records (receive time, first_seq, last_seq, size) for it.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -61,7 +61,8 @@ now_ns(void)
 }
 
 static void
-record(struct bench_subs *subs, struct sub *s, int64_t t, uint64_t first, uint64_t last)
+record(struct bench_subs *subs, struct sub *s, int64_t t, uint64_t first, uint64_t last,
+       size_t bytes)
 {
 	if (last <= __atomic_load_n(&s->held, __ATOMIC_RELAXED)) {
 		return; /* a repeated last value */
@@ -77,7 +78,7 @@ record(struct bench_subs *subs, struct sub *s, int64_t t, uint64_t first, uint64
 			}
 		}
 		if (s->n < s->cap) {
-			s->samples[s->n++] = (struct bench_sub_sample){t, first, last};
+			s->samples[s->n++] = (struct bench_sub_sample){t, first, last, bytes};
 		} else {
 			s->dropped++;
 		}
@@ -106,7 +107,7 @@ drain(struct bench_subs *subs, struct sub *s)
 			}
 			if (bench_pb_varint(p, len, 3, &last) == 0) {
 				(void) bench_pb_varint(p, len, 2, &first);
-				record(subs, s, t, first, last);
+				record(subs, s, t, first, last, len);
 			}
 		}
 		(void) zmq_msg_close(&body);

@@ -11,8 +11,8 @@ import pytest
 
 import coord_pb2 as pb
 from coordlib import (ACCEPTED, DUPLICATE, HOUR_MS, Campaign, PublicationTimeout, contribution,
-                      digest_lines, expect_ack, gen_envelope, live_records, push_parallel,
-                      recount)
+                      digest_lines, expect_ack, free_tcp_port, gen_envelope, live_records,
+                      push_parallel, recount)
 
 pytestmark = pytest.mark.local_only
 
@@ -32,15 +32,87 @@ def events(council, n, **kw):
     return [gen_envelope("event", council=council, **kw) for _ in range(n)]
 
 
+def distinct(lines):
+    """Lines in recount()/digest_lines() shape as a published digest holds them:
+    {(category, kind): (count, sum, distinct countries, languages, councils)}, with the
+    total line (key "total") and the category lines (keys ("category", c)), whose distinct
+    counts are unions across lines."""
+    out = {k: (c, s, len(co), len(la), len(cu)) for k, (c, s, co, la, cu) in lines.items()}
+    groups = {"total": list(lines)}
+    for k in lines:
+        groups.setdefault(("category", k[0]), []).append(k)
+    for name, keys in groups.items():
+        if not keys:
+            continue
+        sets = [set(), set(), set()]
+        for k in keys:
+            for i in range(3):
+                sets[i] |= set(lines[k][2 + i])
+        out[name] = (sum(lines[k][0] for k in keys),
+                     0 if name == "total" else sum(lines[k][1] for k in keys),
+                     *(len(x) for x in sets))
+    return out
+
+
+def line_tuple(line):
+    return (line.count, line.sum, line.distinct_countries, line.distinct_languages,
+            line.distinct_councils)
+
+
+def published(d):
+    """A Digest's lines, total and categories in distinct()'s shape; asserts that the
+    lines carry no CodeCount lists (what the publish socket sends) and that the total and
+    category lines are well formed."""
+    out = {}
+    keys = [(line.category, line.kind) for line in d.lines]
+    assert keys == sorted(keys), keys
+    for line in d.lines:
+        assert not (line.countries or line.languages or line.councils), (
+            f"a published line carries CodeCount lists: {line}")
+        out[(line.category, line.kind)] = line_tuple(line)
+    assert d.HasField("total") == bool(d.lines)
+    if d.HasField("total"):
+        assert (d.total.category, d.total.kind) == (pb.CATEGORY_UNSPECIFIED, 0)
+        out["total"] = line_tuple(d.total)
+    assert [c.category for c in d.categories] == sorted({line.category for line in d.lines})
+    for c in list(d.categories) + ([d.total] if d.HasField("total") else []):
+        assert c.kind == 0 and not (c.countries or c.languages or c.councils), c
+    for c in d.categories:
+        out[("category", c.category)] = line_tuple(c)
+    return out
+
+
+def answered(d):
+    """A query answer's Digest in distinct()'s shape: its lists, and distinct counts equal
+    to the lists' lengths."""
+    for line in d.lines:
+        assert line_tuple(line)[2:] == (len(line.countries), len(line.languages),
+                                        len(line.councils)), line
+    got = published_shape(d)
+    assert got == distinct(digest_lines(d))
+    return got
+
+
+def published_shape(d):
+    """published() without the no-lists check, for query answers."""
+    out = {(line.category, line.kind): line_tuple(line) for line in d.lines}
+    if d.HasField("total"):
+        out["total"] = line_tuple(d.total)
+    for c in d.categories:
+        out[("category", c.category)] = line_tuple(c)
+    return out
+
+
 def check_digest_set(pub, q, kind=pb.SCOPE_KIND_ALL, scope_id=""):
-    """The three digests of a publication are those the query socket computes."""
+    """The three digests of a publication are those the query socket computes, without the
+    CodeCount lists the query answer carries."""
     ds = pub.digests.digests
     assert [d.window for d in ds] == WINDOWS
     assert pub.last_seq == min(d.last_seq for d in ds)
     for d in ds:
         assert d.scope.kind == kind and d.scope.id == scope_id
         now = q.digest(kind, scope_id, d.window)
-        assert digest_lines(d) == digest_lines(now), pb.Window.Name(d.window)
+        assert published(d) == answered(now), pb.Window.Name(d.window)
 
 
 def test_subscriber_gets_the_current_digest_at_once(coordd_factory):
@@ -70,8 +142,8 @@ def test_subscriber_gets_the_current_digest_at_once(coordd_factory):
         assert set(got) == {"digest/country/FR/", "digest/council/c02/"}
         check_digest_set(got["digest/country/FR/"], q, pb.SCOPE_KIND_COUNTRY, "FR")
         check_digest_set(got["digest/council/c02/"], q, pb.SCOPE_KIND_COUNCIL, "c02")
-        assert digest_lines(got["digest/council/c02/"].digests.digests[0])[
-            (pb.CATEGORY_EVENT, pb.EVENT_KIND_RALLY)][0] == 10
+        assert published(got["digest/council/c02/"].digests.digests[0])[
+            (pb.CATEGORY_EVENT, pb.EVENT_KIND_RALLY)] == (10, 2500, 1, 2, 1)
 
         # Topics the broker would never publish get nothing.
         for t in ("digest/country/fr/", "digest/council/c99/", "digest/country/XX/",
@@ -116,8 +188,8 @@ def test_country_digests_follow_their_records(coordd_factory):
         push(d, "c03", events("c03", 2, country="IS"))
         topic, pub = s.recv_until(lambda t, p: t == "digest/country/IS/", timeout=5)
         assert pub.digests.digests[0].scope.id == "IS"
-        assert digest_lines(pub.digests.digests[0])[(pb.CATEGORY_EVENT, pb.EVENT_KIND_RALLY)][
-            :3] == (2, 500, {"IS": 2})
+        assert published(pub.digests.digests[0])[(pb.CATEGORY_EVENT, pb.EVENT_KIND_RALLY)][
+            :3] == (2, 500, 1)
 
 
 def test_items_carry_their_topic_seq_and_prev_seq(coordd):
@@ -387,8 +459,8 @@ def check_published(pub, envs, what):
     for d in pub.digests.digests:
         assert d.last_seq == pub.last_seq, what
         start, end = (None, None) if d.window == pb.WINDOW_ALL else (d.start, d.end)
-        want = recount(live, d.scope.kind, d.scope.id, start, end)
-        got = digest_lines(d)
+        want = distinct(recount(live, d.scope.kind, d.scope.id, start, end))
+        got = published(d)
         if got != want:
             diff = [(k, got.get(k), want.get(k)) for k in sorted(set(got) | set(want))
                     if got.get(k) != want.get(k)]
@@ -480,7 +552,7 @@ def test_published_digests_are_exact_through_corrections_and_retractions(coordd_
                 for dg in pub.digests.digests:
                     now = q.digest(dg.scope.kind, dg.scope.id, dg.window)
                     if pub.last_seq == last and (now.start, now.end) == (dg.start, dg.end):
-                        assert digest_lines(dg) == digest_lines(now), topic
+                        assert published(dg) == answered(now), topic
                         assert [h.seq for h in dg.headlines] == [h.seq for h in now.headlines]
                 check_published(pub, envs, topic)
     finally:
@@ -525,3 +597,63 @@ def test_digests_are_computed_only_for_subscribed_topics(coordd_factory):
             _, fresh = s_c01.recv_until(lambda t, p: p.last_seq == last2, timeout=5)
             assert fresh.prev_seq == last and fresh.first_seq == last + 1
             check_digest_set(fresh, q, pb.SCOPE_KIND_COUNCIL, "c01")
+
+
+def test_published_sets_are_small_and_carry_no_lists(coordd_factory):
+    """A campaign across many countries, languages and councils: the published digest/all/
+    set carries the distinct counts and no CodeCount lists, a few KB however many codes the
+    lines count, several times smaller than the same three digests from the query socket
+    (with the lists), and its sentences' figures are the query answer's."""
+    d = coordd_factory(overrides={"digest": {"publish_interval_ms": 10}})
+    campaign = Campaign(n_records=3000, seed=77, prefix="size")
+    for acks in push_parallel(d, campaign.sends()).values():
+        assert all(a.status in (ACCEPTED, DUPLICATE) for a in acks)
+    with d.query() as q, d.subscriber("digest/all/") as s:
+        last = q.stats().last_seq
+        _, pub = s.recv_until(lambda t, p: p.last_seq == last, timeout=10)
+        answers = [q.digest(pb.SCOPE_KIND_ALL, "", w) for w in WINDOWS]
+        for dg, now in zip(pub.digests.digests, answers):
+            assert published(dg) == answered(now)
+        size = pub.digests.ByteSize()
+        full = sum(a.ByteSize() for a in answers)
+        countries = pub.digests.digests[0].total.distinct_countries
+        print(f"published DigestSet {size} bytes, query answers {full} bytes, "
+              f"{countries} countries")
+        assert countries >= 40
+        assert size <= 4096, size
+        assert size * 4 <= full, (size, full)
+
+
+def test_a_small_fanout_budget_holds_digests_back_then_sends_them_complete(coordd_factory):
+    """[publish] fanout_budget: with a budget that lets about one digest/all/ set out every
+    two seconds, records committed every 50 ms reach the subscriber in a few publications,
+    not one per 10 ms interval; the held ones are counted; the digest of the last record
+    still arrives, later, exact and with its prev_seq chain intact."""
+    import urllib.request
+    port = free_tcp_port()
+    d = coordd_factory(overrides={"digest": {"publish_interval_ms": 10},
+                                  "publish": {"fanout_budget": "8K"},
+                                  "metrics": {"listen": f"127.0.0.1:{port}"}})
+    with d.query() as q, d.subscriber("digest/all/") as s:
+        _, first = s.recv(timeout=5)
+        held = first.last_seq
+        pubs = []
+        batches = 20
+        for i in range(batches):
+            last = push(d, f"c0{1 + i % 3}", events(f"c0{1 + i % 3}", 3, country="FR"))
+            pubs += s.pending(timeout=0.05)
+        assert len(pubs) < batches // 2, f"{len(pubs)} digests for {batches} batches"
+        deadline = time.monotonic() + 20
+        while not pubs or pubs[-1][1].last_seq < last:
+            assert time.monotonic() < deadline, "the held digest never came"
+            pubs += s.pending(timeout=0.2)
+        for _, p in pubs:
+            assert p.prev_seq == held and p.last_seq > held
+            held = p.last_seq
+        for dg in pubs[-1][1].digests.digests:
+            assert published(dg) == answered(q.digest(pb.SCOPE_KIND_ALL, "", dg.window))
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        held_total = [float(line.split()[-1]) for line in text.splitlines()
+                      if line.startswith("coordd_digests_held_total ")]
+        assert held_total and held_total[0] > 0, held_total

@@ -6,7 +6,9 @@ COORDCTL_BIN and COORD_WATCH_BIN name the binaries (meson passes them)."""
 
 import json
 import os
+import re
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -224,7 +226,14 @@ def test_watch_fetches_first_then_applies_live_updates(coordd_factory, watch_bin
             expect_ack(c.request(c.env("event", country="RU")), ACCEPTED)
         second = w.line()
         assert second["source"] == "live" and second["lastSeq"] == "7"
-        assert digest_lines(set_of(second)[0])[(pb.CATEGORY_EVENT, pb.EVENT_KIND_RALLY)][0] == 4
+        # Live sets carry the distinct counts and the total line, never the lists.
+        whole = second["digests"][0]
+        rally = set_of(second)[0].lines[0]
+        assert (rally.category, rally.kind) == (pb.CATEGORY_EVENT, pb.EVENT_KIND_RALLY)
+        assert (rally.count, rally.distinct_countries, rally.distinct_councils) == (4, 3, 3)
+        assert all("countries" not in line and "councils" not in line
+                   for line in whole["lines"]), whole
+        assert whole["total"]["count"] == "7" and whole["total"]["distinctCouncils"] == 4
         with d.council("c05") as c:
             expect_ack(c.request(c.env("petition")), ACCEPTED)
         third = w.line()
@@ -299,3 +308,60 @@ def test_watch_exits_on_interrupt(coordd, watch_bin):
         assert status == 0, err
     finally:
         w.kill()
+
+
+def test_watch_live_sentences_come_from_distinct_counts(coordd_factory, watch_bin):
+    """A live update carries no CodeCount lists; its sentences, with distinct counts across
+    lines (all records, all letters), read as those of the query answer."""
+    d = coordd_factory(overrides={"digest": {"publish_interval_ms": 50}})
+    push_known_records(d)
+    w = Watch(watch_bin, d, "--timeout", "20")
+    lines = []
+
+    def read():
+        for line in w.proc.stdout:
+            lines.append(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+
+    def text_until(pred, what):
+        deadline = time.monotonic() + 20
+        while not pred("".join(lines)):
+            assert time.monotonic() < deadline, f"{what}: {''.join(lines)}"
+            time.sleep(0.02)
+        return "".join(lines)
+
+    try:
+        text_until(lambda t: "(query) ==" in t and "Last hour:" in t, "no first update")
+        recent = now_ms() - 3_600_000
+        envs = [gen_envelope("event", council="c04", country="IT", participants=5, date=recent),
+                gen_envelope("letter", council="c04", sent_at=recent,
+                             recipient_kind=pb.RECIPIENT_KIND_HEAD_OF_STATE),
+                gen_envelope("letter", council="c03", sent_at=recent,
+                             recipient_kind=pb.RECIPIENT_KIND_HEAD_OF_STATE)]
+        for env in envs:
+            with d.council(env.council) as c:
+                expect_ack(c.request(env), ACCEPTED)
+        # The live update that counts all nine records (the three may come in more than
+        # one publication): its whole-campaign block.
+        whole_re = re.compile(r"\(live\) ==\nWhole campaign:\n(  9 records.*?)Last 24 hours:",
+                              re.S)
+        whole = whole_re.search(text_until(whole_re.search, "no live update with 9 records"))
+        whole = "Whole campaign:\n" + whole.group(1)
+    finally:
+        w.kill()
+        reader.join(timeout=10)
+    assert "  9 records from 4 coordinating councils in " in whole
+    assert "  4 rallies in 3 countries with 1,205 participants\n" in whole
+    assert "  3 letters by 2 coordinating councils\n" in whole
+    assert "    2 letters to heads of state\n" in whole
+    r = subprocess.run([tool("coordctl", "COORDCTL_BIN"), "--endpoint", d.query_endpoint,
+                        "digest"], capture_output=True, text=True, timeout=20,
+                       stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stderr
+    want = [line for line in r.stdout.splitlines()[1:] if line]
+    want = want[:want.index("Newest:")] if "Newest:" in want else want
+    got = [line[2:] for line in whole.splitlines()[1:] if line.strip()]
+    got = got[:got.index("Newest:")] if "Newest:" in got else got
+    assert got == want and len(got) >= 5, (got, want)

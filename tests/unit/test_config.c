@@ -609,6 +609,7 @@ test_shipped_config_loads(void **state)
 	assert_int_equal(c->ingest.rate_limit, 100000);
 	assert_int_equal(c->ingest.rate_burst, 200000);
 	assert_int_equal(c->publish.max_subscription_bytes, 1024);
+	assert_int_equal(c->publish.fanout_budget, CONFIG_FANOUT_BUDGET_DEFAULT);
 	assert_int_equal(c->query.max_request_bytes, 64 * 1024);
 	assert_null(config_unref(c));
 }
@@ -1019,6 +1020,7 @@ test_limit_keys_bounds_are_inclusive(void **state)
 	                                 "rate_burst = 1\n"
 	                                 "[publish]\n"
 	                                 "max_subscription_bytes = 256\n"
+	                                 "fanout_budget = 1K\n"
 	                                 "[query]\n"
 	                                 "max_request_bytes = 4K\n");
 
@@ -1026,6 +1028,7 @@ test_limit_keys_bounds_are_inclusive(void **state)
 	assert_int_equal(c->ingest.rate_limit, 0);
 	assert_int_equal(c->ingest.rate_burst, 1);
 	assert_int_equal(c->publish.max_subscription_bytes, 256);
+	assert_int_equal(c->publish.fanout_budget, 1024);
 	assert_int_equal(c->query.max_request_bytes, 4096);
 	config_unref(c);
 
@@ -1077,6 +1080,8 @@ ERROR_CASE(test_rate_burst_zero, BASE "[ingest]\nrate_burst = 0\n", -EINVAL, 4,
            "rate_burst = 0 is out of range in [ingest]: use 1 to 20000000");
 ERROR_CASE(test_max_subscription_bytes_too_small, BASE "[publish]\nmax_subscription_bytes = 255\n",
            -EINVAL, 4, "max_subscription_bytes = 255 is out of range in [publish]: use 256 to 64K");
+ERROR_CASE(test_fanout_budget_too_small, BASE "[publish]\nfanout_budget = 1023\n", -EINVAL, 4,
+           "fanout_budget = 1023 is out of range in [publish]: use 1K to 1T");
 ERROR_CASE(test_max_request_bytes_too_small, BASE "[query]\nmax_request_bytes = 4095\n", -EINVAL, 4,
            "max_request_bytes = 4095 is out of range in [query]: use 4K to 1M");
 ERROR_CASE(test_max_request_bytes_too_big, BASE "[query]\nmax_request_bytes = 2M\n", -EINVAL, 4,
@@ -1117,6 +1122,7 @@ static const struct CMUnitTest tests[] = {
         error_test(test_rate_limit_negative),
         error_test(test_rate_burst_zero),
         error_test(test_max_subscription_bytes_too_small),
+        error_test(test_fanout_budget_too_small),
         error_test(test_max_request_bytes_too_small),
         error_test(test_max_request_bytes_too_big),
         error_test(test_metrics_listen_needs_numeric_address),

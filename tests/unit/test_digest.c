@@ -1011,6 +1011,51 @@ test_undecodable_envelope_fails_the_batch(void **state)
 	assert_int_equal(line_count(f, ALL, "", C_EVENT, RALLY), 2);
 }
 
+/* A record handed over already unpacked (store_record.decoded, as ingest does) is counted
+ * from that Envelope, not unpacked again; a correction's superseded revision, which only
+ * the store holds, is still unpacked from its bytes. The bytes here say FR and the decoded
+ * Envelope DE, so the country counted shows which was read. */
+static void
+test_decoded_envelope_is_counted_without_unpacking(void **state)
+{
+	struct fixture *f = *state;
+	struct msg bytes_m, decoded_m;
+	uint8_t buf[512];
+
+	event(&bytes_m, "c01", "e1", 1, RALLY, "FR", T0, 10, "fr", "Rally");
+	event(&decoded_m, "c01", "e1", 1, RALLY, "DE", T0, 10, "de", "Rally");
+	struct store_record rec = {
+	        .council = "c01",
+	        .msg_id = "e1",
+	        .revision = 1,
+	        .envelope = buf,
+	        .envelope_len = coord__v1__envelope__pack(&bytes_m.env, buf),
+	        .received_at = T0,
+	        .decoded = &decoded_m.env,
+	};
+	assert_int_equal(store_write_batch(f->store, &rec, 1), 0);
+	assert_int_equal(rec.status, ACCEPTED);
+	assert_int_equal(line_count(f, COUNTRY, "DE", C_EVENT, RALLY), 1);
+	assert_int_equal(line_count(f, COUNTRY, "FR", C_EVENT, RALLY), 0);
+
+	/* The correction removes what the stored bytes say (FR: nothing there to remove) and
+	 * adds what its own decoded Envelope says. */
+	event(&decoded_m, "c01", "e1", 2, RALLY, "AM", T0, 10, "hy", "Rally");
+	rec = (struct store_record){
+	        .council = "c01",
+	        .msg_id = "e1",
+	        .revision = 2,
+	        .envelope = buf,
+	        .envelope_len = coord__v1__envelope__pack(&decoded_m.env, buf),
+	        .received_at = T0,
+	        .decoded = &decoded_m.env,
+	};
+	assert_int_equal(store_write_batch(f->store, &rec, 1), 0);
+	assert_int_equal(line_count(f, COUNTRY, "AM", C_EVENT, RALLY), 1);
+	assert_int_equal(line_count(f, COUNTRY, "DE", C_EVENT, RALLY), 1);
+	assert_int_equal(line_count(f, ALL, "", C_EVENT, RALLY), 1);
+}
+
 static void
 test_aggregates_survive_reopen(void **state)
 {
@@ -1679,6 +1724,8 @@ main(void)
 	        cmocka_unit_test_setup_teardown(test_correction_in_the_same_batch, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_undecodable_envelope_fails_the_batch, setup,
 	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_decoded_envelope_is_counted_without_unpacking,
+	                                        setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_aggregates_survive_reopen, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_log_holds_contributions_until_the_limit, setup,
 	                                        teardown),

@@ -1,8 +1,9 @@
 /*
  * Unit tests for clients/render.c: numbers with thousands separators, ISO 8601 times both
  * ways, the digest sentences (the campaign report's own examples, singular and plural,
- * categories left out, unions across lines), the header and headlines, and items as JSON
- * with their envelope decoded.
+ * categories left out, unions across lines; published digests' distinct counts, total and
+ * category lines without lists), the header and headlines, and items as JSON with their
+ * envelope decoded.
  *
  * Digests are built by hand (struct fake), so each test states exactly the figures it
  * renders.
@@ -252,6 +253,63 @@ test_campaign_report_sentences(void **state)
 	free(f);
 }
 
+/* A published digest carries no CodeCount lists: every line's distinct counts, the total
+ * line and the category lines give the same sentences (the unions are the broker's). */
+static void
+test_sentences_from_distinct_counts(void **state)
+{
+	(void) state;
+	struct fake *f = malloc(sizeof(*f));
+	Coord__V1__DigestLine total = COORD__V1__DIGEST_LINE__INIT;
+	Coord__V1__DigestLine letters = COORD__V1__DIGEST_LINE__INIT;
+	Coord__V1__DigestLine *categories[] = {&letters};
+
+	assert_non_null(f);
+	fake_init(f);
+	fake_line(f, COORD__V1__CATEGORY__CATEGORY_EVENT, COORD__V1__EVENT_KIND__EVENT_KIND_RALLY,
+	          228, 51300, 38, 5, 11, 0);
+	fake_line(f, COORD__V1__CATEGORY__CATEGORY_LETTER,
+	          COORD__V1__RECIPIENT_KIND__RECIPIENT_KIND_HEAD_OF_STATE, 1200, 0, 3, 3, 6, 0);
+	fake_line(f, COORD__V1__CATEGORY__CATEGORY_LETTER,
+	          COORD__V1__RECIPIENT_KIND__RECIPIENT_KIND_MEDIA, 3500, 0, 3, 3, 8, 3);
+	fake_line(f, COORD__V1__CATEGORY__CATEGORY_STATEMENT, 0, 330, 0, 51, 23, 9, 0);
+	fake_line(f, COORD__V1__CATEGORY__CATEGORY_PETITION,
+	          COORD__V1__PETITION_TARGET__PETITION_TARGET_NATIONAL_PARLIAMENT, 12, 120000, 9, 0,
+	          2, 0);
+	fake_line(f, COORD__V1__CATEGORY__CATEGORY_MEDIA, COORD__V1__MEDIA_KIND__MEDIA_KIND_ARTICLE,
+	          1941, 0, 70, 47, 11, 0);
+	for (size_t i = 0; i < f->digest.n_lines; i++) {
+		Coord__V1__DigestLine *l = f->ptrs[i];
+		l->distinct_countries = (uint32_t) l->n_countries;
+		l->distinct_languages = (uint32_t) l->n_languages;
+		l->distinct_councils = (uint32_t) l->n_councils;
+		l->n_countries = l->n_languages = l->n_councils = 0;
+		l->countries = l->languages = l->councils = NULL;
+	}
+	total.count = 228 + 4700 + 330 + 12 + 1941;
+	total.distinct_countries = 70;
+	total.distinct_councils = 11;
+	letters.category = COORD__V1__CATEGORY__CATEGORY_LETTER;
+	letters.count = 4700;
+	letters.distinct_councils = 11;
+	f->digest.total = &total;
+	f->digest.n_categories = 1;
+	f->digest.categories = categories;
+	char *text = render(f, 0);
+
+	assert_has_line(text, "7,211 records from 11 coordinating councils in 70 countries");
+	assert_has_line(text, "228 rallies in 38 countries with 51,300 participants");
+	assert_has_line(text, "4,700 letters by 11 coordinating councils");
+	assert_has_line(text, "  1,200 letters to heads of state");
+	assert_has_line(text, "  3,500 letters to international media outlets");
+	assert_has_line(text, "330 statements in 23 languages, from 51 countries");
+	assert_has_line(text, "12 petitions to national parliaments in 9 countries with 120,000 "
+	                      "signatures");
+	assert_has_line(text, "1,941 news articles in 47 languages in 70 countries");
+	free(text);
+	free(f);
+}
+
 static void
 test_singular_nouns(void **state)
 {
@@ -462,6 +520,7 @@ static const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_time_is_iso8601_utc),
         cmocka_unit_test(test_parse_time_accepts_iso8601),
         cmocka_unit_test(test_campaign_report_sentences),
+        cmocka_unit_test(test_sentences_from_distinct_counts),
         cmocka_unit_test(test_singular_nouns),
         cmocka_unit_test(test_categories_without_records_are_left_out),
         cmocka_unit_test(test_unknown_kinds_still_render),

@@ -793,6 +793,81 @@ test_unpack_reports_out_of_memory(void **state)
 	assert_int_equal(WEXITSTATUS(status), 0);
 }
 
+/* A bump allocator over a fixed buffer that counts frees: what wire_unpack_envelope_with()
+ * is given, as ingest gives it a batch's arena. `room` 0 fails every allocation. */
+struct fixed_arena {
+	uint8_t buf[8192];
+	size_t used, room;
+	unsigned frees;
+};
+
+static void *
+fixed_alloc(void *data, size_t n)
+{
+	struct fixed_arena *a = data;
+
+	n = (n + 15) & ~(size_t) 15;
+	if (a->room - a->used < n) {
+		return NULL;
+	}
+	void *p = a->buf + a->used;
+	a->used += n;
+	return p;
+}
+
+static void
+fixed_free(void *data, void *p)
+{
+	struct fixed_arena *a = data;
+
+	assert_true((uint8_t *) p >= a->buf && (uint8_t *) p < a->buf + sizeof(a->buf));
+	a->frees++;
+}
+
+static void
+test_unpack_with_allocator_uses_it(void **state)
+{
+	struct fixture *f = *state;
+	static struct fixed_arena a;
+	ProtobufCAllocator alloc = {.alloc = fixed_alloc, .free = fixed_free, .allocator_data = &a};
+	Coord__V1__Envelope *env = NULL;
+	struct wire_verdict verdict;
+	size_t size;
+	uint8_t *buf = pack(&f->env, &size);
+
+	a = (struct fixed_arena){.room = sizeof(a.buf)};
+	assert_int_equal(wire_unpack_envelope_with(&alloc, buf, size, size, &env, &verdict), 0);
+	assert_non_null(env);
+	assert_true((uint8_t *) env >= a.buf && (uint8_t *) env < a.buf + a.used);
+	assert_true((uint8_t *) env->event->title >= a.buf &&
+	            (uint8_t *) env->event->title < a.buf + a.used);
+	assert_string_equal(env->event->title, "Rally at the Brandenburg Gate");
+	assert_int_equal(env->event->n_languages, 3);
+	assert_int_equal(a.frees, 0);
+	coord__v1__envelope__free_unpacked(env, &alloc);
+	assert_true(a.frees > 0);
+
+	/* A failed allocation is -ENOMEM, not a malformed frame, and hands out nothing. */
+	a = (struct fixed_arena){.room = 0};
+	env = NULL;
+	assert_int_equal(wire_unpack_envelope_with(&alloc, buf, size, size, &env, &verdict),
+	                 -ENOMEM);
+	assert_null(env);
+
+	/* Refused for a bad string after the unpack: what protobuf-c allocated is freed with
+	 * the same allocator. */
+	f->event.city = "Ber\xc3lin";
+	free(buf);
+	buf = pack(&f->env, &size);
+	a = (struct fixed_arena){.room = sizeof(a.buf)};
+	assert_true(verdict_matches(
+	        wire_unpack_envelope_with(&alloc, buf, size, size, &env, &verdict), &verdict,
+	        -EBADMSG, COORD__V1__REASON__REASON_INVALID_UTF8, "event.city"));
+	assert_non_null(env);
+	assert_true((uint8_t *) env >= a.buf && (uint8_t *) env < a.buf + a.used);
+	free(buf);
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* Envelope fields */
 
@@ -1575,6 +1650,7 @@ main(void)
 	        T(test_unpack_rejects_invalid_utf8_in_overridden_string),
 	        T(test_unpack_ignores_unknown_fields),
 	        T(test_unpack_reports_out_of_memory),
+	        T(test_unpack_with_allocator_uses_it),
 	        T(test_validate_accepts_every_body),
 	        T(test_validate_clears_verdict_when_valid),
 	        T(test_validate_rejects_missing_council),
