@@ -20,6 +20,7 @@
 #include <sys/random.h>
 
 #include "limiter.h"
+#include "siphash.h"
 
 #define INITIAL_BUCKETS 64
 #define MILLI 1000
@@ -44,78 +45,6 @@ struct limiter {
 	struct limiter_sender *idle_head, *idle_tail;
 	size_t n_idle;
 };
-
-/* ----------------------------------------------------------------------------------------- */
-/* SipHash-2-4 (Aumasson and Bernstein), 64-bit output. */
-
-static uint64_t
-rotl(uint64_t x, unsigned b)
-{
-	return (x << b) | (x >> (64 - b));
-}
-
-static void
-sip_round(uint64_t v[4])
-{
-	v[0] += v[1];
-	v[1] = rotl(v[1], 13);
-	v[1] ^= v[0];
-	v[0] = rotl(v[0], 32);
-	v[2] += v[3];
-	v[3] = rotl(v[3], 16);
-	v[3] ^= v[2];
-	v[0] += v[3];
-	v[3] = rotl(v[3], 21);
-	v[3] ^= v[0];
-	v[2] += v[1];
-	v[1] = rotl(v[1], 17);
-	v[1] ^= v[2];
-	v[2] = rotl(v[2], 32);
-}
-
-static uint64_t
-load_le64(const uint8_t *p)
-{
-	uint64_t x = 0;
-
-	for (unsigned i = 0; i < 8; i++) {
-		x |= (uint64_t) p[i] << (8 * i);
-	}
-	return x;
-}
-
-static uint64_t
-siphash24(const uint64_t k[2], const uint8_t *in, size_t len)
-{
-	uint64_t v[4] = {
-	        k[0] ^ UINT64_C(0x736f6d6570736575),
-	        k[1] ^ UINT64_C(0x646f72616e646f6d),
-	        k[0] ^ UINT64_C(0x6c7967656e657261),
-	        k[1] ^ UINT64_C(0x7465646279746573),
-	};
-	size_t whole = len - len % 8;
-
-	for (size_t i = 0; i < whole; i += 8) {
-		uint64_t m = load_le64(in + i);
-		v[3] ^= m;
-		sip_round(v);
-		sip_round(v);
-		v[0] ^= m;
-	}
-	uint64_t last = (uint64_t) len << 56;
-	for (size_t i = 0; i < len % 8; i++) {
-		last |= (uint64_t) in[whole + i] << (8 * i);
-	}
-	v[3] ^= last;
-	sip_round(v);
-	sip_round(v);
-	v[0] ^= last;
-	v[2] ^= 0xff;
-	for (unsigned i = 0; i < 4; i++) {
-		sip_round(v);
-	}
-	return v[0] ^ v[1] ^ v[2] ^ v[3];
-}
 
 /* ----------------------------------------------------------------------------------------- */
 /* Table and idle list */

@@ -14,6 +14,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -26,13 +27,28 @@
 
 #include <lmdb.h>
 
+#include "siphash.h"
 #include "store.h"
+#include "varint.h"
 #include "wire.h"
 
 #define INDEX_VALUE_SIZE 13
 #define BACKUP_CHUNK (1u << 16) /* bytes read from the copy's pipe at a time */
-#define INDEX_KEY_MAX 256
+#define INDEX_KEY_MAX 256       /* council "\0" msg_id, the input of the index hash */
 #define SCHEMA_KEY "schema_version"
+/* msg_ids that differ only in their last this many bytes (sequential ids, rows of one
+ * import) share the high half of their index keys: a batch of them dirties a few index
+ * pages, not one page per record (store.h). */
+#define INDEX_GROUP_CUT 2
+/* The index table of schema 4: sorted duplicates of fixed size under each hash. */
+#define INDEX_FLAGS (MDB_DUPSORT | MDB_DUPFIXED)
+
+/* The SipHash-2-4 key of the index hash: the 16 bytes "coordd.index.v4" and a NUL, as
+ * siphash24() takes them (two little-endian halves). It is fixed, not secret: every build
+ * and tool must find the same entries, and a collision costs a read of an item, never a
+ * wrong answer. */
+static const uint64_t index_hash_key[2] = {UINT64_C(0x692e6464726f6f63),
+                                           UINT64_C(0x0034762e7865646e)};
 
 struct store {
 	MDB_env *env;
@@ -44,7 +60,9 @@ struct store {
 	uint64_t map_size_max;
 	uint64_t page_size;
 	bool read_only;
-	uint32_t schema; /* the stored schema version (STORE_SCHEMA_VERSION for a new store) */
+	uint32_t schema;    /* the stored schema version (STORE_SCHEMA_VERSION for a new store) */
+	bool index_hashed;  /* the index table has schema 4's layout (keyed by hash, INDEX_FLAGS) */
+	uint64_t hash_mask; /* ANDed into every index hash: all ones but in collision tests */
 	pthread_rwlock_t resize_lock;
 	struct store_hooks hooks;
 	bool lock_initialised;
@@ -110,7 +128,8 @@ get_be32(const uint8_t *p)
 	return (uint32_t) p[0] << 24 | (uint32_t) p[1] << 16 | (uint32_t) p[2] << 8 | p[3];
 }
 
-/* Build the index key council "\0" msg_id; returns its length or -ENAMETOOLONG. */
+/* Build council "\0" msg_id, the input of the index hash; returns its length or
+ * -ENAMETOOLONG. */
 static int
 index_key(const char *council, const char *msg_id, uint8_t buf[INDEX_KEY_MAX])
 {
@@ -124,6 +143,218 @@ index_key(const char *council, const char *msg_id, uint8_t buf[INDEX_KEY_MAX])
 	buf[lc] = 0;
 	memcpy(buf + lc + 1, msg_id, lm);
 	return (int) (lc + 1 + lm);
+}
+
+/* What names a record inside an item's bytes (borrowed from them). */
+struct names {
+	const uint8_t *council;
+	size_t council_len;
+	const uint8_t *msg_id;
+	size_t msg_id_len;
+};
+
+/* One field of protobuf bytes: its number, and its value (wire types 0 and 2; the others
+ * are skipped over). */
+struct pb_field {
+	uint64_t number;
+	uint64_t varint;      /* wire type 0 */
+	const uint8_t *bytes; /* wire type 2, else NULL */
+	size_t len;
+};
+
+/* Read the field at buf[*pos] and move past it. Returns 1, 0 at the end, or -EBADMSG. */
+static int
+pb_next(const uint8_t *buf, size_t len, size_t *pos, struct pb_field *ret)
+{
+	uint64_t tag, n;
+
+	if (*pos >= len) {
+		return 0;
+	}
+	if (!varint_get(buf, len, pos, &tag)) {
+		return -EBADMSG;
+	}
+	*ret = (struct pb_field){.number = tag >> 3};
+	switch (tag & 7) {
+	case 0:
+		return varint_get(buf, len, pos, &ret->varint) ? 1 : -EBADMSG;
+	case 1:
+	case 5:
+		n = (tag & 7) == 1 ? 8 : 4;
+		break;
+	case 2:
+		if (!varint_get(buf, len, pos, &n)) {
+			return -EBADMSG;
+		}
+		ret->bytes = buf + *pos;
+		ret->len = (size_t) n;
+		break;
+	default:
+		return -EBADMSG;
+	}
+	if (n > len - *pos) {
+		return -EBADMSG;
+	}
+	*pos += n;
+	return 1;
+}
+
+/* What the index needs of an item, read from its bytes without decoding the rest. */
+struct item_facts {
+	struct names names;
+	uint32_t revision;
+	bool retraction;
+};
+
+/*
+ * The council (Item field 3), and from the envelope (Item field 4) its msg_id (2),
+ * revision (3) and whether its body is a Retraction (15, the last of the body fields 10..15,
+ * as a decoder keeps the last of a oneof). The last occurrence of a field counts, as for a
+ * decoder. Returns 0 or -EBADMSG (also for an item without an envelope or a msg_id).
+ */
+static int
+item_facts(const MDB_val *item, struct item_facts *ret)
+{
+	struct item_facts f = {.names = {.council = (const uint8_t *) ""}};
+	const uint8_t *env = NULL;
+	size_t env_len = 0;
+	struct pb_field field;
+	size_t pos = 0;
+	int r;
+
+	while ((r = pb_next(item->mv_data, item->mv_size, &pos, &field)) == 1) {
+		if (field.number == 3 && field.bytes) {
+			f.names.council = field.bytes;
+			f.names.council_len = field.len;
+		} else if (field.number == 4 && field.bytes) {
+			env = field.bytes;
+			env_len = field.len;
+		}
+	}
+	for (pos = 0; r == 0 && env && (r = pb_next(env, env_len, &pos, &field)) == 1; r = 0) {
+		if (field.number == 2 && field.bytes) {
+			f.names.msg_id = field.bytes;
+			f.names.msg_id_len = field.len;
+		} else if (field.number == 3 && !field.bytes) {
+			f.revision = (uint32_t) field.varint;
+		} else if (field.number >= 10 && field.number <= 15 && field.bytes) {
+			f.retraction = field.number == 15;
+		}
+	}
+	if (r != 0 || !f.names.msg_id || f.names.msg_id_len == 0) {
+		return -EBADMSG;
+	}
+	*ret = f;
+	return 0;
+}
+
+/* The council and msg_id of a packed Item. Returns 0 or -EBADMSG. */
+static int
+item_names(const MDB_val *item, struct names *ret)
+{
+	struct item_facts f = {0};
+	int r = item_facts(item, &f);
+
+	if (r == 0) {
+		*ret = f.names;
+	}
+	return r;
+}
+
+static bool
+names_equal(const struct names *a, const struct names *b)
+{
+	return a->council_len == b->council_len && a->msg_id_len == b->msg_id_len &&
+	       memcmp(a->council, b->council, a->council_len) == 0 &&
+	       memcmp(a->msg_id, b->msg_id, a->msg_id_len) == 0;
+}
+
+/*
+ * The index key of a record (store.h): the high 32 bits of SipHash-2-4 of council "\0" and
+ * msg_id without its last INDEX_GROUP_CUT bytes, then the low 32 bits of SipHash-2-4 of
+ * council "\0" msg_id, big-endian. Returns 0 or -ENAMETOOLONG.
+ */
+static int
+names_hash(const struct store *s, const struct names *n, uint8_t key[STORE_INDEX_KEY_SIZE])
+{
+	uint8_t buf[INDEX_KEY_MAX];
+	size_t len = n->council_len + 1 + n->msg_id_len;
+
+	if (len > INDEX_KEY_MAX) {
+		return -ENAMETOOLONG;
+	}
+	memcpy(buf, n->council, n->council_len);
+	buf[n->council_len] = 0;
+	memcpy(buf + n->council_len + 1, n->msg_id, n->msg_id_len);
+	size_t cut = n->msg_id_len > INDEX_GROUP_CUT ? INDEX_GROUP_CUT : n->msg_id_len;
+	uint64_t group = siphash24(index_hash_key, buf, len - cut);
+	uint64_t whole = siphash24(index_hash_key, buf, len);
+	uint64_t h = (group & UINT64_C(0xffffffff00000000)) | (whole & UINT64_C(0xffffffff));
+	put_be64(key, h & s->hash_mask);
+	return 0;
+}
+
+int
+store_index_key(const struct store *s, const char *council, const char *msg_id,
+                uint8_t ret_key[STORE_INDEX_KEY_SIZE])
+{
+	const struct names n = {.council = (const uint8_t *) council,
+	                        .council_len = strlen(council),
+	                        .msg_id = (const uint8_t *) msg_id,
+	                        .msg_id_len = strlen(msg_id)};
+
+	return names_hash(s, &n, ret_key);
+}
+
+/* Whether the item at `seq` is of the record `want`: 1 or 0, MDB_CORRUPTED when it is
+ * missing or does not decode, or another MDB_* error. */
+static int
+item_is_of(struct store *s, MDB_txn *txn, uint64_t seq, const struct names *want)
+{
+	uint8_t key[8];
+	MDB_val k = {.mv_size = sizeof(key), .mv_data = key};
+	MDB_val v;
+	struct names n = {0};
+
+	put_be64(key, seq);
+	int rc = mdb_get(txn, s->items, &k, &v);
+	if (rc != 0) {
+		return rc == MDB_NOTFOUND ? MDB_CORRUPTED : rc;
+	}
+	if (item_names(&v, &n) < 0) {
+		return MDB_CORRUPTED;
+	}
+	return names_equal(&n, want) ? 1 : 0;
+}
+
+/*
+ * Find the index entry of the record `want` under its hash `key`: each duplicate there
+ * points at an item, which is read to tell the record from another whose hash collides.
+ * Returns 0 with `cur` on the entry and *ret_val its value, MDB_NOTFOUND, or an MDB_*
+ * error (MDB_CORRUPTED: an entry points at an item that is missing or does not decode).
+ */
+static int
+find_entry(struct store *s, MDB_txn *txn, MDB_cursor *cur, uint8_t key[STORE_INDEX_KEY_SIZE],
+           const struct names *want, MDB_val *ret_val)
+{
+	MDB_val k = {.mv_size = STORE_INDEX_KEY_SIZE, .mv_data = key};
+	MDB_val v;
+	int rc = mdb_cursor_get(cur, &k, &v, MDB_SET_KEY);
+
+	while (rc == 0) {
+		if (v.mv_size != INDEX_VALUE_SIZE) {
+			return MDB_CORRUPTED;
+		}
+		rc = item_is_of(s, txn, get_be64(v.mv_data), want);
+		if (rc == 1) {
+			*ret_val = v;
+			return 0;
+		}
+		if (rc == 0) {
+			rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT_DUP);
+		}
+	}
+	return rc;
 }
 
 static int
@@ -165,7 +396,13 @@ init_tables(struct store *s)
 	}
 	rc = mdb_dbi_open(txn, "items", create, &s->items);
 	if (rc == 0) {
-		rc = mdb_dbi_open(txn, "index", create, &s->index);
+		/* The flags make a new store's index; an existing one keeps its own. */
+		rc = mdb_dbi_open(txn, "index", create ? create | INDEX_FLAGS : 0, &s->index);
+	}
+	unsigned index_flags = 0;
+	if (rc == 0) {
+		rc = mdb_dbi_flags(txn, s->index, &index_flags);
+		s->index_hashed = (index_flags & INDEX_FLAGS) == INDEX_FLAGS;
 	}
 	if (rc == 0) {
 		rc = mdb_dbi_open(txn, "meta", create, &s->meta);
@@ -199,7 +436,8 @@ init_tables(struct store *s)
 		}
 		/* Version 1 is a subset of version 2 (store.h): only the number changes, so
 		 * that builds of version 1 refuse the store from then on. Version 3 changes the
-		 * digest table's values: store_set_schema() writes it with their rebuild. */
+		 * digest table's values: store_set_schema() writes it with their rebuild;
+		 * version 4 the index's layout: store_upgrade_index() rebuilds it. */
 		s->schema = version;
 		if (version < 2 && !s->read_only) {
 			uint8_t v[4];
@@ -353,6 +591,7 @@ store_open(const struct store_options *opts, struct store **ret_store)
 	}
 	s->lock_fd = -1;
 	s->map_size_max = opts->map_size_max;
+	s->hash_mask = UINT64_MAX;
 
 	s->read_only = opts->read_only;
 	if (!s->read_only) {
@@ -511,25 +750,51 @@ run_record_hook(struct store *s, MDB_txn *txn, const struct store_record *rec, u
 }
 
 /*
+ * Point the index entry of a record, found by find_entry() at `cur`, at its new revision
+ * `val`. The new seq sorts after every duplicate under the key, so an only entry is
+ * overwritten in place; among colliding records' entries it is deleted and put again.
+ */
+static int
+replace_entry(struct store *s, MDB_txn *txn, MDB_cursor *cur, MDB_val *key, MDB_val *val)
+{
+	size_t dups;
+	int rc = mdb_cursor_count(cur, &dups);
+
+	if (rc == 0 && dups == 1) {
+		return mdb_cursor_put(cur, key, val, MDB_CURRENT);
+	}
+	if (rc == 0) {
+		rc = mdb_cursor_del(cur, 0);
+	}
+	return rc == 0 ? mdb_put(txn, s->index, key, val, 0) : rc;
+}
+
+/*
  * Apply one record inside `txn`. Returns an MDB_* code, or a hook's negative errno.
  *
  * A new record, the common case, has its index entry put with MDB_NOOVERWRITE: one descent
- * of the index both looks for it and inserts it. When the key exists, LMDB answers
- * MDB_KEYEXIST with the stored value, and the record goes on as a revision or a duplicate.
+ * of the index both looks for its hash and inserts it. When the hash exists, LMDB answers
+ * MDB_KEYEXIST, and find_entry() reads the items its duplicates point at to tell the
+ * record (a revision or a duplicate) from another whose hash collides (then the record is
+ * new and gets a duplicate of its own under the hash).
  */
 static int
 apply_record(struct store *s, MDB_txn *txn, struct store_record *rec, uint64_t *seq)
 {
-	uint8_t kbuf[INDEX_KEY_MAX];
+	uint8_t hkey[STORE_INDEX_KEY_SIZE];
 	uint8_t vbuf[INDEX_VALUE_SIZE];
-	int klen = index_key(rec->council, rec->msg_id, kbuf);
-	MDB_val ikey = {.mv_size = (size_t) klen, .mv_data = kbuf};
+	const struct names want = {.council = (const uint8_t *) rec->council,
+	                           .council_len = strlen(rec->council),
+	                           .msg_id = (const uint8_t *) rec->msg_id,
+	                           .msg_id_len = strlen(rec->msg_id)};
+	MDB_val ikey = {.mv_size = sizeof(hkey), .mv_data = hkey};
 	MDB_val ival = {.mv_size = sizeof(vbuf), .mv_data = vbuf};
+	MDB_cursor *cur = NULL;
 	uint64_t next = *seq + 1;
-	bool found, indexed = false;
-	int rc;
+	bool found = false, indexed = false;
+	int rc = 0;
 
-	if (klen < 0) {
+	if (names_hash(s, &want, hkey) < 0) {
 		/* Ids are validated long before; this is a programming error upstream. */
 		return EINVAL;
 	}
@@ -537,25 +802,25 @@ apply_record(struct store *s, MDB_txn *txn, struct store_record *rec, uint64_t *
 	put_be32(vbuf + 8, rec->revision);
 	vbuf[12] = rec->retraction ? STORE_FLAG_RETRACTED : 0;
 
-	if (rec->retraction) {
-		rc = mdb_get(txn, s->index, &ikey, &ival);
-		found = rc == 0;
-	} else {
+	if (!rec->retraction) {
 		rc = mdb_put(txn, s->index, &ikey, &ival, MDB_NOOVERWRITE);
 		indexed = rc == 0;
-		found = rc == MDB_KEYEXIST; /* ival is the stored value */
 	}
-	if (rc != 0 && rc != MDB_NOTFOUND && rc != MDB_KEYEXIST) {
-		return rc;
+	if (rec->retraction || rc == MDB_KEYEXIST) {
+		rc = mdb_cursor_open(txn, s->index, &cur);
+		if (rc == 0) {
+			rc = find_entry(s, txn, cur, hkey, &want, &ival);
+			found = rc == 0;
+		}
+	}
+	if (rc != 0 && rc != MDB_NOTFOUND) {
+		goto out;
 	}
 
 	uint64_t stored_seq = 0;
 	bool stored_retracted = false;
 
 	if (found) {
-		if (ival.mv_size != INDEX_VALUE_SIZE) {
-			return MDB_CORRUPTED;
-		}
 		uint32_t stored_rev = get_be32((const uint8_t *) ival.mv_data + 8);
 
 		stored_seq = get_be64(ival.mv_data);
@@ -564,12 +829,14 @@ apply_record(struct store *s, MDB_txn *txn, struct store_record *rec, uint64_t *
 		if (rec->revision <= stored_rev) {
 			rec->status = COORD__V1__ACK_STATUS__ACK_STATUS_DUPLICATE;
 			rec->seq = stored_seq;
-			return 0;
+			rc = 0;
+			goto out;
 		}
 	} else if (rec->retraction) {
 		rec->status = COORD__V1__ACK_STATUS__ACK_STATUS_REJECTED;
 		rec->reason = COORD__V1__REASON__REASON_UNKNOWN_RECORD;
-		return 0;
+		rc = 0;
+		goto out;
 	}
 
 	uint8_t seqkey[8];
@@ -586,27 +853,43 @@ apply_record(struct store *s, MDB_txn *txn, struct store_record *rec, uint64_t *
 	MDB_val val = {.mv_size = coord__v1__item__get_packed_size(&item)};
 	rc = mdb_put(txn, s->items, &key, &val, MDB_APPEND | MDB_RESERVE);
 	if (rc != 0) {
-		return rc;
+		goto out;
 	}
 	(void) coord__v1__item__pack(&item, val.mv_data);
 
-	if (!indexed) {
-		ival = (MDB_val){.mv_size = sizeof(vbuf), .mv_data = vbuf};
+	ival = (MDB_val){.mv_size = sizeof(vbuf), .mv_data = vbuf};
+	if (found) {
+		rc = replace_entry(s, txn, cur, &ikey, &ival);
+	} else if (!indexed) {
+		/* A new record whose hash collides with another's. */
 		rc = mdb_put(txn, s->index, &ikey, &ival, 0);
-		if (rc != 0) {
-			return rc;
-		}
+	}
+	if (rc != 0) {
+		goto out;
 	}
 
 	rec->status = COORD__V1__ACK_STATUS__ACK_STATUS_ACCEPTED;
 	rec->seq = next;
 	*seq = next;
-	return s->hooks.record ? run_record_hook(s, txn, rec, stored_seq, stored_retracted) : 0;
+	if (cur) {
+		mdb_cursor_close(cur);
+		cur = NULL;
+	}
+	rc = s->hooks.record ? run_record_hook(s, txn, rec, stored_seq, stored_retracted) : 0;
+out:
+	if (cur) {
+		mdb_cursor_close(cur);
+	}
+	return rc;
 }
 
 int
 store_write_batch(struct store *s, struct store_record *recs, size_t n)
 {
+	if (!s->index_hashed) {
+		/* An index of schema 3 or older: store_upgrade_index() first. */
+		return -EPROTO;
+	}
 	for (;;) {
 		MDB_txn *txn;
 		uint64_t seq = s->last_seq;
@@ -766,23 +1049,30 @@ int
 store_lookup(struct store *s, const char *council, const char *msg_id, uint64_t *ret_seq,
              uint32_t *ret_revision, bool *ret_retracted)
 {
-	uint8_t kbuf[INDEX_KEY_MAX];
-	int klen = index_key(council, msg_id, kbuf);
+	const struct names want = {.council = (const uint8_t *) council,
+	                           .council_len = strlen(council),
+	                           .msg_id = (const uint8_t *) msg_id,
+	                           .msg_id_len = strlen(msg_id)};
+	uint8_t key[STORE_INDEX_KEY_SIZE];
 	MDB_txn *txn;
+	MDB_cursor *cur;
+	MDB_val val;
 	int r;
 
-	if (klen < 0) {
+	if (names_hash(s, &want, key) < 0) {
 		return -ENOENT;
+	}
+	if (!s->index_hashed) {
+		return -EPROTO;
 	}
 	r = store_read_begin(s, &txn);
 	if (r < 0) {
 		return r;
 	}
-	MDB_val key = {.mv_size = (size_t) klen, .mv_data = kbuf};
-	MDB_val val;
-	int rc = mdb_get(txn, s->index, &key, &val);
-	if (rc == 0 && val.mv_size != INDEX_VALUE_SIZE) {
-		rc = MDB_CORRUPTED;
+	int rc = mdb_cursor_open(txn, s->index, &cur);
+	if (rc == 0) {
+		rc = find_entry(s, txn, cur, key, &want, &val);
+		mdb_cursor_close(cur);
 	}
 	if (rc == 0) {
 		if (ret_seq) {
@@ -823,31 +1113,29 @@ store_open_table(struct store *s, const char *name, MDB_dbi *ret_dbi)
 	return mdb_to_errno(mdb_txn_commit(txn));
 }
 
-/* Whether `item` is the live revision of its record: the index points at it, unretracted. */
+/*
+ * Whether the item `seq` is the live revision of its record: an entry under its hash points
+ * at it, unretracted (seqs are unique: no other record's entry can point at it). `cur` is
+ * on the index.
+ */
 static bool
-item_is_live(struct store *s, MDB_txn *txn, uint64_t seq, const MDB_val *item)
+item_is_live(struct store *s, MDB_cursor *cur, uint64_t seq, const MDB_val *item)
 {
-	Coord__V1__Item *it = coord__v1__item__unpack(NULL, item->mv_size, item->mv_data);
-	bool live = false;
+	struct names n = {0};
+	uint8_t key[STORE_INDEX_KEY_SIZE];
+	MDB_val k = {.mv_size = sizeof(key), .mv_data = key};
+	MDB_val v;
 
-	if (!it) {
+	if (item_names(item, &n) < 0 || names_hash(s, &n, key) < 0) {
 		return false;
 	}
-	Coord__V1__Envelope *env =
-	        coord__v1__envelope__unpack(NULL, it->envelope.len, it->envelope.data);
-	if (env) {
-		uint8_t kbuf[INDEX_KEY_MAX];
-		int klen = index_key(it->council, env->msg_id, kbuf);
-		MDB_val k = {.mv_size = (size_t) (klen > 0 ? klen : 0), .mv_data = kbuf};
-		MDB_val v;
-
-		live = klen > 0 && mdb_get(txn, s->index, &k, &v) == 0 &&
-		       v.mv_size == INDEX_VALUE_SIZE && get_be64(v.mv_data) == seq &&
-		       !(((const uint8_t *) v.mv_data)[12] & STORE_FLAG_RETRACTED);
-		coord__v1__envelope__free_unpacked(env, NULL);
+	for (int rc = mdb_cursor_get(cur, &k, &v, MDB_SET_KEY); rc == 0;
+	     rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT_DUP)) {
+		if (v.mv_size == INDEX_VALUE_SIZE && get_be64(v.mv_data) == seq) {
+			return !(((const uint8_t *) v.mv_data)[12] & STORE_FLAG_RETRACTED);
+		}
 	}
-	coord__v1__item__free_unpacked(it, NULL);
-	return live;
+	return false;
 }
 
 int
@@ -856,6 +1144,7 @@ store_scan_items(struct store *s, uint64_t after_seq, bool backwards, size_t max
 {
 	MDB_txn *txn;
 	MDB_cursor *cur;
+	MDB_cursor *icur = NULL;
 	uint8_t key[8];
 	MDB_val k = {.mv_size = sizeof(key), .mv_data = key};
 	MDB_val v;
@@ -866,6 +1155,12 @@ store_scan_items(struct store *s, uint64_t after_seq, bool backwards, size_t max
 		return r;
 	}
 	rc = mdb_cursor_open(txn, s->items, &cur);
+	if (rc == 0) {
+		rc = mdb_cursor_open(txn, s->index, &icur);
+		if (rc != 0) {
+			mdb_cursor_close(cur);
+		}
+	}
 	if (rc != 0) {
 		store_read_end(s, txn);
 		return mdb_to_errno(rc);
@@ -889,11 +1184,13 @@ store_scan_items(struct store *s, uint64_t after_seq, bool backwards, size_t max
 			break;
 		}
 		uint64_t seq = get_be64(k.mv_data);
-		r = fn(data, seq, v.mv_data, v.mv_size, item_is_live(s, txn, seq, &v));
+		bool live = s->index_hashed && item_is_live(s, icur, seq, &v);
+		r = fn(data, seq, v.mv_data, v.mv_size, live);
 		if (r == 0) {
 			rc = mdb_cursor_get(cur, &k, &v, backwards ? MDB_PREV : MDB_NEXT);
 		}
 	}
+	mdb_cursor_close(icur);
 	mdb_cursor_close(cur);
 	store_read_end(s, txn);
 	if (r != 0) {
@@ -930,8 +1227,8 @@ problem(struct verify *v, const char *fmt, ...)
 
 /* Check one item against its index entry; counts index entries that point at it. */
 static void
-verify_item(struct store *s, MDB_txn *txn, uint64_t seq, const MDB_val *val, struct verify *v,
-            uint64_t *pointed_at)
+verify_item(struct store *s, MDB_txn *txn, MDB_cursor *icur, uint64_t seq, const MDB_val *val,
+            struct verify *v, uint64_t *pointed_at)
 {
 	Coord__V1__Item *it = coord__v1__item__unpack(NULL, val->mv_size, val->mv_data);
 	Coord__V1__Envelope *env = NULL;
@@ -965,11 +1262,31 @@ verify_item(struct store *s, MDB_txn *txn, uint64_t seq, const MDB_val *val, str
 		problem(v, "items: seq %" PRIu64 ": envelope council '%s' is not the item's '%s'",
 		        seq, env->council, it->council);
 	}
-	uint8_t kbuf[INDEX_KEY_MAX];
-	int klen = index_key(it->council, env->msg_id, kbuf);
-	MDB_val k = {.mv_size = (size_t) (klen > 0 ? klen : 0), .mv_data = kbuf};
+	if (!s->index_hashed) {
+		goto done; /* an index of an older schema: store_verify() says so, once */
+	}
+	/* The record's entry is the duplicate under its hash that points at this item, or at
+	 * another item of the same record. */
+	const struct names n = {.council = (const uint8_t *) it->council,
+	                        .council_len = strlen(it->council),
+	                        .msg_id = (const uint8_t *) env->msg_id,
+	                        .msg_id_len = strlen(env->msg_id)};
+	uint8_t key[STORE_INDEX_KEY_SIZE];
+	MDB_val k = {.mv_size = sizeof(key), .mv_data = key};
 	MDB_val iv;
-	if (klen < 0 || mdb_get(txn, s->index, &k, &iv) != 0 || iv.mv_size != INDEX_VALUE_SIZE) {
+	bool have = false;
+	if (names_hash(s, &n, key) == 0) {
+		for (int rc = mdb_cursor_get(icur, &k, &iv, MDB_SET_KEY); rc == 0;
+		     rc = mdb_cursor_get(icur, &k, &iv, MDB_NEXT_DUP)) {
+			have = iv.mv_size == INDEX_VALUE_SIZE &&
+			       (get_be64(iv.mv_data) == seq ||
+			        item_is_of(s, txn, get_be64(iv.mv_data), &n) == 1);
+			if (have) {
+				break;
+			}
+		}
+	}
+	if (!have) {
 		problem(v, "index: no entry for seq %" PRIu64 " (%s/%s)", seq, it->council,
 		        env->msg_id);
 		goto done;
@@ -1006,6 +1323,7 @@ store_verify(struct store *s, store_progress_fn *progress, store_problem_fn *pro
 	struct verify v = {.fn = problem_fn, .data = data};
 	MDB_txn *txn;
 	MDB_cursor *cur = NULL;
+	MDB_cursor *icur = NULL;
 	MDB_stat st_items, st_index;
 	MDB_val k, val;
 	uint64_t pointed_at = 0;
@@ -1024,6 +1342,16 @@ store_verify(struct store *s, store_progress_fn *progress, store_problem_fn *pro
 	if (rc == 0 && (mdb_get(txn, s->meta, &k, &val) != 0 || val.mv_size != 4 ||
 	                get_be32(val.mv_data) > STORE_SCHEMA_VERSION)) {
 		problem(&v, "meta: missing or unknown schema_version");
+	}
+	if (rc == 0 && !s->index_hashed) {
+		problem(&v,
+		        "index: the store has schema %" PRIu32
+		        " (an index keyed by names): start coordd once to upgrade it to schema %d, "
+		        "or run `coordctl repair`",
+		        s->schema, STORE_SCHEMA_VERSION);
+	}
+	if (rc == 0) {
+		rc = mdb_cursor_open(txn, s->index, &icur);
 	}
 	if (rc == 0) {
 		rc = mdb_cursor_open(txn, s->items, &cur);
@@ -1044,7 +1372,7 @@ store_verify(struct store *s, store_progress_fn *progress, store_problem_fn *pro
 			        expect - 1);
 		}
 		expect = seq + 1;
-		verify_item(s, txn, seq, &val, &v, &pointed_at);
+		verify_item(s, txn, icur, seq, &val, &v, &pointed_at);
 		if (++v.rep.items % STORE_PROGRESS_STEP == 0 && progress) {
 			progress(data, v.rep.items, st_items.ms_entries);
 		}
@@ -1052,12 +1380,15 @@ store_verify(struct store *s, store_progress_fn *progress, store_problem_fn *pro
 	if (cur) {
 		mdb_cursor_close(cur);
 	}
+	if (icur) {
+		mdb_cursor_close(icur);
+	}
 	store_read_end(s, txn);
 	if (rc != MDB_NOTFOUND) {
 		return mdb_to_errno(rc);
 	}
 	v.rep.records = st_index.ms_entries;
-	if (pointed_at != v.rep.records) {
+	if (s->index_hashed && pointed_at != v.rep.records) {
 		problem(&v,
 		        "index: %" PRIu64 " entries but only %" PRIu64 " point at a matching item",
 		        v.rep.records, pointed_at);
@@ -1231,7 +1562,6 @@ struct latest {
 	uint64_t seq;
 	uint32_t revision;
 	uint8_t flags;
-	bool indexed; /* store_rebuild_index(): its entry was looked at */
 	uint16_t klen;
 	uint8_t key[];
 };
@@ -1345,6 +1675,19 @@ item_key(const MDB_val *v, uint8_t kbuf[INDEX_KEY_MAX], size_t *ret_klen, uint32
 	return r;
 }
 
+/* An item that the index cannot take: tell `problem_fn` (may be NULL). */
+static void
+report_undecodable(store_problem_fn *problem_fn, void *data, uint64_t seq)
+{
+	char text[96];
+
+	if (problem_fn) {
+		(void) snprintf(text, sizeof(text),
+		                "items: seq %" PRIu64 " does not decode; not indexed", seq);
+		problem_fn(data, text);
+	}
+}
+
 /* Walk the items from the last down, adding each record at its latest item to `set`; `fn`
  * (may be NULL) sees each item with its liveness. Returns 0, the callback's value, or an
  * error. */
@@ -1387,13 +1730,7 @@ scan_latest(struct store *s, MDB_txn *txn, struct latest_set *set, store_item_fn
 			r = r < 0 ? r : 0;
 		} else {
 			skipped++;
-			if (problem_fn) {
-				char text[96];
-				(void) snprintf(
-				        text, sizeof(text),
-				        "items: seq %" PRIu64 " does not decode; not indexed", seq);
-				problem_fn(data, text);
-			}
+			report_undecodable(problem_fn, data, seq);
 		}
 		if (r == 0 && fn) {
 			r = fn(data, seq, v.mv_data, v.mv_size, live);
@@ -1456,6 +1793,12 @@ store_reserve_copy(struct store *s)
 	return 0;
 }
 
+void
+store_set_hash_mask(struct store *s, uint64_t mask)
+{
+	s->hash_mask = mask;
+}
+
 uint32_t
 store_schema(const struct store *s)
 {
@@ -1468,13 +1811,33 @@ store_set_schema(struct store *s, MDB_txn *txn)
 	MDB_val key = {.mv_size = strlen(SCHEMA_KEY), .mv_data = SCHEMA_KEY};
 	uint8_t v[4];
 	MDB_val val = {.mv_size = sizeof(v), .mv_data = v};
+	uint32_t version = s->index_hashed ? STORE_SCHEMA_VERSION : STORE_SCHEMA_DIGEST_VALUES;
 
-	put_be32(v, STORE_SCHEMA_VERSION);
+	put_be32(v, version);
 	int rc = mdb_put(txn, s->meta, &key, &val, 0);
 	if (rc == 0) {
-		s->schema = STORE_SCHEMA_VERSION;
+		s->schema = version;
 	}
 	return rc == MDB_MAP_FULL ? -ENOSPC : mdb_to_errno(rc);
+}
+
+/* After a write transaction that may have replaced the index table ended without a
+ * commit: take the table's handle and layout from the store again. */
+static void
+reopen_index(struct store *s)
+{
+	MDB_txn *txn;
+	unsigned flags = 0;
+
+	if (mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn) != 0) {
+		return;
+	}
+	if (mdb_dbi_open(txn, "index", 0, &s->index) == 0 &&
+	    mdb_dbi_flags(txn, s->index, &flags) == 0) {
+		s->index_hashed = (flags & INDEX_FLAGS) == INDEX_FLAGS;
+	}
+	/* A read-only commit keeps the handle open in the environment. */
+	(void) mdb_txn_commit(txn);
 }
 
 int
@@ -1491,6 +1854,9 @@ store_repair_commit(struct store *s, MDB_txn *txn)
 {
 	int rc = mdb_txn_commit(txn);
 
+	if (rc != 0) {
+		reopen_index(s);
+	}
 	return rc == MDB_MAP_FULL ? -ENOSPC : rc > 0 ? -rc : mdb_to_errno(rc);
 }
 
@@ -1498,6 +1864,7 @@ void
 store_repair_abort(struct store *s, MDB_txn *txn)
 {
 	mdb_txn_abort(txn);
+	reopen_index(s);
 }
 
 static int
@@ -1506,77 +1873,300 @@ put_errno(int rc)
 	return rc == MDB_MAP_FULL ? -ENOSPC : mdb_to_errno(rc);
 }
 
+/* One item as the index rebuild sees it. */
+struct entry {
+	uint64_t hash;
+	uint64_t seq; /* 0 once a later item of the same record supersedes it */
+	uint32_t revision;
+	uint8_t flags;
+};
+
+static int
+entry_cmp(const void *a, const void *b)
+{
+	const struct entry *x = a;
+	const struct entry *y = b;
+
+	if (x->hash != y->hash) {
+		return x->hash < y->hash ? -1 : 1;
+	}
+	return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+/* Read every item into `entries` (room for all of them), in seq order. */
+static int
+collect_entries(struct store *s, MDB_txn *txn, struct entry *entries, uint64_t total,
+                store_progress_fn *progress, store_problem_fn *problem_fn, void *data,
+                struct store_repair_report *rep, size_t *ret_n)
+{
+	MDB_cursor *cur;
+	MDB_val k, v;
+	size_t n = 0;
+	int rc = mdb_cursor_open(txn, s->items, &cur);
+
+	for (int op = MDB_FIRST; rc == 0; op = MDB_NEXT) {
+		rc = mdb_cursor_get(cur, &k, &v, (MDB_cursor_op) op);
+		if (rc != 0) {
+			break;
+		}
+		uint64_t seq = k.mv_size == 8 ? get_be64(k.mv_data) : 0;
+		struct item_facts f = {0};
+		uint8_t key[STORE_INDEX_KEY_SIZE];
+
+		if (seq > 0 && n < total && item_facts(&v, &f) == 0 && f.revision > 0 &&
+		    names_hash(s, &f.names, key) == 0) {
+			entries[n++] = (struct entry){
+			        .hash = get_be64(key),
+			        .seq = seq,
+			        .revision = f.revision,
+			        .flags = f.retraction ? STORE_FLAG_RETRACTED : 0,
+			};
+		} else {
+			rep->skipped++;
+			report_undecodable(problem_fn, data, seq);
+		}
+		if (++rep->items % STORE_PROGRESS_STEP == 0 && progress) {
+			progress(data, rep->items, total);
+		}
+	}
+	if (cur) {
+		mdb_cursor_close(cur);
+	}
+	*ret_n = n;
+	return rc == MDB_NOTFOUND ? 0 : mdb_to_errno(rc);
+}
+
+/*
+ * Items under one hash, in seq order: revisions of one record, or records whose hashes
+ * collide. Every item that a later item of its own record follows is superseded.
+ */
+static int
+settle_run(struct store *s, MDB_txn *txn, struct entry *run, size_t n)
+{
+	struct names *names = calloc(n, sizeof(*names));
+
+	if (!names) {
+		return -ENOMEM;
+	}
+	int r = 0;
+	for (size_t i = 0; i < n && r == 0; i++) {
+		uint8_t key[8];
+		MDB_val k = {.mv_size = sizeof(key), .mv_data = key};
+		MDB_val v;
+
+		put_be64(key, run[i].seq);
+		int rc = mdb_get(txn, s->items, &k, &v);
+		r = rc != 0 ? mdb_to_errno(rc) : item_names(&v, &names[i]) < 0 ? -EIO : 0;
+	}
+	for (size_t i = 0; i < n && r == 0; i++) {
+		for (size_t j = i + 1; j < n; j++) {
+			if (names_equal(&names[i], &names[j])) {
+				run[i].seq = 0;
+				break;
+			}
+		}
+	}
+	free(names);
+	return r;
+}
+
+static void
+entry_value(const struct entry *e, uint8_t vbuf[INDEX_VALUE_SIZE])
+{
+	put_be64(vbuf, e->seq);
+	put_be32(vbuf + 8, e->revision);
+	vbuf[12] = e->flags;
+}
+
+/* Compare the index (schema 4's layout) with the rebuilt entries, both in (hash, seq)
+ * order: count the entries that differ or are missing, and those no item supports. */
+static int
+compare_index(struct store *s, MDB_txn *txn, const struct entry *entries, size_t n,
+              struct store_repair_report *rep)
+{
+	MDB_cursor *cur;
+	MDB_val k, v;
+	size_t i = 0;
+	int rc = mdb_cursor_open(txn, s->index, &cur);
+
+	if (rc == 0) {
+		rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+	}
+	while (rc == 0 || (rc == MDB_NOTFOUND && i < n)) {
+		while (i < n && entries[i].seq == 0) {
+			i++;
+		}
+		bool have_old = rc == 0;
+		if (have_old &&
+		    (k.mv_size != STORE_INDEX_KEY_SIZE || v.mv_size != INDEX_VALUE_SIZE)) {
+			rep->dropped++;
+			rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+			continue;
+		}
+		if (!have_old && i == n) {
+			break;
+		}
+		uint64_t oh = have_old ? get_be64(k.mv_data) : 0;
+		uint64_t oseq = have_old ? get_be64(v.mv_data) : 0;
+		int order =
+		        !have_old ? 1
+		        : i == n  ? -1
+		                 : entry_cmp(&(struct entry){.hash = oh, .seq = oseq}, &entries[i]);
+		if (order < 0) {
+			rep->dropped++;
+		} else if (order > 0) {
+			rep->replaced++;
+			i++;
+			continue;
+		} else {
+			uint8_t vbuf[INDEX_VALUE_SIZE];
+			entry_value(&entries[i++], vbuf);
+			rep->replaced += memcmp(vbuf, v.mv_data, sizeof(vbuf)) != 0;
+		}
+		rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+	}
+	if (cur) {
+		mdb_cursor_close(cur);
+	}
+	return rc == MDB_NOTFOUND ? 0 : mdb_to_errno(rc);
+}
+
+/* Empty the index (an index of an older layout is replaced by a table of schema 4's) and
+ * write the entries, appended in key order. */
+static int
+write_index(struct store *s, MDB_txn *txn, const struct entry *entries, size_t n)
+{
+	MDB_cursor *cur = NULL;
+	int rc;
+
+	if (s->index_hashed) {
+		rc = mdb_drop(txn, s->index, 0);
+	} else {
+		rc = mdb_drop(txn, s->index, 1);
+		if (rc == 0) {
+			rc = mdb_dbi_open(txn, "index", MDB_CREATE | INDEX_FLAGS, &s->index);
+		}
+		/* Until the transaction ends: store_repair_abort() looks again. */
+		s->index_hashed = rc == 0;
+	}
+	if (rc == 0) {
+		rc = mdb_cursor_open(txn, s->index, &cur);
+	}
+	uint64_t last = 0;
+	bool written = false;
+	for (size_t i = 0; i < n && rc == 0; i++) {
+		if (entries[i].seq == 0) {
+			continue;
+		}
+		uint8_t key[STORE_INDEX_KEY_SIZE];
+		uint8_t vbuf[INDEX_VALUE_SIZE];
+		MDB_val k = {.mv_size = sizeof(key), .mv_data = key};
+		MDB_val v = {.mv_size = sizeof(vbuf), .mv_data = vbuf};
+
+		put_be64(key, entries[i].hash);
+		entry_value(&entries[i], vbuf);
+		bool dup = written && last == entries[i].hash;
+		rc = mdb_cursor_put(cur, &k, &v, dup ? MDB_APPENDDUP : MDB_APPEND);
+		last = entries[i].hash;
+		written = true;
+	}
+	if (cur) {
+		mdb_cursor_close(cur);
+	}
+	return put_errno(rc);
+}
+
 int
 store_rebuild_index(struct store *s, MDB_txn *txn, store_progress_fn *progress,
                     store_problem_fn *problem_fn, void *data,
                     struct store_repair_report *ret_report)
 {
 	struct store_repair_report rep = {0};
-	struct latest_set set = {0};
-	MDB_cursor *cur = NULL;
-	MDB_val k, v;
-	int rc;
-	int r = scan_latest(s, txn, &set, NULL, data, progress, problem_fn, &rep.items,
-	                    &rep.skipped);
+	MDB_stat st;
+	size_t n = 0;
+	int r = mdb_to_errno(mdb_stat(txn, s->items, &st));
 
-	/* Entries that no item supports go; the others are checked against `set`. */
+	if (r < 0) {
+		return r;
+	}
+	struct entry *entries = malloc((st.ms_entries ? st.ms_entries : 1) * sizeof(*entries));
+	if (!entries) {
+		return -ENOMEM;
+	}
+	r = collect_entries(s, txn, entries, st.ms_entries, progress, problem_fn, data, &rep, &n);
 	if (r == 0) {
-		r = mdb_to_errno(mdb_cursor_open(txn, s->index, &cur));
+		qsort(entries, n, sizeof(*entries), entry_cmp);
 	}
-	for (int op = MDB_FIRST; r == 0; op = MDB_NEXT) {
-		rc = mdb_cursor_get(cur, &k, &v, (MDB_cursor_op) op);
-		if (rc == MDB_NOTFOUND) {
-			break;
+	for (size_t i = 0, j; r == 0 && i < n; i = j) {
+		for (j = i + 1; j < n && entries[j].hash == entries[i].hash; j++) {
 		}
-		if (rc != 0) {
-			r = mdb_to_errno(rc);
-			break;
+		if (j - i > 1) {
+			r = settle_run(s, txn, entries + i, j - i);
 		}
-		struct latest **slot =
-		        k.mv_size <= INDEX_KEY_MAX ? latest_slot(&set, k.mv_data, k.mv_size) : NULL;
-		struct latest *e = slot ? *slot : NULL;
-		if (!e) {
-			rep.dropped++;
-			r = put_errno(mdb_cursor_del(cur, 0));
-			continue;
-		}
-		e->indexed = true;
-		if (v.mv_size == INDEX_VALUE_SIZE && get_be64(v.mv_data) == e->seq &&
-		    get_be32((const uint8_t *) v.mv_data + 8) == e->revision &&
-		    ((const uint8_t *) v.mv_data)[12] == e->flags) {
-			continue;
-		}
-		uint8_t vbuf[INDEX_VALUE_SIZE];
-		put_be64(vbuf, e->seq);
-		put_be32(vbuf + 8, e->revision);
-		vbuf[12] = e->flags;
-		MDB_val nv = {.mv_size = sizeof(vbuf), .mv_data = vbuf};
-		rep.replaced++;
-		r = put_errno(mdb_cursor_put(cur, &k, &nv, MDB_CURRENT));
 	}
-	if (cur) {
-		mdb_cursor_close(cur);
+	for (size_t i = 0; r == 0 && i < n; i++) {
+		rep.records += entries[i].seq != 0;
 	}
-	for (size_t i = 0; r == 0 && i < set.nslots; i++) {
-		struct latest *e = set.slots[i];
-		if (!e || e->indexed) {
-			continue;
-		}
-		uint8_t vbuf[INDEX_VALUE_SIZE];
-		put_be64(vbuf, e->seq);
-		put_be32(vbuf + 8, e->revision);
-		vbuf[12] = e->flags;
-		MDB_val nk = {.mv_size = e->klen, .mv_data = e->key};
-		MDB_val nv = {.mv_size = sizeof(vbuf), .mv_data = vbuf};
-		rep.replaced++;
-		r = put_errno(mdb_put(txn, s->index, &nk, &nv, 0));
+	if (r == 0 && s->index_hashed) {
+		r = compare_index(s, txn, entries, n, &rep);
+	} else if (r == 0) {
+		/* An index of an older layout: every entry is rewritten. */
+		rep.replaced = rep.records;
 	}
-	rep.records = set.n;
-	latest_set_done(&set);
+	if (r == 0 && (!s->index_hashed || rep.replaced > 0 || rep.dropped > 0)) {
+		r = write_index(s, txn, entries, n);
+	}
+	if (progress && r == 0) {
+		progress(data, rep.items, rep.items);
+	}
+	free(entries);
 	if (r == 0) {
 		*ret_report = rep;
 	}
 	return r;
+}
+
+int
+store_upgrade_index(struct store *s, store_progress_fn *progress, void *data,
+                    struct store_repair_report *ret_report)
+{
+	uint32_t schema = s->schema;
+	MDB_txn *txn;
+	int r;
+
+	*ret_report = (struct store_repair_report){0};
+	if (schema >= STORE_SCHEMA_VERSION && s->index_hashed) {
+		return 0;
+	}
+	if (s->read_only) {
+		return -EROFS;
+	}
+	if (schema < STORE_SCHEMA_DIGEST_VALUES) {
+		return -EPROTO;
+	}
+	/* The new table is written beside the old one's pages, freed only at the commit. */
+	r = store_reserve_copy(s);
+	if (r == 0) {
+		r = store_repair_begin(s, &txn);
+	}
+	if (r < 0) {
+		return r;
+	}
+	r = store_rebuild_index(s, txn, progress, NULL, data, ret_report);
+	if (r == 0) {
+		r = store_set_schema(s, txn);
+	}
+	if (r == 0) {
+		r = store_repair_commit(s, txn);
+	} else {
+		store_repair_abort(s, txn);
+	}
+	if (r < 0) {
+		s->schema = schema;
+	}
+	/* The rebuild held an entry per item: give the heap back before the daemon runs. */
+	(void) malloc_trim(0);
+	return r < 0 ? r : 1;
 }
 
 int

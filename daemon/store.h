@@ -4,18 +4,25 @@
  * Tables (named LMDB databases):
  *   items  u64 big-endian seq -> packed coord.v1.Item {seq, received_at, council, envelope}
  *          appended in seq order (MDB_APPEND); the envelope bytes are the client's, verbatim
- *   index  council "\0" msg_id -> 13 bytes: u64 BE latest seq, u32 BE latest revision,
- *          u8 flags (STORE_FLAG_RETRACTED)
+ *   index  64-bit hash of (council, msg_id), big-endian (store_index_key()) -> sorted
+ *          duplicates (MDB_DUPSORT | MDB_DUPFIXED) of 13 bytes: u64 BE latest seq, u32 BE
+ *          latest revision, u8 flags (STORE_FLAG_RETRACTED). Usually one per key; records
+ *          whose hashes collide have one each, told apart by the item each points at
  *   meta   "schema_version" -> u32 BE (STORE_SCHEMA_VERSION)
  * Other modules keep their own tables beside these (store_open_table(): digest, digest_log).
  *
  * Schema versions: 1 had no digest_log table; 2 adds it (digest.h); 3 stores the digest
- * table's values in a compact format (digest.c) instead of protobuf Aggregates. A store of
+ * table's values in a compact format (digest.c) instead of protobuf Aggregates; 4 keys the
+ * index by a hash of (council, msg_id) instead of council "\0" msg_id itself. A store of
  * version 1 becomes version 2 at the first read-write open (an absent log is an empty one,
  * so nothing else changes). A store below version 3 becomes version 3 only with the
  * rebuild of its digest table, in the same write transaction (digest_upgrade(), run by
  * coordd at start; `coordctl repair` too): store_schema() tells, store_set_schema() writes
- * the version. Each version is refused by builds that know only older ones (-EPROTO).
+ * the version. A store of version 3 becomes version 4 with the rebuild of its index from
+ * the items, in one write transaction (store_upgrade_index(), run by coordd at start after
+ * digest_upgrade(); `coordctl repair` too). Each version is refused by builds that know
+ * only older ones (-EPROTO); a store whose index is not yet of version 4 is read (verify
+ * says what to do) but not written (store_write_batch() and store_lookup() fail -EPROTO).
  *
  * Caveats:
  * - One process writes: store_open() takes an exclusive lock on <dir>/coordd.lock, so a
@@ -43,8 +50,12 @@
 
 #include "coord.pb-c.h"
 
-#define STORE_SCHEMA_VERSION 3
+#define STORE_SCHEMA_VERSION 4
+/* The version whose digest table is current but whose index is still keyed by names. */
+#define STORE_SCHEMA_DIGEST_VALUES 3
 #define STORE_FLAG_RETRACTED 0x01
+/* Bytes of an index key: the 64-bit hash of (council, msg_id). */
+#define STORE_INDEX_KEY_SIZE 8
 /* The map grows ahead once more than 1/this of it is in use (see Caveats). */
 #define STORE_GROW_AHEAD_DIV 2
 
@@ -74,11 +85,31 @@ uint32_t store_schema(const struct store *s);
 int store_reserve_copy(struct store *s);
 
 /*
- * Write STORE_SCHEMA_VERSION inside `txn` (from store_repair_begin()), for the module that
- * upgrades the tables in the same transaction; store_schema() returns it from then on (the
- * caller fails the process when the commit fails). Returns 0, -ENOSPC or -EIO.
+ * Write the schema version inside `txn` (from store_repair_begin()), for the module that
+ * upgrades its tables in the same transaction: STORE_SCHEMA_VERSION when the index is of
+ * version 4 (a new store, or store_rebuild_index() ran in `txn`), else
+ * STORE_SCHEMA_DIGEST_VALUES (store_upgrade_index() then does the rest);
+ * store_schema() returns it from then on (the caller fails the process when the commit
+ * fails). Returns 0, -ENOSPC or -EIO.
  */
 int store_set_schema(struct store *s, MDB_txn *txn);
+
+/*
+ * The index key of (council, msg_id), a u64 big-endian: its high 32 bits are those of the
+ * SipHash-2-4 (fixed key) of council "\0" msg_id without the msg_id's last 2 bytes, its low
+ * 32 bits those of the SipHash-2-4 of council "\0" msg_id. So msg_ids that differ only at
+ * their end (sequential ids) sit together in the index, and a batch of them dirties a few
+ * pages, as keys by name did; random ids (libcoord's content hashes) spread evenly either
+ * way. Returns 0, or -ENAMETOOLONG when the two exceed 255 bytes.
+ */
+int store_index_key(const struct store *s, const char *council, const char *msg_id,
+                    uint8_t ret_key[STORE_INDEX_KEY_SIZE]);
+
+/*
+ * For tests of hash collisions only: AND every index hash with `mask` from now on (0 puts
+ * every record under one key). A store written so is consistent only under the same mask.
+ */
+void store_set_hash_mask(struct store *s, uint64_t mask);
 
 /*
  * Open (or create) the store. Clears stale reader slots left by dead processes, checks the
@@ -105,7 +136,9 @@ struct store_record {
 	const char *msg_id;      /* validated msg_id */
 	uint32_t revision;       /* >= 1 */
 	bool retraction;         /* the body is a Retraction */
-	const uint8_t *envelope; /* the Envelope bytes as received */
+	const uint8_t *envelope; /* the Envelope bytes as received: a packed Envelope of this
+	                            council and msg_id (the index tells records whose hashes
+	                            collide apart by the items' council and msg_id) */
 	size_t envelope_len;
 	int64_t received_at; /* Unix ms */
 	/* `envelope` already unpacked (by ingest), or NULL. Not read by the store: the hooks
@@ -223,7 +256,8 @@ int store_get_stats(struct store *s, struct store_stats *ret_stats);
 
 /*
  * Look up the latest revision of (council, msg_id). Returns 0 and the outputs (each may be
- * NULL), -ENOENT when the record was never stored, or -EIO. Any thread.
+ * NULL), -ENOENT when the record was never stored, -EPROTO when the index is of a schema
+ * below 4 (not upgraded yet), or -EIO. Any thread.
  */
 int store_lookup(struct store *s, const char *council, const char *msg_id, uint64_t *ret_seq,
                  uint32_t *ret_revision, bool *ret_retracted);
@@ -295,11 +329,27 @@ void store_repair_abort(struct store *s, MDB_txn *txn);
  * Rebuild the index from the items inside `txn` (from store_repair_begin()): every record's
  * entry points at its item with the highest seq, with that item's revision and retraction
  * flag. Items that do not decode are reported to `problem` and skipped. `progress` is called
- * as for store_verify(). Returns 0 and fills *ret_report, or an error (-ENOSPC: the map is
- * full; -EIO; -ENOMEM); on error abort the transaction.
+ * as for store_verify(). Every item is held in memory as 24 bytes (hash, seq, revision,
+ * flags) and sorted by hash; items under one hash are told apart by their names. When the
+ * result differs from the index, or the index is of an older layout (then the table is
+ * made anew in version 4's), the table is emptied and written in key order (full pages).
+ * Returns 0 and fills *ret_report, or an error (-ENOSPC: the map is full; -EIO; -ENOMEM);
+ * on error abort the transaction.
  */
 int store_rebuild_index(struct store *s, MDB_txn *txn, store_progress_fn *progress,
                         store_problem_fn *problem, void *data,
+                        struct store_repair_report *ret_report);
+
+/*
+ * Bring a store of version STORE_SCHEMA_DIGEST_VALUES to STORE_SCHEMA_VERSION: the index
+ * rebuilt from the items (store_rebuild_index()) and the version written, in one write
+ * transaction, so a crash leaves the store as it was. `progress` as for
+ * store_rebuild_index(). Returns 1 when it upgraded (*ret_report says what the rebuild
+ * did), 0 when the store was current, -EPROTO for a version below
+ * STORE_SCHEMA_DIGEST_VALUES (digest_upgrade() first), -EROFS, or the rebuild's and the
+ * commit's errors.
+ */
+int store_upgrade_index(struct store *s, store_progress_fn *progress, void *data,
                         struct store_repair_report *ret_report);
 
 /*

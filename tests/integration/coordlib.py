@@ -532,6 +532,60 @@ def seq_key(seq):
     return struct.pack(">Q", seq)
 
 
+# The fixed SipHash-2-4 key of the index hash (daemon/store.c: index_hash_key).
+INDEX_HASH_KEY = b"coordd.index.v4\0"
+_M64 = (1 << 64) - 1
+
+
+def _rotl(x, b):
+    return ((x << b) | (x >> (64 - b))) & _M64
+
+
+def siphash24(key, data):
+    """SipHash-2-4 of bytes under a 16-byte key (daemon/store.c: store_siphash24)."""
+    k0, k1 = struct.unpack("<QQ", key)
+    v = [k0 ^ 0x736f6d6570736575, k1 ^ 0x646f72616e646f6d,
+         k0 ^ 0x6c7967656e657261, k1 ^ 0x7465646279746573]
+
+    def rounds(n):
+        for _ in range(n):
+            v[0] = (v[0] + v[1]) & _M64
+            v[1] = _rotl(v[1], 13) ^ v[0]
+            v[0] = _rotl(v[0], 32)
+            v[2] = (v[2] + v[3]) & _M64
+            v[3] = _rotl(v[3], 16) ^ v[2]
+            v[0] = (v[0] + v[3]) & _M64
+            v[3] = _rotl(v[3], 21) ^ v[0]
+            v[2] = (v[2] + v[1]) & _M64
+            v[1] = _rotl(v[1], 17) ^ v[2]
+            v[2] = _rotl(v[2], 32)
+
+    end = len(data) - len(data) % 8
+    for i in range(0, end, 8):
+        m = struct.unpack_from("<Q", data, i)[0]
+        v[3] ^= m
+        rounds(2)
+        v[0] ^= m
+    last = ((len(data) & 0xff) << 56) | int.from_bytes(data[end:], "little")
+    v[3] ^= last
+    rounds(2)
+    v[0] ^= last
+    v[2] ^= 0xff
+    rounds(4)
+    return v[0] ^ v[1] ^ v[2] ^ v[3]
+
+
+def index_key(council, msg_id):
+    """The index key of a record in a store of schema 4 (daemon/store.h store_index_key()):
+    the high 32 bits of the SipHash-2-4 of council "\\0" msg_id without its last 2 bytes, the
+    low 32 bits of that of council "\\0" msg_id; u64 big-endian."""
+    whole = council.encode() + b"\0" + msg_id.encode()
+    group = whole[:len(whole) - min(2, len(msg_id.encode()))]
+    h = (siphash24(INDEX_HASH_KEY, group) & ~0xffffffff) | (siphash24(INDEX_HASH_KEY, whole)
+                                                          & 0xffffffff)
+    return struct.pack(">Q", h)
+
+
 class Store:
     """The daemon's LMDB environment, opened read-only.
 
@@ -589,20 +643,40 @@ class Store:
         seq, revision, flags = struct.unpack(">QIB", value)
         return IndexEntry(seq, revision, flags)
 
+    def _names(self, txn, seq):
+        """(council, msg_id) of the item at seq, or None when there is none."""
+        v = txn.get(seq_key(seq), db=self.items_db)
+        if v is None:
+            return None
+        item = pb.Item.FromString(bytes(v))
+        return item.council, pb.Envelope.FromString(item.envelope).msg_id
+
     def index(self, council, msg_id):
-        key = council.encode() + b"\0" + msg_id.encode()
-        with self.env.begin(db=self.index_db) as txn:
-            v = txn.get(key)
-            return None if v is None else self._entry(bytes(v))
+        """The record's entry: among the duplicates under its hash, the one whose item is
+        of (council, msg_id)."""
+        with self.env.begin() as txn:
+            cur = txn.cursor(db=self.index_db)
+            if not cur.set_key(index_key(council, msg_id)):
+                return None
+            for v in cur.iternext_dup():
+                entry = self._entry(bytes(v))
+                if self._names(txn, entry.seq) == (council, msg_id):
+                    return entry
+            return None
 
     def index_entries(self):
-        """{(council, msg_id): IndexEntry} for the whole index."""
+        """{(council, msg_id): IndexEntry} for the whole index, each entry named by the item
+        it points at, and checked to be under that record's hash, once."""
         out = {}
-        with self.env.begin(db=self.index_db) as txn:
-            for k, v in txn.cursor():
-                council, sep, msg_id = bytes(k).partition(b"\0")
-                assert sep, f"index key {bytes(k)!r} has no NUL"
-                out[(council.decode(), msg_id.decode())] = self._entry(bytes(v))
+        with self.env.begin() as txn:
+            for k, v in txn.cursor(db=self.index_db):
+                entry = self._entry(bytes(v))
+                names = self._names(txn, entry.seq)
+                assert names is not None, f"index entry {entry} -> missing seq {entry.seq}"
+                assert bytes(k) == index_key(*names), (
+                    f"index entry {entry} of {names} is not under its hash")
+                assert names not in out, f"index has two entries for {names}"
+                out[names] = entry
         return out
 
     def schema_version(self):

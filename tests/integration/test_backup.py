@@ -15,7 +15,7 @@ import pytest
 import coord_pb2 as pb
 from compactfmt import decode_aggregate, encode_aggregate
 from coordlib import (ACCEPTED, COUNCIL_IDS, Store, envelope_key, expect_ack, gen_envelope,
-                      new_msg_id)
+                      index_key, new_msg_id)
 
 pytestmark = pytest.mark.local_only
 
@@ -203,6 +203,7 @@ def damage(state_dir, council, msg_id):
     try:
         digest_db = env.open_db(b"digest", create=False)
         index_db = env.open_db(b"index", create=False)
+        items_db = env.open_db(b"items", create=False)
         key = bytes([pb.SCOPE_KIND_ALL]) + b"\0" + b"\xff" * 8
         with env.begin(write=True) as txn:
             stored = [(bytes(k), bytes(v)) for k, v in txn.cursor(db=digest_db)]
@@ -211,7 +212,19 @@ def damage(state_dir, council, msg_id):
                 assert encode_aggregate(decode_aggregate(v)) == v, (k, v)
             value = bytes(txn.get(key, db=digest_db))
             txn.put(key, add_to_first_count(value, 1), db=digest_db)
-            assert txn.delete(council.encode() + b"\0" + msg_id.encode(), db=index_db)
+            # The record's entry among the duplicates under its hash: the one whose item
+            # is of the record.
+            ikey = index_key(council, msg_id)
+            cur = txn.cursor(db=index_db)
+            assert cur.set_key(ikey)
+            for v in cur.iternext_dup():
+                item = pb.Item.FromString(bytes(txn.get(bytes(v)[:8], db=items_db)))
+                if (item.council, pb.Envelope.FromString(item.envelope).msg_id) == (
+                        council, msg_id):
+                    assert txn.delete(ikey, bytes(v), db=index_db)
+                    break
+            else:
+                raise AssertionError(f"no index entry for {council}/{msg_id}")
     finally:
         env.close()
 

@@ -37,7 +37,7 @@ def test_accepted_records_are_stored_byte_for_byte(coordd, council):
     after = now_ms()
     assert sorted(sent) == [1, 2, 3, 4, 5], "seqs of a fresh store start at 1 without gaps"
     with coordd.store() as store:
-        assert store.schema_version() == 3
+        assert store.schema_version() == 4
         assert store.item_count() == 5
         for seq, (env, data) in sent.items():
             item = store.item(seq)

@@ -31,7 +31,7 @@ def test_store_and_dedup_survive_clean_restart(coordd, council):
     with coordd.store(lock=False) as store:
         by_seq, _, _ = check_store_invariants(store)
         assert len(by_seq) == 100
-        assert store.schema_version() == 3
+        assert store.schema_version() == 4
     coordd.start()
 
     with coordd.council("c05") as c:

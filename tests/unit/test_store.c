@@ -15,6 +15,7 @@
 #include <cmocka.h>
 #include <lmdb.h>
 
+#include "siphash.h"
 #include "store.h"
 
 #define MIB (UINT64_C(1) << 20)
@@ -24,18 +25,36 @@ struct fixture {
 	struct store *store;
 };
 
-static const uint8_t sample_envelope[] = {0x0a, 0x03, 'c', '0', '1', 0x12, 0x01, 'x'};
-
+/*
+ * A record whose envelope bytes are a minimal packed Envelope of its own council, msg_id,
+ * revision and body kind (the index tells records apart by them). The bytes live in a ring
+ * of buffers, valid for the next RECORD_RING records.
+ */
+#define RECORD_RING 256
 static struct store_record
 record(const char *council, const char *msg_id, uint32_t revision, bool retraction)
 {
+	static uint8_t bufs[RECORD_RING][128];
+	static size_t next;
+	Coord__V1__Envelope env = COORD__V1__ENVELOPE__INIT;
+	Coord__V1__Retraction retract = COORD__V1__RETRACTION__INIT;
+	uint8_t *buf = bufs[next++ % RECORD_RING];
+
+	env.council = (char *) council;
+	env.msg_id = (char *) msg_id;
+	env.revision = revision;
+	if (retraction) {
+		env.body_case = COORD__V1__ENVELOPE__BODY_RETRACTION;
+		env.retraction = &retract;
+	}
+	assert_true(coord__v1__envelope__get_packed_size(&env) <= sizeof(bufs[0]));
 	return (struct store_record){
 	        .council = council,
 	        .msg_id = msg_id,
 	        .revision = revision,
 	        .retraction = retraction,
-	        .envelope = sample_envelope,
-	        .envelope_len = sizeof(sample_envelope),
+	        .envelope = buf,
+	        .envelope_len = coord__v1__envelope__pack(&env, buf),
 	        .received_at = 1700000000000,
 	};
 }
@@ -233,8 +252,8 @@ test_item_holds_envelope_bytes_verbatim(void **state)
 	assert_int_equal(item->seq, 1);
 	assert_string_equal(item->council, "c07");
 	assert_int_equal(item->received_at, 1700000000000);
-	assert_memory_equal(item->envelope.data, sample_envelope, sizeof(sample_envelope));
-	assert_int_equal(item->envelope.len, sizeof(sample_envelope));
+	assert_int_equal(item->envelope.len, recs[0].envelope_len);
+	assert_memory_equal(item->envelope.data, recs[0].envelope, recs[0].envelope_len);
 	coord__v1__item__free_unpacked(item, NULL);
 	mdb_txn_abort(txn);
 	mdb_env_close(env);
@@ -534,6 +553,9 @@ raw_edit(struct fixture *f, const char *table, const void *key, size_t klen, con
 	assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
 	assert_int_equal(mdb_dbi_open(txn, table, 0, &dbi), 0);
 	if (val) {
+		/* The value replaces the key's (the index has duplicates: all of them). */
+		int rc = mdb_del(txn, dbi, &k, NULL);
+		assert_true(rc == 0 || rc == MDB_NOTFOUND);
 		assert_int_equal(mdb_put(txn, dbi, &k, &v, 0), 0);
 	} else {
 		assert_int_equal(mdb_del(txn, dbi, &k, NULL), 0);
@@ -541,6 +563,16 @@ raw_edit(struct fixture *f, const char *table, const void *key, size_t klen, con
 	assert_int_equal(mdb_txn_commit(txn), 0);
 	mdb_env_close(env);
 	assert_int_equal(open_store(f, 4 * MIB, 64 * MIB), 0);
+}
+
+/* The index key of (council, msg_id) in f's store (borrowed until the next call). */
+static const uint8_t *
+index_key(struct fixture *f, const char *council, const char *msg_id)
+{
+	static uint8_t key[STORE_INDEX_KEY_SIZE];
+
+	assert_int_equal(store_index_key(f->store, council, msg_id, key), 0);
+	return key;
 }
 
 static uint64_t progress_calls;
@@ -603,7 +635,7 @@ test_verify_finds_a_wrong_index_entry(void **state)
 	uint8_t val[13] = {0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 7, 0};
 
 	write_sample(f);
-	raw_edit(f, "index", "c02\0a", 5, val, sizeof(val));
+	raw_edit(f, "index", index_key(f, "c02", "a"), STORE_INDEX_KEY_SIZE, val, sizeof(val));
 	assert_int_equal(store_verify(f->store, NULL, NULL, NULL, &rep), -EBADMSG);
 	assert_non_null(strstr(rep.first_problem, "c02/a"));
 }
@@ -616,7 +648,7 @@ test_verify_finds_an_index_entry_without_item(void **state)
 	uint8_t val[13] = {0, 0, 0, 0, 0, 0, 0, 99, 0, 0, 0, 1, 0};
 
 	write_sample(f);
-	raw_edit(f, "index", "c09\0ghost", 9, val, sizeof(val));
+	raw_edit(f, "index", index_key(f, "c09", "ghost"), STORE_INDEX_KEY_SIZE, val, sizeof(val));
 	assert_int_equal(store_verify(f->store, NULL, NULL, NULL, &rep), -EBADMSG);
 	assert_non_null(strstr(rep.first_problem, "point at a matching item"));
 }
@@ -671,6 +703,9 @@ test_older_schema_is_upgraded(void **state)
 	assert_int_equal(stored_schema(f), 2);
 	assert_int_equal(open_store(f, 4 * MIB, 64 * MIB), 0);
 	assert_int_equal(store_schema(f->store), 2);
+	/* The index comes after the aggregates (digest_upgrade() first). */
+	struct store_repair_report rrep;
+	assert_int_equal(store_upgrade_index(f->store, NULL, NULL, &rrep), -EPROTO);
 }
 
 static void
@@ -734,6 +769,17 @@ count_problem(void *data, const char *text)
 	assert_non_null(text);
 }
 
+/* Rebuild f's index in a repair transaction of its own; it must succeed. */
+static void
+rebuild_index(struct fixture *f, struct store_repair_report *ret_report)
+{
+	MDB_txn *txn;
+
+	assert_int_equal(store_repair_begin(f->store, &txn), 0);
+	assert_int_equal(store_rebuild_index(f->store, txn, NULL, NULL, NULL, ret_report), 0);
+	assert_int_equal(store_repair_commit(f->store, txn), 0);
+}
+
 static void
 test_rebuild_index_mends_a_missing_and_a_stray_entry(void **state)
 {
@@ -742,18 +788,16 @@ test_rebuild_index_mends_a_missing_and_a_stray_entry(void **state)
 	struct store_repair_report rrep;
 	uint8_t stray[13] = {0, 0, 0, 0, 0, 0, 0, 99, 0, 0, 0, 1, 0};
 	unsigned problems = 0;
-	MDB_txn *txn;
 
 	write_sample(f);
-	raw_edit(f, "index", "c01\0a", 5, NULL, 0);
-	raw_edit(f, "index", "c09\0ghost", 9, stray, sizeof(stray));
+	raw_edit(f, "index", index_key(f, "c01", "a"), STORE_INDEX_KEY_SIZE, NULL, 0);
+	raw_edit(f, "index", index_key(f, "c09", "ghost"), STORE_INDEX_KEY_SIZE, stray,
+	         sizeof(stray));
 	assert_int_equal(store_verify(f->store, NULL, count_problem, &problems, &rep), -EBADMSG);
 	assert_int_equal(problems, rep.problems);
 	assert_true(problems >= 2);
 
-	assert_int_equal(store_repair_begin(f->store, &txn), 0);
-	assert_int_equal(store_rebuild_index(f->store, txn, NULL, NULL, NULL, &rrep), 0);
-	assert_int_equal(store_repair_commit(f->store, txn), 0);
+	rebuild_index(f, &rrep);
 	assert_int_equal(rrep.items, 5);
 	assert_int_equal(rrep.records, 3);
 	assert_int_equal(rrep.replaced, 1);
@@ -805,6 +849,259 @@ test_backup_refuses_a_directory_with_files(void **state)
 	remove_dir(dir);
 }
 
+/* SipHash-2-4's reference vectors: key 00..0f, message 00..n-1 (the paper's appendix and
+ * the reference implementation's vectors_sip64). */
+static void
+test_siphash_reference_vectors(void **state)
+{
+	uint8_t key[16], msg[16];
+
+	(void) state;
+	for (int i = 0; i < 16; i++) {
+		key[i] = msg[i] = (uint8_t) i;
+	}
+	const uint64_t k[2] = {siphash_le64(key), siphash_le64(key + 8)};
+	assert_true(siphash24(k, msg, 0) == UINT64_C(0x726fdb47dd0e0e31));
+	assert_true(siphash24(k, msg, 1) == UINT64_C(0x74f839c593dc67fd));
+	assert_true(siphash24(k, msg, 8) == UINT64_C(0x93f5f5799a932462));
+	assert_true(siphash24(k, msg, 15) == UINT64_C(0xa129ca6149be45e5));
+	assert_true(siphash24(k, msg, 16) == UINT64_C(0x3f2acc7f57c29bdb));
+}
+
+/* Index keys of msg_ids that differ only in their last two bytes share their high half. */
+static void
+test_sequential_ids_share_the_high_half_of_their_keys(void **state)
+{
+	struct fixture *f = *state;
+	uint8_t a[STORE_INDEX_KEY_SIZE], b[STORE_INDEX_KEY_SIZE], c[STORE_INDEX_KEY_SIZE];
+
+	assert_int_equal(store_index_key(f->store, "c01", "row-1200", a), 0);
+	assert_int_equal(store_index_key(f->store, "c01", "row-1299", b), 0);
+	assert_int_equal(store_index_key(f->store, "c01", "row-1300", c), 0);
+	assert_memory_equal(a, b, 4);
+	assert_memory_not_equal(a + 4, b + 4, 4);
+	assert_memory_not_equal(a, c, 4);
+	assert_int_equal(store_index_key(f->store, "c02", "row-1200", c), 0);
+	assert_memory_not_equal(a, c, 4);
+	assert_int_equal(store_index_key(f->store, "c01", "x", c), 0);
+	assert_int_equal(store_index_key(f->store, "c01", "", c), 0);
+}
+
+struct live_seen {
+	uint64_t live; /* bit seq set when the scan called item seq live */
+	unsigned items;
+};
+
+static int
+note_live(void *data, uint64_t seq, const uint8_t *item, size_t len, bool live)
+{
+	struct live_seen *seen = data;
+
+	assert_non_null(item);
+	assert_true(len > 0 && seq < 64);
+	seen->items++;
+	if (live) {
+		seen->live |= UINT64_C(1) << seq;
+	}
+	return 0;
+}
+
+static void
+assert_lookup(struct fixture *f, const char *council, const char *msg_id, uint64_t want_seq,
+              uint32_t want_revision, bool want_retracted)
+{
+	uint64_t seq;
+	uint32_t revision;
+	bool retracted;
+
+	assert_int_equal(store_lookup(f->store, council, msg_id, &seq, &revision, &retracted), 0);
+	assert_int_equal(seq, want_seq);
+	assert_int_equal(revision, want_revision);
+	assert_int_equal(retracted, want_retracted);
+}
+
+/* Every record under one hash (a mask of 0): records stay distinct through new puts, resends,
+ * a correction, a retraction, lookups, the live check, verify and a rebuild. */
+static void
+test_colliding_records_stay_distinct(void **state)
+{
+	struct fixture *f = *state;
+	static uint8_t bufs[12][128];
+	struct store_record first[] = {
+	        real_record("c01", "a", 1, false, bufs[0], sizeof(bufs[0])),
+	        real_record("c01", "b", 1, false, bufs[1], sizeof(bufs[1])),
+	        real_record("c02", "a", 1, false, bufs[2], sizeof(bufs[2])),
+	};
+	struct store_record again[] = {
+	        real_record("c02", "a", 1, false, bufs[3], sizeof(bufs[3])),
+	        real_record("c01", "b", 1, false, bufs[4], sizeof(bufs[4])),
+	        real_record("c01", "a", 1, false, bufs[5], sizeof(bufs[5])),
+	};
+	struct store_record change[] = {
+	        real_record("c01", "b", 2, false, bufs[6], sizeof(bufs[6])),
+	        real_record("c02", "a", 2, true, bufs[7], sizeof(bufs[7])),
+	        real_record("c03", "a", 2, true, bufs[8], sizeof(bufs[8])),
+	        real_record("c01", "b", 2, false, bufs[9], sizeof(bufs[9])),
+	};
+	struct store_verify_report rep;
+	struct store_repair_report rrep;
+	struct store_stats st;
+	struct live_seen seen = {0};
+
+	store_set_hash_mask(f->store, 0);
+	assert_memory_equal(index_key(f, "c01", "a"), index_key(f, "c02", "zzz"), 8);
+	assert_int_equal(store_write_batch(f->store, first, 3), 0);
+	for (size_t i = 0; i < 3; i++) {
+		assert_int_equal(first[i].status, COORD__V1__ACK_STATUS__ACK_STATUS_ACCEPTED);
+		assert_int_equal(first[i].seq, i + 1);
+	}
+	/* A resend is recognised as its own record's, not as the first under the hash. */
+	assert_int_equal(store_write_batch(f->store, again, 3), 0);
+	for (size_t i = 0; i < 3; i++) {
+		assert_int_equal(again[i].status, COORD__V1__ACK_STATUS__ACK_STATUS_DUPLICATE);
+		assert_int_equal(again[i].seq, 3 - i);
+	}
+	/* A correction and a retraction change their own record; a retraction of a record
+	 * never stored is refused although its hash is taken; a resend of the new revision
+	 * in the same batch is a duplicate of it. */
+	assert_int_equal(store_write_batch(f->store, change, 4), 0);
+	assert_int_equal(change[0].status, COORD__V1__ACK_STATUS__ACK_STATUS_ACCEPTED);
+	assert_int_equal(change[0].seq, 4);
+	assert_int_equal(change[1].status, COORD__V1__ACK_STATUS__ACK_STATUS_ACCEPTED);
+	assert_int_equal(change[1].seq, 5);
+	assert_int_equal(change[2].status, COORD__V1__ACK_STATUS__ACK_STATUS_REJECTED);
+	assert_int_equal(change[2].reason, COORD__V1__REASON__REASON_UNKNOWN_RECORD);
+	assert_int_equal(change[3].status, COORD__V1__ACK_STATUS__ACK_STATUS_DUPLICATE);
+	assert_int_equal(change[3].seq, 4);
+
+	assert_lookup(f, "c01", "a", 1, 1, false);
+	assert_lookup(f, "c01", "b", 4, 2, false);
+	assert_lookup(f, "c02", "a", 5, 2, true);
+	assert_int_equal(store_lookup(f->store, "c03", "a", NULL, NULL, NULL), -ENOENT);
+	assert_int_equal(store_get_stats(f->store, &st), 0);
+	assert_int_equal(st.items, 5);
+	assert_int_equal(st.records, 3);
+	assert_int_equal(store_scan_items(f->store, 0, false, 100, note_live, &seen, NULL), 0);
+	assert_int_equal(seen.items, 5);
+	assert_int_equal(seen.live, (UINT64_C(1) << 1) | (UINT64_C(1) << 4));
+
+	assert_int_equal(store_verify(f->store, NULL, NULL, NULL, &rep), 0);
+	assert_int_equal(rep.records, 3);
+	rebuild_index(f, &rrep);
+	assert_int_equal(rrep.records, 3);
+	assert_int_equal(rrep.replaced, 0);
+	assert_int_equal(rrep.dropped, 0);
+
+	/* Without its entries (all under the one key), the rebuild tells the records apart
+	 * again from their items. */
+	raw_edit(f, "index", index_key(f, "c01", "a"), STORE_INDEX_KEY_SIZE, NULL, 0);
+	store_set_hash_mask(f->store, 0);
+	assert_int_equal(store_verify(f->store, NULL, NULL, NULL, &rep), -EBADMSG);
+	rebuild_index(f, &rrep);
+	assert_int_equal(rrep.records, 3);
+	assert_int_equal(rrep.replaced, 3);
+	assert_int_equal(store_verify(f->store, NULL, NULL, NULL, &rep), 0);
+	assert_lookup(f, "c01", "a", 1, 1, false);
+	assert_lookup(f, "c01", "b", 4, 2, false);
+	assert_lookup(f, "c02", "a", 5, 2, true);
+	struct store_record resend[] = {
+	        real_record("c01", "b", 2, false, bufs[10], sizeof(bufs[10]))};
+	assert_int_equal(store_write_batch(f->store, resend, 1), 0);
+	assert_int_equal(resend[0].status, COORD__V1__ACK_STATUS__ACK_STATUS_DUPLICATE);
+	assert_int_equal(resend[0].seq, 4);
+}
+
+/* Turn f's store (closed, written by write_sample()) into one of schema 3: its index keyed by
+ * council "\0" msg_id, in a table without duplicates. */
+static void
+make_schema_3(struct fixture *f)
+{
+	static const struct {
+		const char *key;
+		size_t klen;
+		uint8_t val[13];
+	} entries[] = {
+	        {"c01\0a", 5, {0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 2, 0}},
+	        {"c01\0b", 5, {0, 0, 0, 0, 0, 0, 0, 5, 0, 0, 0, 2, STORE_FLAG_RETRACTED}},
+	        {"c02\0a", 5, {0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 1, 0}},
+	};
+	MDB_env *env;
+	MDB_txn *txn;
+	MDB_dbi dbi;
+
+	assert_int_equal(mdb_env_create(&env), 0);
+	assert_int_equal(mdb_env_set_maxdbs(env, 8), 0);
+	assert_int_equal(mdb_env_open(env, f->dir, 0, 0640), 0);
+	assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+	assert_int_equal(mdb_dbi_open(txn, "index", 0, &dbi), 0);
+	assert_int_equal(mdb_drop(txn, dbi, 1), 0);
+	assert_int_equal(mdb_dbi_open(txn, "index", MDB_CREATE, &dbi), 0);
+	for (size_t i = 0; i < sizeof(entries) / sizeof(entries[0]); i++) {
+		MDB_val k = {.mv_size = entries[i].klen, .mv_data = (void *) entries[i].key};
+		MDB_val v = {.mv_size = 13, .mv_data = (void *) entries[i].val};
+		assert_int_equal(mdb_put(txn, dbi, &k, &v, 0), 0);
+	}
+	assert_int_equal(mdb_txn_commit(txn), 0);
+	mdb_env_close(env);
+	put_schema(f, 3);
+}
+
+static void
+test_schema_3_index_is_upgraded(void **state)
+{
+	struct fixture *f = *state;
+	static uint8_t buf[128];
+	struct store_record more[] = {record("c03", "x", 1, false)};
+	struct store_record resend[] = {real_record("c01", "a", 2, false, buf, sizeof(buf))};
+	struct store_verify_report rep;
+	struct store_repair_report rrep;
+	MDB_txn *txn;
+
+	write_sample(f);
+	f->store = store_free(f->store);
+	make_schema_3(f);
+	assert_int_equal(open_store(f, 4 * MIB, 64 * MIB), 0);
+	assert_int_equal(store_schema(f->store), 3);
+	/* Not written nor looked up through an index of the old layout; verify names the
+	 * upgrade. */
+	assert_int_equal(store_write_batch(f->store, more, 1), -EPROTO);
+	assert_int_equal(store_lookup(f->store, "c01", "a", NULL, NULL, NULL), -EPROTO);
+	assert_int_equal(store_verify(f->store, NULL, NULL, NULL, &rep), -EBADMSG);
+	assert_int_equal(rep.problems, 1);
+	assert_non_null(strstr(rep.first_problem, "schema 3"));
+	assert_non_null(strstr(rep.first_problem, "start coordd once to upgrade it"));
+
+	/* A rebuild that does not commit leaves the old index in place, and usable. */
+	assert_int_equal(store_repair_begin(f->store, &txn), 0);
+	assert_int_equal(store_rebuild_index(f->store, txn, NULL, NULL, NULL, &rrep), 0);
+	store_repair_abort(f->store, txn);
+	assert_int_equal(store_write_batch(f->store, more, 1), -EPROTO);
+	assert_int_equal(store_verify(f->store, NULL, NULL, NULL, &rep), -EBADMSG);
+	assert_non_null(strstr(rep.first_problem, "schema 3"));
+
+	progress_calls = 0;
+	assert_int_equal(store_upgrade_index(f->store, count_progress, NULL, &rrep), 1);
+	assert_true(progress_calls >= 1);
+	assert_int_equal(rrep.items, 5);
+	assert_int_equal(rrep.records, 3);
+	assert_int_equal(store_schema(f->store), STORE_SCHEMA_VERSION);
+	assert_int_equal(store_upgrade_index(f->store, NULL, NULL, &rrep), 0);
+	f->store = store_free(f->store);
+	assert_int_equal(stored_schema(f), STORE_SCHEMA_VERSION);
+
+	assert_int_equal(open_store(f, 4 * MIB, 64 * MIB), 0);
+	assert_int_equal(store_verify(f->store, NULL, NULL, NULL, &rep), 0);
+	assert_int_equal(rep.records, 3);
+	assert_lookup(f, "c01", "a", 3, 2, false);
+	assert_lookup(f, "c01", "b", 5, 2, true);
+	assert_lookup(f, "c02", "a", 4, 1, false);
+	assert_int_equal(store_write_batch(f->store, resend, 1), 0);
+	assert_int_equal(resend[0].status, COORD__V1__ACK_STATUS__ACK_STATUS_DUPLICATE);
+	assert_int_equal(resend[0].seq, 3);
+	assert_int_equal(store_write_batch(f->store, more, 1), 0);
+	assert_int_equal(more[0].seq, 6);
+}
+
 int
 main(void)
 {
@@ -851,6 +1148,12 @@ main(void)
 	                                        teardown),
 	        cmocka_unit_test_setup_teardown(test_backup_refuses_a_directory_with_files, setup,
 	                                        teardown),
+	        cmocka_unit_test(test_siphash_reference_vectors),
+	        cmocka_unit_test_setup_teardown(
+	                test_sequential_ids_share_the_high_half_of_their_keys, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_colliding_records_stay_distinct, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_schema_3_index_is_upgraded, setup, teardown),
 	        cmocka_unit_test(test_unusable_directory_fails),
 	        cmocka_unit_test(test_free_accepts_null),
 	};
