@@ -4709,7 +4709,7 @@ digest_verify(struct store *store, store_progress_fn *progress, store_problem_fn
 		}
 		r = 0;
 	}
-	if (r == 0 && store_schema(store) < STORE_SCHEMA_VERSION) {
+	if (r == 0 && store_schema(store) < STORE_SCHEMA_DIGEST_VALUES) {
 		/* Its values are protobuf Aggregates: the daemon rebuilds them when it starts. */
 		char msg[200];
 		(void) snprintf(msg, sizeof(msg),
@@ -4818,7 +4818,7 @@ digest_upgrade(struct store *store, store_progress_fn *progress, void *data,
 	int r;
 
 	*ret_report = (struct digest_check_report){0};
-	if (store_schema(store) >= STORE_SCHEMA_VERSION) {
+	if (store_schema(store) >= STORE_SCHEMA_DIGEST_VALUES) {
 		return 0;
 	}
 	/* The new table is written beside the old one's pages, which are freed only at the

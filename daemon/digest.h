@@ -47,9 +47,9 @@ struct digest;
 struct digest_check_report;
 
 /*
- * Bring a store of an older schema (store_schema() below STORE_SCHEMA_VERSION: its
- * aggregates are protobuf Aggregates) to this build's: digest_rebuild() and the new schema
- * version in one write transaction, so a crash leaves the old store as it was. `progress`
+ * Bring a store whose aggregates are protobuf Aggregates (store_schema() below
+ * STORE_SCHEMA_DIGEST_VALUES) to this build's format: digest_rebuild() and the new schema
+ * version (store_set_schema()) in one write transaction, so a crash leaves the old store as it was. `progress`
  * as for digest_rebuild(). Returns 1 when it upgraded (*ret_report says what the rebuild
  * did), 0 when the store was current, or digest_rebuild()'s and the commit's errors
  * (-EROFS for a read-only store). digest_new() calls it too.
@@ -290,8 +290,9 @@ struct digest_check_report {
  * 2024-05-01T10:00Z: stored count 5, recount 4". `progress` (may be NULL) is called every
  * STORE_PROGRESS_STEP items. The recount is held in memory. Returns 0 when the table agrees,
  * -EBADMSG when it does not, or -EIO/-ENOMEM; *ret_report is filled in every case. Any
- * thread; no digest object is needed, and the store may be read-only. A store of an older
- * schema is one problem (it needs digest_upgrade(): start the daemon), not compared.
+ * thread; no digest object is needed, and the store may be read-only. A store whose
+ * aggregates are of the old format (schema below STORE_SCHEMA_DIGEST_VALUES) is one problem
+ * (it needs digest_upgrade(): start the daemon), not compared.
  */
 int digest_verify(struct store *store, store_progress_fn *progress, store_problem_fn *problem,
                   void *data, struct digest_check_report *ret_report);
