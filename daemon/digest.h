@@ -49,8 +49,8 @@ struct digest_check_report;
 /*
  * Bring a store whose aggregates are protobuf Aggregates (store_schema() below
  * STORE_SCHEMA_DIGEST_VALUES) to this build's format: digest_rebuild() and the new schema
- * version (store_set_schema()) in one write transaction, so a crash leaves the old store as it was. `progress`
- * as for digest_rebuild(). Returns 1 when it upgraded (*ret_report says what the rebuild
+ * version (store_set_schema()) in one write transaction, so a crash leaves the old store as it was.
+ * `progress` as for digest_rebuild(). Returns 1 when it upgraded (*ret_report says what the rebuild
  * did), 0 when the store was current, or digest_rebuild()'s and the commit's errors
  * (-EROFS for a read-only store). digest_new() calls it too.
  */

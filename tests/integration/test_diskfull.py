@@ -215,7 +215,12 @@ def test_map_at_its_maximum_answers_retry_later(coordd_factory):
         assert m[("coordd_commit_failures_total", (("cause", "map_full"),))] >= 1
         assert m[("coordd_commit_failures_total", (("cause", "disk_full"),))] == 0
         wait_status(d, "STATUS=Refusing writes (store map full)")
-        assert d.stderr().count("Store full: its map reached") == 1
+        # Logged once per episode, not per failed batch. A window's later, smaller batch
+        # may still fit after a larger one failed: that ends the episode ("writable
+        # again") and the next failure starts another.
+        log = d.stderr()
+        episodes = log.count("Store full: its map reached")
+        assert 1 <= episodes == 1 + log.count("Store writable again"), log
         # The trouble stays the status: a refresh (every 5 s) with a changed summary (one
         # more council connection) repeats it instead of going back to "Serving: ...".
         with d.council("c02"):
