@@ -542,7 +542,9 @@ def test_published_digests_are_exact_through_corrections_and_retractions(coordd_
                 if topic in watched:
                     check_published(pub, envs, topic)
                     checked += 1
-            assert checked >= 20, f"only {checked} digests published on {watched}"
+            # How many go out depends on how long each publish job takes (an ASan build
+            # publishes 11-14 on digest/all/ in this test, a release build many more).
+            assert checked >= 10, f"only {checked} digests published on {watched}"
             # Seeded at the first digest and again for the old records (more only if an
             # hour ended during the test).
             seeds = [int(m) for m in re.findall(r"Seeded the live digests from the store "
