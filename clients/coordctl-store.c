@@ -130,8 +130,9 @@ static int
 store_error(struct run *run, const char *dir, int r, const char *what)
 {
 	if (run->json) {
-		(void) print_json(json_pack("{s:s, s:s, s:b, s:s}", "command", run->cmd,
-		                            "state_dir", dir, "ok", 0, "error", what));
+		(void) print_json(json_pack("{s:s, s:s, s:b, s:s, s:s}", "command", run->cmd,
+		                            "state_dir", dir, "ok", 0, "error", what, "reason",
+		                            strerror(-r)));
 	}
 	fprintf(stderr, "coordctl %s: %s: %s (%s)\n", run->cmd, dir, what, strerror(-r));
 	return COORDCTL_EXIT_STORE;

@@ -165,6 +165,9 @@ def test_backup_refuses_a_used_destination_and_a_missing_store(coordd_factory, t
     p = coordctl("backup", d.state_dir, dest)
     assert p.returncode == 4, p
     assert "must not exist or be an empty directory" in p.stderr
+    status, summary = coordctl_json("backup", d.state_dir, dest)
+    assert status == 4 and summary["ok"] is False, summary
+    assert "empty directory" in summary["error"] and summary["reason"] == "File exists", summary
     assert (dest / "something").read_text() == "keep me"
     assert not (dest / "data.mdb").exists()
 
