@@ -542,7 +542,7 @@ def _rotl(x, b):
 
 
 def siphash24(key, data):
-    """SipHash-2-4 of bytes under a 16-byte key (daemon/store.c: store_siphash24)."""
+    """SipHash-2-4 of bytes under a 16-byte key (daemon/siphash.h: siphash24)."""
     k0, k1 = struct.unpack("<QQ", key)
     v = [k0 ^ 0x736f6d6570736575, k1 ^ 0x646f72616e646f6d,
          k0 ^ 0x6c7967656e657261, k1 ^ 0x7465646279746573]
