@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "bench.h"
+#include "daemon/varint.h"
 
 enum {
 	WIRE_VARINT = 0,
@@ -19,23 +20,17 @@ enum {
 	WIRE_I32 = 5,
 };
 
+/* daemon/varint.h's reader over a pointer that moves past the varint. */
 static int
 varint(const uint8_t **p, const uint8_t *end, uint64_t *ret)
 {
-	uint64_t v = 0;
+	size_t pos = 0;
 
-	for (unsigned shift = 0; shift < 64; shift += 7) {
-		if (*p >= end) {
-			return -EBADMSG;
-		}
-		uint8_t b = *(*p)++;
-		v |= (uint64_t) (b & 0x7f) << shift;
-		if (!(b & 0x80)) {
-			*ret = v;
-			return 0;
-		}
+	if (!varint_get(*p, (size_t) (end - *p), &pos, ret)) {
+		return -EBADMSG;
 	}
-	return -EBADMSG;
+	*p += pos;
+	return 0;
 }
 
 /* Find `field`; on success *ret_type is its wire type and *p points at its payload. */
@@ -124,19 +119,6 @@ bench_pb_varint(const uint8_t *buf, size_t len, unsigned field, uint64_t *ret_va
 	return 0;
 }
 
-static size_t
-put_varint(uint8_t *p, uint64_t v)
-{
-	size_t n = 0;
-
-	while (v >= 0x80) {
-		p[n++] = (uint8_t) (v | 0x80);
-		v >>= 7;
-	}
-	p[n++] = (uint8_t) v;
-	return n;
-}
-
 int
 bench_ack_encode(const uint8_t *msg_id, size_t msg_id_len, uint64_t seq, uint8_t *buf, size_t cap)
 {
@@ -146,7 +128,7 @@ bench_ack_encode(const uint8_t *msg_id, size_t msg_id_len, uint64_t seq, uint8_t
 	}
 	size_t n = 0;
 	buf[n++] = 1 << 3 | WIRE_LEN;
-	n += put_varint(buf + n, msg_id_len);
+	n += varint_put(buf + n, msg_id_len);
 	memcpy(buf + n, msg_id, msg_id_len);
 	n += msg_id_len;
 	buf[n++] = 2 << 3 | WIRE_VARINT;
@@ -154,6 +136,6 @@ bench_ack_encode(const uint8_t *msg_id, size_t msg_id_len, uint64_t seq, uint8_t
 	buf[n++] = 3 << 3 | WIRE_VARINT;
 	buf[n++] = 1; /* ACK_STATUS_ACCEPTED */
 	buf[n++] = 4 << 3 | WIRE_VARINT;
-	n += put_varint(buf + n, seq);
+	n += varint_put(buf + n, seq);
 	return (int) n;
 }
