@@ -122,6 +122,18 @@ wait_for() {
 	return 1
 }
 
+# started SERVER LOG LINE [TRIES], right after starting SERVER in the background: sets
+# $pid, stops it with the others at the end, and waits for LINE in LOG (exit 4 if not).
+started() {
+	pid=$!
+	pids="$pids $pid"
+	if ! wait_for "$pid" "$2" "$3" "${4:-}"; then
+		echo "peers.sh: $1 did not start:" >&2
+		tail -5 "$2" >&2
+		exit 4
+	fi
+}
+
 built=$("$bench" --help | sed -n 's/.*(built in: *\(.*\))$/\1/p')
 peer_args=""
 peers=""
@@ -146,13 +158,7 @@ if have redis redis-server redis-server libhiredis-dev; then
 	redis-server --bind 127.0.0.1 --port "$port" --dir "$tmp/redis" --appendonly yes \
 		--appendfsync always --save '' --daemonize no --logfile "$tmp/redis.log" \
 		</dev/null >/dev/null 2>&1 &
-	pid=$!
-	pids="$pids $pid"
-	if ! wait_for "$pid" "$tmp/redis.log" "Ready to accept connections"; then
-		echo "peers.sh: redis-server did not start:" >&2
-		tail -5 "$tmp/redis.log" >&2
-		exit 4
-	fi
+	started redis-server "$tmp/redis.log" "Ready to accept connections"
 	peer_args="$peer_args --peer redis=127.0.0.1:$port,pid=$pid"
 	peers="$peers redis"
 fi
@@ -161,13 +167,7 @@ if have nats nats-server nats-server libnats-dev; then
 	port=$(free_port)
 	nats-server -a 127.0.0.1 -p "$port" -js -sd "$tmp/nats" -l "$tmp/nats.log" \
 		</dev/null >/dev/null 2>&1 &
-	pid=$!
-	pids="$pids $pid"
-	if ! wait_for "$pid" "$tmp/nats.log" "Server is ready"; then
-		echo "peers.sh: nats-server did not start:" >&2
-		tail -5 "$tmp/nats.log" >&2
-		exit 4
-	fi
+	started nats-server "$tmp/nats.log" "Server is ready"
 	peer_args="$peer_args --peer nats=127.0.0.1:$port,pid=$pid"
 	peers="$peers nats"
 fi
@@ -187,13 +187,7 @@ if [ $no_rabbitmq = 0 ] && have rabbitmq "$RABBIT" rabbitmq-server librabbitmq-d
 		RABBITMQ_CONF_ENV_FILE="$r/rabbitmq-env.conf" \
 		RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="+sbwt none +sbwtdcpu none +sbwtdio none" \
 		"$RABBIT" </dev/null >"$tmp/rabbitmq.log" 2>&1 &
-	pid=$!
-	pids="$pids $pid"
-	if ! wait_for "$pid" "$tmp/rabbitmq.log" "Starting broker... completed" $RABBIT_READY_TRIES; then
-		echo "peers.sh: rabbitmq-server did not start:" >&2
-		tail -5 "$tmp/rabbitmq.log" >&2
-		exit 4
-	fi
+	started rabbitmq-server "$tmp/rabbitmq.log" "Starting broker... completed" $RABBIT_READY_TRIES
 	# The script waits for the Erlang VM, its child: that one's CPU time is the broker's.
 	beam=$(pgrep -P "$pid" -x beam.smp | head -1)
 	peer_args="$peer_args --peer rabbitmq=127.0.0.1:$port${beam:+,pid=$beam}"
