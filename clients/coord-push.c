@@ -409,6 +409,10 @@ push_no_answer_hint(struct coord_client *client)
 		       "and "
 		       "--key";
 	}
+	if (r == -ECONNRESET && !push_curve) {
+		return "; the broker closed the connection during the handshake: if it requires "
+		       "CURVE keys, give --server-key and --key";
+	}
 	if (push_curve) {
 		return "; is --server-key the broker's public key?";
 	}

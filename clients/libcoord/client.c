@@ -390,7 +390,8 @@ open_socket(struct coord_client *c)
 	if (r == 0 && zmq_socket_monitor(c->sock, mon_ep,
 	                                 ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_DISCONNECTED |
 	                                         ZMQ_EVENT_HANDSHAKE_FAILED_AUTH |
-	                                         ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) < 0) {
+	                                         ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
+	                                         ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL) < 0) {
 		r = -zmq_errno();
 	}
 	if (r == 0) {
@@ -465,6 +466,12 @@ read_monitor(struct coord_client *c)
 		} else if (event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL &&
 		           value == ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH) {
 			c->local_handshake_error = -EPROTONOSUPPORT;
+		} else if (event == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL &&
+		           c->local_handshake_error == 0) {
+			/* Closed in the handshake with nothing said. A CURVE broker may close a
+			 * plain client before the client has read the broker's greeting (so no
+			 * MECHANISM_MISMATCH here); a more specific error seen before stays. */
+			c->local_handshake_error = -ECONNRESET;
 		} else if (event == ZMQ_EVENT_DISCONNECTED) {
 			c->connected = false;
 			resend_all(c);

@@ -226,6 +226,10 @@ int coord_stats(struct coord_client *client, struct coord_stats *ret_stats);
  *                     requires them;
  *   -EPROTONOSUPPORT  CURVE on one side only (keys given for a plain socket, or none for a
  *                     CURVE one);
+ *   -ECONNRESET       the broker closed the connection during the handshake without saying
+ *                     why (a CURVE broker can do that to a plain client before the client
+ *                     reads its greeting; so can a server that does not speak ZMTP); a
+ *                     more specific value seen before is kept;
  *   0                 connected, not tried yet, or nothing was said: a broker that is down
  *                     and a wrong broker key (curve_server_key) look alike, no answer.
  * The value is that of the last handshake; a successful one clears it. The sender thread

@@ -13,7 +13,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -469,6 +472,58 @@ test_plain_client_of_a_curve_broker_is_told(void **state)
 	assert_int_equal(atomic_load(&f->broker->received), 0);
 }
 
+/* A server on the fixture's endpoint that accepts every connection and closes it at once,
+ * before any greeting: what a plain client can see of a CURVE broker when the broker closes
+ * first. Runs until `*stop`. */
+struct closer {
+	int fd;
+	pthread_t thread;
+	atomic_bool stop;
+	atomic_uint accepted;
+};
+
+static void *
+closer_main(void *arg)
+{
+	struct closer *cl = arg;
+	while (!atomic_load(&cl->stop)) {
+		struct pollfd p = {.fd = cl->fd, .events = POLLIN};
+		if (poll(&p, 1, 20) == 1) {
+			int c = accept(cl->fd, NULL, NULL);
+			if (c >= 0) {
+				atomic_fetch_add(&cl->accepted, 1);
+				(void) close(c);
+			}
+		}
+	}
+	return NULL;
+}
+
+static void
+test_connection_closed_in_the_handshake_is_said(void **state)
+{
+	struct fixture *f = *state;
+	struct closer cl = {.fd = socket(AF_UNIX, SOCK_STREAM, 0)};
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	assert_true(cl.fd >= 0);
+	const char *sock_path = path(f, "broker.sock");
+	size_t len = strlen(sock_path);
+	assert_true(len < sizeof(sa.sun_path));
+	memcpy(sa.sun_path, sock_path, len + 1);
+	assert_int_equal(bind(cl.fd, (const struct sockaddr *) &sa, sizeof(sa)), 0);
+	assert_int_equal(listen(cl.fd, 16), 0);
+	assert_int_equal(pthread_create(&cl.thread, NULL, closer_main, &cl), 0);
+
+	assert_int_equal(open_client(f, NULL, &f->client), 0);
+	push_one(f);
+	wait_connection_error(f, -ECONNRESET);
+	assert_true(atomic_load(&cl.accepted) >= 1);
+	f->client = coord_client_free(f->client);
+	atomic_store(&cl.stop, true);
+	(void) pthread_join(cl.thread, NULL);
+	(void) close(cl.fd);
+}
+
 static void
 test_bad_keys_are_refused_by_client_new(void **state)
 {
@@ -504,6 +559,8 @@ main(void)
 	                                        teardown),
 	        cmocka_unit_test_setup_teardown(test_plain_client_of_a_curve_broker_is_told, setup,
 	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_connection_closed_in_the_handshake_is_said,
+	                                        setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_bad_keys_are_refused_by_client_new, setup,
 	                                        teardown),
 	};
