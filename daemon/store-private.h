@@ -118,5 +118,8 @@ int store_names_hash(const struct store *s, const struct names *n,
 int store_item_is_of(struct store *s, MDB_txn *txn, uint64_t seq, const struct names *want);
 int store_fsync_path(const char *path, int flags);
 int store_grow_map(struct store *s, bool wait);
+/* Another process grew the map (MDB_MAP_RESIZED): map the size it set. Takes resize_lock
+ * for writing, so no transaction of this process may be open. Returns an LMDB code. */
+int store_adopt_map(struct store *s);
 
 #endif

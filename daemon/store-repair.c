@@ -233,7 +233,7 @@ store_verify(struct store *s, store_progress_fn *progress, store_problem_fn *pro
 /* Backup */
 
 struct copy_job {
-	MDB_env *env;
+	struct store *s;
 	int fd;
 	int rc;
 };
@@ -243,7 +243,15 @@ copy_thread(void *arg)
 {
 	struct copy_job *job = arg;
 
-	job->rc = mdb_env_copyfd2(job->env, job->fd, MDB_CP_COMPACT);
+	/* A hot backup: the daemon may grow the map between this process's open and the copy's
+	 * read transaction (MDB_MAP_RESIZED, before the copy has written anything). The copy
+	 * holds no lock of ours, and store_backup() has no transaction open meanwhile. */
+	for (int tries = 0;; tries++) {
+		job->rc = mdb_env_copyfd2(job->s->env, job->fd, MDB_CP_COMPACT);
+		if (job->rc != MDB_MAP_RESIZED || tries == 3 || store_adopt_map(job->s) != 0) {
+			break;
+		}
+	}
 	/* The reader sees end of file once the copy is written (or failed). */
 	(void) close(job->fd);
 	return NULL;
@@ -315,7 +323,7 @@ store_backup(struct store *s, const char *dest_dir, store_progress_fn *progress,
 	}
 	/* LMDB writes the compacted copy into the pipe from a thread; this side writes it to
 	 * the file, which is what lets it report progress. */
-	struct copy_job job = {.env = s->env, .fd = pipefd[1]};
+	struct copy_job job = {.s = s, .fd = pipefd[1]};
 	r = -pthread_create(&thread, NULL, copy_thread, &job);
 	if (r < 0) {
 		(void) close(pipefd[0]);

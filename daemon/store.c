@@ -805,14 +805,8 @@ store_write_batch(struct store *s, struct store_record *recs, size_t n)
 		int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
 
 		if (rc == MDB_MAP_RESIZED) {
-			/* Another process grew the map: adopt its size. */
-			(void) pthread_rwlock_wrlock(&s->resize_lock);
-			rc = mdb_env_set_mapsize(s->env, 0);
-			(void) pthread_rwlock_unlock(&s->resize_lock);
+			rc = store_adopt_map(s);
 			if (rc == 0) {
-				MDB_envinfo info;
-				(void) mdb_env_info(s->env, &info);
-				s->map_size = info.me_mapsize;
 				continue;
 			}
 		}
@@ -865,15 +859,35 @@ store_write_batch(struct store *s, struct store_record *recs, size_t n)
 }
 
 int
+store_adopt_map(struct store *s)
+{
+	(void) pthread_rwlock_wrlock(&s->resize_lock);
+	int rc = mdb_env_set_mapsize(s->env, 0);
+	if (rc == 0) {
+		MDB_envinfo info;
+		(void) mdb_env_info(s->env, &info);
+		s->map_size = info.me_mapsize;
+	}
+	(void) pthread_rwlock_unlock(&s->resize_lock);
+	return rc;
+}
+
+int
 store_read_begin(struct store *s, MDB_txn **ret_txn)
 {
-	(void) pthread_rwlock_rdlock(&s->resize_lock);
-	int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, ret_txn);
-	if (rc != 0) {
+	for (int tries = 0;; tries++) {
+		(void) pthread_rwlock_rdlock(&s->resize_lock);
+		int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, ret_txn);
+		if (rc == 0) {
+			return 0;
+		}
 		(void) pthread_rwlock_unlock(&s->resize_lock);
-		return mdb_to_errno(rc);
+		/* Another process (the daemon, beside a coordctl) grew the map since this one
+		 * was opened: adopt its size and begin again. */
+		if (rc != MDB_MAP_RESIZED || tries == 3 || (rc = store_adopt_map(s)) != 0) {
+			return mdb_to_errno(rc);
+		}
 	}
-	return 0;
 }
 
 void

@@ -762,6 +762,37 @@ test_backup_is_a_consistent_copy(void **state)
 	remove_dir(copy.dir);
 }
 
+/* coordctl beside the daemon: the writer grows the map after the reader opened the store. */
+static void
+test_reader_adopts_a_map_grown_by_the_writer(void **state)
+{
+	struct fixture *f = *state;
+	struct fixture copy = {0};
+	struct store *ro = NULL;
+	struct store_stats st;
+	const struct store_options o = {.dir = f->dir, .map_size = MIB, .read_only = true};
+
+	f->store = store_free(f->store);
+	assert_int_equal(open_store(f, 1 * MIB, 64 * MIB), 0);
+	write_sample(f);
+	assert_int_equal(store_open(&o, &ro), 0);
+	write_bulk(f, 512, 0); /* ~4 MiB: the writer's map grows past the reader's */
+	assert_int_equal(store_get_stats(f->store, &st), 0);
+	assert_true(st.map_size > 2 * MIB);
+
+	strcpy(copy.dir, "/tmp/coordd-test-backup-XXXXXX");
+	assert_non_null(mkdtemp(copy.dir));
+	assert_int_equal(store_backup(ro, copy.dir, NULL, NULL), 0);
+	assert_int_equal(store_get_stats(ro, &st), 0);
+	assert_int_equal(st.items, 517);
+	store_free(ro);
+	assert_int_equal(open_store(&copy, 4 * MIB, 64 * MIB), 0);
+	assert_int_equal(store_get_stats(copy.store, &st), 0);
+	assert_int_equal(st.items, 517);
+	copy.store = store_free(copy.store);
+	remove_dir(copy.dir);
+}
+
 static void
 count_problem(void *data, const char *text)
 {
@@ -1142,6 +1173,8 @@ main(void)
 	                                        teardown),
 	        cmocka_unit_test(test_read_only_open_of_missing_store_fails),
 	        cmocka_unit_test_setup_teardown(test_backup_is_a_consistent_copy, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_reader_adopts_a_map_grown_by_the_writer, setup,
+	                                        teardown),
 	        cmocka_unit_test_setup_teardown(
 	                test_rebuild_index_mends_a_missing_and_a_stray_entry, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_repair_needs_a_writable_store, setup,
