@@ -325,7 +325,7 @@ progress(const struct bench_options *o, const struct bench_phase *ph, struct cou
 {
 	uint64_t total = (uint64_t) o->councils * ph->messages;
 	bool tty = isatty(STDERR_FILENO);
-	int every = !o->quiet ? 10 : ph->on_the_fly ? 100 : 0; /* ticks of 100 ms */
+	int every = ph->silent ? 0 : !o->quiet ? 10 : ph->on_the_fly ? 100 : 0; /* 100 ms ticks */
 	int64_t start = now_ns();
 
 	for (int tick = 0;; tick++) {

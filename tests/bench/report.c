@@ -50,6 +50,39 @@ print_result_text(const struct bench_result *r)
 	       r->seconds);
 }
 
+static void
+print_settle_json(const struct bench_settle *st)
+{
+	printf(",\"settle\":{\"settled\":%s,\"seconds\":%.3f,\"sync_seconds\":%.3f,"
+	       "\"broker_cpu_seconds\":%.3f,\"messages\":%" PRIu64 ",\"digest_log_before\":%.0f,"
+	       "\"digest_log_after\":%.0f,\"digest_log_limit\":%.0f,\"dirty_before_kib\":%ld,"
+	       "\"dirty_after_kib\":%ld}",
+	       st->settled ? "true" : "false", st->seconds, st->sync_seconds, st->broker_cpu,
+	       st->messages, st->log_before, st->log_after, st->log_limit, st->dirty_before_kib,
+	       st->dirty_after_kib);
+}
+
+static void
+print_settle_text(const struct bench_settle *st)
+{
+	printf("%-11s %s after %.1f s: ", "settle", st->settled ? "settled" : "NOT SETTLED",
+	       st->seconds);
+	if (st->log_before >= 0) {
+		printf("digest log %.0f -> %.0f contributions (limit %.0f), %" PRIu64
+		       " messages trickled; ",
+		       st->log_before, st->log_after, st->log_limit, st->messages);
+	} else {
+		printf("digest log unknown; ");
+	}
+	printf("dirty + writeback %.0f -> %.0f MiB, syncfs %.2f s",
+	       (double) st->dirty_before_kib / 1024, (double) st->dirty_after_kib / 1024,
+	       st->sync_seconds);
+	if (st->broker_cpu >= 0) {
+		printf("; broker cpu %.2f s", st->broker_cpu);
+	}
+	printf("\n");
+}
+
 void
 bench_fanout_compute(const struct bench_phase *ph, const struct bench_sub_sample *s, size_t n,
                      struct bench_fanout *f)
@@ -98,8 +131,8 @@ bench_fanout_compute(const struct bench_phase *ph, const struct bench_sub_sample
 
 void
 bench_report_json(const struct bench_options *o, const struct bench_result *res, size_t n_res,
-                  const struct bench_result *coordd, const struct bench_snapshot *end,
-                  const struct bench_fanout *f)
+                  const struct bench_settle *settle, const struct bench_result *coordd,
+                  const struct bench_snapshot *end, const struct bench_fanout *f)
 {
 	char mix[160];
 
@@ -116,6 +149,9 @@ bench_report_json(const struct bench_options *o, const struct bench_result *res,
 		print_result_json(&res[i]);
 	}
 	printf("}");
+	if (settle->ran) {
+		print_settle_json(settle);
+	}
 	for (size_t i = 0; i < n_res; i++) {
 		if (res[i].reference && res[i].rate > 0) {
 			printf(",\"ratio_to_%s\":%.3f", short_name(&res[i]),
@@ -154,8 +190,8 @@ bench_report_json(const struct bench_options *o, const struct bench_result *res,
 
 void
 bench_report_text(const struct bench_options *o, const struct bench_result *res, size_t n_res,
-                  const struct bench_result *coordd, const struct bench_snapshot *end,
-                  const struct bench_fanout *f)
+                  const struct bench_settle *settle, const struct bench_result *coordd,
+                  const struct bench_snapshot *end, const struct bench_fanout *f)
 {
 	char mix[160];
 
@@ -169,6 +205,9 @@ bench_report_text(const struct bench_options *o, const struct bench_result *res,
 	}
 	for (size_t i = 0; i < n_res; i++) {
 		print_result_text(&res[i]);
+		if (settle->ran && strcmp(res[i].name, "preload") == 0) {
+			print_settle_text(settle);
+		}
 	}
 	for (size_t i = 0; i < n_res; i++) {
 		if (res[i].reference && res[i].rate > 0) {
