@@ -400,6 +400,9 @@ struct bench_snapshot {
 int bench_phase_run(const struct bench_options *o, void *zctx, const struct bench_phase *ph,
                     uint64_t nonce, struct bench_result *res);
 
+/* CLOCK_MONOTONIC in seconds. */
+double bench_mono_s(void);
+
 /* qsort() comparison of int64_t; the p-quantile (0..1) of n sorted nanoseconds, in ms. */
 int bench_cmp_i64(const void *a, const void *b);
 double bench_quantile_ms(const int64_t *v, size_t n, double p);

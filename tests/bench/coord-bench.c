@@ -609,15 +609,6 @@ run_subscribed(struct run *run)
 	return r;
 }
 
-static double
-mono_s(void)
-{
-	struct timespec ts;
-
-	(void) clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double) ts.tv_sec + (double) ts.tv_nsec / 1e9;
-}
-
 static void
 pause_ms(long ms)
 {
@@ -662,7 +653,7 @@ static int
 settle_sync(const struct bench_options *o, const char *dir, double t0, double left)
 {
 	pthread_t thread;
-	double start = mono_s(), next = start + BENCH_SETTLE_NOTE_S;
+	double start = bench_mono_s(), next = start + BENCH_SETTLE_NOTE_S;
 
 	sync_job.fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (sync_job.fd < 0) {
@@ -673,7 +664,7 @@ settle_sync(const struct bench_options *o, const char *dir, double t0, double le
 		return -EAGAIN;
 	}
 	while (!__atomic_load_n(&sync_job.done, __ATOMIC_ACQUIRE)) {
-		double now = mono_s();
+		double now = bench_mono_s();
 		if (now - start >= left) {
 			(void) pthread_detach(thread);
 			return -ETIMEDOUT;
@@ -705,7 +696,7 @@ run_settle(struct run *run)
 	struct bench_options one = *o;
 	const char *dir = o->ceiling_dir ? o->ceiling_dir : getenv("TMPDIR");
 	struct bench_snapshot a, b;
-	double t0 = mono_s(), next = t0 + BENCH_SETTLE_NOTE_S;
+	double t0 = bench_mono_s(), next = t0 + BENCH_SETTLE_NOTE_S;
 	int r = 0;
 
 	one.councils = 1;
@@ -721,7 +712,7 @@ run_settle(struct run *run)
 	}
 	double log = st->log_before;
 	for (uint64_t round = 1; log > st->log_limit; round++) {
-		double now = mono_s();
+		double now = bench_mono_s();
 		if (now - t0 >= o->settle_timeout) {
 			r = -ETIMEDOUT;
 			break;
@@ -754,12 +745,12 @@ run_settle(struct run *run)
 	}
 	st->log_after = log;
 	if (r == 0) {
-		double s0 = mono_s();
+		double s0 = bench_mono_s();
 		r = settle_sync(o, dir ? dir : "/tmp", t0, o->settle_timeout - (s0 - t0));
-		st->sync_seconds = mono_s() - s0;
+		st->sync_seconds = bench_mono_s() - s0;
 	}
 	st->dirty_after_kib = bench_dirty_kib();
-	st->seconds = mono_s() - t0;
+	st->seconds = bench_mono_s() - t0;
 	st->settled = r == 0;
 	snap(o, run->zctx, false, &b);
 	if (a.usage.cpu_seconds >= 0 && b.usage.cpu_seconds >= 0) {

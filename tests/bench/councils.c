@@ -359,6 +359,12 @@ progress(const struct bench_options *o, const struct bench_phase *ph, struct cou
 	}
 }
 
+double
+bench_mono_s(void)
+{
+	return (double) now_ns() / 1e9;
+}
+
 int
 bench_cmp_i64(const void *a, const void *b)
 {
