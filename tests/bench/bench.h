@@ -351,6 +351,11 @@ struct bench_result {
 	double p50, p99, p999, max; /* ms */
 	double mean_bytes;
 	double server_cpu; /* broker CPU (coordd), the server thread's (ceilings); -1 unknown */
+	/* coordd: the broker's CPU from the phase's start until its digest log was folded
+	 * again (the folds of the phase's records that ran after its last ack included), and
+	 * the messages trickled to get there (coord-bench.c fold_wait()); -1, 0 unknown */
+	double server_cpu_folded;
+	uint64_t fold_messages;
 	double avg_batch, avg_commit_ms; /* -1 unknown */
 	int error;
 };

@@ -389,8 +389,11 @@ bench_phase_run(const struct bench_options *o, void *zctx, const struct bench_ph
 	struct council *cs = calloc(o->councils, sizeof(*cs));
 	int r = 0;
 
-	*res = (struct bench_result){
-	        .name = ph->name, .server_cpu = -1, .avg_batch = -1, .avg_commit_ms = -1};
+	*res = (struct bench_result){.name = ph->name,
+	                             .server_cpu = -1,
+	                             .server_cpu_folded = -1,
+	                             .avg_batch = -1,
+	                             .avg_commit_ms = -1};
 	if (!cs) {
 		return -ENOMEM;
 	}

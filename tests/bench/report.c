@@ -24,10 +24,11 @@ print_result_json(const struct bench_result *r)
 	       ",\"seconds\":%.3f,\"acked_per_second\":%.0f,\"p50_ms\":%.3f,\"p99_ms\":%.3f,"
 	       "\"p999_ms\":%.3f,\"max_ms\":%.3f,\"envelope_bytes\":%.1f,\"server_cpu_seconds\":%."
 	       "3f,"
+	       "\"server_cpu_folded_seconds\":%.3f,\"fold_messages\":%" PRIu64 ","
 	       "\"avg_batch\":%.1f,\"avg_commit_ms\":%.3f,\"error\":%d}",
 	       r->acked, r->total, r->status[1], r->status[2], r->status[3], r->status[4],
 	       r->seconds, r->rate, r->p50, r->p99, r->p999, r->max, r->mean_bytes, r->server_cpu,
-	       r->avg_batch, r->avg_commit_ms, r->error);
+	       r->server_cpu_folded, r->fold_messages, r->avg_batch, r->avg_commit_ms, r->error);
 }
 
 static void
@@ -37,6 +38,9 @@ print_result_text(const struct bench_result *r)
 	       r->rate, r->p50, r->p99, r->p999, r->max);
 	if (r->server_cpu >= 0) {
 		printf("  cpu %.2f s", r->server_cpu);
+	}
+	if (r->server_cpu_folded >= 0) {
+		printf(" (%.2f s with its folds)", r->server_cpu_folded);
 	}
 	if (r->avg_batch >= 0) {
 		printf("  batch %.1f", r->avg_batch);
