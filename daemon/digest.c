@@ -3088,7 +3088,9 @@ on_batch_committed(void *data)
 	struct digest *d = data;
 	struct scope_set *p = &d->pending;
 
-	d->logged = d->logged + d->batch_logged - d->batch_folded;
+	/* Atomic for digest_log_state() on the loop thread (the writer alone writes it). */
+	__atomic_store_n(&d->logged, d->logged + d->batch_logged - d->batch_folded,
+	                 __ATOMIC_RELAXED);
 	if (d->batch_installs) {
 		folder_installed(d->folder);
 	}
@@ -3192,6 +3194,13 @@ void
 digest_set_fold_background(struct digest *d, bool on)
 {
 	d->background = on;
+}
+
+void
+digest_log_state(struct digest *d, size_t *ret_logged, size_t *ret_limit)
+{
+	*ret_logged = __atomic_load_n(&d->logged, __ATOMIC_RELAXED);
+	*ret_limit = d->log_limit;
 }
 
 int

@@ -86,6 +86,14 @@ void digest_set_cache_limit(struct digest *d, size_t bytes);
 void digest_set_fold_background(struct digest *d, bool on);
 
 /*
+ * The digest log now: *ret_logged the contributions in the committed log not yet folded
+ * into the aggregates, *ret_limit the log limit (digest_set_log_limit()). At or below the
+ * limit nothing waits to be folded and the folder thread is idle; far above it the folder
+ * is behind (after a large import it takes a few batches to catch up). Any thread.
+ */
+void digest_log_state(struct digest *d, size_t *ret_logged, size_t *ret_limit);
+
+/*
  * For tests: wait (at most ~10 s) until the folder thread is not folding. Returns 0 when a
  * result waits for the next batch to install it, -EAGAIN when nothing waits (no folder, or
  * the fold found nothing or failed), -ETIMEDOUT.

@@ -487,6 +487,16 @@ render_metrics(void *data, struct metrics_text *t)
 		render_gauge(t, "coordd_store_map_size_bytes", "The store's current map size.",
 		             (double) st.map_size);
 	}
+	if (d->digest) {
+		size_t logged, limit;
+		digest_log_state(d->digest, &logged, &limit);
+		render_gauge(t, "coordd_digest_log_contributions",
+		             "Contributions in the digest log not yet folded into the aggregates.",
+		             (double) logged);
+		render_gauge(t, "coordd_digest_log_limit",
+		             "Contributions the digest log holds before a fold starts.",
+		             (double) limit);
+	}
 	if (statvfs(d->cfg->state_dir, &vfs) == 0) {
 		render_gauge(t, "coordd_disk_free_bytes",
 		             "Bytes free to unprivileged users on the store's file system.",

@@ -155,6 +155,9 @@ struct bench_broker_stats {
 	uint64_t last_seq, items, records, store_bytes, accepted, duplicate, batches;
 	bool have_metrics; /* from GET /metrics */
 	double batch_sum, batch_count, commit_sum;
+	/* coordd_digest_log_contributions and coordd_digest_log_limit; -1 when the broker
+	 * does not export them (an older one) */
+	double digest_log, digest_log_limit;
 };
 
 /*
@@ -165,6 +168,10 @@ struct bench_broker_stats {
  */
 int bench_broker_stats(void *zctx, const char *query_endpoint, const char *metrics_addr,
                        struct bench_broker_stats *ret_stats);
+
+/* Dirty + Writeback of /proc/meminfo in KiB (data the kernel has yet to write back, all
+ * file systems), or -1. */
+long bench_dirty_kib(void);
 
 /* ------------------------------------------------------------------------------------------
  * subscribers.c */
@@ -307,6 +314,8 @@ struct bench_options {
 	unsigned subscribers;
 	unsigned fanout_wait; /* seconds */
 	uint64_t preload;
+	unsigned settle_timeout; /* seconds; 0: no settle after the preload */
+	bool preload_only;       /* the preload and its settle, no other phase */
 	uint64_t seed;
 	struct bench_mix mix;
 	struct bench_peer peers[BENCH_PEER_MAX];
@@ -326,6 +335,7 @@ struct bench_phase {
 	unsigned messages;             /* per council */
 	unsigned window;
 	bool on_the_fly;     /* build each Envelope just before sending it; no latencies */
+	bool silent;         /* no progress lines, even for an on_the_fly phase */
 	int64_t *ack_by_seq; /* subscribed phase: ack time of seq base + 1 + i, or NULL */
 	uint64_t seq_base;
 	uint64_t seq_n;
@@ -341,6 +351,11 @@ struct bench_result {
 	double p50, p99, p999, max; /* ms */
 	double mean_bytes;
 	double server_cpu; /* broker CPU (coordd), the server thread's (ceilings); -1 unknown */
+	/* coordd: the broker's CPU from the phase's start until its digest log was folded
+	 * again (the folds of the phase's records that ran after its last ack included), and
+	 * the messages trickled to get there (coord-bench.c fold_wait()); -1, 0 unknown */
+	double server_cpu_folded;
+	uint64_t fold_messages;
 	double avg_batch, avg_commit_ms; /* -1 unknown */
 	int error;
 };
@@ -355,6 +370,23 @@ struct bench_fanout {
 	double oldest[4];    /* the same from the oldest record newly counted */
 	double ingest_ratio; /* subscribed throughput / coordd throughput */
 	double bytes[2];     /* mean and largest Publication of the digests, in bytes */
+};
+
+/* The settle after a preload (coord-bench.c): until the broker's digest log is folded
+ * (a few messages trickled so that batches install the folds) and the kernel wrote back
+ * the state directory's file system. */
+struct bench_settle {
+	bool ran;
+	bool settled;          /* both done within --settle-timeout */
+	double seconds;        /* the whole settle */
+	double sync_seconds;   /* of it, the syncfs() of the store's file system */
+	double broker_cpu;     /* the broker's CPU during the settle; -1 unknown */
+	uint64_t messages;     /* trickled */
+	double log_before;     /* digest log contributions at the start; -1 unknown */
+	double log_after;      /* and at the end */
+	double log_limit;      /* the broker's log limit; -1 unknown */
+	long dirty_before_kib; /* Dirty + Writeback at the start; -1 unknown */
+	long dirty_after_kib;  /* and after the syncfs() */
 };
 
 /* The broker's own view at one moment. */
@@ -373,6 +405,9 @@ struct bench_snapshot {
 int bench_phase_run(const struct bench_options *o, void *zctx, const struct bench_phase *ph,
                     uint64_t nonce, struct bench_result *res);
 
+/* CLOCK_MONOTONIC in seconds. */
+double bench_mono_s(void);
+
 /* qsort() comparison of int64_t; the p-quantile (0..1) of n sorted nanoseconds, in ms. */
 int bench_cmp_i64(const void *a, const void *b);
 double bench_quantile_ms(const int64_t *v, size_t n, double p);
@@ -385,13 +420,13 @@ void bench_fanout_compute(const struct bench_phase *ph, const struct bench_sub_s
                           struct bench_fanout *f);
 
 /*
- * Print the report on stdout: the phases in res[0..n_res), coordd's (one of them, or an
- * empty result) as the reference for ratios, the broker at the end, and the fan-out
- * figures (NULL: none).
+ * Print the report on stdout: the phases in res[0..n_res), the settle after the preload
+ * (printed when it ran), coordd's result (one of res, or an empty result) as the reference
+ * for ratios, the broker at the end, and the fan-out figures (NULL: none).
  */
 void bench_report_json(const struct bench_options *o, const struct bench_result *res, size_t n_res,
-                       const struct bench_result *coordd, const struct bench_snapshot *end,
-                       const struct bench_fanout *f);
+                       const struct bench_settle *settle, const struct bench_result *coordd,
+                       const struct bench_snapshot *end, const struct bench_fanout *f);
 void bench_report_text(const struct bench_options *o, const struct bench_result *res, size_t n_res,
-                       const struct bench_result *coordd, const struct bench_snapshot *end,
-                       const struct bench_fanout *f);
+                       const struct bench_settle *settle, const struct bench_result *coordd,
+                       const struct bench_snapshot *end, const struct bench_fanout *f);

@@ -9,7 +9,9 @@
  *                       so the same sum for the mapping of .../data.mdb, read from
  *                       /proc/<pid>/smaps, is reported beside it to be subtracted.
  * StatsRequest          on the query socket: counters since start (accepted, batches, ...)
- * GET /metrics          coordd_batch_size_messages_{sum,count}, coordd_commit_seconds_sum
+ * GET /metrics          coordd_batch_size_messages_{sum,count}, coordd_commit_seconds_sum,
+ *                       coordd_digest_log_contributions and coordd_digest_log_limit
+ * /proc/meminfo         Dirty + Writeback: what the kernel has not yet written back
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -227,6 +229,8 @@ ask_metrics(const char *addr, struct bench_broker_stats *st)
 	st->batch_sum = sample(page, "coordd_batch_size_messages_sum");
 	st->batch_count = sample(page, "coordd_batch_size_messages_count");
 	st->commit_sum = sample(page, "coordd_commit_seconds_sum");
+	st->digest_log = sample(page, "coordd_digest_log_contributions");
+	st->digest_log_limit = sample(page, "coordd_digest_log_limit");
 	st->have_metrics = st->batch_sum >= 0 && st->batch_count >= 0;
 	r = st->have_metrics ? 0 : -EBADMSG;
 out:
@@ -234,11 +238,32 @@ out:
 	return r;
 }
 
+long
+bench_dirty_kib(void)
+{
+	FILE *f = fopen("/proc/meminfo", "re");
+	char line[256];
+	long kib, dirty = -1, writeback = -1;
+
+	if (!f) {
+		return -1;
+	}
+	while (fgets(line, sizeof(line), f)) {
+		if (sscanf(line, "Dirty: %ld kB", &kib) == 1) {
+			dirty = kib;
+		} else if (sscanf(line, "Writeback: %ld kB", &kib) == 1) {
+			writeback = kib;
+		}
+	}
+	(void) fclose(f);
+	return dirty >= 0 && writeback >= 0 ? dirty + writeback : -1;
+}
+
 int
 bench_broker_stats(void *zctx, const char *query_endpoint, const char *metrics_addr,
                    struct bench_broker_stats *ret_stats)
 {
-	struct bench_broker_stats st = {0};
+	struct bench_broker_stats st = {.digest_log = -1, .digest_log_limit = -1};
 	int r = 0, q;
 
 	if (query_endpoint) {

@@ -56,15 +56,6 @@ thread_cpu(void)
 	return (double) ts.tv_sec + (double) ts.tv_nsec / 1e9;
 }
 
-static double
-mono(void)
-{
-	struct timespec ts;
-
-	(void) clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double) ts.tv_sec + (double) ts.tv_nsec / 1e9;
-}
-
 /* Receive every message that is ready, up to the batch limit. Returns how many. */
 static size_t
 drain(struct bench_server *s)
@@ -120,9 +111,9 @@ append(struct bench_server *s, size_t n, uint64_t first_seq)
 		mdb_txn_abort(txn);
 		return rc == MDB_MAP_FULL ? -ENOSPC : -EIO;
 	}
-	double t0 = mono();
+	double t0 = bench_mono_s();
 	rc = mdb_txn_commit(txn);
-	s->stats.commit_seconds += mono() - t0;
+	s->stats.commit_seconds += bench_mono_s() - t0;
 	return rc == 0 ? 0 : -EIO;
 }
 

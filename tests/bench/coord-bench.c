@@ -7,6 +7,10 @@
  *
  *   preload      --preload P: P records pushed as fast as the broker takes them (built on
  *                the fly, not timed per message), so the measured phases run on a big store
+ *   settle       after a preload: wait until the broker has folded its digest log (a few
+ *                messages trickled, one at a time, so that batches install the folder's
+ *                folds) and the kernel has written back the store's file system, so the
+ *                phases measure the cost at that size, not the digesting of the preload
  *   echo, lmdb   --ceiling: the same load against the two ceiling servers of ceiling.c
  *   coordd       the broker itself
  *   subscribed   --subscribers S: the broker again with S SUB sockets on its publish
@@ -28,8 +32,10 @@
  * is reported beside it: the worst wait of any record in that digest.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,6 +52,12 @@
 #define BENCH_PRELOAD_WINDOW 256
 #define BENCH_SUBS_READY_MS 30000
 #define MIB (1024.0 * 1024.0)
+/* The settle: messages trickled per round (one council, one in flight: a batch each), the
+ * pause between rounds, and a progress line every so often. */
+#define BENCH_SETTLE_TRICKLE 4
+#define BENCH_SETTLE_PAUSE_MS 200
+#define BENCH_SETTLE_NOTE_S 10
+#define BENCH_SETTLE_TIMEOUT_DEFAULT 900
 
 /* ------------------------------------------------------------------------------------------
  * The broker's own view, around a phase. */
@@ -118,8 +130,18 @@ help(void)
 	       "phases\n"
 	       "                        run on a store that size; checks free disk with\n"
 	       "                        --ceiling-dir\n"
-	       "\n"
-	       "Phases:\n"
+	       "      --settle-timeout=SEC\n"
+	       "                        after a preload, wait at most SEC seconds (default %d;\n"
+	       "                        0: no wait) until the broker folded its digest log\n"
+	       "                        (needs --metrics; a message is trickled now and then\n"
+	       "                        so batches install the folds) and the kernel wrote\n"
+	       "                        back the store's file system (syncfs of --ceiling-dir)\n"
+	       "      --preload-only    the preload and its settle, then the report: no other\n"
+	       "                        phase (tests/bench/run-bench --sizes)\n"
+	       "      --check-disk      only check free disk for --preload, then exit\n"
+	       "\n",
+	       BENCH_SIZE_MIN, BENCH_SIZE_MAX, BENCH_MIX_DEFAULT, BENCH_SETTLE_TIMEOUT_DEFAULT);
+	printf("Phases:\n"
 	       "      --ceiling         also run the load against a bare ROUTER echo and a bare\n"
 	       "                        ROUTER + LMDB group-commit loop (threads of this "
 	       "program),\n"
@@ -151,7 +173,10 @@ help(void)
 	       "Broker figures:\n"
 	       "  -p, --pid=PID         the broker's pid: CPU time, peak RSS, private RSS\n"
 	       "      --query=E         the broker's query endpoint: stats (seqs, store size)\n"
-	       "      --metrics=H:P     the broker's metrics listener: group-commit batch sizes\n"
+	       "      --metrics=H:P     the broker's metrics listener: group-commit batch sizes,\n"
+	       "                        and its digest log: the settle, and coordd's CPU \"with\n"
+	       "                        its folds\" (read again once the log is folded after\n"
+	       "                        the phase, messages trickled as in the settle)\n"
 	       "\n"
 	       "  -j, --json            one JSON object instead of text\n"
 	       "  -q, --quiet           no progress lines on stderr (a --preload still shows one\n"
@@ -163,8 +188,7 @@ help(void)
 	       "down?); 2 for usage or setup errors (not enough disk for --preload, a --peer\n"
 	       "not reachable or not built: its phase is left out, the others run).\n"
 	       "tests/bench/run-bench starts a throw-away broker and runs this against it.\n",
-	       BENCH_SIZE_MIN, BENCH_SIZE_MAX, BENCH_MIX_DEFAULT, built,
-	       BENCH_ACK_TIMEOUT_MS / 1000);
+	       built, BENCH_ACK_TIMEOUT_MS / 1000);
 }
 
 static int
@@ -198,6 +222,9 @@ enum {
 	OPT_MIX,
 	OPT_SEED,
 	OPT_PRELOAD,
+	OPT_SETTLE_TIMEOUT,
+	OPT_CHECK_DISK,
+	OPT_PRELOAD_ONLY,
 	OPT_CEILING,
 	OPT_CEILING_DIR,
 	OPT_SUBSCRIBERS,
@@ -211,7 +238,8 @@ enum {
 
 /* Returns 1 to run, 0 to exit successfully (--help), or -EINVAL. */
 static int
-parse_args(int argc, char **argv, struct bench_options *o, const char **ret_publish)
+parse_args(int argc, char **argv, struct bench_options *o, const char **ret_publish,
+           bool *ret_check_disk)
 {
 	static const struct option opts[] = {
 	        {"endpoint", required_argument, NULL, 'e'},
@@ -223,6 +251,9 @@ parse_args(int argc, char **argv, struct bench_options *o, const char **ret_publ
 	        {"mix", required_argument, NULL, OPT_MIX},
 	        {"seed", required_argument, NULL, OPT_SEED},
 	        {"preload", required_argument, NULL, OPT_PRELOAD},
+	        {"settle-timeout", required_argument, NULL, OPT_SETTLE_TIMEOUT},
+	        {"check-disk", no_argument, NULL, OPT_CHECK_DISK},
+	        {"preload-only", no_argument, NULL, OPT_PRELOAD_ONLY},
 	        {"ceiling", no_argument, NULL, OPT_CEILING},
 	        {"ceiling-dir", required_argument, NULL, OPT_CEILING_DIR},
 	        {"subscribers", required_argument, NULL, OPT_SUBSCRIBERS},
@@ -271,6 +302,15 @@ parse_args(int argc, char **argv, struct bench_options *o, const char **ret_publ
 			break;
 		case OPT_PRELOAD:
 			r = parse_u64(optarg, 0, 1000000000, &o->preload);
+			break;
+		case OPT_SETTLE_TIMEOUT:
+			r = parse_unsigned(optarg, 0, 86400, &o->settle_timeout);
+			break;
+		case OPT_CHECK_DISK:
+			*ret_check_disk = true;
+			break;
+		case OPT_PRELOAD_ONLY:
+			o->preload_only = true;
 			break;
 		case OPT_CEILING:
 			o->ceiling = true;
@@ -403,6 +443,8 @@ struct run {
 	uint64_t nonce;
 	struct bench_result res[MAX_PHASES];
 	size_t n_res;
+	struct bench_settle settle;
+	uint64_t trickles; /* rounds of fold_wait() so far */
 	struct bench_snapshot end;
 	struct bench_fanout fan;
 	bool have_fan;
@@ -491,6 +533,8 @@ run_peer(struct run *run, const struct bench_peer *peer, char tag)
 	return r;
 }
 
+static int fold_wait(struct run *run, double t0, double *log, double limit, uint64_t *messages);
+
 static int
 run_coordd(struct run *run, const char *name, char tag, bool smaps)
 {
@@ -510,6 +554,16 @@ run_coordd(struct run *run, const char *name, char tag, bool smaps)
 	snap(o, run->zctx, smaps, &b);
 	broker_delta(&a, &b, res);
 	run->end = b;
+	/* The folder may end the phase behind: its folds of the phase's records are part of
+	 * their cost, so the CPU is also read once the log is folded again. */
+	double log = b.stats.digest_log;
+	if (r == 0 && o->settle_timeout > 0 && log >= 0 && a.usage.cpu_seconds >= 0 &&
+	    fold_wait(run, bench_mono_s(), &log, b.stats.digest_log_limit, &res->fold_messages) ==
+	            0) {
+		struct bench_usage u;
+		bench_usage_read(o->pid, false, &u);
+		res->server_cpu_folded = u.cpu_seconds - a.usage.cpu_seconds;
+	}
 	return r;
 }
 
@@ -571,6 +625,183 @@ run_subscribed(struct run *run)
 	return r;
 }
 
+static void
+pause_ms(long ms)
+{
+	struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = ms % 1000 * 1000000};
+
+	(void) nanosleep(&ts, NULL);
+}
+
+/* The syncfs() of the settle, in a thread of its own so that the wait is bounded and shows
+ * progress. One per run: a thread that outlives its wait is left to finish (detached). */
+static struct {
+	int fd;
+	int r;
+	bool done; /* atomic */
+} sync_job;
+
+static void *
+sync_main(void *arg)
+{
+	sync_job.r = syncfs(sync_job.fd) < 0 ? -errno : 0;
+	__atomic_store_n(&sync_job.done, true, __ATOMIC_RELEASE);
+	return NULL;
+}
+
+static void
+settle_note(const struct bench_options *o, const char *what, double log, double limit, double gone)
+{
+	long dirty = bench_dirty_kib();
+
+	fprintf(stderr, "settle: %s", what);
+	if (log >= 0) {
+		fprintf(stderr, "; digest log %.0f contributions (folded at or below %.0f)", log,
+		        limit);
+	}
+	fprintf(stderr, "; dirty + writeback %.0f MiB; %.0f s of at most %u s\n",
+	        (double) dirty / 1024, gone, o->settle_timeout);
+}
+
+/*
+ * Wait until the broker's digest log (*log, from /metrics) is at or below `limit`, at most
+ * --settle-timeout seconds from t0. A fold is installed by the batch after it, so while
+ * the log is over the limit one council sends BENCH_SETTLE_TRICKLE messages one at a time
+ * every BENCH_SETTLE_PAUSE_MS (added to *messages). Returns 0, -ETIMEDOUT, or a negative
+ * errno when a trickled message was not acked.
+ */
+static int
+fold_wait(struct run *run, double t0, double *log, double limit, uint64_t *messages)
+{
+	const struct bench_options *o = &run->o;
+	struct bench_options one = *o;
+	double next = t0 + BENCH_SETTLE_NOTE_S;
+
+	one.councils = 1;
+	while (*log > limit) {
+		double now = bench_mono_s();
+		if (now - t0 >= o->settle_timeout) {
+			return -ETIMEDOUT;
+		}
+		if (now >= next) {
+			settle_note(o, "folding the digest log", *log, limit, now - t0);
+			next = now + BENCH_SETTLE_NOTE_S;
+		}
+		struct bench_phase ph = {
+		        .name = "settle",
+		        .endpoint = o->endpoint,
+		        .tag = 't',
+		        .messages = BENCH_SETTLE_TRICKLE,
+		        .window = 1,
+		        .on_the_fly = true,
+		        .silent = true,
+		};
+		struct bench_result res;
+		/* A nonce of its own per round keeps the msg_ids apart. */
+		int r = bench_phase_run(&one, run->zctx, &ph, run->nonce + ++run->trickles, &res);
+		*messages += res.acked;
+		if (r < 0 || !result_ok(&res)) {
+			fprintf(stderr, "coord-bench: settle: a trickled message was not acked\n");
+			return r < 0 ? r : res.error ? res.error : -EPROTO;
+		}
+		pause_ms(BENCH_SETTLE_PAUSE_MS);
+		struct bench_broker_stats st;
+		(void) bench_broker_stats(run->zctx, NULL, o->metrics, &st);
+		*log = st.digest_log >= 0 ? st.digest_log : *log; /* asked again */
+	}
+	return 0;
+}
+
+/* Write back the store's file system (syncfs of `dir`) within `left` seconds. Returns 0,
+ * -ETIMEDOUT (the syncfs goes on in its thread) or another negative errno. */
+static int
+settle_sync(const struct bench_options *o, const char *dir, double t0, double left)
+{
+	pthread_t thread;
+	double start = bench_mono_s(), next = start + BENCH_SETTLE_NOTE_S;
+
+	sync_job.fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (sync_job.fd < 0) {
+		return -errno;
+	}
+	if (pthread_create(&thread, NULL, sync_main, NULL) != 0) {
+		(void) close(sync_job.fd);
+		return -EAGAIN;
+	}
+	while (!__atomic_load_n(&sync_job.done, __ATOMIC_ACQUIRE)) {
+		double now = bench_mono_s();
+		if (now - start >= left) {
+			(void) pthread_detach(thread);
+			return -ETIMEDOUT;
+		}
+		if (now >= next) {
+			settle_note(o, "writing back the store's file system", -1, -1, now - t0);
+			next = now + BENCH_SETTLE_NOTE_S;
+		}
+		pause_ms(50);
+	}
+	(void) pthread_join(thread, NULL);
+	(void) close(sync_job.fd);
+	return sync_job.r;
+}
+
+/*
+ * After the preload: wait until the broker's digest log is back at or below its limit
+ * (nothing waits to be folded, the folder idle) and the store's file system is written
+ * back, at most --settle-timeout seconds. A fold is installed by the batch after it, so
+ * while the log is over the limit a few messages are trickled (one council, one in flight)
+ * every BENCH_SETTLE_PAUSE_MS. Returns 0 (settled or not: run->settle says), or a negative
+ * errno when a trickled message was not acked.
+ */
+static int
+run_settle(struct run *run)
+{
+	const struct bench_options *o = &run->o;
+	struct bench_settle *st = &run->settle;
+	const char *dir = o->ceiling_dir ? o->ceiling_dir : getenv("TMPDIR");
+	struct bench_snapshot a, b;
+	double t0 = bench_mono_s();
+	int r = 0;
+
+	*st = (struct bench_settle){.ran = true, .broker_cpu = -1};
+	snap(o, run->zctx, false, &a);
+	st->log_before = a.stats.digest_log;
+	st->log_limit = a.stats.digest_log_limit;
+	st->dirty_before_kib = bench_dirty_kib();
+	if (!o->metrics || st->log_before < 0) {
+		fprintf(stderr, "coord-bench: settle: the broker's digest log is not known (no "
+		                "--metrics, or a broker without coordd_digest_log_contributions): "
+		                "waiting for the write-back only\n");
+	}
+	double log = st->log_before;
+	r = fold_wait(run, t0, &log, st->log_limit, &st->messages);
+	if (r < 0 && r != -ETIMEDOUT) {
+		return r;
+	}
+	st->log_after = log;
+	if (r == 0) {
+		double s0 = bench_mono_s();
+		r = settle_sync(o, dir ? dir : "/tmp", t0, o->settle_timeout - (s0 - t0));
+		st->sync_seconds = bench_mono_s() - s0;
+	}
+	st->dirty_after_kib = bench_dirty_kib();
+	st->seconds = bench_mono_s() - t0;
+	st->settled = r == 0;
+	snap(o, run->zctx, false, &b);
+	if (a.usage.cpu_seconds >= 0 && b.usage.cpu_seconds >= 0) {
+		st->broker_cpu = b.usage.cpu_seconds - a.usage.cpu_seconds;
+	}
+	if (r < 0) {
+		fprintf(stderr,
+		        "coord-bench: settle: not settled after %.0f s (%s); the phases run "
+		        "anyway\n",
+		        st->seconds, r == -ETIMEDOUT ? "--settle-timeout" : strerror(-r));
+	} else if (!o->quiet || st->seconds >= BENCH_SETTLE_NOTE_S) {
+		settle_note(o, "done", log, st->log_limit, st->seconds);
+	}
+	return 0;
+}
+
 static int
 run_all(struct run *run)
 {
@@ -595,6 +826,16 @@ run_all(struct run *run)
 		if (r < 0 || !result_ok(&run->res[run->n_res - 1])) {
 			return r < 0 ? r : 0;
 		}
+		if (o->settle_timeout > 0) {
+			r = run_settle(run);
+			if (r < 0) {
+				return r;
+			}
+		}
+	}
+	if (o->preload_only) {
+		snap(o, run->zctx, true, &run->end);
+		return 0;
 	}
 	if (o->ceiling) {
 		r = run_ceiling(run, BENCH_SERVER_ECHO);
@@ -634,19 +875,24 @@ main(int argc, char **argv)
 	                        .size = 300,
 	                        .seed = 1,
 	                        .fanout_wait = 10,
+	                        .settle_timeout = BENCH_SETTLE_TIMEOUT_DEFAULT,
 	                },
 	};
 	struct bench_options *o = &run.o;
+	bool check_only = false;
 
 	(void) bench_mix_parse(BENCH_MIX_DEFAULT, &o->mix);
-	int r = parse_args(argc, argv, o, &run.publish);
+	int r = parse_args(argc, argv, o, &run.publish, &check_only);
 	if (r <= 0) {
 		return r < 0 ? 2 : 0;
 	}
-	if (o->preload) {
+	if (o->preload || check_only) {
 		const char *dir = o->ceiling_dir ? o->ceiling_dir : getenv("TMPDIR");
 		if (check_disk(o, dir ? dir : "/tmp") < 0) {
 			return 2;
+		}
+		if (check_only) {
+			return 0;
 		}
 	}
 	if (o->subscribers) {
@@ -681,11 +927,11 @@ main(int argc, char **argv)
 	}
 	static const struct bench_result none = {.name = "coordd"};
 	if (o->json) {
-		bench_report_json(o, run.res, run.n_res, coordd ? coordd : &none, &run.end,
-		                  run.have_fan ? &run.fan : NULL);
+		bench_report_json(o, run.res, run.n_res, &run.settle, coordd ? coordd : &none,
+		                  &run.end, run.have_fan ? &run.fan : NULL);
 	} else {
-		bench_report_text(o, run.res, run.n_res, coordd ? coordd : &none, &run.end,
-		                  run.have_fan ? &run.fan : NULL);
+		bench_report_text(o, run.res, run.n_res, &run.settle, coordd ? coordd : &none,
+		                  &run.end, run.have_fan ? &run.fan : NULL);
 	}
 	(void) zmq_ctx_term(run.zctx);
 	if (run.used_nats) {

@@ -325,7 +325,7 @@ progress(const struct bench_options *o, const struct bench_phase *ph, struct cou
 {
 	uint64_t total = (uint64_t) o->councils * ph->messages;
 	bool tty = isatty(STDERR_FILENO);
-	int every = !o->quiet ? 10 : ph->on_the_fly ? 100 : 0; /* ticks of 100 ms */
+	int every = ph->silent ? 0 : !o->quiet ? 10 : ph->on_the_fly ? 100 : 0; /* 100 ms ticks */
 	int64_t start = now_ns();
 
 	for (int tick = 0;; tick++) {
@@ -359,6 +359,12 @@ progress(const struct bench_options *o, const struct bench_phase *ph, struct cou
 	}
 }
 
+double
+bench_mono_s(void)
+{
+	return (double) now_ns() / 1e9;
+}
+
 int
 bench_cmp_i64(const void *a, const void *b)
 {
@@ -383,8 +389,11 @@ bench_phase_run(const struct bench_options *o, void *zctx, const struct bench_ph
 	struct council *cs = calloc(o->councils, sizeof(*cs));
 	int r = 0;
 
-	*res = (struct bench_result){
-	        .name = ph->name, .server_cpu = -1, .avg_batch = -1, .avg_commit_ms = -1};
+	*res = (struct bench_result){.name = ph->name,
+	                             .server_cpu = -1,
+	                             .server_cpu_folded = -1,
+	                             .avg_batch = -1,
+	                             .avg_commit_ms = -1};
 	if (!cs) {
 		return -ENOMEM;
 	}

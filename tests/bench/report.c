@@ -24,10 +24,11 @@ print_result_json(const struct bench_result *r)
 	       ",\"seconds\":%.3f,\"acked_per_second\":%.0f,\"p50_ms\":%.3f,\"p99_ms\":%.3f,"
 	       "\"p999_ms\":%.3f,\"max_ms\":%.3f,\"envelope_bytes\":%.1f,\"server_cpu_seconds\":%."
 	       "3f,"
+	       "\"server_cpu_folded_seconds\":%.3f,\"fold_messages\":%" PRIu64 ","
 	       "\"avg_batch\":%.1f,\"avg_commit_ms\":%.3f,\"error\":%d}",
 	       r->acked, r->total, r->status[1], r->status[2], r->status[3], r->status[4],
 	       r->seconds, r->rate, r->p50, r->p99, r->p999, r->max, r->mean_bytes, r->server_cpu,
-	       r->avg_batch, r->avg_commit_ms, r->error);
+	       r->server_cpu_folded, r->fold_messages, r->avg_batch, r->avg_commit_ms, r->error);
 }
 
 static void
@@ -37,6 +38,9 @@ print_result_text(const struct bench_result *r)
 	       r->rate, r->p50, r->p99, r->p999, r->max);
 	if (r->server_cpu >= 0) {
 		printf("  cpu %.2f s", r->server_cpu);
+	}
+	if (r->server_cpu_folded >= 0) {
+		printf(" (%.2f s with its folds)", r->server_cpu_folded);
 	}
 	if (r->avg_batch >= 0) {
 		printf("  batch %.1f", r->avg_batch);
@@ -48,6 +52,39 @@ print_result_text(const struct bench_result *r)
 	       ", rejected %" PRIu64 ", retry later %" PRIu64 ") in %.3f s\n",
 	       "", r->acked, r->total, r->status[1], r->status[2], r->status[3], r->status[4],
 	       r->seconds);
+}
+
+static void
+print_settle_json(const struct bench_settle *st)
+{
+	printf(",\"settle\":{\"settled\":%s,\"seconds\":%.3f,\"sync_seconds\":%.3f,"
+	       "\"broker_cpu_seconds\":%.3f,\"messages\":%" PRIu64 ",\"digest_log_before\":%.0f,"
+	       "\"digest_log_after\":%.0f,\"digest_log_limit\":%.0f,\"dirty_before_kib\":%ld,"
+	       "\"dirty_after_kib\":%ld}",
+	       st->settled ? "true" : "false", st->seconds, st->sync_seconds, st->broker_cpu,
+	       st->messages, st->log_before, st->log_after, st->log_limit, st->dirty_before_kib,
+	       st->dirty_after_kib);
+}
+
+static void
+print_settle_text(const struct bench_settle *st)
+{
+	printf("%-11s %s after %.1f s: ", "settle", st->settled ? "settled" : "NOT SETTLED",
+	       st->seconds);
+	if (st->log_before >= 0) {
+		printf("digest log %.0f -> %.0f contributions (limit %.0f), %" PRIu64
+		       " messages trickled; ",
+		       st->log_before, st->log_after, st->log_limit, st->messages);
+	} else {
+		printf("digest log unknown; ");
+	}
+	printf("dirty + writeback %.0f -> %.0f MiB, syncfs %.2f s",
+	       (double) st->dirty_before_kib / 1024, (double) st->dirty_after_kib / 1024,
+	       st->sync_seconds);
+	if (st->broker_cpu >= 0) {
+		printf("; broker cpu %.2f s", st->broker_cpu);
+	}
+	printf("\n");
 }
 
 void
@@ -98,8 +135,8 @@ bench_fanout_compute(const struct bench_phase *ph, const struct bench_sub_sample
 
 void
 bench_report_json(const struct bench_options *o, const struct bench_result *res, size_t n_res,
-                  const struct bench_result *coordd, const struct bench_snapshot *end,
-                  const struct bench_fanout *f)
+                  const struct bench_settle *settle, const struct bench_result *coordd,
+                  const struct bench_snapshot *end, const struct bench_fanout *f)
 {
 	char mix[160];
 
@@ -116,6 +153,9 @@ bench_report_json(const struct bench_options *o, const struct bench_result *res,
 		print_result_json(&res[i]);
 	}
 	printf("}");
+	if (settle->ran) {
+		print_settle_json(settle);
+	}
 	for (size_t i = 0; i < n_res; i++) {
 		if (res[i].reference && res[i].rate > 0) {
 			printf(",\"ratio_to_%s\":%.3f", short_name(&res[i]),
@@ -154,8 +194,8 @@ bench_report_json(const struct bench_options *o, const struct bench_result *res,
 
 void
 bench_report_text(const struct bench_options *o, const struct bench_result *res, size_t n_res,
-                  const struct bench_result *coordd, const struct bench_snapshot *end,
-                  const struct bench_fanout *f)
+                  const struct bench_settle *settle, const struct bench_result *coordd,
+                  const struct bench_snapshot *end, const struct bench_fanout *f)
 {
 	char mix[160];
 
@@ -169,6 +209,9 @@ bench_report_text(const struct bench_options *o, const struct bench_result *res,
 	}
 	for (size_t i = 0; i < n_res; i++) {
 		print_result_text(&res[i]);
+		if (settle->ran && strcmp(res[i].name, "preload") == 0) {
+			print_settle_text(settle);
+		}
 	}
 	for (size_t i = 0; i < n_res; i++) {
 		if (res[i].reference && res[i].rate > 0) {

@@ -167,6 +167,9 @@ def test_metrics_parse_as_prometheus_and_match_what_was_pushed(metered):
     assert val("coordd_digest_seeds_total") >= 1
     assert val("coordd_digests_held_total") == 0
     assert val("coordd_digest_errors_total") == 0
+    # Four records, one contribution each, far below the limit: nothing folded yet.
+    assert val("coordd_digest_log_contributions") == 4
+    assert val("coordd_digest_log_limit") == 8192
     assert val("coordd_store_last_seq") == 4
     assert val("coordd_store_records") == 4
     assert val("coordd_store_items") == 4

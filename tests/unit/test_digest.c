@@ -1103,6 +1103,17 @@ test_log_holds_contributions_until_the_limit(void **state)
 	assert_int_equal(line_count(f, COUNTRY, "FR", C_EVENT, RALLY), 0);
 }
 
+/* digest_log_state(): the contributions in the committed log, with the limit of 2. */
+static size_t
+log_pending(struct fixture *f)
+{
+	size_t logged, limit;
+
+	digest_log_state(f->digest, &logged, &limit);
+	assert_int_equal(limit, 2);
+	return logged;
+}
+
 /* The folder thread folds a snapshot of the log; the next batch installs it (and deletes
  * the entries folded, not its own), and every digest stays exact on the way. */
 static void
@@ -1120,12 +1131,14 @@ test_background_fold_is_installed_by_the_next_batch(void **state)
 	assert_int_equal(digest_fold_wait(f->digest), 0);
 	/* Folded, not yet installed: the table is as it was, the digests exact. */
 	assert_int_equal(log_entries(f), 3);
+	assert_int_equal(log_pending(f), 4);
 	assert_int_equal(table_entries(f), 0);
 	assert_int_equal(line_count(f, ALL, "", C_EVENT, RALLY), 2);
 	assert_int_equal(line_count(f, COUNTRY, "DE", C_EVENT, RALLY), 0);
 
 	push(f, retraction(&m, "c01", "b", 2));
 	assert_int_equal(log_entries(f), 1);
+	assert_int_equal(log_pending(f), 1); /* the retraction's -1 */
 	/* The first three batches: all, c01, FR and AM, hour and whole campaign (DE emptied). */
 	assert_int_equal(table_entries(f), 10);
 	assert_int_equal(line_count(f, ALL, "", C_EVENT, RALLY), 1);
@@ -1136,6 +1149,7 @@ test_background_fold_is_installed_by_the_next_batch(void **state)
 	push(f, event(&m, "c01", "c", 1, RALLY, "DE", T0, 10, "de", "Rally"));
 	assert_int_equal(digest_fold_wait(f->digest), -EAGAIN);
 	assert_int_equal(log_entries(f), 2);
+	assert_int_equal(log_pending(f), 2);
 	assert_int_equal(line_count(f, ALL, "", C_EVENT, RALLY), 2);
 	assert_verify_and_rebuild_agree(f);
 	assert_int_equal(log_entries(f), 0);
