@@ -7,9 +7,10 @@
  * ZMQ_FDs and drains only the sockets whose descriptor fired (until ZMQ_EVENTS has no
  * POLLIN left, as libzmq's edge-style ZMQ_FD requires), so a wake costs the sockets that
  * have messages, not all of them as zmq_poll() does. Of each Publication only first_seq
- * and last_seq are read (pbscan), never the DigestSet; its size is kept. A subscriber applies a message whose last_seq is above the
- * one it holds (the broker repeats last values when others subscribe, docs/PROTOCOL.md)
- * and, once armed, records (receive time, first_seq, last_seq, size) for it.
+ * and last_seq are read (pbscan), never the DigestSet; its size is kept. A subscriber
+ * applies a message whose last_seq is above the one it holds (the broker repeats last
+ * values when others subscribe, docs/PROTOCOL.md) and, once armed, records (receive time,
+ * first_seq, last_seq, size) for it.
  */
 #include <errno.h>
 #include <pthread.h>
