@@ -38,8 +38,8 @@
 #define DIGEST_LOG_LIMIT_DEFAULT 8192
 /* Bytes of decoded aggregates the write side keeps between folds (digest.c). */
 #define DIGEST_CACHE_LIMIT_DEFAULT ((size_t) 32 << 20)
-/* Bytes of aggregates one batch installs of a fold made by the folder thread (digest.c). */
-#define DIGEST_INSTALL_SLICE_DEFAULT ((size_t) 256 << 10)
+/* Aggregates one batch installs at least of a fold made by the folder thread (digest.c). */
+#define DIGEST_INSTALL_SLICE_DEFAULT 256
 /* digest_free() folds the log only when it holds at most this many contributions. */
 #define DIGEST_SHUTDOWN_FOLD_MAX 65536
 /* Headlines are looked for among this many newest items at most. */
@@ -74,12 +74,13 @@ int digest_new(struct store *store, struct digest **ret_digest);
 void digest_set_log_limit(struct digest *d, size_t records);
 
 /*
- * Set about how many bytes of aggregates one batch writes when it installs a fold made by
- * the folder thread (default DIGEST_INSTALL_SLICE_DEFAULT; at least one aggregate; 0 writes
- * the whole fold in one batch): the rest goes into the next batches, and digests stay exact
- * in between. Writer thread, or before any write.
+ * Set how many aggregates a batch writes at least when it installs a fold made by the
+ * folder thread (default DIGEST_INSTALL_SLICE_DEFAULT; a large one counts as several, and a
+ * batch writes 2 more per contribution it logs; 0 writes the whole fold in one batch): the
+ * rest goes into the next batches, and digests stay exact in between. Writer thread, or
+ * before any write.
  */
-void digest_set_install_slice(struct digest *d, size_t bytes);
+void digest_set_install_slice(struct digest *d, size_t aggregates);
 
 /*
  * Set how many bytes of decoded aggregates the folder thread keeps between folds (default

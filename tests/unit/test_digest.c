@@ -1736,7 +1736,7 @@ install_slices(struct fixture *f, const struct model *recs, size_t max)
 static void
 ask_sliced_fold(struct fixture *f)
 {
-	digest_set_install_slice(f->digest, 256);
+	digest_set_install_slice(f->digest, 16);
 	digest_set_log_limit(f->digest, 1000);
 	assert_int_equal(store_write_batch(f->store, NULL, 0), 0);
 	assert_int_equal(digest_fold_wait(f->digest), 0);
