@@ -37,6 +37,10 @@
  *   value  that batch's contributions in order, each: u8 sign (1 add, 2 remove), u8 length
  *          and the council id, u8 category, varint kind, varint date, 2 bytes country (0 0
  *          for none), varint sum, u8 count and, per language, u8 length and the subtag
+ * and, while a fold is installed over several batches, the install mark:
+ *   key    the single byte 0 (before every entry)
+ *   value  u8 0, u64 big-endian last_key, then a "digest" key K: the aggregates up to K
+ *          (in key order) hold every entry up to last_key, those after K none of the log
  * Rewriting the aggregates a batch touches cost every batch ~1,000 aggregates and most of
  * the table's pages with varied records (and with one record per batch the large
  * whole-campaign aggregates alone). So a batch only appends its contributions, ~40 bytes
@@ -46,22 +50,33 @@
  * read transaction and applies the log's contributions, oldest first, to the aggregates of
  * its window, so it counts exactly the committed records. verify takes the log back out of
  * its recount (newest first, opposite signs) before comparing with the table; rebuild folds
- * the log first.
+ * the log first. (All of them skip what the install mark, below, says is installed.)
  *
  * Folding off the ack path: the batch whose commit leaves the log over the limit asks the
  * folder thread (`struct folder`, started on first use) to fold. The folder reads the
  * committed log and the aggregates in a read transaction of its own, applies every entry of
  * that snapshot to its cache of decoded aggregates, and packs each aggregate it changed into
- * one buffer (READY). The next batch installs it inside its own transaction: it writes
- * those packed values and deletes the log entries up to the newest one folded, so table and
- * log change together and the digests stay exact after every commit. Only one fold is in
- * flight (IDLE -> WORKING -> READY -> installed -> IDLE), and only folds change the
- * "digest" table, so the aggregates the folder read are still the stored ones when its
- * result is installed, however many batches committed meanwhile (they only appended to the
- * log). A batch that aborts (map growth) leaves the result READY for its replay or the next
- * batch. Folding the whole log inside one batch, as before the folder, made that batch's
- * commit ~150 ms with 8,192 contributions and every batch queued behind it waited (p99 ack
- * 0.3 to 1.2 s at 64 in flight); the installing batch now only writes packed values.
+ * one buffer, in key order (READY). The next batches install it inside their own
+ * transactions, a slice each (folder_install(), install_budget(): 256 aggregates plus 2 per
+ * contribution the batch logs, more when the log runs past twice its limit): a slice
+ * writes its packed values and the install mark (the fold's last entry, the last key
+ * written); the last slice deletes the mark and the log entries up to the newest one
+ * folded. Every reader of the log applies an entry to an aggregate unless the mark says it
+ * holds it already (mark_covers()), so the digests stay exact after every commit. Only one
+ * fold is in flight (IDLE -> WORKING -> READY -> slices installed -> IDLE), and only folds
+ * change the "digest" table, so the aggregates the folder read are still the stored ones
+ * when its result is installed, however many batches committed meanwhile (they only
+ * appended to the log). A batch that aborts (map growth) leaves the result and the slice
+ * where they were, for its replay or the next batch. Folding the whole log inside one
+ * batch, as before the folder, made that batch's commit ~150 ms with 8,192 contributions
+ * and every batch queued behind it waited (p99 ack 0.3 to 1.2 s at 64 in flight); writing
+ * the whole result in one batch (~13,500 aggregates at W=64) still held up the batches
+ * behind it, and LMDB keeps every page a write transaction dirtied for reuse until the
+ * environment closes, so the largest install set the broker's private memory. A store
+ * left with a mark (a crash between slices): the next folder folds only the entries up to
+ * the mark's last_key into the aggregates after its key and installs that the same way;
+ * the writer's own fold and rebuild fold the whole log around the mark. No batch comes
+ * while the broker is idle: an install then waits, exact, for the next one.
  * The writer folds in the batch itself (the whole log, that batch's entry too) with a
  * limit of 0 (tests), when the folder is off (digest_set_fold_background()) or could not
  * start, and as a safety net when the log reaches FOLD_HERE_FACTOR times the limit while
