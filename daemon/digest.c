@@ -58,7 +58,7 @@
  * that snapshot to its cache of decoded aggregates, and packs each aggregate it changed into
  * one buffer, in key order (READY). The next batches install it inside their own
  * transactions, a slice each (folder_install(), install_budget(): 256 aggregates plus 2 per
- * contribution the batch logs, more when the log runs past twice its limit): a slice
+ * contribution the batch logs): a slice
  * writes its packed values and the install mark (the fold's last entry, the last key
  * written); the last slice deletes the mark and the log entries up to the newest one
  * folded. Every reader of the log applies an entry to an aggregate unless the mark says it
@@ -3064,25 +3064,22 @@ folder_ask(struct digest *d)
 /*
  * What a batch installs of a fold, in aggregates (a value of INSTALL_VALUE_UNIT bytes
  * counts as one more: what an aggregate costs is mostly the put and its page, then its
- * bytes): install_slice, plus INSTALL_PER_CONTRIBUTION per contribution the batch logs
- * (a fold writes ~1.6 aggregates per contribution folded with varied records, so the
- * installs keep pace with the log at any batch size), all times how far the log is over
- * twice its limit when they fall behind anyway.
+ * bytes): install_slice, plus INSTALL_PER_CONTRIBUTION per contribution the batch logs (a
+ * fold writes ~1.6 aggregates per contribution folded with varied records, so the installs
+ * keep pace with the log at any batch size). Never more: when they fall behind (a big
+ * table, a fast preload), the log grows and the next fold takes more contributions for at
+ * most the whole table, which is the equilibrium; multiplying the slice by the log's excess
+ * let one preload batch install 39,000 aggregates (17 MB).
  */
 #define INSTALL_VALUE_UNIT 512
 #define INSTALL_PER_CONTRIBUTION 2
 static size_t
 install_budget(const struct digest *d)
 {
-	size_t b = d->install_slice + INSTALL_PER_CONTRIBUTION * d->batch_logged;
-
 	if (d->install_slice == 0) {
 		return SIZE_MAX;
 	}
-	if (d->log_limit > 0 && d->logged > 2 * d->log_limit) {
-		b *= d->logged / d->log_limit;
-	}
-	return b;
+	return d->install_slice + INSTALL_PER_CONTRIBUTION * d->batch_logged;
 }
 
 /* Write the next slice of the folder's result (at least one aggregate, about
