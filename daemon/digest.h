@@ -13,10 +13,12 @@
  * removes; a restore only adds. So every figure is exact and nothing is ever rescanned.
  *
  * A batch writes its contributions to the "digest_log" table (a few bytes each, appended),
- * not to the aggregates; once the log holds more than the log limit, a batch folds the whole
- * log into the "digest" table and empties it. A digest is the aggregates plus the log, read
- * in one transaction, so it is exact after every commit; the folding only saves the
- * rewriting of the same aggregates by every batch.
+ * not to the aggregates; once the log holds more than the log limit, the folder thread folds
+ * the log and the next batches write the result into the "digest" table, a slice each, the
+ * last one deleting the entries folded (the install mark in the log says which aggregates
+ * hold which entries meanwhile). A digest is the aggregates plus the log, read in one
+ * transaction, so it is exact after every commit; the folding only saves the rewriting of
+ * the same aggregates by every batch.
  *
  * Threads: the store hooks run on the writer thread; everything else on the loop thread
  * (reads use their own read transaction). The dirty-scope set is handed between the two
