@@ -37,6 +37,10 @@
  *   value  that batch's contributions in order, each: u8 sign (1 add, 2 remove), u8 length
  *          and the council id, u8 category, varint kind, varint date, 2 bytes country (0 0
  *          for none), varint sum, u8 count and, per language, u8 length and the subtag
+ * and, while a fold is installed over several batches, the install mark:
+ *   key    the single byte 0 (before every entry)
+ *   value  u8 0, u64 big-endian last_key, then a "digest" key K: the aggregates up to K
+ *          (in key order) hold every entry up to last_key, those after K none of the log
  * Rewriting the aggregates a batch touches cost every batch ~1,000 aggregates and most of
  * the table's pages with varied records (and with one record per batch the large
  * whole-campaign aggregates alone). So a batch only appends its contributions, ~40 bytes
@@ -46,22 +50,33 @@
  * read transaction and applies the log's contributions, oldest first, to the aggregates of
  * its window, so it counts exactly the committed records. verify takes the log back out of
  * its recount (newest first, opposite signs) before comparing with the table; rebuild folds
- * the log first.
+ * the log first. (All of them skip what the install mark, below, says is installed.)
  *
  * Folding off the ack path: the batch whose commit leaves the log over the limit asks the
  * folder thread (`struct folder`, started on first use) to fold. The folder reads the
  * committed log and the aggregates in a read transaction of its own, applies every entry of
  * that snapshot to its cache of decoded aggregates, and packs each aggregate it changed into
- * one buffer (READY). The next batch installs it inside its own transaction: it writes
- * those packed values and deletes the log entries up to the newest one folded, so table and
- * log change together and the digests stay exact after every commit. Only one fold is in
- * flight (IDLE -> WORKING -> READY -> installed -> IDLE), and only folds change the
- * "digest" table, so the aggregates the folder read are still the stored ones when its
- * result is installed, however many batches committed meanwhile (they only appended to the
- * log). A batch that aborts (map growth) leaves the result READY for its replay or the next
- * batch. Folding the whole log inside one batch, as before the folder, made that batch's
- * commit ~150 ms with 8,192 contributions and every batch queued behind it waited (p99 ack
- * 0.3 to 1.2 s at 64 in flight); the installing batch now only writes packed values.
+ * one buffer, in key order (READY). The next batches install it inside their own
+ * transactions, a slice each (folder_install(), install_budget(): 256 aggregates plus 2 per
+ * contribution the batch logs): a slice
+ * writes its packed values and the install mark (the fold's last entry, the last key
+ * written); the last slice deletes the mark and the log entries up to the newest one
+ * folded. Every reader of the log applies an entry to an aggregate unless the mark says it
+ * holds it already (mark_covers()), so the digests stay exact after every commit. Only one
+ * fold is in flight (IDLE -> WORKING -> READY -> slices installed -> IDLE), and only folds
+ * change the "digest" table, so the aggregates the folder read are still the stored ones
+ * when its result is installed, however many batches committed meanwhile (they only
+ * appended to the log). A batch that aborts (map growth) leaves the result and the slice
+ * where they were, for its replay or the next batch. Folding the whole log inside one
+ * batch, as before the folder, made that batch's commit ~150 ms with 8,192 contributions
+ * and every batch queued behind it waited (p99 ack 0.3 to 1.2 s at 64 in flight); writing
+ * the whole result in one batch (~13,500 aggregates at W=64) still held up the batches
+ * behind it, and LMDB keeps every page a write transaction dirtied for reuse until the
+ * environment closes, so the largest install set the broker's private memory. A store
+ * left with a mark (a crash between slices): the next folder folds only the entries up to
+ * the mark's last_key into the aggregates after its key and installs that the same way;
+ * the writer's own fold and rebuild fold the whole log around the mark. No batch comes
+ * while the broker is idle: an install then waits, exact, for the next one.
  * The writer folds in the batch itself (the whole log, that batch's entry too) with a
  * limit of 0 (tests), when the folder is off (digest_set_fold_background()) or could not
  * start, and as a safety net when the log reaches FOLD_HERE_FACTOR times the limit while
@@ -228,11 +243,27 @@ struct dentry {
 	uint8_t key[KEY_MAX];
 };
 
+/*
+ * The install mark (see the top of this file): while a fold is installed over several
+ * batches, the aggregates up to `key` (in key order) hold every log entry up to `last_key`,
+ * and those after it none of the log. Stored in the log table under the 1-byte key 0,
+ * before every entry, as u8 0 (a byte no contribution starts with), u64 big-endian
+ * last_key, and the key.
+ */
+#define MARK_KEY_LEN 1
+struct mark {
+	bool set;
+	uint8_t klen;
+	uint64_t last_key;
+	uint8_t key[KEY_MAX];
+};
+
 struct arena_chunk;
 
 /* A logged contribution in the folder's snapshot: its hour bucket, and its bytes. */
 struct pending {
 	uint64_t bucket;
+	uint64_t entry; /* the key of its log entry */
 	const uint8_t *at;
 	size_t len;
 };
@@ -248,6 +279,7 @@ struct deltas {
 	size_t spare_bytes;
 	struct pending *order; /* the folder's snapshot, to be added in hour order */
 	size_t n_order, cap_order;
+	struct mark mark; /* the log's install mark: deltas_add() skips what it covers */
 };
 
 struct centry {
@@ -312,7 +344,10 @@ struct digest {
 	uint64_t log_key;      /* its key: the seq of the batch's first accepted record */
 	size_t batch_logged;   /* contributions in log_buf */
 	size_t batch_folded;   /* contributions the batch folded (or installed) */
-	bool batch_installs;   /* the batch installs the folder's result */
+	bool batch_installs;   /* the batch installs the last slice of the folder's result */
+	bool batch_slices;     /* the batch installs a slice before the last one */
+	size_t install_next;   /* then: where the next slice starts in the folder's `out` */
+	size_t install_slice;  /* aggregates a batch installs at least (0: all at once) */
 	bool background;       /* fold in the folder thread (see the top of this file) */
 	struct folder *folder; /* started on the first fold */
 	pthread_mutex_t lock;
@@ -339,8 +374,9 @@ struct folder {
 	 * each aggregate as u8 key length, key, u32 value length (0: delete), packed value. */
 	uint8_t *out;
 	size_t out_len, out_cap;
-	uint64_t last_key; /* the newest log entry folded: install deletes it and all before */
-	size_t folded;     /* contributions folded */
+	uint64_t last_key;  /* the newest log entry folded: install deletes it and all before */
+	size_t folded;      /* contributions folded */
+	size_t install_pos; /* bytes of `out` that committed batches installed */
 	uint64_t folds, fold_errors;
 };
 
@@ -348,6 +384,7 @@ struct folder {
 struct fold {
 	struct digest *d;
 	MDB_txn *txn;
+	const struct mark *mark; /* NULL, or the log's install mark */
 };
 
 /* The three CodeCount lists of a DigestLine, by index. */
@@ -1286,6 +1323,56 @@ cache_get(struct digest *d, MDB_txn *txn, const uint8_t *key, size_t klen,
 	return 0;
 }
 
+static int key_cmp(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen);
+
+/* Whether the aggregate `key` already holds the log entry `at`: then a reader must not
+ * apply it there. */
+static bool
+mark_covers(const struct mark *m, uint64_t at, const uint8_t *key, size_t klen)
+{
+	return m->set && at <= m->last_key && key_cmp(key, klen, m->key, m->klen) <= 0;
+}
+
+/* Read the install mark of the log table `dbi` (0: none) in `txn`. Returns 0 or -EBADMSG
+ * (a mark that does not decode), -EIO. */
+static int
+mark_read(MDB_txn *txn, MDB_dbi dbi, struct mark *ret)
+{
+	MDB_val k = {.mv_size = MARK_KEY_LEN, .mv_data = (void *) (const uint8_t[]){0}};
+	MDB_val v;
+	int rc = dbi ? mdb_get(txn, dbi, &k, &v) : MDB_NOTFOUND;
+
+	*ret = (struct mark){0};
+	if (rc == MDB_NOTFOUND) {
+		return 0;
+	}
+	if (rc != 0) {
+		return -EIO;
+	}
+	const uint8_t *p = v.mv_data;
+	if (v.mv_size < 1 + 8 + 1 || v.mv_size > 1 + 8 + KEY_MAX || p[0] != 0) {
+		return -EBADMSG;
+	}
+	ret->set = true;
+	ret->last_key = get_be64(p + 1);
+	ret->klen = (uint8_t) (v.mv_size - 9);
+	memcpy(ret->key, p + 9, ret->klen);
+	return 0;
+}
+
+static int
+mark_write(MDB_txn *txn, MDB_dbi dbi, uint64_t last_key, const uint8_t *key, size_t klen)
+{
+	uint8_t buf[1 + 8 + KEY_MAX];
+	MDB_val k = {.mv_size = MARK_KEY_LEN, .mv_data = (void *) (const uint8_t[]){0}};
+	MDB_val v = {.mv_size = 9 + klen, .mv_data = buf};
+
+	buf[0] = 0;
+	put_be64(buf + 1, last_key);
+	memcpy(buf + 9, key, klen);
+	return mdb_put(txn, dbi, &k, &v, 0);
+}
+
 /* The six aggregates a contribution goes to, in the order apply_contribution() visits
  * them: (all, the council's, the country's scope) x (its hour, the whole campaign). */
 struct targets {
@@ -1317,11 +1404,11 @@ targets_of(const char *council, const struct digest_contribution *c, struct targ
 	}
 }
 
-/* Add (+1) or remove (-1) a contribution of `council` to the six aggregates, in the
- * cache. Returns 0, an MDB_* code or a negative errno. */
+/* apply_contribution() of the log entry `at`, but not to the aggregates that the install
+ * mark `m` (may be NULL) says hold it already. */
 static int
-apply_contribution(struct digest *d, MDB_txn *txn, const char *council,
-                   struct digest_contribution *c, int sign)
+apply_logged(struct digest *d, MDB_txn *txn, const char *council, struct digest_contribution *c,
+             int sign, const struct mark *m, uint64_t at)
 {
 	struct contribution_line cl;
 	struct targets t;
@@ -1332,6 +1419,9 @@ apply_contribution(struct digest *d, MDB_txn *txn, const char *council,
 		uint8_t key[KEY_MAX];
 		size_t klen = make_key(key, t.kind[i], t.id[i], t.bucket[i]);
 		Coord__V1__Aggregate *agg;
+		if (m && mark_covers(m, at, key, klen)) {
+			continue;
+		}
 		int r = cache_get(d, txn, key, klen, &agg);
 
 		if (r == 0) {
@@ -1342,6 +1432,15 @@ apply_contribution(struct digest *d, MDB_txn *txn, const char *council,
 		}
 	}
 	return 0;
+}
+
+/* Add (+1) or remove (-1) a contribution of `council` to the six aggregates, in the
+ * cache. Returns 0, an MDB_* code or a negative errno. */
+static int
+apply_contribution(struct digest *d, MDB_txn *txn, const char *council,
+                   struct digest_contribution *c, int sign)
+{
+	return apply_logged(d, txn, council, c, sign, NULL, 0);
 }
 
 /* Add (+1) or remove (-1) what the Envelope in `buf` contributes to the six aggregates. */
@@ -1368,6 +1467,7 @@ apply_envelope(struct digest *d, MDB_txn *txn, const char *council, const uint8_
 
 /* One contribution as the log holds it. */
 struct logged {
+	uint64_t at; /* the key of its log entry */
 	int sign;
 	char council[ID_MAX + 1];
 	struct digest_contribution c;
@@ -1474,8 +1574,12 @@ log_each(MDB_txn *txn, MDB_dbi dbi, bool reverse, log_fn *fn, void *data)
 	for (; rc == 0 && r == 0; rc = mdb_cursor_get(cur, &k, &v, reverse ? MDB_PREV : MDB_NEXT)) {
 		const uint8_t *p = v.mv_data;
 		const uint8_t *end = p + v.mv_size;
+		uint64_t at = k.mv_size == 8 ? get_be64(k.mv_data) : 0;
 		size_t n = 0;
 
+		if (k.mv_size == MARK_KEY_LEN) {
+			continue; /* the install mark (mark_read()) */
+		}
 		while (p < end && r == 0) {
 			struct logged *t = grow(tmp, &cap, n + 1, sizeof(*t));
 			if (!t) {
@@ -1483,7 +1587,8 @@ log_each(MDB_txn *txn, MDB_dbi dbi, bool reverse, log_fn *fn, void *data)
 				break;
 			}
 			tmp = t;
-			r = log_decode(&p, end, &tmp[n++]);
+			r = log_decode(&p, end, &tmp[n]);
+			tmp[n++].at = at;
 		}
 		for (size_t i = 0; i < n && r == 0; i++) {
 			r = fn(data, &tmp[reverse ? n - 1 - i : i]);
@@ -1694,7 +1799,7 @@ fold_one(void *data, const struct logged *l)
 	struct fold *f = data;
 	struct digest_contribution c = l->c;
 
-	return apply_contribution(f->d, f->txn, l->council, &c, l->sign);
+	return apply_logged(f->d, f->txn, l->council, &c, l->sign, f->mark, l->at);
 }
 
 /* ----------------------------------------------------------------------------------------- */
@@ -2213,6 +2318,7 @@ deltas_reset(struct deltas *t, bool all)
 		t->cap_order = 0;
 	}
 	t->n_order = 0;
+	t->mark = (struct mark){0};
 }
 
 /* The delta entry of `key`, made on first use. */
@@ -2357,7 +2463,8 @@ dentry_add(struct deltas *t, const uint32_t *rank, struct dentry *e, const struc
 	return 0;
 }
 
-/* Add a logged contribution to the deltas of its six aggregates. */
+/* Add a logged contribution to the deltas of its six aggregates (but those the install mark
+ * says hold it already). */
 static int
 deltas_add(struct digest *d, const struct logged *l)
 {
@@ -2386,6 +2493,9 @@ deltas_add(struct digest *d, const struct logged *l)
 		uint8_t key[KEY_MAX];
 		size_t klen = make_key(key, tg.kind[i], tg.id[i], tg.bucket[i]);
 		struct dentry *e;
+		if (mark_covers(&d->deltas.mark, l->at, key, klen)) {
+			continue;
+		}
 		r = deltas_entry(&d->deltas, key, klen, &e);
 		if (r == 0) {
 			r = dentry_add(&d->deltas, d->codes.rank, e, &x);
@@ -2395,7 +2505,8 @@ deltas_add(struct digest *d, const struct logged *l)
 }
 
 static int
-pending_add(struct deltas *t, uint64_t bucket, const uint8_t *at, const uint8_t *end)
+pending_add(struct deltas *t, uint64_t bucket, uint64_t entry, const uint8_t *at,
+            const uint8_t *end)
 {
 	struct pending *v = grow(t->order, &t->cap_order, t->n_order + 1, sizeof(*v));
 
@@ -2403,7 +2514,8 @@ pending_add(struct deltas *t, uint64_t bucket, const uint8_t *at, const uint8_t 
 		return -ENOMEM;
 	}
 	t->order = v;
-	v[t->n_order++] = (struct pending){.bucket = bucket, .at = at, .len = (size_t) (end - at)};
+	v[t->n_order++] = (struct pending){
+	        .bucket = bucket, .entry = entry, .at = at, .len = (size_t) (end - at)};
 	return 0;
 }
 
@@ -2432,6 +2544,7 @@ deltas_add_pending(struct digest *d)
 		struct logged l;
 		r = log_decode(&p, p + t->order[i].len, &l);
 		if (r == 0) {
+			l.at = t->order[i].entry;
 			r = deltas_add(d, &l);
 		}
 	}
@@ -2439,19 +2552,27 @@ deltas_add_pending(struct digest *d)
 }
 
 /*
- * The deltas of every contribution in the log table (in `txn`, which must not write until
+ * The deltas of the contributions in the log table (in `txn`, which must not write until
  * they are made: they are read in place), their number and the key of the newest entry.
- * Returns 0, MDB_CORRUPTED for a log that does not decode, -ENOMEM or -EIO.
+ * Every contribution, except where the install mark says an aggregate holds it already;
+ * with `finish` and a mark, only the entries up to the mark's last_key (what the
+ * aggregates after the mark's key lack of the fold being installed), and *ret_last_key is
+ * that last_key. Returns 0, MDB_CORRUPTED for a log that does not decode, -ENOMEM or -EIO.
  */
 static int
-deltas_of_log(struct digest *d, MDB_txn *txn, size_t *ret_folded, uint64_t *ret_last_key)
+deltas_of_log(struct digest *d, MDB_txn *txn, bool finish, size_t *ret_folded,
+              uint64_t *ret_last_key)
 {
+	struct mark *mk = &d->deltas.mark;
 	MDB_cursor *cur;
 	MDB_val k, v;
-	int r = 0;
+	int r = mark_read(txn, d->log_dbi, mk);
 
 	*ret_folded = 0;
 	*ret_last_key = 0;
+	if (r < 0) {
+		return r == -EBADMSG ? MDB_CORRUPTED : r;
+	}
 	if (mdb_cursor_open(txn, d->log_dbi, &cur) != 0) {
 		return -EIO;
 	}
@@ -2460,8 +2581,15 @@ deltas_of_log(struct digest *d, MDB_txn *txn, size_t *ret_folded, uint64_t *ret_
 		const uint8_t *p = v.mv_data;
 		const uint8_t *end = p + v.mv_size;
 
+		if (k.mv_size == MARK_KEY_LEN) {
+			continue;
+		}
 		if (k.mv_size != 8) {
 			r = -EBADMSG;
+			break;
+		}
+		uint64_t entry = get_be64(k.mv_data);
+		if (finish && mk->set && entry > mk->last_key) {
 			break;
 		}
 		while (r == 0 && p < end) {
@@ -2469,11 +2597,14 @@ deltas_of_log(struct digest *d, MDB_txn *txn, size_t *ret_folded, uint64_t *ret_
 			struct logged l;
 			r = log_decode(&p, end, &l);
 			if (r == 0) {
-				r = pending_add(&d->deltas, bucket_of(l.c.date), at, p);
+				r = pending_add(&d->deltas, bucket_of(l.c.date), entry, at, p);
 				(*ret_folded)++;
 			}
 		}
-		*ret_last_key = get_be64(k.mv_data);
+		*ret_last_key = entry;
+	}
+	if (finish && mk->set) {
+		*ret_last_key = mk->last_key;
 	}
 	mdb_cursor_close(cur);
 	if (r == 0 && rc != MDB_NOTFOUND) {
@@ -2730,7 +2861,7 @@ fold_log(struct digest *d, MDB_txn *txn)
 	struct fold f = {.d = d, .txn = txn};
 	size_t folded;
 	uint64_t last_key;
-	int r = deltas_of_log(d, txn, &folded, &last_key);
+	int r = deltas_of_log(d, txn, false, &folded, &last_key);
 
 	if (r == 0) {
 		r = deltas_fold(d, txn, emit_txn, &f);
@@ -2850,7 +2981,7 @@ folder_fold(struct folder *fo)
 	if (r < 0) {
 		return r;
 	}
-	r = deltas_of_log(bg, txn, &fo->folded, &fo->last_key);
+	r = deltas_of_log(bg, txn, true, &fo->folded, &fo->last_key);
 	if (r == 0) {
 		r = deltas_fold(bg, txn, emit_out, fo);
 	}
@@ -2930,20 +3061,48 @@ folder_ask(struct digest *d)
 	(void) pthread_mutex_unlock(&fo->mu);
 }
 
-/* Write the folder's result into the batch's transaction and delete the log entries it
- * folded. Writer thread, READY. Returns 0 or an MDB_* code. */
+/*
+ * What a batch installs of a fold, in aggregates (a value of INSTALL_VALUE_UNIT bytes
+ * counts as one more: what an aggregate costs is mostly the put and its page, then its
+ * bytes): install_slice, plus INSTALL_PER_CONTRIBUTION per contribution the batch logs (a
+ * fold writes ~1.6 aggregates per contribution folded with varied records, so the installs
+ * keep pace with the log at any batch size). Never more: when they fall behind (a big
+ * table, a fast preload), the log grows and the next fold takes more contributions for at
+ * most the whole table, which is the equilibrium; multiplying the slice by the log's excess
+ * let one preload batch install 39,000 aggregates (17 MB).
+ */
+#define INSTALL_VALUE_UNIT 512
+#define INSTALL_PER_CONTRIBUTION 2
+static size_t
+install_budget(const struct digest *d)
+{
+	if (d->install_slice == 0) {
+		return SIZE_MAX;
+	}
+	return d->install_slice + INSTALL_PER_CONTRIBUTION * d->batch_logged;
+}
+
+/* Write the next slice of the folder's result (at least one aggregate, about
+ * install_budget() of them) into the batch's transaction. When more is left, the install
+ * mark says how far it went (the batch is then `batch_slices`); with the last slice the
+ * mark and the log entries folded are deleted (`batch_installs`). Writer thread, READY.
+ * Returns 0 or an MDB_* code. */
 static int
 folder_install(struct digest *d, MDB_txn *txn)
 {
 	struct folder *fo = d->folder;
-	const uint8_t *p = fo->out;
-	const uint8_t *end = p + fo->out_len;
+	const uint8_t *p = fo->out + fo->install_pos;
+	const uint8_t *end = fo->out + fo->out_len;
+	const uint8_t *last = NULL;
+	size_t budget = install_budget(d);
+	size_t written = 0;
 	int rc = 0;
 
-	while (rc == 0 && p < end) {
+	while (rc == 0 && p < end && (written == 0 || written < budget)) {
 		MDB_val k = {.mv_size = p[0], .mv_data = (void *) (p + 1)};
 		uint32_t vlen;
 
+		last = p;
 		memcpy(&vlen, p + 1 + p[0], 4);
 		p += 1 + p[0] + 4;
 		if (vlen == 0) {
@@ -2954,6 +3113,12 @@ folder_install(struct digest *d, MDB_txn *txn)
 			rc = mdb_put(txn, d->dbi, &k, &v, 0);
 		}
 		p += vlen;
+		written += 1 + vlen / INSTALL_VALUE_UNIT;
+	}
+	if (rc == 0 && p < end) {
+		d->batch_slices = true;
+		d->install_next = (size_t) (p - fo->out);
+		return mark_write(txn, d->log_dbi, fo->last_key, last + 1, last[0]);
 	}
 	MDB_cursor *cur;
 	if (rc == 0) {
@@ -2964,7 +3129,9 @@ folder_install(struct digest *d, MDB_txn *txn)
 	}
 	MDB_val k, v;
 	while ((rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST)) == 0) {
-		if (k.mv_size != 8 || get_be64(k.mv_data) > fo->last_key) {
+		/* The mark first (its key sorts before every entry), then the entries folded. */
+		if (k.mv_size != MARK_KEY_LEN &&
+		    (k.mv_size != 8 || get_be64(k.mv_data) > fo->last_key)) {
 			break;
 		}
 		rc = mdb_cursor_del(cur, 0);
@@ -2977,6 +3144,7 @@ folder_install(struct digest *d, MDB_txn *txn)
 		return rc;
 	}
 	d->batch_folded = fo->folded;
+	d->batch_installs = true;
 	return 0;
 }
 
@@ -2987,6 +3155,7 @@ folder_installed(struct folder *fo)
 	(void) pthread_mutex_lock(&fo->mu);
 	fo->state = FOLDER_IDLE;
 	fo->out_len = 0;
+	fo->install_pos = 0;
 	if (fo->out_cap > OUT_KEEP_BYTES) {
 		/* A large result (a fold of a big store rewrites most of the table) is not kept. */
 		free(fo->out);
@@ -3032,7 +3201,6 @@ on_batch_end(void *data, MDB_txn *txn)
 	}
 	if (rc == 0 && d->folder && folder_state(d->folder) == FOLDER_READY) {
 		rc = folder_install(d, txn);
-		d->batch_installs = rc == 0;
 	} else if (rc == 0 && fold_here(d, d->logged + d->batch_logged)) {
 		if (d->folder && folder_state(d->folder) == FOLDER_IDLE) {
 			/* The folder does not use its cache while IDLE, and the writer alone makes
@@ -3066,6 +3234,7 @@ batch_reset(struct digest *d)
 	d->batch_logged = 0;
 	d->batch_folded = 0;
 	d->batch_installs = false;
+	d->batch_slices = false;
 	if (d->pending.n > 0) {
 		memset(d->pend_slots, 0, d->pend_nslots * sizeof(*d->pend_slots));
 	}
@@ -3093,6 +3262,8 @@ on_batch_committed(void *data)
 	                 __ATOMIC_RELAXED);
 	if (d->batch_installs) {
 		folder_installed(d->folder);
+	} else if (d->batch_slices) {
+		d->folder->install_pos = d->install_next;
 	}
 	if (d->background && d->log_limit > 0 && d->logged > d->log_limit) {
 		folder_ask(d);
@@ -3135,6 +3306,7 @@ digest_new(struct store *store, struct digest **ret_digest)
 	d->log_limit = DIGEST_LOG_LIMIT_DEFAULT;
 	d->shutdown_fold_max = DIGEST_SHUTDOWN_FOLD_MAX;
 	d->ccache.limit = DIGEST_CACHE_LIMIT_DEFAULT;
+	d->install_slice = DIGEST_INSTALL_SLICE_DEFAULT;
 	d->background = true;
 	/* A store of an older schema is upgraded first (main.c does it itself, with
 	 * progress); this is for every other caller. */
@@ -3182,6 +3354,12 @@ void
 digest_set_shutdown_fold_max(struct digest *d, size_t records)
 {
 	d->shutdown_fold_max = records;
+}
+
+void
+digest_set_install_slice(struct digest *d, size_t aggregates)
+{
+	d->install_slice = aggregates;
 }
 
 void
@@ -3394,6 +3572,7 @@ struct multi_scan {
 	struct headline_scan **by_scope; /* the valid ones, sorted by scope */
 	size_t n;                        /* in by_scope */
 	size_t open;                     /* requests that still want headlines */
+	struct mark mark;                /* the log's install mark */
 };
 
 static const char *
@@ -3526,6 +3705,14 @@ merge_logged(void *data, const struct logged *l)
 			struct headline_scan *s = m->by_scope[i];
 			if (!s->w.all && (bucket < s->w.first || bucket >= s->w.last)) {
 				continue;
+			}
+			if (m->mark.set && l->at <= m->mark.last_key) {
+				uint8_t key[KEY_MAX];
+				size_t klen = make_key(key, t.kind[j], t.id[j],
+				                       s->w.all ? BUCKET_ALL : bucket);
+				if (mark_covers(&m->mark, l->at, key, klen)) {
+					continue; /* installed in that aggregate */
+				}
 			}
 			int r = agg_apply(s->agg, &cl.line, l->sign);
 			if (r < 0) {
@@ -3663,9 +3850,12 @@ merge_requests(struct digest *d, struct multi_scan *m, uint64_t *ret_last_seq)
 		r = s->agg ? read_aggregates(d, txn, s->kind, s->id, &s->w, s->agg) : -ENOMEM;
 	}
 	if (r == 0) {
-		r = log_each(txn, d->log_dbi, false, merge_logged, m);
-		r = r == -EBADMSG ? -EIO : r;
+		r = mark_read(txn, d->log_dbi, &m->mark);
 	}
+	if (r == 0) {
+		r = log_each(txn, d->log_dbi, false, merge_logged, m);
+	}
+	r = r == -EBADMSG ? -EIO : r;
 	store_read_end(d->store, txn);
 	return r;
 }
@@ -4422,6 +4612,7 @@ digest_live_set_lists(struct digest_live *l, bool with_lists)
 struct recount {
 	struct digest d; /* `recount` set: its cache starts empty, nothing is read */
 	MDB_txn *txn;
+	struct mark mark; /* the log's install mark */
 	store_progress_fn *progress;
 	void *data;
 	uint64_t items, total, live;
@@ -4471,7 +4662,7 @@ unfold_one(void *data, const struct logged *l)
 {
 	struct recount *rc = data;
 	struct digest_contribution c = l->c;
-	int r = apply_contribution(&rc->d, rc->txn, l->council, &c, -l->sign);
+	int r = apply_logged(&rc->d, rc->txn, l->council, &c, -l->sign, &rc->mark, l->at);
 
 	return r > 0 || r < -4095 ? -EIO : r;
 }
@@ -4519,7 +4710,10 @@ recount(struct store *store, MDB_txn *txn, MDB_dbi log_dbi, struct recount *rc)
 	if (rc->progress) {
 		rc->progress(rc->data, rc->items, rc->items);
 	}
-	r = log_each(txn, log_dbi, true, unfold_one, rc);
+	r = mark_read(txn, log_dbi, &rc->mark);
+	if (r == 0) {
+		r = log_each(txn, log_dbi, true, unfold_one, rc);
+	}
 	drop_empty(&rc->d.cache);
 	qsort(rc->d.cache.list, rc->d.cache.n, sizeof(*rc->d.cache.list), entry_cmp);
 	return r;
@@ -4776,8 +4970,12 @@ digest_rebuild(struct store *store, MDB_txn *txn, store_progress_fn *progress, v
 	 * A log or a table that does not fold is dropped; the recount replaces the table. */
 	if (r == 0 && log_dbi != 0) {
 		struct digest fold = {.dbi = dbi, .log_dbi = log_dbi};
-		struct fold f = {.d = &fold, .txn = txn};
-		int fr = log_each(txn, log_dbi, false, fold_one, &f);
+		struct mark mark;
+		struct fold f = {.d = &fold, .txn = txn, .mark = &mark};
+		int fr = mark_read(txn, log_dbi, &mark);
+		if (fr == 0) {
+			fr = log_each(txn, log_dbi, false, fold_one, &f);
+		}
 		for (size_t i = 0; fr == 0 && i < fold.cache.n_touched; i++) {
 			fr = write_entry(&fold, txn, fold.cache.touched[i]);
 		}

@@ -13,10 +13,12 @@
  * removes; a restore only adds. So every figure is exact and nothing is ever rescanned.
  *
  * A batch writes its contributions to the "digest_log" table (a few bytes each, appended),
- * not to the aggregates; once the log holds more than the log limit, a batch folds the whole
- * log into the "digest" table and empties it. A digest is the aggregates plus the log, read
- * in one transaction, so it is exact after every commit; the folding only saves the
- * rewriting of the same aggregates by every batch.
+ * not to the aggregates; once the log holds more than the log limit, the folder thread folds
+ * the log and the next batches write the result into the "digest" table, a slice each, the
+ * last one deleting the entries folded (the install mark in the log says which aggregates
+ * hold which entries meanwhile). A digest is the aggregates plus the log, read in one
+ * transaction, so it is exact after every commit; the folding only saves the rewriting of
+ * the same aggregates by every batch.
  *
  * Threads: the store hooks run on the writer thread; everything else on the loop thread
  * (reads use their own read transaction). The dirty-scope set is handed between the two
@@ -38,6 +40,8 @@
 #define DIGEST_LOG_LIMIT_DEFAULT 8192
 /* Bytes of decoded aggregates the write side keeps between folds (digest.c). */
 #define DIGEST_CACHE_LIMIT_DEFAULT ((size_t) 32 << 20)
+/* Aggregates one batch installs at least of a fold made by the folder thread (digest.c). */
+#define DIGEST_INSTALL_SLICE_DEFAULT 256
 /* digest_free() folds the log only when it holds at most this many contributions. */
 #define DIGEST_SHUTDOWN_FOLD_MAX 65536
 /* Headlines are looked for among this many newest items at most. */
@@ -70,6 +74,15 @@ int digest_new(struct store *store, struct digest **ret_digest);
  * always complete: for tests of the table's layout). Writer thread, or before any write.
  */
 void digest_set_log_limit(struct digest *d, size_t records);
+
+/*
+ * Set how many aggregates a batch writes at least when it installs a fold made by the
+ * folder thread (default DIGEST_INSTALL_SLICE_DEFAULT; a large one counts as several, and a
+ * batch writes 2 more per contribution it logs; 0 writes the whole fold in one batch): the
+ * rest goes into the next batches, and digests stay exact in between. Writer thread, or
+ * before any write.
+ */
+void digest_set_install_slice(struct digest *d, size_t aggregates);
 
 /*
  * Set how many bytes of decoded aggregates the folder thread keeps between folds (default

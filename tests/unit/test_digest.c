@@ -1702,6 +1702,138 @@ test_writer_fold_without_cache_matches_recount(void **state)
 	free(recs);
 }
 
+/* Whether the log holds an install mark: a fold partly installed. */
+static bool
+install_marked(struct fixture *f)
+{
+	MDB_dbi dbi;
+	MDB_txn *txn;
+	MDB_val k = {.mv_size = 1, .mv_data = (void *) (const uint8_t[]){0}};
+	MDB_val v;
+
+	assert_int_equal(store_open_table(f->store, "digest_log", &dbi), 0);
+	assert_int_equal(store_read_begin(f->store, &txn), 0);
+	int rc = mdb_get(txn, dbi, &k, &v);
+	store_read_end(f->store, txn);
+	assert_true(rc == 0 || rc == MDB_NOTFOUND);
+	return rc == 0;
+}
+
+static void
+assert_verify_clean(struct fixture *f)
+{
+	struct digest_check_report rep;
+
+	assert_int_equal(digest_verify(f->store, NULL, NULL, NULL, &rep), 0);
+	assert_int_equal(rep.problems, 0);
+}
+
+/* Empty batches install the folder's result slice by slice, at most `max` of them; every
+ * digest equals the recount after each. Returns how many batches installed a slice. */
+static size_t
+install_slices(struct fixture *f, const struct model *recs, size_t max)
+{
+	size_t n = 0;
+
+	while (n < max && digest_fold_wait(f->digest) == 0) {
+		assert_int_equal(store_write_batch(f->store, NULL, 0), 0);
+		n++;
+		model_check(f, recs);
+		assert_true(n < 5000);
+	}
+	return n;
+}
+
+/* Small slices for the digest object of `f`, and a batch that asks the folder to fold the
+ * whole log: the model's ~4,400 contributions are over a limit of 1,000, but not 8 times
+ * (the writer would fold them itself). */
+static void
+ask_sliced_fold(struct fixture *f)
+{
+	digest_set_install_slice(f->digest, 16);
+	digest_set_log_limit(f->digest, 1000);
+	assert_int_equal(store_write_batch(f->store, NULL, 0), 0);
+	assert_int_equal(digest_fold_wait(f->digest), 0);
+}
+
+/* The model's records in the log, folded by the folder, three slices installed, and the
+ * daemon killed: the reopened store has the mark, its digests are exact and verify is
+ * clean. */
+static void
+ingest_slice_and_crash(struct fixture *f, struct model *recs)
+{
+	model_ingest(f, recs, false); /* under the default limit: nothing folded */
+	assert_false(install_marked(f));
+	size_t logged = log_entries(f);
+	ask_sliced_fold(f);
+	assert_int_equal(install_slices(f, recs, 3), 3);
+	assert_true(install_marked(f));
+	assert_int_equal(log_entries(f), logged + 1); /* the entries, and the mark */
+	assert_verify_clean(f);
+	store_set_hooks(f->store, NULL);
+	close_all(f);
+	assert_int_equal(open_all(f, 4 * MIB), 0);
+	assert_true(install_marked(f));
+	model_check(f, recs);
+	assert_verify_clean(f);
+}
+
+/* A fold installed over many batches: every digest is exact after every slice, and after
+ * a crash between two slices the folder of the next run installs the rest. */
+static void
+test_sliced_install_resumes_after_a_crash(void **state)
+{
+	struct fixture *f = *state;
+	struct model *recs = calloc(GROW_RECORDS, sizeof(*recs));
+
+	assert_non_null(recs);
+	ingest_slice_and_crash(f, recs);
+	ask_sliced_fold(f);
+	assert_true(install_slices(f, recs, SIZE_MAX) > 3);
+	assert_false(install_marked(f));
+	assert_int_equal(log_entries(f), 0);
+	assert_table_is_canonical(f);
+	assert_verify_and_rebuild_agree(f);
+	model_check(f, recs);
+	free(recs);
+}
+
+/* A partly installed fold left by a crash, finished by the writer's own fold instead. */
+static void
+test_writer_fold_finishes_a_sliced_install(void **state)
+{
+	struct fixture *f = *state;
+	struct model *recs = calloc(GROW_RECORDS, sizeof(*recs));
+
+	assert_non_null(recs);
+	ingest_slice_and_crash(f, recs);
+	digest_set_log_limit(f->digest, 0);
+	digest_set_fold_background(f->digest, false);
+	assert_int_equal(store_write_batch(f->store, NULL, 0), 0);
+	assert_false(install_marked(f));
+	assert_int_equal(log_entries(f), 0);
+	model_check(f, recs);
+	assert_table_is_canonical(f);
+	assert_verify_and_rebuild_agree(f);
+	free(recs);
+}
+
+/* rebuild (coordctl repair) folds a partly installed fold's log and drops the mark. */
+static void
+test_rebuild_finishes_a_sliced_install(void **state)
+{
+	struct fixture *f = *state;
+	struct model *recs = calloc(GROW_RECORDS, sizeof(*recs));
+
+	assert_non_null(recs);
+	ingest_slice_and_crash(f, recs);
+	assert_verify_and_rebuild_agree(f);
+	assert_false(install_marked(f));
+	model_check(f, recs);
+	assert_table_is_canonical(f);
+	free(recs);
+}
+
 static void
 test_free_accepts_null(void **state)
 {
@@ -1762,6 +1894,12 @@ main(void)
 	        cmocka_unit_test_setup_teardown(test_small_cache_folds_match_recount,
 	                                        setup_small_map, teardown),
 	        cmocka_unit_test_setup_teardown(test_writer_fold_without_cache_matches_recount,
+	                                        setup_small_map, teardown),
+	        cmocka_unit_test_setup_teardown(test_sliced_install_resumes_after_a_crash,
+	                                        setup_small_map, teardown),
+	        cmocka_unit_test_setup_teardown(test_writer_fold_finishes_a_sliced_install,
+	                                        setup_small_map, teardown),
+	        cmocka_unit_test_setup_teardown(test_rebuild_finishes_a_sliced_install,
 	                                        setup_small_map, teardown),
 	        cmocka_unit_test(test_free_accepts_null),
 	};
