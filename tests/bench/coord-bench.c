@@ -55,7 +55,7 @@
 /* The settle: messages trickled per round (one council, one in flight: a batch each), the
  * pause between rounds, and a progress line every so often. */
 #define BENCH_SETTLE_TRICKLE 4
-#define BENCH_SETTLE_PAUSE_MS 200
+#define BENCH_SETTLE_PAUSE_MS 50
 #define BENCH_SETTLE_NOTE_S 10
 #define BENCH_SETTLE_TIMEOUT_DEFAULT 900
 
