@@ -665,10 +665,10 @@ settle_note(const struct bench_options *o, const char *what, double log, double 
 
 /*
  * Wait until the broker's digest log (*log, from /metrics) is at or below `limit`, at most
- * --settle-timeout seconds from t0. A fold is installed by the batch after it, so while
- * the log is over the limit one council sends BENCH_SETTLE_TRICKLE messages one at a time
- * every BENCH_SETTLE_PAUSE_MS (added to *messages). Returns 0, -ETIMEDOUT, or a negative
- * errno when a trickled message was not acked.
+ * --settle-timeout seconds from t0. A fold is installed by the batches after it, a slice
+ * each, so while the log is over the limit one council sends BENCH_SETTLE_TRICKLE messages
+ * one at a time every BENCH_SETTLE_PAUSE_MS (added to *messages). Returns 0, -ETIMEDOUT,
+ * or a negative errno when a trickled message was not acked.
  */
 static int
 fold_wait(struct run *run, double t0, double *log, double limit, uint64_t *messages)
@@ -748,10 +748,10 @@ settle_sync(const struct bench_options *o, const char *dir, double t0, double le
 /*
  * After the preload: wait until the broker's digest log is back at or below its limit
  * (nothing waits to be folded, the folder idle) and the store's file system is written
- * back, at most --settle-timeout seconds. A fold is installed by the batch after it, so
- * while the log is over the limit a few messages are trickled (one council, one in flight)
- * every BENCH_SETTLE_PAUSE_MS. Returns 0 (settled or not: run->settle says), or a negative
- * errno when a trickled message was not acked.
+ * back, at most --settle-timeout seconds. A fold is installed by the batches after it, a
+ * slice each, so while the log is over the limit a few messages are trickled (one council,
+ * one in flight) every BENCH_SETTLE_PAUSE_MS. Returns 0 (settled or not: run->settle
+ * says), or a negative errno when a trickled message was not acked.
  */
 static int
 run_settle(struct run *run)
